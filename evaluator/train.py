@@ -1,0 +1,153 @@
+"""The one training loop: Adam on the −ELBO of stochastically binarised batches.
+
+Everything random (shuffling, binarisation, reparameterisation noise) comes from one
+``torch.Generator`` seeded from ``TrainConfig.seed``; model initialisation is seeded by
+:func:`seeded_model`. Extra loss terms (e.g. distillation) plug in through ``extra_loss``,
+never through branches in here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from search_space import ArchSpec, VaenasInputError, build_vae
+
+from .elbo import neg_elbo_terms
+
+# An extra loss: f(model, x, eps) -> scalar tensor added to the mean −ELBO (e.g. distillation).
+ExtraLoss = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite or exploded; ``str(e)`` says when."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seeded_model(spec: ArchSpec, seed: int, device: str | torch.device = "cpu"):
+    """Build ``spec`` with initial weights drawn from ``seed`` (the global RNG is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_vae(spec)
+    return model.to(resolve_device(device))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 1.0
+    max_steps: int | None = None  # if set, stop after this many steps (whichever comes first)
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    kl_warmup_steps: int = 0  # linear KL weight 0 -> 1 over this many steps
+    grad_clip: float | None = None
+    lr_schedule: str = "constant"  # or "cosine": lr decays to lr * lr_min_ratio over the run
+    lr_min_ratio: float = 0.05
+    device: str = "auto"
+    divergence_threshold: float = 1e6  # mean −ELBO above this (nats) counts as diverged
+
+    def __post_init__(self) -> None:
+        if not (self.epochs > 0 or (self.max_steps or 0) > 0):
+            raise VaenasInputError(f"epochs: must be > 0 (or set max_steps), got {self.epochs}")
+        if self.batch_size < 1:
+            raise VaenasInputError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise VaenasInputError(f"lr: must be > 0, got {self.lr}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise VaenasInputError(f"lr_schedule: must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs: float
+    seconds: float
+    final_loss: float  # mean −ELBO (with the final KL weight) over the last 50 steps
+    history: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since last entry)
+
+
+def train(
+    model: torch.nn.Module,
+    train_u8: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    extra_loss: ExtraLoss | None = None,
+    progress: bool = False,
+    log_every: int = 50,
+) -> TrainResult:
+    """Train ``model`` in place on uint8 grey-level images; raises :class:`TrainingDiverged`."""
+    device = resolve_device(cfg.device)
+    model.to(device).train()
+    data = train_u8.to(device)
+    n = len(data)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = int(math.ceil(cfg.epochs * steps_per_epoch)) if cfg.epochs > 0 else 0
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps) if total else cfg.max_steps
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    latent = model.spec.latent_dim
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="train", unit="step", leave=False)
+    t0 = time.perf_counter()
+    history: list[tuple[int, float]] = []
+    acc, acc_n, recent = torch.zeros((), device=device), 0, []
+    step = 0
+    while step < total:
+        perm = torch.randperm(n, generator=g, device=device)
+        for i in range(0, n, cfg.batch_size):
+            if step >= total:
+                break
+            x = torch.bernoulli(data[perm[i : i + cfg.batch_size]].float().div_(255.0), generator=g)
+            eps = torch.randn((len(x), latent), generator=g, device=device)
+            beta = min(1.0, (step + 1) / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
+            rec, kl = neg_elbo_terms(model, x, eps)
+            loss = (rec + beta * kl).mean()
+            if extra_loss is not None:
+                loss = loss + extra_loss(model, x, eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if cfg.lr_schedule == "cosine":
+                frac = step / max(1, total - 1)
+                lr = cfg.lr * (cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            opt.step()
+            acc += loss.detach()
+            acc_n += 1
+            step += 1
+            if acc_n == log_every or step == total:
+                mean = acc.item() / acc_n  # one host sync per log_every steps
+                if not math.isfinite(mean) or mean > cfg.divergence_threshold:
+                    raise TrainingDiverged(f"mean loss {mean:.4g} over steps {step - acc_n + 1}-{step} (lr={cfg.lr})")
+                history.append((step, mean))
+                recent.append((acc_n, mean))
+                acc.zero_()
+                acc_n = 0
+                if bar is not None:
+                    bar.update(log_every if step % log_every == 0 else step % log_every)
+                    bar.set_postfix(loss=f"{mean:.2f}")
+    if bar is not None:
+        bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    last = recent[-1][1] if recent else float("nan")
+    return TrainResult(steps=step, epochs=step / steps_per_epoch, seconds=seconds, final_loss=last, history=history)

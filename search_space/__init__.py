@@ -1,0 +1,28 @@
+"""What can be built: the arch spec, the search space, the VAE builder, quantised layers, packing.
+
+Pure: imports nothing else of vaenas.
+"""
+
+from .builder import VAE, build_vae
+from .errors import SpaceError, SpecError, VaenasInputError
+from .packing import LayerLayout, pack_model, packed_layout, packed_size_bytes, unpack_model, unpack_state_dict
+from .quant import (
+    QUANT_LAYERS,
+    QuantConv2d,
+    QuantConvTranspose2d,
+    QuantLinear,
+    fake_quant_act,
+    fake_quant_weight,
+    pack_bits,
+    quantize_weight,
+    unpack_bits,
+)
+from .space import SearchSpace, Verdict
+from .spec import ALLOWED_BITS, ArchSpec
+
+__all__ = [
+    "ALLOWED_BITS", "ArchSpec", "LayerLayout", "QUANT_LAYERS", "QuantConv2d", "QuantConvTranspose2d",
+    "QuantLinear", "SearchSpace", "SpaceError", "SpecError", "VAE", "VaenasInputError", "Verdict",
+    "build_vae", "fake_quant_act", "fake_quant_weight", "pack_bits", "pack_model", "packed_layout",
+    "packed_size_bytes", "quantize_weight", "unpack_bits", "unpack_model", "unpack_state_dict",
+]

@@ -1,0 +1,157 @@
+"""Quantised layers (fake quantisation with a straight-through estimator) and exact bit packing.
+
+Weights: per-output-channel symmetric uniform quantisation. For ``b`` bits the integer grid is
+``[-(2**(b-1) - 1), 2**(b-1) - 1]`` (so 2 bits is ternary), the scale of a channel is
+``max|w_c| / (2**(b-1) - 1)`` (1.0 for an all-zero channel) and the quantised weight is
+``q * scale``. 32 bits means "keep the float weight".
+
+Activations (optional ``act_bits``): the input of every weight layer is fake-quantised with an
+asymmetric uniform grid of ``2**b`` levels over each sample's own [min, max] range - the
+per-sample analogue of PyTorch's dynamic quantisation, so a sample's output never depends on
+what else is in its batch.
+
+Both use a straight-through estimator: the forward value is exactly the quantised one, the
+gradient passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def qmax_for(bits: int) -> int:
+    return 2 ** (bits - 1) - 1
+
+
+def quantize_weight(w: torch.Tensor, bits: int, ch_axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(q, scale)``: integer-valued tensor ``q`` (same dtype as ``w``) and per-channel scale."""
+    qmax = qmax_for(bits)
+    dims = [d for d in range(w.dim()) if d != ch_axis]
+    amax = w.detach().abs().amax(dim=dims)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    shape = [1] * w.dim()
+    shape[ch_axis] = -1
+    q = torch.round(w.detach() / scale.view(shape)).clamp_(-qmax, qmax)
+    return q, scale
+
+
+def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, ch_axis: int) -> torch.Tensor:
+    shape = [1] * q.dim()
+    shape[ch_axis] = -1
+    return q * scale.view(shape)
+
+
+class _STE(torch.autograd.Function):
+    """Forward returns the quantised tensor exactly; backward is the identity."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, xq: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return xq
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad, None
+
+
+def fake_quant_weight(w: torch.Tensor, bits: int, ch_axis: int) -> torch.Tensor:
+    if bits >= 32:
+        return w
+    q, scale = quantize_weight(w, bits, ch_axis)
+    return _STE.apply(w, dequantize_weight(q, scale, ch_axis))
+
+
+def fake_quant_act(x: torch.Tensor, bits: int | None) -> torch.Tensor:
+    if bits is None or bits >= 32:
+        return x
+    levels = 2**bits - 1
+    flat = x.detach().flatten(1)
+    lo = flat.amin(dim=1)
+    hi = flat.amax(dim=1)
+    scale = torch.where(hi > lo, (hi - lo) / levels, torch.ones_like(hi))
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    lo, scale = lo.view(shape), scale.view(shape)
+    xq = torch.round((x.detach() - lo) / scale).clamp_(0, levels) * scale + lo
+    return _STE.apply(x, xq)
+
+
+class QuantMixin:
+    """Shared by the quantised layers: ``bits`` (weights), ``act_bits`` (input), ``ch_axis``."""
+
+    bits: int
+    act_bits: int | None
+    ch_axis: int = 0
+    weight: torch.Tensor
+
+    def quantized_weight(self) -> torch.Tensor:
+        return fake_quant_weight(self.weight, self.bits, self.ch_axis)
+
+    def extra_repr(self) -> str:  # type: ignore[override]
+        return super().extra_repr() + f", bits={self.bits}, act_bits={self.act_bits}"  # type: ignore[misc]
+
+
+class QuantLinear(QuantMixin, nn.Linear):
+    def __init__(self, in_features: int, out_features: int, bits: int = 32, act_bits: int | None = None, **kw):
+        super().__init__(in_features, out_features, **kw)
+        self.bits, self.act_bits = bits, act_bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(fake_quant_act(x, self.act_bits), self.quantized_weight(), self.bias)
+
+
+class QuantConv2d(QuantMixin, nn.Conv2d):
+    def __init__(self, *args, bits: int = 32, act_bits: int | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.bits, self.act_bits = bits, act_bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(fake_quant_act(x, self.act_bits), self.quantized_weight(), self.bias)
+
+
+class QuantConvTranspose2d(QuantMixin, nn.ConvTranspose2d):
+    ch_axis = 1  # weight is (in, out, kH, kW)
+
+    def __init__(self, *args, bits: int = 32, act_bits: int | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.bits, self.act_bits = bits, act_bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return F.conv_transpose2d(
+            fake_quant_act(x, self.act_bits),
+            self.quantized_weight(),
+            self.bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
+        )
+
+
+QUANT_LAYERS = (QuantLinear, QuantConv2d, QuantConvTranspose2d)
+
+
+# --------------------------------------------------------------------------- bit packing
+def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack non-negative integers ``< 2**bits`` (any int dtype) into ``ceil(n*bits/8)`` uint8, LSB first."""
+    v = values.reshape(-1).to(torch.int64)
+    if v.numel() and (int(v.min()) < 0 or int(v.max()) >= 2**bits):
+        raise ValueError(f"pack_bits: values must lie in [0, {2**bits}) for {bits} bits")
+    shifts = torch.arange(bits, dtype=torch.int64, device=v.device)
+    stream = ((v.unsqueeze(1) >> shifts) & 1).reshape(-1)
+    pad = (-stream.numel()) % 8
+    if pad:
+        stream = torch.cat([stream, stream.new_zeros(pad)])
+    weights = 2 ** torch.arange(8, dtype=torch.int64, device=v.device)
+    return (stream.view(-1, 8) * weights).sum(1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: the first ``n`` integers as int64."""
+    if packed.numel() != (n * bits + 7) // 8:
+        raise ValueError(f"unpack_bits: {n} values of {bits} bits need {(n * bits + 7) // 8} bytes, got {packed.numel()}")
+    b = packed.reshape(-1).to(torch.int64)
+    stream = ((b.unsqueeze(1) >> torch.arange(8, dtype=torch.int64, device=b.device)) & 1).reshape(-1)
+    stream = stream[: n * bits].view(n, bits)
+    return (stream << torch.arange(bits, dtype=torch.int64, device=b.device)).sum(1)

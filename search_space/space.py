@@ -1,0 +1,444 @@
+"""The search space: which :class:`ArchSpec`s may be built, declared in YAML.
+
+Every spec in a space is the result of a fixed sequence of named categorical decisions (a
+define-by-run program, as in Optuna): ``family``, ``latent_dim``, ``activation``, the depths,
+then the width/channel/kernel/stride of each active layer, then the bit-widths. ``sample``,
+``mutate``, ``crossover``, ``from_params`` and an Optuna trial all drive that one program with a
+different ``choose(name, choices)``; so every spec they produce is in the space by construction.
+
+Example YAML (every key is optional except ``latent_dim`` and the block of each family used)::
+
+    family: [mlp]               # or [mlp, conv]
+    input_shape: [1, 28, 28]
+    latent_dim: [8, 16, 20, 32] # or {min: 8, max: 32, step: 8}
+    activation: [relu]
+    mlp:   {depth: [1, 2, 3], width: [64, 128, 256, 400]}
+    conv:  {depth: [1, 2], channels: [8, 16, 32], kernel: [3, 4], stride: [2],
+            fc_depth: [0, 1], fc_width: [128, 256]}
+    decoder: mirror             # or free: the decoder's widths/channels are decided separately
+    weight_bits: [2, 4, 8, 32]
+    bits_per_layer: true        # false: one bit-width shared by every layer
+    act_bits: [null]            # null = float activations; e.g. [null, 8]
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import SpaceError, SpecError
+from .spec import ACTIVATIONS, ALLOWED_ACT_BITS, ALLOWED_BITS, FAMILIES, ArchSpec, conv_out
+
+Choose = Callable[[str, tuple], Any]
+Rng = random.Random | int | None
+
+_TOP_KEYS = {"name", "family", "input_shape", "latent_dim", "activation", "mlp", "conv", "decoder",
+             "weight_bits", "bits_per_layer", "act_bits"}
+_MLP_KEYS = {"depth", "width"}
+_CONV_KEYS = {"depth", "channels", "kernel", "stride", "fc_depth", "fc_width"}
+
+
+def _rng(rng: Rng) -> random.Random:
+    return rng if isinstance(rng, random.Random) else random.Random(rng)
+
+
+def _choices(path: str, value: Any, *, minimum: int | None = 1, allow_null: bool = False) -> tuple:
+    """A list of choices, or ``{min, max, step}`` / ``{min, max, log2: true}`` for integers."""
+    if isinstance(value, dict):
+        unknown = set(value) - {"min", "max", "step", "log2"}
+        if unknown:
+            raise SpaceError(f"{path}: unknown range key {sorted(unknown)[0]!r}; use min, max, step or log2")
+        lo, hi = value.get("min"), value.get("max")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)):
+            raise SpaceError(f"{path}: a range needs integer min and max, got {value!r}")
+        if lo > hi:
+            raise SpaceError(f"{path}: min ({lo}) is greater than max ({hi}); swap them")
+        if value.get("log2"):
+            out, v = [], 1
+            while v <= hi:
+                if v >= lo:
+                    out.append(v)
+                v *= 2
+            if not out:
+                raise SpaceError(f"{path}: no power of two lies in [{lo}, {hi}]")
+            vals: tuple = tuple(out)
+        else:
+            step = value.get("step", 1)
+            if not isinstance(step, int) or step < 1:
+                raise SpaceError(f"{path}: step must be a positive integer, got {step!r}")
+            vals = tuple(range(lo, hi + 1, step))
+    elif isinstance(value, list):
+        vals = tuple(value)
+    elif isinstance(value, (int, str)) and not isinstance(value, bool) or (value is None and allow_null):
+        vals = (value,)
+    else:
+        raise SpaceError(f"{path}: expected a list of choices or a {{min, max}} range, got {value!r}")
+    if not vals:
+        raise SpaceError(f"{path}: the list of choices is empty; give at least one value")
+    if len(set(vals)) != len(vals):
+        raise SpaceError(f"{path}: duplicate choices in {list(vals)}")
+    for v in vals:
+        if v is None and allow_null:
+            continue
+        if minimum is not None:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise SpaceError(f"{path}: expected integers, got {v!r}")
+            if v < minimum:
+                raise SpaceError(f"{path}: {v} is below the minimum {minimum}")
+    return vals
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Truthy when the spec is in the space; ``reason`` says why not."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class _Miss(Exception):
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+@dataclass
+class SearchSpace:
+    latent_dim: tuple[int, ...]
+    family: tuple[str, ...] = ("mlp",)
+    input_shape: tuple[int, int, int] = (1, 28, 28)
+    activation: tuple[str, ...] = ("relu",)
+    mlp: dict[str, tuple] = field(default_factory=dict)
+    conv: dict[str, tuple] = field(default_factory=dict)
+    decoder: str = "mirror"
+    weight_bits: tuple[int, ...] = (32,)
+    bits_per_layer: bool = True
+    act_bits: tuple[int | None, ...] = (None,)
+    name: str = "space"
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, d: Any) -> "SearchSpace":
+        if not isinstance(d, dict):
+            raise SpaceError(f"search space: expected a mapping of keys, got {type(d).__name__}")
+        unknown = sorted(set(d) - _TOP_KEYS)
+        if unknown:
+            raise SpaceError(f"{unknown[0]}: unknown search-space key; allowed keys are {sorted(_TOP_KEYS)}")
+        if "latent_dim" not in d:
+            raise SpaceError("latent_dim: required; e.g. latent_dim: [8, 16, 32]")
+        fam = _choices("family", d.get("family", ["mlp"]), minimum=None)
+        for f in fam:
+            if f not in FAMILIES:
+                raise SpaceError(f"family: {f!r} is not a family; use {list(FAMILIES)}")
+        acts = _choices("activation", d.get("activation", ["relu"]), minimum=None)
+        for a in acts:
+            if a not in ACTIVATIONS:
+                raise SpaceError(f"activation: {a!r} is not supported; use {list(ACTIVATIONS)}")
+        blocks = {}
+        for fname, keys in (("mlp", _MLP_KEYS), ("conv", _CONV_KEYS)):
+            raw = d.get(fname)
+            if fname not in fam:
+                if raw is not None:
+                    raise SpaceError(f"{fname}: block given but family {list(fam)} does not include {fname!r}")
+                blocks[fname] = {}
+                continue
+            if not isinstance(raw, dict):
+                raise SpaceError(f"{fname}: family {fname!r} needs a {fname}: block with keys {sorted(keys)}")
+            unknown = sorted(set(raw) - keys)
+            if unknown:
+                raise SpaceError(f"{fname}.{unknown[0]}: unknown key; allowed keys are {sorted(keys)}")
+            missing = sorted(keys - set(raw) - {"fc_depth", "fc_width"})
+            if missing:
+                raise SpaceError(f"{fname}.{missing[0]}: required")
+            b = {}
+            for k in sorted(raw):
+                minimum = 0 if k in ("fc_depth",) or (fname == "mlp" and k == "depth") else 1
+                b[k] = _choices(f"{fname}.{k}", raw[k], minimum=minimum)
+            if fname == "conv":
+                b.setdefault("fc_depth", (0,))
+                if max(b["fc_depth"]) > 0 and "fc_width" not in b:
+                    raise SpaceError("conv.fc_width: required when conv.fc_depth allows FC layers")
+                b.setdefault("fc_width", (1,))
+            blocks[fname] = b
+        decoder = d.get("decoder", "mirror")
+        if decoder not in ("mirror", "free"):
+            raise SpaceError(f"decoder: must be 'mirror' or 'free', got {decoder!r}")
+        bits = _choices("weight_bits", d.get("weight_bits", [32]))
+        for b in bits:
+            if b not in ALLOWED_BITS:
+                raise SpaceError(f"weight_bits: {b} is not allowed; use values from {list(ALLOWED_BITS)}")
+        abits = _choices("act_bits", d.get("act_bits", [None]), allow_null=True)
+        for b in abits:
+            if b is not None and b not in ALLOWED_ACT_BITS:
+                raise SpaceError(f"act_bits: {b} is not allowed; use null or values from {list(ALLOWED_ACT_BITS)}")
+        bpl = d.get("bits_per_layer", True)
+        if not isinstance(bpl, bool):
+            raise SpaceError(f"bits_per_layer: must be true or false, got {bpl!r}")
+        shape = d.get("input_shape", [1, 28, 28])
+        if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
+            raise SpaceError(f"input_shape: must be [channels, height, width] of positive integers, got {shape!r}")
+        name = d.get("name", "space")
+        space = cls(
+            latent_dim=_choices("latent_dim", d["latent_dim"]),
+            family=fam,
+            input_shape=tuple(shape),
+            activation=acts,
+            mlp=blocks["mlp"],
+            conv=blocks["conv"],
+            decoder=decoder,
+            weight_bits=bits,
+            bits_per_layer=bpl,
+            act_bits=abits,
+            name=str(name),
+        )
+        space._check_buildable()
+        return space
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "SearchSpace":
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise SpaceError(f"search space: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        return cls.from_dict(d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SearchSpace":
+        p = Path(path)
+        if not p.is_file():
+            raise SpaceError(f"search space file {str(p)!r} does not exist; check the path")
+        return cls.from_yaml(p.read_text())
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "family": list(self.family),
+            "input_shape": list(self.input_shape),
+            "latent_dim": list(self.latent_dim),
+            "activation": list(self.activation),
+            "decoder": self.decoder,
+            "weight_bits": list(self.weight_bits),
+            "bits_per_layer": self.bits_per_layer,
+            "act_bits": list(self.act_bits),
+        }
+        for f in ("mlp", "conv"):
+            if getattr(self, f):
+                d[f] = {k: list(v) for k, v in getattr(self, f).items()}
+        return d
+
+    def _check_buildable(self) -> None:
+        """Every conv geometry the space allows must fit the input (no layer shrinks it to nothing)."""
+        if "conv" not in self.family:
+            return
+        c = self.conv
+        if any(s > k for s in c["stride"] for k in c["kernel"]):
+            raise SpaceError("conv.stride: every stride must be <= every kernel (a larger stride skips pixels)")
+        h = min(self.input_shape[1:])
+        for layer in range(max(c["depth"])):
+            h = min(conv_out(h, k, s) for k in c["kernel"] for s in c["stride"])
+            if h < 1:
+                raise SpaceError(
+                    f"conv: {layer + 1} conv layers can shrink a {list(self.input_shape[1:])} input to nothing; "
+                    "lower conv.depth or the strides"
+                )
+
+    # ------------------------------------------------------------------ the define-by-run program
+    def define(self, choose: Choose) -> ArchSpec:
+        """Build a spec by asking ``choose(name, choices)`` for each decision, in a fixed order."""
+        family = choose("family", self.family)
+        latent = choose("latent_dim", self.latent_dim)
+        activation = choose("activation", self.activation)
+        kw: dict[str, Any] = {}
+        if family == "mlp":
+            depth = choose("mlp.depth", self.mlp["depth"])
+            enc = tuple(choose(f"mlp.enc.width{i}", self.mlp["width"]) for i in range(depth))
+            dec = (
+                tuple(choose(f"mlp.dec.width{i}", self.mlp["width"]) for i in range(depth))
+                if self.decoder == "free"
+                else None
+            )
+        else:
+            c = self.conv
+            depth = choose("conv.depth", c["depth"])
+            kw["enc_channels"] = tuple(choose(f"conv.enc.channels{i}", c["channels"]) for i in range(depth))
+            kw["kernels"] = tuple(choose(f"conv.enc.kernel{i}", c["kernel"]) for i in range(depth))
+            kw["strides"] = tuple(choose(f"conv.enc.stride{i}", c["stride"]) for i in range(depth))
+            fc_depth = choose("conv.fc_depth", c["fc_depth"])
+            enc = tuple(choose(f"conv.enc.width{i}", c["fc_width"]) for i in range(fc_depth))
+            dec = None
+            if self.decoder == "free":
+                dec = tuple(choose(f"conv.dec.width{i}", c["fc_width"]) for i in range(fc_depth))
+                kw["dec_channels"] = tuple(choose(f"conv.dec.channels{i}", c["channels"]) for i in range(depth))
+        act_bits = choose("act_bits", self.act_bits)
+        skeleton = ArchSpec(
+            family=family, enc_hidden=enc, dec_hidden=dec, latent_dim=latent, activation=activation,
+            weight_bits=(32,) * (len(enc) + (len(dec) if dec is not None else len(enc)) + 2 + 2 * len(kw.get("enc_channels", ()))),
+            act_bits=act_bits, input_shape=self.input_shape, **kw,
+        )
+        names = skeleton.layer_names()
+        if self.bits_per_layer:
+            bits = tuple(choose(f"bits.{n}", self.weight_bits) for n in names)
+        else:
+            bits = (choose("bits", self.weight_bits),) * len(names)
+        return skeleton.replace(weight_bits=bits)
+
+    def dimensions(self) -> dict[str, tuple]:
+        """Every named categorical decision the space can ask, with its choices (for Optuna etc.)."""
+        dims: dict[str, tuple] = {}
+        for fam in self.family:  # walk the deepest program of each family
+
+            def choose(name: str, choices: tuple, fam: str = fam) -> Any:
+                dims.setdefault(name, tuple(choices))
+                if name == "family":
+                    return fam
+                return max(choices) if name.endswith("depth") else choices[0]
+
+            self.define(choose)
+        return dims
+
+    # ------------------------------------------------------------------ the operations
+    def sample(self, rng: Rng = None) -> ArchSpec:
+        r = _rng(rng)
+        return self.define(lambda n, c: r.choice(c))
+
+    def to_params(self, spec: ArchSpec) -> dict[str, Any]:
+        """The decisions that produce ``spec`` (raises :class:`SpecError` if it is not in the space)."""
+        verdict = self.contains(spec)
+        if not verdict:
+            raise SpecError(f"spec {spec.id} is not in search space {self.name!r}: {verdict.reason}")
+        return self._params(spec)
+
+    def _params(self, spec: ArchSpec) -> dict[str, Any]:
+        p: dict[str, Any] = {"family": spec.family, "latent_dim": spec.latent_dim, "activation": spec.activation}
+        if spec.family == "mlp":
+            p["mlp.depth"] = len(spec.enc_hidden)
+        else:
+            p["conv.depth"] = len(spec.enc_channels)
+            for i, (ch, k, s) in enumerate(zip(spec.enc_channels, spec.kernels, spec.strides)):
+                p[f"conv.enc.channels{i}"], p[f"conv.enc.kernel{i}"], p[f"conv.enc.stride{i}"] = ch, k, s
+            p["conv.fc_depth"] = len(spec.enc_hidden)
+            if self.decoder == "free":
+                for i, ch in enumerate(spec.decoder_channels):
+                    p[f"conv.dec.channels{i}"] = ch
+        for i, w in enumerate(spec.enc_hidden):
+            p[f"{spec.family}.enc.width{i}"] = w
+        if self.decoder == "free":
+            for i, w in enumerate(spec.decoder_hidden):
+                p[f"{spec.family}.dec.width{i}"] = w
+        p["act_bits"] = spec.act_bits
+        if self.bits_per_layer:
+            for n, b in zip(spec.layer_names(), spec.weight_bits):
+                p[f"bits.{n}"] = b
+        else:
+            p["bits"] = spec.weight_bits[0]
+        return p
+
+    def from_params(self, params: dict[str, Any]) -> ArchSpec:
+        def choose(name: str, choices: tuple) -> Any:
+            if name not in params:
+                raise SpaceError(f"params: decision {name!r} is missing")
+            if params[name] not in choices:
+                raise SpaceError(f"params: {name}={params[name]!r} is not one of {list(choices)}")
+            return params[name]
+
+        return self.define(choose)
+
+    def contains(self, spec: ArchSpec) -> Verdict:
+        """Whether the program can produce ``spec``; if not, the first decision that cannot."""
+        if tuple(spec.input_shape) != tuple(self.input_shape):
+            return Verdict(False, f"input_shape {list(spec.input_shape)} != space's {list(self.input_shape)}")
+        if spec.family not in self.family:
+            return Verdict(False, f"family {spec.family!r} not in {list(self.family)}")
+        if self.decoder == "mirror" and (spec.dec_hidden not in (None, tuple(reversed(spec.enc_hidden)))
+                                         or spec.dec_channels not in (None, tuple(reversed(spec.enc_channels)))):
+            return Verdict(False, "the space mirrors the decoder but the spec's decoder differs")
+        if self.decoder == "free" and spec.family == "mlp" and len(spec.decoder_hidden) != len(spec.enc_hidden):
+            return Verdict(False, "decoder depth differs from encoder depth")
+        if spec.family == "conv" and len(spec.decoder_hidden) != len(spec.enc_hidden):
+            return Verdict(False, "decoder FC depth differs from encoder FC depth")
+        if not self.bits_per_layer and len(set(spec.weight_bits)) != 1:
+            return Verdict(False, "the space shares one bit-width across layers but the spec mixes them")
+        params = self._params(spec)
+
+        def choose(name: str, choices: tuple) -> Any:
+            if params.get(name, object()) not in choices:
+                raise _Miss(f"{name}={params.get(name)!r} not in {list(choices)}")
+            return params[name]
+
+        try:
+            rebuilt = self.define(choose)
+        except _Miss as m:
+            return Verdict(False, m.reason)
+        if rebuilt != spec:
+            return Verdict(False, "the spec differs from what its decisions build")
+        return Verdict(True)
+
+    def mutate(self, spec: ArchSpec, rng: Rng = None) -> ArchSpec:
+        """Change one decision (with more than one choice) to another value; new layers are sampled."""
+        r = _rng(rng)
+        params = self.to_params(spec)
+        dims = self.dimensions()
+        mutable = [n for n in params if len(dims[n]) > 1]
+        if not mutable:
+            return spec
+        target = r.choice(mutable)
+        params[target] = r.choice([c for c in dims[target] if c != params[target]])
+        return self.define(lambda n, c: params[n] if n in params and params[n] in c else r.choice(c))
+
+    def crossover(self, a: ArchSpec, b: ArchSpec, rng: Rng = None) -> ArchSpec:
+        """Uniform crossover of the two parents' decisions; a decision only one parent made comes from it."""
+        r = _rng(rng)
+        pa, pb = self.to_params(a), self.to_params(b)
+
+        def choose(name: str, choices: tuple) -> Any:
+            have = [p[name] for p in (pa, pb) if name in p and p[name] in choices]
+            return r.choice(have) if have else r.choice(choices)
+
+        return self.define(choose)
+
+    def encode(self, spec: ArchSpec) -> list[float]:
+        """A fixed-length numeric vector: per dimension, the choice index scaled to [0, 1] (-1 if inactive)."""
+        params = self.to_params(spec)
+        out = []
+        for name, choices in self.dimensions().items():
+            if name not in params:
+                out.append(-1.0)
+            else:
+                out.append(choices.index(params[name]) / max(1, len(choices) - 1))
+        return out
+
+    def size(self) -> int:
+        """The number of distinct specs in the space (exact)."""
+        total = 0
+        nb = len(self.weight_bits)
+        base = len(self.latent_dim) * len(self.activation) * len(self.act_bits)
+        for fam in self.family:
+            if fam == "mlp":
+                nw = len(self.mlp["width"])
+                for d in self.mlp["depth"]:
+                    widths = nw ** (2 * d if self.decoder == "free" else d)
+                    layers = 2 * d + 2
+                    total += base * widths * (nb**layers if self.bits_per_layer else nb)
+            else:
+                c = self.conv
+                per_conv = len(c["channels"]) * len(c["kernel"]) * len(c["stride"])
+                if self.decoder == "free":
+                    per_conv *= len(c["channels"])
+                for d in c["depth"]:
+                    for f in c["fc_depth"]:
+                        widths = len(c["fc_width"]) ** (2 * f if self.decoder == "free" else f)
+                        layers = 2 * d + 2 * f + 2
+                        total += base * per_conv**d * widths * (nb**layers if self.bits_per_layer else nb)
+        return total
+
+    def log10_size(self) -> float:
+        return math.log10(self.size())

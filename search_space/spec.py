@@ -1,0 +1,211 @@
+"""The frozen architecture spec: one VAE described completely, with an exact JSON round trip.
+
+Layout of the weight layers (the order of ``weight_bits``), given by :meth:`ArchSpec.layer_names`:
+
+* ``mlp``:  ``enc.fc0 .. enc.fc{n-1}``, ``head`` (-> mu, logvar), ``dec.fc0 .. dec.fc{m-1}``, ``dec.out``
+* ``conv``: ``enc.conv0 ..``, ``enc.fc0 ..``, ``head``, ``dec.fc0 ..``, ``dec.proj`` (-> feature map),
+  ``dec.tconv0 ..`` (the last one outputs the image logits)
+
+The conv decoder mirrors the encoder's geometry (kernel, stride, spatial sizes) so the output
+matches the input shape exactly; its channels (``dec_channels``) and its FC widths
+(``dec_hidden``) may differ from the encoder's. ``None`` means "mirror the encoder".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import SpecError
+
+SPEC_TYPE = "vaenas.ArchSpec"
+SPEC_VERSION = 1
+FAMILIES = ("mlp", "conv")
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "silu", "gelu", "tanh", "sigmoid")
+ALLOWED_BITS = (2, 3, 4, 5, 6, 8, 32)
+ALLOWED_ACT_BITS = (2, 3, 4, 5, 6, 8)
+
+
+def _int_tuple(name: str, value: Any, *, allow_none: bool = False) -> tuple[int, ...] | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise SpecError(f"{name}: expected a list of integers, got {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise SpecError(f"{name}: expected integers, got {v!r} in {list(value)!r}")
+        out.append(int(v))
+    return tuple(out)
+
+
+def conv_out(size: int, kernel: int, stride: int) -> int:
+    """Spatial size after a Conv2d with padding ``(kernel - 1) // 2`` (the builder's choice)."""
+    return (size + 2 * ((kernel - 1) // 2) - kernel) // stride + 1
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One VAE, completely. Immutable and hashable; build it with :func:`search_space.build_vae`."""
+
+    family: str
+    enc_hidden: tuple[int, ...]
+    latent_dim: int
+    weight_bits: tuple[int, ...]
+    activation: str = "relu"
+    dec_hidden: tuple[int, ...] | None = None
+    enc_channels: tuple[int, ...] = ()
+    kernels: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    dec_channels: tuple[int, ...] | None = None
+    act_bits: int | None = None
+    input_shape: tuple[int, int, int] = (1, 28, 28)
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
+        if self.family not in FAMILIES:
+            raise SpecError(f"family: must be one of {list(FAMILIES)}, got {self.family!r}")
+        for name in ("enc_hidden", "weight_bits", "enc_channels", "kernels", "strides", "input_shape"):
+            set_(name, _int_tuple(name, getattr(self, name)))
+        for name in ("dec_hidden", "dec_channels"):
+            set_(name, _int_tuple(name, getattr(self, name), allow_none=True))
+        if isinstance(self.latent_dim, bool) or not isinstance(self.latent_dim, int) or self.latent_dim < 1:
+            raise SpecError(f"latent_dim: must be a positive integer, got {self.latent_dim!r}")
+        if self.activation not in ACTIVATIONS:
+            raise SpecError(f"activation: must be one of {list(ACTIVATIONS)}, got {self.activation!r}")
+        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
+            raise SpecError(f"input_shape: must be (channels, height, width) > 0, got {self.input_shape!r}")
+        # canonical form: an explicit mirror is stored as None, so equal models have equal ids
+        if self.dec_hidden == tuple(reversed(self.enc_hidden)):
+            set_("dec_hidden", None)
+        if self.dec_channels is not None and self.dec_channels == tuple(reversed(self.enc_channels)):
+            set_("dec_channels", None)
+        for name in ("enc_hidden", "dec_hidden", "enc_channels", "dec_channels"):
+            vals = getattr(self, name)
+            if vals and min(vals) < 1:
+                raise SpecError(f"{name}: every width/channel count must be >= 1, got {list(vals)}")
+        if self.family == "mlp":
+            for name in ("enc_channels", "kernels", "strides"):
+                if getattr(self, name):
+                    raise SpecError(f"{name}: must be empty for family 'mlp', got {list(getattr(self, name))}")
+            if self.dec_channels is not None:
+                raise SpecError("dec_channels: must be null for family 'mlp'")
+        else:
+            n = len(self.enc_channels)
+            if n == 0:
+                raise SpecError("enc_channels: family 'conv' needs at least one conv layer")
+            if len(self.kernels) != n or len(self.strides) != n:
+                raise SpecError(
+                    f"kernels/strides: need one per conv layer ({n}), got {len(self.kernels)} kernels "
+                    f"and {len(self.strides)} strides"
+                )
+            if min(self.kernels) < 1 or min(self.strides) < 1:
+                raise SpecError("kernels/strides: must be >= 1")
+            if any(s > k for k, s in zip(self.kernels, self.strides)):
+                raise SpecError(f"strides: a stride larger than its kernel skips pixels ({self.kernels=}, {self.strides=})")
+            if self.dec_channels is not None and len(self.dec_channels) != n:
+                raise SpecError(f"dec_channels: need one per conv layer ({n}), got {list(self.dec_channels)}")
+            h, w = self.input_shape[1:]
+            for k, s in zip(self.kernels, self.strides):
+                h, w = conv_out(h, k, s), conv_out(w, k, s)
+                if h < 1 or w < 1:
+                    raise SpecError(f"kernels/strides: the conv stack shrinks a {self.input_shape[1:]} input to nothing")
+        n_layers = len(self.layer_names())
+        if len(self.weight_bits) != n_layers:
+            raise SpecError(
+                f"weight_bits: need one entry per weight layer ({n_layers}: {', '.join(self.layer_names())}), "
+                f"got {len(self.weight_bits)}"
+            )
+        bad = [b for b in self.weight_bits if b not in ALLOWED_BITS]
+        if bad:
+            raise SpecError(f"weight_bits: {bad[0]} is not allowed; use one of {list(ALLOWED_BITS)} (32 = float)")
+        if self.act_bits is not None and (isinstance(self.act_bits, bool) or self.act_bits not in ALLOWED_ACT_BITS):
+            raise SpecError(f"act_bits: must be null (float) or one of {list(ALLOWED_ACT_BITS)}, got {self.act_bits!r}")
+
+    # ----------------------------------------------------------------- derived structure
+    @property
+    def decoder_hidden(self) -> tuple[int, ...]:
+        return tuple(reversed(self.enc_hidden)) if self.dec_hidden is None else self.dec_hidden
+
+    @property
+    def decoder_channels(self) -> tuple[int, ...]:
+        return tuple(reversed(self.enc_channels)) if self.dec_channels is None else self.dec_channels
+
+    def feature_shapes(self) -> list[tuple[int, int, int]]:
+        """Encoder feature-map shapes, input first (conv family); the decoder walks them backwards."""
+        shapes = [tuple(self.input_shape)]
+        c, h, w = self.input_shape
+        for ch, k, s in zip(self.enc_channels, self.kernels, self.strides):
+            h, w = conv_out(h, k, s), conv_out(w, k, s)
+            shapes.append((ch, h, w))
+        return shapes
+
+    def layer_names(self) -> list[str]:
+        names = [f"enc.conv{i}" for i in range(len(self.enc_channels))]
+        names += [f"enc.fc{i}" for i in range(len(self.enc_hidden))]
+        names.append("head")
+        names += [f"dec.fc{i}" for i in range(len(self.decoder_hidden))]
+        if self.family == "mlp":
+            names.append("dec.out")
+        else:
+            names.append("dec.proj")
+            names += [f"dec.tconv{i}" for i in range(len(self.enc_channels))]
+        return names
+
+    @property
+    def mean_bits(self) -> float:
+        return sum(self.weight_bits) / len(self.weight_bits)
+
+    # ----------------------------------------------------------------- (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": SPEC_TYPE, "version": SPEC_VERSION}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = list(v) if isinstance(v, tuple) else v
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "ArchSpec":
+        if not isinstance(d, dict):
+            raise SpecError(f"arch spec: expected a JSON object, got {type(d).__name__}")
+        if d.get("type") != SPEC_TYPE:
+            raise SpecError(f"type: expected {SPEC_TYPE!r}, got {d.get('type')!r} (not a vaenas arch spec)")
+        if d.get("version") != SPEC_VERSION:
+            raise SpecError(f"version: this vaenas reads version {SPEC_VERSION}, got {d.get('version')!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names - {"type", "version"})
+        if unknown:
+            raise SpecError(f"{unknown[0]}: unknown field; known fields are {sorted(names)}")
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [n for n in required if n not in d]
+        if missing:
+            raise SpecError(f"{missing[0]}: required field is missing")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=indent, separators=(",", ":") if indent is None else None)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ArchSpec":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"arch spec: not valid JSON ({e})") from None
+        return cls.from_dict(d)
+
+    @property
+    def id(self) -> str:
+        """Stable short id: the first 12 hex digits of the SHA-256 of the canonical JSON."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+    def replace(self, **changes: Any) -> "ArchSpec":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def mlp(cls, hidden: tuple[int, ...] | list[int], latent_dim: int, bits: int = 32, **kw: Any) -> "ArchSpec":
+        """Convenience: a mirrored MLP VAE with every weight layer at ``bits``."""
+        n = 2 * len(hidden) + 2 if kw.get("dec_hidden") is None else len(hidden) + len(kw["dec_hidden"]) + 2
+        return cls(family="mlp", enc_hidden=tuple(hidden), latent_dim=latent_dim, weight_bits=(bits,) * n, **kw)
