@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=float, default=30)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr-schedule", default="cosine", choices=["constant", "cosine"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--iwae-k", type=int, default=1000)
     ap.add_argument("--bits", type=int, default=4)
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     data = load_data(args.dataset, args.data_root)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                      lr_schedule=args.lr_schedule)
     rows = []
     for label, bits in (("FP32", 32), (f"{args.bits}-bit QAT", args.bits)):
         spec = ArchSpec.mlp((400, 400), 20, bits=bits)

@@ -1,10 +1,21 @@
-"""How a model scores: data, the one training loop, ELBO/NLL. Imports only ``search_space``."""
+"""How a model scores: data, the one training loop, ELBO/NLL, costs, latency, objectives, Pareto maths.
+
+Imports only ``search_space``.
+"""
 
 from .data import DATASETS, DataUnavailableError, Splits, binarize, default_data_root, load_data
+from .costs import Costs, FlopReport, count_bitops, count_flops, count_params, static_costs
 from .elbo import evaluate_neg_elbo, iwae_nll, neg_elbo_terms, reconstruction_error
+from .latency import LatencyConfig, LatencyResult, deployable_model, float_model, measure_latency
+from .objectives import DIRECTIONS, OBJECTIVES, EvalFailure, Evaluator, Objectives, check_objectives
+from .pareto import Bound, hypervolume, knee_point, non_dominated_mask, normalise
 from .train import TrainConfig, TrainingDiverged, TrainResult, resolve_device, seeded_model, train
 
 __all__ = [
+    "Bound", "Costs", "DIRECTIONS", "EvalFailure", "Evaluator", "FlopReport", "LatencyConfig", "LatencyResult",
+    "OBJECTIVES", "Objectives", "check_objectives", "count_bitops", "count_flops", "count_params",
+    "deployable_model", "float_model", "hypervolume", "knee_point", "measure_latency", "non_dominated_mask",
+    "normalise", "static_costs",
     "DATASETS", "DataUnavailableError", "Splits", "TrainConfig", "TrainResult", "TrainingDiverged",
     "binarize", "default_data_root", "evaluate_neg_elbo", "iwae_nll", "load_data", "neg_elbo_terms",
     "reconstruction_error", "resolve_device", "seeded_model", "train",

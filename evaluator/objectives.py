@@ -1,0 +1,109 @@
+"""The objectives record and the :class:`Evaluator` that produces it.
+
+Every objective is minimised; a study picks 2-4 of :data:`OBJECTIVES`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from search_space import ArchSpec, VaenasInputError
+
+from .costs import static_costs
+from .data import Splits
+from .elbo import evaluate_neg_elbo
+from .latency import LatencyConfig, measure_latency
+from .train import TrainConfig, TrainingDiverged, seeded_model, train
+
+OBJECTIVES: dict[str, str] = {
+    "neg_elbo": "validation −ELBO, nats per image",
+    "flops": "FLOPs of one forward pass at batch 1 (2 per MAC)",
+    "bitops": "MACs x weight bits x activation bits",
+    "params": "parameters",
+    "size_bytes": "packed model size, bytes",
+    "latency_ms": "median reconstruction-pass latency, ms (deployable form)",
+}
+DIRECTIONS: dict[str, str] = {name: "minimize" for name in OBJECTIVES}
+
+
+def check_objectives(names: list[str]) -> list[str]:
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown:
+        raise VaenasInputError(f"objectives: {unknown[0]!r} is unknown; choose from {list(OBJECTIVES)}")
+    if not 2 <= len(names) <= 4 or len(set(names)) != len(names):
+        raise VaenasInputError(f"objectives: pick 2 to 4 distinct objectives, got {names}")
+    return names
+
+
+@dataclass(frozen=True)
+class Objectives:
+    spec_id: str
+    neg_elbo: float
+    flops: int
+    bitops: int
+    params: int
+    size_bytes: int
+    latency_ms: float
+    latency_iqr_ms: float = float("nan")
+    latency_path: str = ""
+    latency_threads: int = 1
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0  # time outside training: costs, validation, latency
+    epochs: float = 0.0
+    seed: int = 0
+    neg_elbo_is_estimate: bool = False  # True when inherited from a supernet, not trained standalone
+    uncounted_ops: tuple[str, ...] = field(default=())
+
+    def values(self, names: list[str]) -> tuple[float, ...]:
+        return tuple(float(getattr(self, n)) for n in names)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["uncounted_ops"] = list(self.uncounted_ops)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Objectives":
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["uncounted_ops"] = tuple(kw.get("uncounted_ops", ()))
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class EvalFailure:
+    spec_id: str
+    reason: str
+
+
+class Evaluator:
+    """Train a spec on ``data.train`` for the budget in ``train_cfg``, then score it on ``data.val``."""
+
+    def __init__(self, data: Splits, train_cfg: TrainConfig, latency_cfg: LatencyConfig = LatencyConfig()):
+        self.data = data
+        self.train_cfg = train_cfg
+        self.latency_cfg = latency_cfg
+
+    def evaluate(self, spec: ArchSpec, seed: int | None = None) -> Objectives | EvalFailure:
+        seed = self.train_cfg.seed if seed is None else seed
+        cfg = TrainConfig(**{**self.train_cfg.to_dict(), "seed": seed})
+        model = seeded_model(spec, seed, cfg.device)
+        try:
+            res = train(model, self.data.train, cfg)
+        except TrainingDiverged as e:
+            return EvalFailure(spec.id, f"training diverged: {e}")
+        t0 = time.perf_counter()
+        val = evaluate_neg_elbo(model, self.data.val)["neg_elbo"]
+        if not math.isfinite(val):
+            return EvalFailure(spec.id, f"validation −ELBO is {val}")
+        costs = static_costs(spec)
+        lat = measure_latency(model, self.latency_cfg)
+        return Objectives(
+            spec_id=spec.id, neg_elbo=val, flops=costs.flops, bitops=costs.bitops, params=costs.params,
+            size_bytes=costs.size_bytes, latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, latency_path=lat.path,
+            latency_threads=lat.threads, train_seconds=res.seconds, eval_seconds=time.perf_counter() - t0,
+            epochs=res.epochs, seed=seed, uncounted_ops=costs.uncounted_ops,
+        )

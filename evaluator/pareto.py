@@ -1,0 +1,78 @@
+"""Pareto maths over objective vectors that are all minimised.
+
+Non-dominated sorting and hypervolume come from Optuna (``_is_pareto_front``,
+``compute_hypervolume``; tested against brute force in ``tests/test_pareto.py``). Hypervolume is
+computed on objectives normalised with fixed, declared bounds: each objective is mapped by
+``(v - lo) / (hi - lo)`` (or on a log10 scale when declared, for costs spanning decades), clipped
+to [0, 1], and measured against the reference point (1, ..., 1); so a study's hypervolume lies in
+[0, 1] and two studies with the same bounds are comparable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from optuna._hypervolume import compute_hypervolume
+from optuna.study._multi_objective import _is_pareto_front
+
+from search_space import VaenasInputError
+
+
+def non_dominated_mask(points: Sequence[Sequence[float]]) -> np.ndarray:
+    """True for points no other point dominates (duplicates of a front point are all kept)."""
+    pts = np.asarray(points, dtype=float)
+    if pts.size == 0:
+        return np.zeros(0, dtype=bool)
+    return _is_pareto_front(pts, assume_unique_lexsorted=False)
+
+
+@dataclass(frozen=True)
+class Bound:
+    lo: float
+    hi: float
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lo) and math.isfinite(self.hi)) or self.lo >= self.hi:
+            raise VaenasInputError(f"bounds: need finite lo < hi, got [{self.lo}, {self.hi}]")
+        if self.log and self.lo <= 0:
+            raise VaenasInputError(f"bounds: a log-scale bound needs lo > 0, got {self.lo}")
+
+    def normalise(self, v: np.ndarray) -> np.ndarray:
+        if self.log:
+            v = np.log10(np.maximum(v, self.lo))
+            lo, hi = math.log10(self.lo), math.log10(self.hi)
+        else:
+            lo, hi = self.lo, self.hi
+        return np.clip((v - lo) / (hi - lo), 0.0, 1.0)
+
+
+def normalise(points: Sequence[Sequence[float]], bounds: Sequence[Bound]) -> np.ndarray:
+    pts = np.asarray(points, dtype=float).reshape(-1, len(bounds))
+    return np.stack([b.normalise(pts[:, i]) for i, b in enumerate(bounds)], axis=1) if len(pts) else pts
+
+
+def hypervolume(points: Sequence[Sequence[float]], bounds: Sequence[Bound]) -> float:
+    """Hypervolume dominated by ``points`` within the normalised box, reference point all ones."""
+    norm = normalise(points, bounds)
+    if len(norm) == 0:
+        return 0.0
+    norm = norm[np.all(norm < 1.0, axis=1)]  # points on or past the reference add nothing
+    if len(norm) == 0:
+        return 0.0
+    front = norm[non_dominated_mask(norm)]
+    return float(compute_hypervolume(front, np.ones(len(bounds)), assume_pareto=False))
+
+
+def knee_point(points: Sequence[Sequence[float]], bounds: Sequence[Bound]) -> int:
+    """Index of the front point closest (Euclidean, normalised space) to the ideal point (0, ..., 0)."""
+    pts = np.asarray(points, dtype=float)
+    if len(pts) == 0:
+        raise ValueError("knee_point: no points")
+    mask = non_dominated_mask(pts)
+    norm = normalise(pts, bounds)
+    dist = np.where(mask, np.linalg.norm(norm, axis=1), np.inf)
+    return int(np.argmin(dist))
