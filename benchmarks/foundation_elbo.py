@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--iwae-k", type=int, default=1000)
     ap.add_argument("--bits", type=int, default=4)
+    ap.add_argument("--qat-delay", type=float, default=0.5,
+                    help="fraction of the QAT run trained with float weights before fake quantisation starts")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="benchmarks/results/foundation_elbo.json")
     args = ap.parse_args(argv)
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, bits in (("FP32", 32), (f"{args.bits}-bit QAT", args.bits)):
         spec = ArchSpec.mlp((400, 400), 20, bits=bits)
         model = seeded_model(spec, args.seed, args.device)
-        res = train(model, data.train, cfg, progress=sys.stderr.isatty())
+        run_cfg = cfg if bits == 32 else TrainConfig(**{**cfg.to_dict(), "qat_delay": args.qat_delay})
+        res = train(model, data.train, run_cfg, progress=sys.stderr.isatty())
         t0 = time.perf_counter()
         test = evaluate_neg_elbo(model, data.test)
         val = evaluate_neg_elbo(model, data.val)

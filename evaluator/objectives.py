@@ -88,17 +88,21 @@ class Evaluator:
         self.latency_cfg = latency_cfg
 
     def evaluate(self, spec: ArchSpec, seed: int | None = None) -> Objectives | EvalFailure:
+        return self.evaluate_with_model(spec, seed)[0]
+
+    def evaluate_with_model(self, spec: ArchSpec, seed: int | None = None):
+        """Like :meth:`evaluate`, also returning the trained model (``None`` on failure)."""
         seed = self.train_cfg.seed if seed is None else seed
         cfg = TrainConfig(**{**self.train_cfg.to_dict(), "seed": seed})
         model = seeded_model(spec, seed, cfg.device)
         try:
             res = train(model, self.data.train, cfg)
         except TrainingDiverged as e:
-            return EvalFailure(spec.id, f"training diverged: {e}")
+            return EvalFailure(spec.id, f"training diverged: {e}"), None
         t0 = time.perf_counter()
         val = evaluate_neg_elbo(model, self.data.val)["neg_elbo"]
         if not math.isfinite(val):
-            return EvalFailure(spec.id, f"validation −ELBO is {val}")
+            return EvalFailure(spec.id, f"validation −ELBO is {val}"), None
         costs = static_costs(spec)
         lat = measure_latency(model, self.latency_cfg)
         return Objectives(
@@ -106,4 +110,4 @@ class Evaluator:
             size_bytes=costs.size_bytes, latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, latency_path=lat.path,
             latency_threads=lat.threads, train_seconds=res.seconds, eval_seconds=time.perf_counter() - t0,
             epochs=res.epochs, seed=seed, uncounted_ops=costs.uncounted_ops,
-        )
+        ), model

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from search_space import ArchSpec, VaenasInputError, build_vae
+from search_space.quant import set_fake_quant
 
 from .elbo import neg_elbo_terms
 
@@ -53,6 +54,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # or "cosine": lr decays to lr * lr_min_ratio over the run
     lr_min_ratio: float = 0.05
     device: str = "auto"
+    qat_delay: float = 0.0  # fraction of the steps trained with float weights before fake quantisation starts
     divergence_threshold: float = 1e6  # mean −ELBO above this (nats) counts as diverged
 
     def __post_init__(self) -> None:
@@ -62,6 +64,8 @@ class TrainConfig:
             raise VaenasInputError(f"batch_size: must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
             raise VaenasInputError(f"lr: must be > 0, got {self.lr}")
+        if not 0.0 <= self.qat_delay < 1.0:
+            raise VaenasInputError(f"qat_delay: must be a fraction in [0, 1), got {self.qat_delay}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise VaenasInputError(f"lr_schedule: must be 'constant' or 'cosine', got {self.lr_schedule!r}")
 
@@ -104,6 +108,8 @@ def train(
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc="train", unit="step", leave=False)
+    delay_steps = int(cfg.qat_delay * total)
+    set_fake_quant(model, delay_steps == 0)
     t0 = time.perf_counter()
     history: list[tuple[int, float]] = []
     acc, acc_n, recent = torch.zeros((), device=device), 0, []
@@ -113,6 +119,8 @@ def train(
         for i in range(0, n, cfg.batch_size):
             if step >= total:
                 break
+            if step == delay_steps and delay_steps:
+                set_fake_quant(model, True)
             x = torch.bernoulli(data[perm[i : i + cfg.batch_size]].float().div_(255.0), generator=g)
             eps = torch.randn((len(x), latent), generator=g, device=device)
             beta = min(1.0, (step + 1) / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
@@ -136,6 +144,7 @@ def train(
             if acc_n == log_every or step == total:
                 mean = acc.item() / acc_n  # one host sync per log_every steps
                 if not math.isfinite(mean) or mean > cfg.divergence_threshold:
+                    set_fake_quant(model, True)
                     raise TrainingDiverged(f"mean loss {mean:.4g} over steps {step - acc_n + 1}-{step} (lr={cfg.lr})")
                 history.append((step, mean))
                 recent.append((acc_n, mean))
@@ -144,6 +153,7 @@ def train(
                 if bar is not None:
                     bar.update(log_every if step % log_every == 0 else step % log_every)
                     bar.set_postfix(loss=f"{mean:.2f}")
+    set_fake_quant(model, True)
     if bar is not None:
         bar.close()
     if device.type == "cuda":

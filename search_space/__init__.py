@@ -14,6 +14,7 @@ from .quant import (
     fake_quant_act,
     fake_quant_weight,
     pack_bits,
+    set_fake_quant,
     quantize_weight,
     unpack_bits,
 )
@@ -24,5 +25,5 @@ __all__ = [
     "ALLOWED_BITS", "ArchSpec", "LayerLayout", "QUANT_LAYERS", "QuantConv2d", "QuantConvTranspose2d",
     "QuantLinear", "SearchSpace", "SpaceError", "SpecError", "VAE", "VaenasInputError", "Verdict",
     "build_vae", "fake_quant_act", "fake_quant_weight", "pack_bits", "pack_model", "packed_layout",
-    "packed_size_bytes", "quantize_weight", "unpack_bits", "unpack_model", "unpack_state_dict",
+    "packed_size_bytes", "quantize_weight", "set_fake_quant", "unpack_bits", "unpack_model", "unpack_state_dict",
 ]

@@ -83,9 +83,15 @@ class QuantMixin:
     act_bits: int | None
     ch_axis: int = 0
     weight: torch.Tensor
+    fake_quant_enabled: bool = True  # off only during a QAT delay (see set_fake_quant)
 
     def quantized_weight(self) -> torch.Tensor:
+        if not self.fake_quant_enabled:
+            return self.weight
         return fake_quant_weight(self.weight, self.bits, self.ch_axis)
+
+    def quant_input(self, x: torch.Tensor) -> torch.Tensor:
+        return fake_quant_act(x, self.act_bits) if self.fake_quant_enabled else x
 
     def extra_repr(self) -> str:  # type: ignore[override]
         return super().extra_repr() + f", bits={self.bits}, act_bits={self.act_bits}"  # type: ignore[misc]
@@ -97,7 +103,7 @@ class QuantLinear(QuantMixin, nn.Linear):
         self.bits, self.act_bits = bits, act_bits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(fake_quant_act(x, self.act_bits), self.quantized_weight(), self.bias)
+        return F.linear(self.quant_input(x), self.quantized_weight(), self.bias)
 
 
 class QuantConv2d(QuantMixin, nn.Conv2d):
@@ -106,7 +112,7 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
         self.bits, self.act_bits = bits, act_bits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(fake_quant_act(x, self.act_bits), self.quantized_weight(), self.bias)
+        return self._conv_forward(self.quant_input(x), self.quantized_weight(), self.bias)
 
 
 class QuantConvTranspose2d(QuantMixin, nn.ConvTranspose2d):
@@ -118,7 +124,7 @@ class QuantConvTranspose2d(QuantMixin, nn.ConvTranspose2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return F.conv_transpose2d(
-            fake_quant_act(x, self.act_bits),
+            self.quant_input(x),
             self.quantized_weight(),
             self.bias,
             self.stride,
@@ -130,6 +136,17 @@ class QuantConvTranspose2d(QuantMixin, nn.ConvTranspose2d):
 
 
 QUANT_LAYERS = (QuantLinear, QuantConv2d, QuantConvTranspose2d)
+
+
+def set_fake_quant(model: nn.Module, enabled: bool) -> None:
+    """Turn fake quantisation of every quantised layer on or off (like torch.ao's enable/disable_fake_quant).
+
+    Off is only for the float warm-up of a QAT run with a quantisation delay; evaluation, packing
+    and costs always describe the quantised model.
+    """
+    for m in model.modules():
+        if isinstance(m, QUANT_LAYERS):
+            m.fake_quant_enabled = enabled
 
 
 # --------------------------------------------------------------------------- bit packing

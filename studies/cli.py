@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 from pathlib import Path
@@ -18,13 +17,8 @@ class CliError(VaenasInputError):
     pass
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _load_arch(path: str) -> ArchSpec:
+    """An arch spec JSON, or an exported arch file (``vaenas export``) that wraps one."""
     p = Path(path)
     if not p.is_file():
         raise CliError(f"--arch: file {path!r} does not exist")
@@ -39,8 +33,6 @@ def _load_arch(path: str) -> ArchSpec:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
     from evaluator import TrainConfig, evaluate_neg_elbo, iwae_nll, load_data, seeded_model, train
     from search_space import pack_model
 
@@ -67,21 +59,144 @@ def cmd_train(args: argparse.Namespace) -> int:
     report["packed_bytes"] = len(packed)
     if args.iwae_k:
         report[f"test_iwae{args.iwae_k}_nll"] = iwae_nll(model, data.test, k=args.iwae_k)
-    out.mkdir(parents=True, exist_ok=True)
-    import io
+    from .run import atomic_write, save_checkpoint
 
-    buf = io.BytesIO()
-    torch.save({"format": "vaenas.checkpoint", "version": 1, "spec": spec.to_json(),
-                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, buf)
-    _atomic_write(out / "model.pt", buf.getvalue())
-    _atomic_write(out / "weights.packed.bin", packed)
-    _atomic_write(out / "arch.json", spec.to_json(indent=2).encode())
-    _atomic_write(out / "report.json", json.dumps(report, indent=2).encode())
+    save_checkpoint(out / "model.pt", model, spec)
+    atomic_write(out / "weights.packed.bin", packed)
+    atomic_write(out / "arch.json", spec.to_json(indent=2).encode())
+    atomic_write(out / "report.json", json.dumps(report, indent=2).encode())
     print(f"test -ELBO {test['neg_elbo']:.2f} nats | params {report['params']:,} | packed {len(packed):,} bytes | "
           f"train {res.seconds:.1f}s")
     if args.iwae_k:
         print(f"test IWAE-{args.iwae_k} NLL {report[f'test_iwae{args.iwae_k}_nll']:.2f} nats")
     print(f"wrote {out}/model.pt, weights.packed.bin, arch.json, report.json")
+    return 0
+
+
+def _print_front(view, limit: int | None = None) -> None:
+    import pandas as pd
+
+    cols = ["trial", "spec_id", "family", "latent_dim", "mean_bits", *view.objectives]
+    cols += [c for c in ("size_bytes", "flops", "latency_ms") if c not in cols]
+    with pd.option_context("display.max_columns", 20, "display.width", 200):
+        print(view.front[cols].head(limit).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .config import StudyConfig
+    from .report import load_view, pick_trial
+    from .run import run_search
+
+    cfg = StudyConfig.load(args.config)
+    if args.storage:
+        cfg.storage = args.storage
+    summary = run_search(cfg, runs_dir=args.runs_dir, resume=args.resume, n_trials=args.n_trials,
+                         timeout_s=args.timeout, progress=not args.quiet)
+    state = "interrupted" if summary.interrupted else "done"
+    print(f"study {summary.study_name}: {state}, {summary.finished} finished trials ({summary.new_trials} this run, "
+          f"{summary.seconds:.0f}s), front size {summary.front_size}, hypervolume {summary.hypervolume:.4f}")
+    if summary.interrupted:
+        print(f"resume with: vaenas search {args.config} --resume")
+        return 1
+    view = load_view(cfg.name, args.runs_dir, cfg.storage)
+    if len(view.trials) == 0:
+        print("no trial completed; nothing to plot or export")
+        return 1
+    _print_front(view)
+    knee = pick_trial(view, pick="knee")
+    out = _run_dir(args.runs_dir, cfg.name)
+    plots = _plots(view, args.runs_dir, cfg.data_root, knee)
+    from .report import export_trial
+
+    doc = export_trial(view, knee, out / "export" / "knee.json")
+    print(f"plots: {', '.join(str(p) for p in plots)}")
+    print(f"exported winner (knee, trial {knee}): {out / 'export' / 'knee.json'}")
+    print(f"retrain it: {doc['retrain_command']}")
+    return 0
+
+
+def _run_dir(runs_dir: str, name: str) -> Path:
+    from .run import study_dir
+
+    return study_dir(runs_dir, name)
+
+
+def _plots(view, runs_dir: str, data_root: str | None, knee: int, x=None) -> list[Path]:
+    from evaluator import load_data
+
+    from .plots import make_plots
+
+    cfg = view.study.user_attrs.get("config", {})
+    images = load_data(cfg.get("dataset", "mnist"), data_root or cfg.get("data_root"), n_train=1, n_eval=16).test
+    ck = _run_dir(runs_dir, view.name) / "trials" / str(knee) / "model.pt"
+    return make_plots(view, _run_dir(runs_dir, view.name) / "plots", images, knee, ck, x=x)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .report import list_studies
+
+    df = list_studies(args.runs_dir, args.storage)
+    print(df.to_string(index=False) if len(df) else f"no studies under {args.runs_dir}/")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .report import load_view, study_hypervolume
+
+    view = load_view(args.study, args.runs_dir, args.storage)
+    fails = view.all_trials[view.all_trials["state"] == "FAIL"]
+    print(f"study {view.name} ({view.storage}): {len(view.trials)} complete, {len(fails)} failed; objectives "
+          f"{view.objectives}; hypervolume {study_hypervolume(view):.4f}; front size {len(view.front)}")
+    _print_front(view)
+    for _, r in fails.iterrows():
+        print(f"  trial {r['number']} FAIL: {r['fail_reason']}")
+    if args.csv:
+        view.trials.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    if args.json:
+        Path(args.json).write_text(view.trials.to_json(orient="records", indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from evaluator import OBJECTIVES
+
+    from .report import load_view, pick_trial
+
+    view = load_view(args.study, args.runs_dir, args.storage)
+    for name in (args.x or []) + [args.y]:
+        if name not in OBJECTIVES:
+            raise CliError(f"--x/--y: {name!r} is not an objective; use one of {list(OBJECTIVES)}")
+    knee = pick_trial(view, pick="knee")
+    for p in _plots(view, args.runs_dir, args.data_root, knee, x=args.x):
+        print(p)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .report import export_trial, load_view, pick_trial
+
+    view = load_view(args.study, args.runs_dir, args.storage)
+    n = pick_trial(view, trial=args.trial, pick=args.pick, max_constraints=args.max)
+    out = Path(args.out) if args.out else _run_dir(args.runs_dir, view.name) / "export" / f"trial{n}.json"
+    doc = export_trial(view, n, out)
+    print(f"exported trial {n} ({doc['spec_id']}): {out}")
+    print(f"retrain it: {doc['retrain_command']}")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from .retrain import retrain
+
+    report = retrain(_load_arch(args.arch), epochs=args.epochs, dataset=args.dataset, data_root=args.data_root,
+                     out=Path(args.out) if args.out else Path(args.arch).with_suffix("").parent / "retrain",
+                     teacher=args.teacher, distill_weight=args.distill_weight, seed=args.seed, lr=args.lr,
+                     batch_size=args.batch_size, iwae_k=args.iwae_k, device=args.device, n_train=args.n_train)
+    print(f"test -ELBO {report['test_neg_elbo']:.2f} nats | IWAE-{report['iwae_k']} NLL {report['test_iwae_nll']:.2f} | "
+          f"params {report['params']:,} | {report['size_bytes']:,} bytes | {report['flops']:,} FLOPs | "
+          f"latency {report['latency_ms']:.4f} ms")
+    print(f"wrote {report['out_dir']}: " + ", ".join(report["files"]))
     return 0
 
 
@@ -115,6 +230,62 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto | cpu | cuda")
     t.add_argument("--out", default="runs/train", help="output folder")
     t.set_defaults(func=cmd_train)
+
+    def study_args(p, study=True):
+        if study:
+            p.add_argument("study", metavar="STUDY", help="study name")
+        p.add_argument("--runs-dir", default="runs", help="where studies live (default runs/)")
+        p.add_argument("--storage", help="Optuna storage URL (default sqlite:///runs/<study>/study.db)")
+
+    se = sub.add_parser("search", help="run (or --resume) a study from a YAML config")
+    se.add_argument("config")
+    se.add_argument("--resume", action="store_true", help="continue an existing study to its budget")
+    se.add_argument("--n-trials", type=int, help="override budget.trials")
+    se.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    se.add_argument("--quiet", action="store_true", help="no progress bar")
+    study_args(se, study=False)
+    se.set_defaults(func=cmd_search)
+
+    li = sub.add_parser("list", help="list studies with their trial counts")
+    study_args(li, study=False)
+    li.set_defaults(func=cmd_list)
+
+    sh = sub.add_parser("show", help="a study's Pareto front as a table; --csv/--json export every trial")
+    study_args(sh)
+    sh.add_argument("--csv")
+    sh.add_argument("--json")
+    sh.set_defaults(func=cmd_show)
+
+    pa = sub.add_parser("pareto", help="PNG plots: 2-D fronts, hypervolume vs trials, knee reconstructions")
+    study_args(pa)
+    pa.add_argument("--x", action="append", help="cost objective(s) on the x axis (default: the study's)")
+    pa.add_argument("--y", default="neg_elbo")
+    pa.add_argument("--data-root")
+    pa.set_defaults(func=cmd_pareto)
+
+    ex = sub.add_parser("export", help="write a self-contained arch JSON and the retrain command")
+    study_args(ex)
+    ex.add_argument("--trial", type=int)
+    ex.add_argument("--pick", help="knee (default) | best:OBJECTIVE")
+    ex.add_argument("--max", action="append", help="OBJECTIVE=VALUE upper limit, e.g. size_bytes=20000")
+    ex.add_argument("--out")
+    ex.set_defaults(func=cmd_export)
+
+    rt = sub.add_parser("retrain", help="train an exported architecture from scratch (QAT), optionally distilled")
+    rt.add_argument("arch", help="exported arch JSON (or a bare spec JSON)")
+    rt.add_argument("--epochs", type=float, required=True)
+    rt.add_argument("--teacher", help="teacher VAE checkpoint (model.pt) for knowledge distillation")
+    rt.add_argument("--distill-weight", type=float, default=1.0)
+    rt.add_argument("--dataset", default="mnist")
+    rt.add_argument("--data-root")
+    rt.add_argument("--n-train", type=int)
+    rt.add_argument("--batch-size", type=int, default=100)
+    rt.add_argument("--lr", type=float, default=1e-3)
+    rt.add_argument("--seed", type=int, default=0)
+    rt.add_argument("--iwae-k", type=int, default=100)
+    rt.add_argument("--device", default="auto")
+    rt.add_argument("--out", help="output folder (default: retrain/ beside the arch file)")
+    rt.set_defaults(func=cmd_retrain)
 
     s = sub.add_parser("space", help="describe a search-space YAML: its size, and optionally sampled specs")
     s.add_argument("space")

@@ -1,0 +1,186 @@
+"""Study configuration from YAML (strict: unknown keys and wrong types are rejected with one line).
+
+    name: quickstart                 # letters, digits, '-', '_' (it names runs/<name>/)
+    dataset: mnist                   # mnist | fashion_mnist
+    data_root: null                  # default $VAENAS_DATA or ~/.cache/vaenas/data
+    n_train: 10000                   # optional: train each trial on a leading subset
+    space: {...} | path.yaml         # inline search space or a file (relative to this config)
+    strategy: {name: random, options: {}}
+    objectives: [neg_elbo, size_bytes]
+    bounds: {neg_elbo: [80, 250], size_bytes: {lo: 1000, hi: 4000000, log: true}}
+    budget: {trials: 12, timeout_s: null}
+    train: {epochs: 1, batch_size: 100, lr: 0.001, max_steps: null, lr_schedule: constant, device: auto}
+    latency: {repeats: 50, threads: 1, batch_size: 1}
+    seed: 0
+    storage: null                    # any Optuna storage URL; default sqlite:///runs/<name>/study.db
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evaluator import Bound, LatencyConfig, TrainConfig, check_objectives
+from evaluator.data import DATASETS
+from search_space import SearchSpace, VaenasInputError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_KEYS = {"name", "dataset", "data_root", "n_train", "space", "strategy", "objectives", "bounds", "budget", "train",
+         "latency", "seed", "storage"}
+_TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_steps", "lr_schedule", "kl_warmup_steps", "device"}
+_LATENCY_KEYS = {"repeats", "threads", "batch_size", "warmup"}
+
+
+class ConfigError(VaenasInputError):
+    pass
+
+
+def check_name(name: Any, what: str = "name") -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ConfigError(f"{what}: {name!r} is not a valid study name; use letters, digits, '-' and '_' "
+                          "(no path characters), at most 64")
+    return name
+
+
+def _typed(key: str, value: Any, typ: type | tuple, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) and typ is not bool or not isinstance(value, typ):
+        names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+        raise ConfigError(f"{key}: expected {names}, got {value!r}")
+    return value
+
+
+def _block(key: str, value: Any, allowed: set[str]) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: unknown key; allowed keys are {sorted(allowed)}")
+    return value
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    space: SearchSpace
+    objectives: list[str]
+    bounds: list[Bound]
+    dataset: str = "mnist"
+    data_root: str | None = None
+    n_train: int | None = None
+    strategy: str = "random"
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    trials: int = 10
+    timeout_s: float | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    seed: int = 0
+    storage: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Any, base_dir: Path | None = None) -> "StudyConfig":
+        if not isinstance(d, dict):
+            raise ConfigError("study config: expected a mapping of keys at the top level")
+        unknown = sorted(set(d) - _KEYS)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown study key; allowed keys are {sorted(_KEYS)}")
+        for req in ("name", "space", "objectives"):
+            if req not in d:
+                raise ConfigError(f"{req}: required study key is missing")
+        name = check_name(d["name"])
+        dataset = _typed("dataset", d.get("dataset", "mnist"), str)
+        if dataset not in DATASETS:
+            raise ConfigError(f"dataset: {dataset!r} is unknown; use one of {sorted(DATASETS)}")
+        sp = d["space"]
+        if isinstance(sp, str):
+            path = Path(sp) if Path(sp).is_absolute() or base_dir is None else base_dir / sp
+            space = SearchSpace.load(path)
+        elif isinstance(sp, dict):
+            space = SearchSpace.from_dict(sp)
+        else:
+            raise ConfigError(f"space: expected an inline mapping or a file path, got {sp!r}")
+        objs = d["objectives"]
+        if not isinstance(objs, list):
+            raise ConfigError(f"objectives: expected a list such as [neg_elbo, size_bytes], got {objs!r}")
+        objectives = check_objectives(objs)
+        braw = _block("bounds", d.get("bounds"), set(objectives) | set(_BOUND_EXTRA(d.get("bounds"))))
+        bounds = []
+        for o in objectives:
+            if o not in braw:
+                raise ConfigError(f"bounds.{o}: missing; hypervolume needs fixed bounds for every objective, "
+                                  f"e.g. {o}: [lo, hi]")
+            bounds.append(_bound(f"bounds.{o}", braw[o]))
+        extra = sorted(set(braw) - set(objectives))
+        if extra:
+            raise ConfigError(f"bounds.{extra[0]}: not one of the study's objectives {objectives}")
+        strat = d.get("strategy", {"name": "random"})
+        if isinstance(strat, str):
+            strat = {"name": strat}
+        strat = _block("strategy", strat, {"name", "options"})
+        budget = _block("budget", d.get("budget"), {"trials", "timeout_s"})
+        trials = _typed("budget.trials", budget.get("trials", 10), int)
+        if trials < 1:
+            raise ConfigError(f"budget.trials: must be >= 1, got {trials}")
+        timeout = _typed("budget.timeout_s", budget.get("timeout_s"), (int, float), allow_none=True)
+        tr = _block("train", d.get("train"), _TRAIN_KEYS)
+        seed = _typed("seed", d.get("seed", 0), int)
+        for k, t in (("epochs", (int, float)), ("batch_size", int), ("lr", (int, float)), ("lr_schedule", str),
+                     ("kl_warmup_steps", int), ("device", str)):
+            if k in tr:
+                _typed(f"train.{k}", tr[k], t)
+        if "max_steps" in tr:
+            _typed("train.max_steps", tr["max_steps"], int, allow_none=True)
+        train = TrainConfig(**tr, seed=seed)
+        lat = _block("latency", d.get("latency"), _LATENCY_KEYS)
+        for k in lat:
+            _typed(f"latency.{k}", lat[k], int)
+        storage = _typed("storage", d.get("storage"), str, allow_none=True)
+        n_train = _typed("n_train", d.get("n_train"), int, allow_none=True)
+        from strategies import REGISTRY
+
+        sname = _typed("strategy.name", strat.get("name", "random"), str)
+        if sname not in REGISTRY:
+            raise ConfigError(f"strategy.name: {sname!r} is unknown; registered strategies are {sorted(REGISTRY)}")
+        return cls(
+            name=name, space=space, objectives=objectives, bounds=bounds, dataset=dataset,
+            data_root=_typed("data_root", d.get("data_root"), str, allow_none=True), n_train=n_train,
+            strategy=sname, strategy_options=_typed("strategy.options", strat.get("options") or {}, dict),
+            trials=trials, timeout_s=timeout, train=train, latency=LatencyConfig(**lat), seed=seed,
+            storage=storage, raw=d,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "StudyConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist; check the path")
+        try:
+            d = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{p.name}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        return cls.from_dict(d, base_dir=p.parent)
+
+
+def _BOUND_EXTRA(b: Any) -> list[str]:  # noqa: N802 - let unknown bound names reach the clearer check below
+    return list(b) if isinstance(b, dict) else []
+
+
+def _bound(key: str, v: Any) -> Bound:
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        return Bound(float(v[0]), float(v[1]))
+    if isinstance(v, dict) and set(v) <= {"lo", "hi", "log"} and {"lo", "hi"} <= set(v):
+        try:
+            return Bound(float(v["lo"]), float(v["hi"]), bool(v.get("log", False)))
+        except (TypeError, ValueError):
+            pass
+    raise ConfigError(f"{key}: expected [lo, hi] or {{lo, hi, log}}, got {v!r}")

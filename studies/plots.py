@@ -1,0 +1,115 @@
+"""Plots of a study (compute first, then draw): 2-D fronts, hypervolume vs trials, knee reconstructions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from evaluator import non_dominated_mask  # noqa: E402
+from search_space import ArchSpec, build_vae  # noqa: E402
+
+from .report import StudyView, hypervolume_curve  # noqa: E402
+
+LABELS = {
+    "neg_elbo": "validation −ELBO (nats/image, lower is better)",
+    "flops": "FLOPs per forward pass (batch 1)",
+    "bitops": "BitOps (MACs × weight bits × activation bits)",
+    "params": "parameters",
+    "size_bytes": "packed model size (bytes)",
+    "latency_ms": "latency (ms, median, batch 1)",
+}
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def front_plot(view: StudyView, x: str, y: str, path: Path) -> Path:
+    df = view.trials
+    xs, ys = df[x].to_numpy(float), df[y].to_numpy(float)
+    bits = df["mean_bits"].to_numpy(float)
+    on2d = non_dominated_mask(np.stack([xs, ys], 1))
+    order = np.argsort(xs[on2d])
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    norm = matplotlib.colors.Normalize(vmin=2, vmax=32)
+    ax.scatter(xs[~on2d], ys[~on2d], c=bits[~on2d], cmap="viridis", norm=norm, alpha=0.3, s=30,
+               label=f"dominated ({int((~on2d).sum())})")
+    sc = ax.scatter(xs[on2d], ys[on2d], c=bits[on2d], cmap="viridis", norm=norm, s=70, edgecolors="black",
+                    label=f"Pareto front ({int(on2d.sum())})", zorder=3)
+    ax.step(xs[on2d][order], ys[on2d][order], where="post", color="black", lw=1, alpha=0.7, zorder=2)
+    if len(xs) and xs.min() > 0 and xs.max() / xs.min() > 30:
+        ax.set_xscale("log")
+    ax.set_xlabel(LABELS.get(x, x))
+    ax.set_ylabel(LABELS.get(y, y))
+    est = bool(df.get("neg_elbo_is_estimate", False).any()) if "neg_elbo_is_estimate" in df else False
+    ax.set_title(f"{view.name}: {y} vs {x} ({len(df)} trials){' [−ELBO estimated]' if est else ''}")
+    fig.colorbar(sc, ax=ax, label="mean weight bit-width")
+    ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def hv_plot(view: StudyView, path: Path) -> Path:
+    xs, ys = hypervolume_curve(view)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(xs, ys, marker="o", ms=3, label="hypervolume of trials so far")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel("hypervolume (normalised, declared bounds)")
+    ax.set_title(f"{view.name}: hypervolume over {', '.join(view.objectives)}")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def recon_plot(checkpoint: Path, images: torch.Tensor, path: Path, title: str, n: int = 8, seed: int = 0) -> Path:
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    spec = ArchSpec.from_json(ck["spec"])
+    model = build_vae(spec)
+    model.load_state_dict(ck["state_dict"])
+    model.eval()
+    x = images[:n].float()
+    with torch.no_grad():
+        mu, _ = model.encode(x)
+        recon = torch.sigmoid(model.decode(mu))
+        z = torch.randn((n, spec.latent_dim), generator=torch.Generator().manual_seed(seed))
+        samples = torch.sigmoid(model.decode(z))
+    rows = [("input (test)", x), ("reconstruction (mean)", recon), ("samples from prior (mean)", samples)]
+    fig, axes = plt.subplots(3, n, figsize=(1.2 * n, 4.2))
+    for r, (label, imgs) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(imgs[c, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def make_plots(view: StudyView, out_dir: Path, images: torch.Tensor | None, knee_trial: int | None,
+               checkpoint: Path | None, x: list[str] | None = None, y: str = "neg_elbo") -> list[Path]:
+    paths = []
+    if len(view.trials):
+        xs = x or [o for o in view.objectives if o != y]
+        for cost in xs:
+            paths.append(front_plot(view, cost, y, out_dir / f"front_{cost}.png"))
+        paths.append(hv_plot(view, out_dir / "hypervolume.png"))
+    if images is not None and checkpoint is not None and checkpoint.exists():
+        t = view.trials.set_index("trial").loc[knee_trial]
+        title = (f"{view.name}: knee trial {knee_trial} ({t['spec_id']}), −ELBO {t['neg_elbo']:.1f} nats, "
+                 f"{int(t['size_bytes']):,} bytes, mean {t['mean_bits']:.1f} bits")
+        paths.append(recon_plot(checkpoint, images, out_dir / "knee_reconstructions.png", title))
+    return paths

@@ -1,0 +1,156 @@
+"""Read a study back: trials table, Pareto front, knee, export of a chosen architecture."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from evaluator import OBJECTIVES, Bound, hypervolume, knee_point, non_dominated_mask
+from search_space import ArchSpec, VaenasInputError
+
+from .config import check_name
+from .run import atomic_write, storage_url, study_dir
+
+COST_COLUMNS = ["flops", "bitops", "params", "size_bytes", "latency_ms"]
+
+
+@dataclass
+class StudyView:
+    name: str
+    storage: str
+    study: optuna.Study
+    objectives: list[str]
+    bounds: list[Bound]
+    trials: pd.DataFrame  # one row per COMPLETE trial
+    all_trials: pd.DataFrame  # every trial: number, state, fail_reason
+
+    @property
+    def front(self) -> pd.DataFrame:
+        return self.trials[self.trials["on_front"]].sort_values(self.objectives[0])
+
+
+def _storage_for(name: str, runs_dir: str | Path, storage: str | None) -> str:
+    if storage:
+        return storage
+    db = study_dir(runs_dir, name) / "study.db"
+    if not db.exists():
+        raise VaenasInputError(f"study {name!r}: no {db}; run `vaenas list` to see studies or pass --storage")
+    return f"sqlite:///{db}"
+
+
+def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = None) -> StudyView:
+    check_name(name, "STUDY")
+    url = _storage_for(name, runs_dir, storage)
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        raise VaenasInputError(f"study {name!r} is not in {url}; run `vaenas list` to see studies") from None
+    objectives = study.user_attrs.get("objectives") or study.metric_names
+    bounds = [Bound(*b) for b in study.user_attrs["bounds"]]
+    rows, all_rows = [], []
+    for t in study.get_trials(deepcopy=False):
+        all_rows.append({"number": t.number, "state": t.state.name, "fail_reason": t.user_attrs.get("fail_reason", "")})
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            continue
+        spec = ArchSpec.from_json(t.user_attrs["spec"])
+        row = {"trial": t.number, "spec_id": spec.id, "family": spec.family, "latent_dim": spec.latent_dim,
+               "enc_hidden": list(spec.enc_hidden), "enc_channels": list(spec.enc_channels),
+               "weight_bits": list(spec.weight_bits), "mean_bits": spec.mean_bits}
+        for k in ["neg_elbo"] + COST_COLUMNS + ["train_seconds", "latency_path", "neg_elbo_is_estimate"]:
+            row[k] = t.user_attrs.get(k)
+        row["reused_from_trial"] = t.user_attrs.get("reused_from_trial")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if len(df):
+        pts = df[objectives].to_numpy(float)
+        df["on_front"] = non_dominated_mask(pts)
+    else:
+        df = pd.DataFrame(columns=["trial", "spec_id", *objectives, "on_front"])
+    return StudyView(name, url, study, objectives, bounds, df, pd.DataFrame(all_rows))
+
+
+def list_studies(runs_dir: str | Path = "runs", storage: str | None = None) -> pd.DataFrame:
+    urls = [storage] if storage else [f"sqlite:///{p}" for p in sorted(Path(runs_dir).glob("*/study.db"))]
+    rows = []
+    for url in urls:
+        for s in optuna.get_all_study_summaries(url):
+            states = [t.state for t in optuna.load_study(study_name=s.study_name, storage=url).get_trials(deepcopy=False)]
+            rows.append({"study": s.study_name, "complete": sum(x.name == "COMPLETE" for x in states),
+                         "failed": sum(x.name == "FAIL" for x in states), "running": sum(x.name == "RUNNING" for x in states),
+                         "storage": url})
+    return pd.DataFrame(rows, columns=["study", "complete", "failed", "running", "storage"])
+
+
+def study_hypervolume(view: StudyView) -> float:
+    return hypervolume(view.trials[view.objectives].to_numpy(float), view.bounds) if len(view.trials) else 0.0
+
+
+def hypervolume_curve(view: StudyView) -> tuple[list[int], list[float]]:
+    """Hypervolume of the COMPLETE trials up to and including each trial number."""
+    df = view.trials.sort_values("trial")
+    xs, ys = [], []
+    for i in range(len(df)):
+        xs.append(int(df["trial"].iloc[i]))
+        ys.append(hypervolume(df[view.objectives].iloc[: i + 1].to_numpy(float), view.bounds))
+    return xs, ys
+
+
+def pick_trial(view: StudyView, trial: int | None = None, pick: str | None = None,
+               max_constraints: list[str] | None = None) -> int:
+    """Choose a trial number: explicit, the knee of the front, best on one objective, under limits."""
+    df = view.trials
+    if len(df) == 0:
+        raise VaenasInputError(f"study {view.name!r} has no completed trials to export")
+    if trial is not None:
+        if trial not in set(df["trial"]):
+            raise VaenasInputError(f"--trial: study {view.name!r} has no completed trial {trial}; "
+                                   f"completed trials are {sorted(df['trial'].tolist())[:20]}")
+        return trial
+    for c in max_constraints or []:
+        key, _, val = c.partition("=")
+        if key not in OBJECTIVES or not val:
+            raise VaenasInputError(f"--max: expected OBJECTIVE=VALUE with OBJECTIVE in {list(OBJECTIVES)}, got {c!r}")
+        try:
+            df = df[df[key].astype(float) <= float(val)]
+        except ValueError:
+            raise VaenasInputError(f"--max: {val!r} is not a number") from None
+    if len(df) == 0:
+        raise VaenasInputError(f"no completed trial satisfies {' and '.join(max_constraints or [])}")
+    pick = pick or "knee"
+    if pick == "knee":
+        pts = df[view.objectives].to_numpy(float)
+        return int(df["trial"].iloc[knee_point(pts, view.bounds)])
+    if pick.startswith("best:"):
+        key = pick.split(":", 1)[1]
+        if key not in OBJECTIVES:
+            raise VaenasInputError(f"--pick: {key!r} is not an objective; use one of {list(OBJECTIVES)}")
+        return int(df.sort_values([key, "neg_elbo"])["trial"].iloc[0])
+    raise VaenasInputError(f"--pick: expected 'knee' or 'best:OBJECTIVE', got {pick!r}")
+
+
+def export_trial(view: StudyView, number: int, out: Path, runs_dir: str | Path = "runs") -> dict:
+    t = view.study.trials[number]
+    spec = ArchSpec.from_json(t.user_attrs["spec"])
+    objectives = {k: t.user_attrs.get(k) for k in ["neg_elbo"] + COST_COLUMNS}
+    cfg = view.study.user_attrs.get("config", {})
+    arch_path = str(out)
+    doc = {
+        "type": "vaenas.Export", "version": 1, "spec": spec.to_dict(), "spec_id": spec.id,
+        "objectives": objectives, "neg_elbo_is_estimate": bool(t.user_attrs.get("neg_elbo_is_estimate", False)),
+        "provenance": {"study": view.name, "storage": view.storage, "trial": number, "dataset": cfg.get("dataset", "mnist"),
+                       "seed": t.user_attrs.get("seed"), "train": cfg.get("train", {}),
+                       "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "retrain_command": f"vaenas retrain {arch_path} --epochs 30 --dataset {cfg.get('dataset', 'mnist')}",
+    }
+    atomic_write(out, json.dumps(doc, indent=2).encode())
+    return doc
+
+
+def front_points(view: StudyView) -> np.ndarray:
+    return view.front[view.objectives].to_numpy(float)

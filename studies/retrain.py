@@ -1,0 +1,116 @@
+"""Full retraining of an exported architecture: QAT at the spec's bit-widths, optional distillation.
+
+Distillation from a teacher VAE (as the seed documents describe) adds to the student's −ELBO:
+``distill_weight x (KL(q_teacher(z|x) || q_student(z|x)) + BCE(student recon, teacher recon))`` -
+the first term only when both latent dimensions agree; reconstructions are the decoders' Bernoulli
+means at ``z = mu``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from evaluator import (
+    LatencyConfig, TrainConfig, evaluate_neg_elbo, iwae_nll, load_data, measure_latency, reconstruction_error,
+    resolve_device, seeded_model, static_costs, train,
+)
+from search_space import ArchSpec, VaenasInputError, build_vae, pack_model
+
+from .run import atomic_write, save_checkpoint
+
+
+def load_checkpoint(path: str | Path, what: str = "checkpoint"):
+    p = Path(path)
+    if not p.is_file():
+        raise VaenasInputError(f"{what}: file {str(p)!r} does not exist")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, or one holding arbitrary pickled objects
+        raise VaenasInputError(f"{what}: {str(p)!r} is not a vaenas checkpoint ({type(e).__name__})") from None
+    if not isinstance(ck, dict) or ck.get("format") != "vaenas.checkpoint" or "spec" not in ck:
+        raise VaenasInputError(f"{what}: {str(p)!r} is not a vaenas checkpoint (no 'format: vaenas.checkpoint')")
+    spec = ArchSpec.from_json(ck["spec"])
+    model = build_vae(spec)
+    try:
+        model.load_state_dict(ck["state_dict"])
+    except (RuntimeError, KeyError) as e:
+        raise VaenasInputError(f"{what}: weights in {str(p)!r} do not match its spec ({str(e).splitlines()[0]})") from None
+    return model
+
+
+def distillation_loss(teacher, weight: float):
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def loss(student, x, eps):
+        with torch.no_grad():
+            mu_t, lv_t = teacher.encode(x)
+            rec_t = torch.sigmoid(teacher.decode(mu_t))
+        mu_s, lv_s = student.encode(x)
+        rec = F.binary_cross_entropy_with_logits(student.decode(mu_s).flatten(1), rec_t.flatten(1),
+                                                 reduction="none").sum(1)
+        total = rec
+        if mu_s.shape == mu_t.shape:  # KL(q_t || q_s), closed form for diagonal Gaussians
+            kl = 0.5 * (lv_s - lv_t + (lv_t.exp() + (mu_t - mu_s).pow(2)) / lv_s.exp() - 1).sum(1)
+            total = total + kl
+        return weight * total.mean()
+
+    return loss
+
+
+def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset: str = "mnist", data_root: str | None = None,
+            teacher: str | None = None, distill_weight: float = 1.0, seed: int = 0, lr: float = 1e-3,
+            batch_size: int = 100, iwae_k: int = 100, device: str = "auto", n_train: int | None = None) -> dict:
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, lr_schedule="cosine")
+    extra = None
+    if teacher:
+        t = load_checkpoint(teacher, "--teacher")
+        if tuple(t.spec.input_shape) != tuple(spec.input_shape):
+            raise VaenasInputError(f"--teacher: input shape {t.spec.input_shape} differs from the student's {spec.input_shape}")
+        extra = distillation_loss(t.to(resolve_device(device)), distill_weight)
+    if out.exists() and not out.is_dir():
+        raise VaenasInputError(f"--out: {str(out)!r} exists and is not a directory")
+    data = load_data(dataset, data_root, n_train=n_train)
+    model = seeded_model(spec, seed, device)
+    res = train(model, data.train, cfg, extra_loss=extra, progress=True)
+    test = evaluate_neg_elbo(model, data.test)
+    costs = static_costs(spec)
+    packed = pack_model(model)
+    lat = measure_latency(model, LatencyConfig())
+    report = {
+        "spec": spec.to_dict(), "spec_id": spec.id, "dataset": dataset, "train": cfg.to_dict(),
+        "teacher": teacher, "distill_weight": distill_weight if teacher else None, "train_seconds": res.seconds,
+        "test_neg_elbo": test["neg_elbo"], "test_kl": test["kl"], "iwae_k": iwae_k,
+        "test_iwae_nll": iwae_nll(model, data.test, k=iwae_k), "test_recon_mse_per_pixel": reconstruction_error(model, data.test),
+        "params": costs.params, "size_bytes": len(packed), "flops": costs.flops, "bitops": costs.bitops,
+        "latency_ms": lat.median_ms, "latency_iqr_ms": lat.iqr_ms, "latency_path": lat.path,
+        "uncounted_ops": list(costs.uncounted_ops), "out_dir": str(out),
+    }
+    save_checkpoint(out / "model.pt", model, spec)
+    atomic_write(out / "weights.packed.bin", packed)
+    atomic_write(out / "arch.json", spec.to_json(indent=2).encode())
+    files = ["model.pt", "weights.packed.bin", "arch.json"]
+    from .plots import recon_plot
+
+    recon_plot(out / "model.pt", data.test[:16], out / "reconstructions.png",
+               f"retrained {spec.id}: test −ELBO {test['neg_elbo']:.1f} nats, {len(packed):,} bytes")
+    files.append("reconstructions.png")
+    try:
+        import onnx  # noqa: F401
+
+        from evaluator import float_model
+
+        fm = float_model(model).cpu()
+        torch.onnx.export(fm, (data.test[:1], torch.zeros(1, spec.latent_dim)), str(out / "model.onnx"))
+        files.append("model.onnx")
+    except ImportError:
+        report["onnx"] = "skipped: the onnx package is not installed"
+    files.append("report.json")
+    report["files"] = files
+    atomic_write(out / "report.json", json.dumps(report, indent=2).encode())
+    return report

@@ -1,0 +1,186 @@
+"""The run loop: an Optuna multi-objective study driven by ask/tell.
+
+Each trial stores, as user attributes: ``spec`` (JSON), ``spec_id``, every objective, ``seed``,
+``train_seconds``, ``latency_path``, ``uncounted_ops`` and, for a failed trial, ``fail_reason`` -
+so optuna-dashboard and any Optuna tool can read the study. Artifacts of trial ``n`` (checkpoint)
+go under ``runs/<study>/trials/<n>/``.
+
+Budget: ``budget.trials`` *finished* trials - COMPLETE, or FAIL with a reason of the spec's own
+(e.g. diverged). A trial cut off by Ctrl-C or a killed process does not count: ``--resume``
+marks it FAIL ("interrupted") and runs another in its place, so a resumed study ends with
+exactly the budgeted number of finished trials. A spec already finished in the study is not
+trained again: its stored objectives are reused.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+
+from evaluator import Evaluator, Objectives, hypervolume, load_data, non_dominated_mask
+from search_space import ArchSpec, VaenasInputError
+from strategies import create_sampler, suggest_spec
+
+from .config import StudyConfig
+
+INTERRUPTED = "interrupted"
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class StudyExistsError(VaenasInputError):
+    pass
+
+
+def study_dir(runs_dir: str | Path, name: str) -> Path:
+    return Path(runs_dir) / name
+
+
+def storage_url(cfg: StudyConfig, runs_dir: str | Path) -> str:
+    return cfg.storage or f"sqlite:///{study_dir(runs_dir, cfg.name) / 'study.db'}"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, model, spec: ArchSpec, extra: dict | None = None) -> None:
+    buf = io.BytesIO()
+    torch.save({"format": "vaenas.checkpoint", "version": 1, "spec": spec.to_json(), **(extra or {}),
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def is_finished(t: optuna.trial.FrozenTrial) -> bool:
+    if t.state == optuna.trial.TrialState.COMPLETE:
+        return True
+    return t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("fail_reason", INTERRUPTED) != INTERRUPTED
+
+
+def front_stats(study: optuna.Study, cfg: StudyConfig) -> tuple[int, float]:
+    pts = [t.values for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    if not pts:
+        return 0, 0.0
+    return int(non_dominated_mask(pts).sum()), hypervolume(pts, cfg.bounds)
+
+
+@dataclass
+class SearchSummary:
+    study_name: str
+    storage: str
+    finished: int
+    new_trials: int
+    front_size: int
+    hypervolume: float
+    interrupted: bool
+    seconds: float
+
+
+def _store_objectives(trial: optuna.Trial, obj: Objectives) -> None:
+    for k, v in obj.to_dict().items():
+        trial.set_user_attr(k, v)
+
+
+def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool = False, n_trials: int | None = None,
+               timeout_s: float | None = None, progress: bool = True, log=print) -> SearchSummary:
+    sdir = study_dir(runs_dir, cfg.name)
+    url = storage_url(cfg, runs_dir)
+    if url.startswith("sqlite:///"):
+        sdir.mkdir(parents=True, exist_ok=True)
+    existing = [s.study_name for s in optuna.get_all_study_summaries(url)] if (not url.startswith("sqlite:///")
+                                                                            or (sdir / "study.db").exists()) else []
+    if cfg.name in existing and not resume:
+        raise StudyExistsError(f"study {cfg.name!r} already exists in {url}; pass --resume to continue it "
+                               "or choose another name")
+    if resume and cfg.name not in existing:
+        raise VaenasInputError(f"--resume: no study {cfg.name!r} in {url}; run without --resume to start it")
+    budget = n_trials if n_trials is not None else cfg.trials
+    timeout = timeout_s if timeout_s is not None else cfg.timeout_s
+    data = load_data(cfg.dataset, cfg.data_root, n_train=cfg.n_train)
+    evaluator = Evaluator(data, cfg.train, cfg.latency)
+
+    # A fresh sampler seed per session, derived from the study seed and its history, so a resumed
+    # random search does not replay the draws of the first session.
+    study = optuna.load_study(study_name=cfg.name, storage=url) if resume else None
+    n_before = len(study.trials) if study else 0
+    sampler = create_sampler(cfg.strategy, cfg.space, cfg.seed + 7919 * n_before, cfg.strategy_options)
+    if study is None:
+        study = optuna.create_study(study_name=cfg.name, storage=url, directions=["minimize"] * len(cfg.objectives),
+                                    sampler=sampler)
+        study.set_metric_names(cfg.objectives)
+        study.set_user_attr("config", json.loads(json.dumps(cfg.raw, default=str)))
+        study.set_user_attr("objectives", cfg.objectives)
+        study.set_user_attr("bounds", [[b.lo, b.hi, b.log] for b in cfg.bounds])
+        study.set_user_attr("space", cfg.space.to_dict())
+    else:
+        study = optuna.load_study(study_name=cfg.name, storage=url, sampler=sampler)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            # a trial left RUNNING by a killed process (single-worker storage): mark it and replace it
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+
+    def finished() -> int:
+        return sum(is_finished(t) for t in study.get_trials(deepcopy=False))
+
+    done0 = finished()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=budget, initial=min(done0, budget), desc=f"search {cfg.name}", unit="trial")
+    t_start = time.perf_counter()
+    interrupted = False
+    new = 0
+    trial = None
+    try:
+        while finished() < budget:
+            if timeout is not None and time.perf_counter() - t_start > timeout:
+                break
+            trial = study.ask()
+            spec = suggest_spec(cfg.space, trial)
+            trial.set_user_attr("spec", spec.to_json())
+            trial.set_user_attr("spec_id", spec.id)
+            trial.set_user_attr("seed", cfg.seed)
+            reuse = next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                          if t.user_attrs.get("spec_id") == spec.id), None)
+            if reuse is not None:
+                for k, v in reuse.user_attrs.items():
+                    if k not in ("spec", "spec_id", "seed"):
+                        trial.set_user_attr(k, v)
+                trial.set_user_attr("reused_from_trial", reuse.number)
+                study.tell(trial, reuse.values)
+            else:
+                result, model = evaluator.evaluate_with_model(spec, cfg.seed)
+                if isinstance(result, Objectives):
+                    _store_objectives(trial, result)
+                    save_checkpoint(sdir / "trials" / str(trial.number) / "model.pt", model, spec)
+                    study.tell(trial, list(result.values(cfg.objectives)))
+                else:
+                    trial.set_user_attr("fail_reason", result.reason)
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            trial = None
+            new += 1
+            if bar is not None:
+                size, hv = front_stats(study, cfg)
+                bar.n = min(finished(), budget)
+                bar.set_postfix(front=size, hv=f"{hv:.4f}")
+                bar.refresh()
+    except KeyboardInterrupt:
+        interrupted = True
+        if trial is not None:
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    finally:
+        if bar is not None:
+            bar.close()
+    size, hv = front_stats(study, cfg)
+    return SearchSummary(cfg.name, url, finished(), new, size, hv, interrupted, time.perf_counter() - t_start)

@@ -1,0 +1,201 @@
+"""End-to-end: search -> show -> pareto -> export -> retrain, resume after kill -9, bad configs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+
+from evaluator import evaluate_neg_elbo, load_data
+from search_space import ArchSpec, build_vae
+from studies.cli import main
+from studies.config import StudyConfig
+from studies.run import is_finished
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_config(tmp_path, data_root, name="e2e", trials=5, strategy="random", **over):
+    cfg = {
+        "name": name, "dataset": "mnist", "data_root": str(data_root), "n_train": 1000,
+        "space": {"family": ["mlp"], "latent_dim": [4, 8], "mlp": {"depth": [1, 2], "width": [16, 64]},
+                  "weight_bits": [2, 4, 8, 32]},
+        "strategy": {"name": strategy}, "objectives": ["neg_elbo", "size_bytes"],
+        "bounds": {"neg_elbo": [100, 550], "size_bytes": {"lo": 100, "hi": 1000000, "log": True}},
+        "budget": {"trials": trials}, "train": {"epochs": 1, "batch_size": 100, "lr": 0.002},
+        "latency": {"repeats": 5, "warmup": 1}, "seed": 0,
+    }
+    cfg.update(over)
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _png_ok(path: Path) -> None:
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(path)
+    assert img.shape[0] > 200 and img.shape[1] > 300
+    assert img[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_end_to_end(tmp_path, data_root, capsys):
+    cfgp = small_config(tmp_path, data_root)
+    runs = tmp_path / "runs"
+    assert main(["search", str(cfgp), "--runs-dir", str(runs), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "exported winner" in out and "front size" in out
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{runs / 'e2e' / 'study.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sum(is_finished(t) for t in study.trials) == 5 and done
+    for t in done:
+        for k in ("spec", "spec_id", "neg_elbo", "flops", "bitops", "params", "size_bytes", "latency_ms", "seed",
+                  "train_seconds"):
+            assert k in t.user_attrs, k
+        assert list(t.values) == [t.user_attrs["neg_elbo"], t.user_attrs["size_bytes"]]
+
+    # show: the front is truly non-dominated and every dominated trial is dominated by a front member
+    assert main(["show", "e2e", "--runs-dir", str(runs), "--csv", str(tmp_path / "t.csv"),
+                 "--json", str(tmp_path / "t.json")]) == 0
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "t.csv")
+    pts = df[["neg_elbo", "size_bytes"]].to_numpy(float)
+    front = pts[df["on_front"].to_numpy(bool)]
+    assert len(front) >= 1
+    for i, p in enumerate(pts):
+        dominated = np.any(np.all(pts <= p, 1) & np.any(pts < p, 1))
+        assert dominated != bool(df["on_front"].iloc[i])
+    assert len(json.loads((tmp_path / "t.json").read_text())) == len(df)
+
+    # pareto: PNGs that are real pictures
+    capsys.readouterr()
+    assert main(["pareto", "e2e", "--runs-dir", str(runs), "--x", "size_bytes", "--x", "latency_ms"]) == 0
+    pngs = [Path(line) for line in capsys.readouterr().out.split()]
+    assert {p.name for p in pngs} == {"front_size_bytes.png", "front_latency_ms.png", "hypervolume.png",
+                                      "knee_reconstructions.png"}
+    for p in pngs:
+        _png_ok(p)
+
+    # export: the JSON rebuilds the same model as the trial's checkpoint
+    best = int(df.sort_values("neg_elbo")["trial"].iloc[0])
+    exp = tmp_path / "best.json"
+    assert main(["export", "e2e", "--runs-dir", str(runs), "--pick", "best:neg_elbo", "--out", str(exp)]) == 0
+    doc = json.loads(exp.read_text())
+    assert doc["provenance"]["trial"] == best and doc["retrain_command"].startswith("vaenas retrain")
+    spec = ArchSpec.from_dict(doc["spec"])
+    ck = torch.load(runs / "e2e" / "trials" / str(best) / "model.pt", weights_only=True)
+    model = build_vae(spec)
+    model.load_state_dict(ck["state_dict"])  # same architecture, same parameter shapes
+    assert ArchSpec.from_json(ck["spec"]) == spec
+    smallest = exp.with_name("small.json")
+    limit = int(df["size_bytes"].min())
+    assert main(["export", "e2e", "--runs-dir", str(runs), "--max", f"size_bytes={limit}", "--out", str(smallest)]) == 0
+    assert json.loads(smallest.read_text())["objectives"]["size_bytes"] <= limit
+
+    # retrain (with distillation from the best trial's checkpoint): report matches a re-evaluation
+    rdir = tmp_path / "retrain"
+    assert main(["retrain", str(exp), "--epochs", "1", "--data-root", str(data_root), "--n-train", "1000",
+                 "--iwae-k", "4", "--out", str(rdir), "--device", "cpu",
+                 "--teacher", str(runs / "e2e" / "trials" / str(best) / "model.pt")]) == 0
+    report = json.loads((rdir / "report.json").read_text())
+    ck = torch.load(rdir / "model.pt", weights_only=True)
+    m2 = build_vae(ArchSpec.from_json(ck["spec"]))
+    m2.load_state_dict(ck["state_dict"])
+    test = load_data("mnist", data_root).test
+    assert evaluate_neg_elbo(m2, test)["neg_elbo"] == pytest.approx(report["test_neg_elbo"], abs=1e-3)
+    assert report["size_bytes"] == (rdir / "weights.packed.bin").stat().st_size
+    assert report["params"] == sum(p.numel() for p in m2.parameters())
+    _png_ok(rdir / "reconstructions.png")
+
+
+def test_search_refuses_to_overwrite_and_resume_needs_a_study(tmp_path, data_root):
+    cfgp = small_config(tmp_path, data_root, name="twice", trials=1)
+    runs = tmp_path / "runs"
+    assert main(["search", str(cfgp), "--runs-dir", str(runs), "--quiet"]) == 0
+    assert main(["search", str(cfgp), "--runs-dir", str(runs), "--quiet"]) == 2
+    other = small_config(tmp_path, data_root, name="never", trials=1)
+    assert main(["search", str(other), "--runs-dir", str(runs), "--quiet", "--resume"]) == 2
+
+
+def _finished(db: Path, name: str) -> int:
+    if not db.exists():
+        return 0
+    try:
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    except Exception:
+        return 0
+    return sum(is_finished(t) for t in study.trials)
+
+
+def test_resume_after_kill(tmp_path, data_root):
+    cfgp = small_config(tmp_path, data_root, name="killed", trials=6,
+                        train={"epochs": 3, "batch_size": 100, "lr": 0.002}, n_train=2000)
+    runs = tmp_path / "runs"
+    db = runs / "killed" / "study.db"
+    cmd = [sys.executable, "-m", "studies.cli", "search", str(cfgp), "--runs-dir", str(runs), "--quiet"]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.time() + 240
+    while _finished(db, "killed") < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{db}")
+    before = {t.number: t.values for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert 2 <= len(before) < 6
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{db}")
+    assert sum(is_finished(t) for t in study.trials) == 6
+    after = {t.number: t.values for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert all(after[n] == v for n, v in before.items())  # nothing finished was lost or redone
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)
+
+
+BAD = [
+    ("name: a/b\n", "not a valid study name"),
+    ("{}", "name: required"),
+    ("name: x\nspace: {latent_dim: [4], mlp: {depth: [1], width: [8]}}\nobjectives: [neg_elbo, size]\n",
+     "objectives: 'size' is unknown"),
+    ("name: x\nspace: {latent_dim: [4], mlp: {depth: [1], width: [8]}}\nobjectives: [neg_elbo, params]\n",
+     "bounds.neg_elbo: missing"),
+    ("name: x\nspace: {latent_dim: [4], mlp: {depth: [1], width: [8]}}\nobjectives: [neg_elbo, params]\n"
+     "bounds: {neg_elbo: [1, 2], params: [1, 2]}\nstrategy: {name: magic}\n", "strategy.name: 'magic' is unknown"),
+    ("name: x\nspace: {latent_dim: [4], mlp: {depth: [1], width: [8]}}\nobjectives: [neg_elbo, params]\n"
+     "bounds: {neg_elbo: [1, 2], params: [1, 2]}\nbudget: {trials: many}\n", "budget.trials: expected int"),
+    ("name: x\nspace: {latent_dim: [4], mlp: {depth: [1], width: [8]}}\nobjectives: [neg_elbo, params]\n"
+     "bounds: {neg_elbo: [1, 2], params: [1, 2]}\ntrain: {epoch: 1}\n", "train.epoch: unknown key"),
+    ("name: x\nspace: {latent_dim: [0], mlp: {depth: [1], width: [8]}}\n", "latent_dim: 0 is below"),
+    ("name: x\nspace: [1\n", "malformed YAML"),
+]
+
+
+@pytest.mark.parametrize("text, needle", BAD)
+def test_bad_configs(tmp_path, text, needle):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    runs = tmp_path / "runs"
+    r = subprocess.run([sys.executable, "-m", "studies.cli", "search", str(p), "--runs-dir", str(runs)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert not runs.exists()
+
+
+def test_presets_are_valid():
+    for p in sorted((REPO / "studies" / "presets").glob("*.yaml")):
+        if p.name.startswith("space_"):
+            continue
+        cfg = StudyConfig.load(p)
+        assert cfg.space.size() > 1 and 2 <= len(cfg.objectives) <= 4
