@@ -95,6 +95,10 @@ class StudyConfig:
         for req in ("name", "space", "objectives"):
             if req not in d:
                 raise ConfigError(f"{req}: required study key is missing")
+            if req == "name":
+                check_name(d["name"])
+            if req == "space" and isinstance(d["space"], dict):
+                SearchSpace.from_dict(d["space"])
         name = check_name(d["name"])
         dataset = _typed("dataset", d.get("dataset", "mnist"), str)
         if dataset not in DATASETS:

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +117,9 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     if study is None:
         study = optuna.create_study(study_name=cfg.name, storage=url, directions=["minimize"] * len(cfg.objectives),
                                     sampler=sampler)
-        study.set_metric_names(cfg.objectives)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(cfg.objectives)
         study.set_user_attr("config", json.loads(json.dumps(cfg.raw, default=str)))
         study.set_user_attr("objectives", cfg.objectives)
         study.set_user_attr("bounds", [[b.lo, b.hi, b.log] for b in cfg.bounds])
