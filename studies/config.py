@@ -115,7 +115,9 @@ class StudyConfig:
         if not isinstance(objs, list):
             raise ConfigError(f"objectives: expected a list such as [neg_elbo, size_bytes], got {objs!r}")
         objectives = check_objectives(objs)
-        braw = _block("bounds", d.get("bounds"), set(objectives) | set(_BOUND_EXTRA(d.get("bounds"))))
+        braw = d.get("bounds") or {}
+        if not isinstance(braw, dict):
+            raise ConfigError(f"bounds: expected a mapping objective -> [lo, hi], got {braw!r}")
         bounds = []
         for o in objectives:
             if o not in braw:
@@ -173,10 +175,6 @@ class StudyConfig:
             where = f" at line {mark.line + 1}" if mark else ""
             raise ConfigError(f"{p.name}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
         return cls.from_dict(d, base_dir=p.parent)
-
-
-def _BOUND_EXTRA(b: Any) -> list[str]:  # noqa: N802 - let unknown bound names reach the clearer check below
-    return list(b) if isinstance(b, dict) else []
 
 
 def _bound(key: str, v: Any) -> Bound:
