@@ -92,13 +92,12 @@ def _store_objectives(trial: optuna.Trial, obj: Objectives) -> None:
 
 
 def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool = False, n_trials: int | None = None,
-               timeout_s: float | None = None, progress: bool = True, log=print) -> SearchSummary:
+               timeout_s: float | None = None, progress: bool = True) -> SearchSummary:
     sdir = study_dir(runs_dir, cfg.name)
     url = storage_url(cfg, runs_dir)
-    if url.startswith("sqlite:///"):
-        sdir.mkdir(parents=True, exist_ok=True)
-    existing = [s.study_name for s in optuna.get_all_study_summaries(url)] if (not url.startswith("sqlite:///")
-                                                                            or (sdir / "study.db").exists()) else []
+    local = url.startswith("sqlite:///")
+    summaries = optuna.get_all_study_summaries(url) if not local or (sdir / "study.db").exists() else []
+    existing = {s.study_name: s.n_trials for s in summaries}
     if cfg.name in existing and not resume:
         raise StudyExistsError(f"study {cfg.name!r} already exists in {url}; pass --resume to continue it "
                                "or choose another name")
@@ -106,15 +105,16 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
         raise VaenasInputError(f"--resume: no study {cfg.name!r} in {url}; run without --resume to start it")
     budget = n_trials if n_trials is not None else cfg.trials
     timeout = timeout_s if timeout_s is not None else cfg.timeout_s
-    data = load_data(cfg.dataset, cfg.data_root, n_train=cfg.n_train)
+    data = load_data(cfg.dataset, cfg.data_root, n_train=cfg.n_train)  # bad input fails here, before any write
     evaluator = Evaluator(data, cfg.train, cfg.latency)
 
     # A fresh sampler seed per session, derived from the study seed and its history, so a resumed
     # random search does not replay the draws of the first session.
-    study = optuna.load_study(study_name=cfg.name, storage=url) if resume else None
-    n_before = len(study.trials) if study else 0
+    n_before = existing.get(cfg.name, 0)
     sampler = create_sampler(cfg.strategy, cfg.space, cfg.seed + 7919 * n_before, cfg.strategy_options)
-    if study is None:
+    if local:
+        sdir.mkdir(parents=True, exist_ok=True)
+    if not resume:
         study = optuna.create_study(study_name=cfg.name, storage=url, directions=["minimize"] * len(cfg.objectives),
                                     sampler=sampler)
         with warnings.catch_warnings():

@@ -124,6 +124,7 @@ def test_search_refuses_to_overwrite_and_resume_needs_a_study(tmp_path, data_roo
     assert main(["search", str(cfgp), "--runs-dir", str(runs), "--quiet"]) == 2
     other = small_config(tmp_path, data_root, name="never", trials=1)
     assert main(["search", str(other), "--runs-dir", str(runs), "--quiet", "--resume"]) == 2
+    assert not (runs / "never").exists()  # bad input writes nothing
 
 
 def _finished(db: Path, name: str) -> int:
