@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         packed = pack_model(model)
         assert len(packed) == packed_size_bytes(spec)
         rows.append({
-            "model": label, "spec_id": spec.id, "weight_bits": bits, "params": sum(p.numel() for p in model.parameters()),
+            "model": label, "spec_id": spec.id, "weight_bits": bits, "params": model.num_params(),
             "packed_bytes": len(packed), "val_neg_elbo": val["neg_elbo"], "test_neg_elbo": test["neg_elbo"],
             "test_kl": test["kl"], f"test_iwae{args.iwae_k}_nll": nll, "train_s": res.seconds,
             "eval_s": time.perf_counter() - t0, "steps": res.steps,

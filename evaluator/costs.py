@@ -76,7 +76,7 @@ def count_bitops(spec: ArchSpec, flops: FlopReport | None = None) -> int:
 
 def count_params(spec: ArchSpec) -> int:
     with torch.device("meta"):
-        return sum(p.numel() for p in build_vae(spec).parameters())
+        return build_vae(spec).num_params()
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,11 @@ class VAE(nn.Module):
         """The weight layers in ``spec.layer_names()`` order (the order of ``spec.weight_bits``)."""
         return {name: self.get_submodule(name) for name in self._names}
 
+    def num_params(self) -> int:
+        """Weights + biases: the model's parameter count (quantisers' learned step sizes are not
+        counted here; they are part of the packed size as the per-channel scales)."""
+        return sum(p.numel() for n, p in self.named_parameters() if not n.endswith("weight_scale"))
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         spec = self.spec
         h = x.view(x.shape[0], *spec.input_shape)

@@ -77,7 +77,7 @@ def pack_model(model: VAE) -> bytes:
         if m.bits >= 32:
             chunks.append(_f32_bytes(w))
         else:
-            q, scale = quantize_weight(w.float(), m.bits, m.ch_axis)
+            q, scale = quantize_weight(w.float(), m.bits, m.ch_axis, m.step_size().detach().cpu().float())
             u = (q.to(torch.int64) + qmax_for(m.bits)).reshape(-1)
             chunks.append(pack_bits(u, m.bits).numpy().tobytes())
             chunks.append(_f32_bytes(scale))
@@ -108,6 +108,7 @@ def unpack_state_dict(spec: ArchSpec, data: bytes) -> dict[str, torch.Tensor]:
             q = (unpack_bits(raw, layer.bits, layer.n_weights) - qmax_for(layer.bits)).view(layer.weight_shape)
             scale, off = _take_f32(buf, off, layer.n_scales)
             w = dequantize_weight(q.to(torch.float32), scale, layer.ch_axis)
+            state[f"{layer.name}.weight_scale"] = scale
         state[f"{layer.name}.weight"] = w
         if layer.n_bias:
             state[f"{layer.name}.bias"], off = _take_f32(buf, off, layer.n_bias)

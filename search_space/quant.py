@@ -1,9 +1,17 @@
 """Quantised layers (fake quantisation with a straight-through estimator) and exact bit packing.
 
 Weights: per-output-channel symmetric uniform quantisation. For ``b`` bits the integer grid is
-``[-(2**(b-1) - 1), 2**(b-1) - 1]`` (so 2 bits is ternary), the scale of a channel is
-``max|w_c| / (2**(b-1) - 1)`` (1.0 for an all-zero channel) and the quantised weight is
-``q * scale``. 32 bits means "keep the float weight".
+``[-(2**(b-1) - 1), 2**(b-1) - 1]`` (so 2 bits is ternary) and the quantised weight is
+``q * scale`` with ``q = round(clamp(w / scale, -qmax, qmax))``. 32 bits means "keep the float
+weight".
+
+Scales: the layers learn their per-channel step size (LSQ, Esser et al. 2020): a parameter
+``weight_scale`` calibrated to ``max|w_c| / qmax`` (1.0 for an all-zero channel) when fake
+quantisation first acts or is switched back on after a float warm-up, then trained with the
+weights; gradients follow LSQ (weights: straight-through inside the clipping range, zero
+outside; step size: ``q - w/s`` inside, ``+-qmax`` outside, scaled by ``1/sqrt(n_c * qmax)``).
+The stateless :func:`fake_quant_weight` (max-abs scale, plain STE) serves weight-shared
+supernets, whose one weight is quantised at many bit-widths.
 
 Activations (optional ``act_bits``): the input of every weight layer is fake-quantised with an
 asymmetric uniform grid of ``2**b`` levels over each sample's own [min, max] range - the
@@ -16,6 +24,8 @@ gradient passes through unchanged.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -25,15 +35,24 @@ def qmax_for(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def quantize_weight(w: torch.Tensor, bits: int, ch_axis: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(q, scale)``: integer-valued tensor ``q`` (same dtype as ``w``) and per-channel scale."""
-    qmax = qmax_for(bits)
+def maxabs_scale(w: torch.Tensor, bits: int, ch_axis: int) -> torch.Tensor:
+    """Per-channel ``max|w_c| / qmax`` (1.0 for an all-zero channel)."""
     dims = [d for d in range(w.dim()) if d != ch_axis]
     amax = w.detach().abs().amax(dim=dims)
-    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    return torch.where(amax > 0, amax / qmax_for(bits), torch.ones_like(amax))
+
+
+def quantize_weight(w: torch.Tensor, bits: int, ch_axis: int,
+                    scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(q, scale)``: integer-valued tensor ``q`` (same dtype as ``w``) and per-channel scale.
+
+    ``scale`` defaults to :func:`maxabs_scale`; a layer passes its learned step size.
+    """
+    qmax = qmax_for(bits)
+    scale = maxabs_scale(w, bits, ch_axis) if scale is None else scale.detach()
     shape = [1] * w.dim()
     shape[ch_axis] = -1
-    q = torch.round(w.detach() / scale.view(shape)).clamp_(-qmax, qmax)
+    q = torch.round(torch.clamp(w.detach() / scale.view(shape), -qmax, qmax))
     return q, scale
 
 
@@ -53,6 +72,38 @@ class _STE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         return grad, None
+
+
+class _LSQ(torch.autograd.Function):
+    """Forward: exactly ``round(clamp(w/s, -Q, Q)) * s``; backward: LSQ gradients for ``w`` and ``s``."""
+
+    @staticmethod
+    def forward(ctx, w, s, bits: int, ch_axis: int):  # type: ignore[override]
+        qmax = qmax_for(bits)
+        shape = [1] * w.dim()
+        shape[ch_axis] = -1
+        v = w / s.view(shape)
+        q = torch.round(torch.clamp(v, -qmax, qmax))
+        ctx.save_for_backward(v, q)
+        ctx.shape, ctx.ch_axis, ctx.qmax = shape, ch_axis, qmax
+        return q * s.view(shape)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        v, q = ctx.saved_tensors
+        qmax = ctx.qmax
+        inside = v.abs() <= qmax
+        gw = grad * inside
+        ds = torch.where(inside, q - v, torch.sign(v) * qmax)
+        dims = [d for d in range(v.dim()) if d != ctx.ch_axis]
+        g = 1.0 / math.sqrt(v.numel() / v.shape[ctx.ch_axis] * qmax)
+        gs = (grad * ds).sum(dim=dims) * g
+        return gw, gs, None, None
+
+
+def lsq_fake_quant_weight(w: torch.Tensor, scale: torch.Tensor, bits: int, ch_axis: int) -> torch.Tensor:
+    """Fake-quantise ``w`` with the learned per-channel step ``scale`` (LSQ gradients)."""
+    return _LSQ.apply(w, scale, bits, ch_axis)
 
 
 def fake_quant_weight(w: torch.Tensor, bits: int, ch_axis: int) -> torch.Tensor:
@@ -85,10 +136,36 @@ class QuantMixin:
     weight: torch.Tensor
     fake_quant_enabled: bool = True  # off only during a QAT delay (see set_fake_quant)
 
+    _scale_ready: bool = False
+
+    def _init_quant(self) -> None:
+        """Called by the constructors: a learned step size for every quantised (< 32-bit) layer."""
+        if self.bits < 32:
+            self.weight_scale = nn.Parameter(torch.zeros(self.weight.shape[self.ch_axis]))
+
+    @torch.no_grad()
+    def calibrate(self) -> None:
+        """(Re)set the step size to ``max|w_c| / qmax`` from the current weights."""
+        if self.bits < 32:
+            self.weight_scale.copy_(maxabs_scale(self.weight, self.bits, self.ch_axis))
+            self._scale_ready = True
+
+    def step_size(self) -> torch.Tensor:
+        """The per-channel step size the quantised weight uses (calibrated on first use)."""
+        if not self._scale_ready:
+            if bool((self.weight_scale == 0).all()):  # never calibrated (one host sync per layer, once)
+                self.calibrate()
+            self._scale_ready = True
+        return self.weight_scale
+
+    def _load_from_state_dict(self, *args, **kw):  # type: ignore[override]
+        super()._load_from_state_dict(*args, **kw)  # type: ignore[misc]
+        self._scale_ready = False  # a loaded step size is used as is; a zero one is calibrated
+
     def quantized_weight(self) -> torch.Tensor:
-        if not self.fake_quant_enabled:
+        if not self.fake_quant_enabled or self.bits >= 32:
             return self.weight
-        return fake_quant_weight(self.weight, self.bits, self.ch_axis)
+        return lsq_fake_quant_weight(self.weight, self.step_size(), self.bits, self.ch_axis)
 
     def quant_input(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quant_act(x, self.act_bits) if self.fake_quant_enabled else x
@@ -101,6 +178,7 @@ class QuantLinear(QuantMixin, nn.Linear):
     def __init__(self, in_features: int, out_features: int, bits: int = 32, act_bits: int | None = None, **kw):
         super().__init__(in_features, out_features, **kw)
         self.bits, self.act_bits = bits, act_bits
+        self._init_quant()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.quant_input(x), self.quantized_weight(), self.bias)
@@ -110,6 +188,7 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
     def __init__(self, *args, bits: int = 32, act_bits: int | None = None, **kw):
         super().__init__(*args, **kw)
         self.bits, self.act_bits = bits, act_bits
+        self._init_quant()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.quant_input(x), self.quantized_weight(), self.bias)
@@ -121,6 +200,7 @@ class QuantConvTranspose2d(QuantMixin, nn.ConvTranspose2d):
     def __init__(self, *args, bits: int = 32, act_bits: int | None = None, **kw):
         super().__init__(*args, **kw)
         self.bits, self.act_bits = bits, act_bits
+        self._init_quant()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return F.conv_transpose2d(
@@ -142,10 +222,13 @@ def set_fake_quant(model: nn.Module, enabled: bool) -> None:
     """Turn fake quantisation of every quantised layer on or off (like torch.ao's enable/disable_fake_quant).
 
     Off is only for the float warm-up of a QAT run with a quantisation delay; evaluation, packing
-    and costs always describe the quantised model.
+    and costs always describe the quantised model. Switching a layer from off to on recalibrates
+    its step size from the weights the warm-up produced.
     """
     for m in model.modules():
         if isinstance(m, QUANT_LAYERS):
+            if enabled and not m.fake_quant_enabled:
+                m.calibrate()
             m.fake_quant_enabled = enabled
 
 

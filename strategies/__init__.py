@@ -1,8 +1,9 @@
-"""How the next candidate is chosen: Optuna samplers driving the search space's named decisions.
+"""How the next candidate is chosen. One interface: an Optuna ``BaseSampler`` with ``seed`` and
+``state_dict()/load_state_dict()`` (see :mod:`strategies.base`).
 
-One interface: a strategy is an Optuna ``BaseSampler``; the study asks a trial and the space's
-define-by-run program calls ``trial.suggest_categorical(name, choices)`` for each decision. The
-registry maps ``--strategy NAME`` to a factory ``(space, seed, **options) -> BaseSampler``.
+The registry maps ``--strategy NAME`` to a factory
+``(space, seed, *, feasible=None, constraints_func=None, **options) -> sampler``; ``options``
+come from the study's YAML (``strategy: {name: evolution, options: {population_size: 16}}``).
 Never imports ``evaluator``.
 """
 
@@ -14,8 +15,13 @@ import optuna
 
 from search_space import ArchSpec, SearchSpace, VaenasInputError
 
+from .base import NSGAII, TPE, Observation, RandomSearch, SpecSampler, StatefulMixin, observations, trial_rng
+from .evolution import RegularizedEvolution
+from .rl import ReinforceController
+
 Factory = Callable[..., optuna.samplers.BaseSampler]
 REGISTRY: dict[str, Factory] = {}
+OPTIONAL: dict[str, str] = {}  # name -> the extra it needs, for strategies whose extra is missing
 
 
 def register(name: str) -> Callable[[Factory], Factory]:
@@ -27,22 +33,47 @@ def register(name: str) -> Callable[[Factory], Factory]:
 
 
 @register("random")
-def _random(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.RandomSampler(seed=seed)
+def _random(space: SearchSpace, seed: int, *, feasible=None, constraints_func=None) -> SpecSampler:
+    return RandomSearch(space, seed, feasible=feasible, constraints_func=constraints_func)
 
 
 @register("nsga2")
-def _nsga2(space: SearchSpace, seed: int, population_size: int = 8, mutation_prob: float | None = None,
-           crossover_prob: float = 0.9) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size, mutation_prob=mutation_prob,
-                                         crossover_prob=crossover_prob)
+def _nsga2(space: SearchSpace, seed: int, *, feasible=None, constraints_func=None, population_size: int = 8,
+           mutation_prob: float | None = None, crossover_prob: float = 0.9) -> NSGAII:
+    return NSGAII(space, seed, population_size=population_size, mutation_prob=mutation_prob,
+                  crossover_prob=crossover_prob, constraints_func=constraints_func)
 
 
-def create_sampler(name: str, space: SearchSpace, seed: int, options: dict[str, Any] | None = None):
+@register("tpe")
+def _tpe(space: SearchSpace, seed: int, *, feasible=None, constraints_func=None, n_startup_trials: int = 10,
+         n_ei_candidates: int = 24, multivariate: bool = True) -> TPE:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return TPE(space, seed, n_startup_trials=n_startup_trials, n_ei_candidates=n_ei_candidates,
+                   multivariate=multivariate, group=multivariate, constraints_func=constraints_func)
+
+
+@register("evolution")
+def _evolution(space: SearchSpace, seed: int, *, feasible=None, constraints_func=None, **options) -> SpecSampler:
+    return RegularizedEvolution(space, seed, feasible=feasible, constraints_func=constraints_func, **options)
+
+
+@register("rl")
+def _rl(space: SearchSpace, seed: int, *, feasible=None, constraints_func=None, **options) -> SpecSampler:
+    return ReinforceController(space, seed, feasible=feasible, constraints_func=constraints_func, **options)
+
+
+# from . import nni_adapter  (TODO)
+
+
+def create_sampler(name: str, space: SearchSpace, seed: int, options: dict[str, Any] | None = None, *,
+                   feasible: Callable[[ArchSpec], bool] | None = None, constraints_func=None):
     if name not in REGISTRY:
         raise VaenasInputError(f"strategy: {name!r} is unknown; registered strategies are {sorted(REGISTRY)}")
     try:
-        return REGISTRY[name](space, seed, **(options or {}))
+        return REGISTRY[name](space, seed, feasible=feasible, constraints_func=constraints_func, **(options or {}))
     except TypeError as e:
         raise VaenasInputError(f"strategy.options: invalid for {name!r} ({e})") from None
 
@@ -52,4 +83,5 @@ def suggest_spec(space: SearchSpace, trial: optuna.Trial) -> ArchSpec:
     return space.define(lambda name, choices: trial.suggest_categorical(name, list(choices)))
 
 
-__all__ = ["REGISTRY", "create_sampler", "register", "suggest_spec"]
+__all__ = ["NSGAII", "REGISTRY", "TPE", "Observation", "RandomSearch", "RegularizedEvolution", "ReinforceController",
+           "SpecSampler", "StatefulMixin", "create_sampler", "observations", "register", "suggest_spec", "trial_rng"]

@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     report = {
         "spec": spec.to_dict(), "spec_id": spec.id, "dataset": args.dataset, "train": cfg.to_dict(),
         "train_seconds": res.seconds, "steps": res.steps, "test_neg_elbo": test["neg_elbo"], "test_kl": test["kl"],
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": model.num_params(),
     }
     packed = pack_model(model)
     report["packed_bytes"] = len(packed)

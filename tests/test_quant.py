@@ -141,3 +141,73 @@ def test_packed_file_size_is_byte_count(tmp_path):
     # 4-bit weights are ~8x smaller than float32 ones, scales and biases stay float32
     fp = packed_size_bytes(ArchSpec.mlp((400, 400), 20))
     assert 7 < fp / p.stat().st_size < 8
+
+
+# ------------------------------------------------------------------ learned step sizes (LSQ)
+def test_lsq_step_size_is_calibrated_then_learned_with_lsq_gradients():
+    torch.manual_seed(0)
+    m = QuantLinear(6, 3, bits=3)
+    x = torch.randn(5, 6)
+    m(x)  # first use calibrates to max|w|/qmax
+    assert torch.equal(m.weight_scale.detach(), m.weight.detach().abs().amax(1) / 3)
+    with torch.no_grad():
+        m.weight_scale.mul_(0.6)  # now some weights fall outside the clipping range
+    m.weight.grad = m.weight_scale.grad = None
+    m(x).pow(2).sum().backward()
+    s = m.weight_scale.detach()
+    v = m.weight.detach() / s[:, None]
+    q = v.clamp(-3, 3).round()
+    inside = v.abs() <= 3
+    assert (~inside).any() and inside.any()
+    # reference: autograd through q*s with q treated as constant inside / clamp outside
+    w_ref = m.weight.detach().clone().requires_grad_(True)
+    s_ref = s.clone().requires_grad_(True)
+    vv = w_ref / s_ref[:, None]
+    qq = vv.clamp(-3, 3) + (vv.clamp(-3, 3).round() - vv.clamp(-3, 3)).detach()  # STE round, real clamp
+    out = torch.nn.functional.linear(x, qq * s_ref[:, None], m.bias.detach())
+    out.pow(2).sum().backward()
+    g = 1 / math.sqrt(6 * 3)
+    assert torch.allclose(m.weight.grad, w_ref.grad, atol=1e-5)
+    assert torch.equal(m.weight.grad == 0, ~inside | (w_ref.grad == 0))
+    assert torch.allclose(m.weight_scale.grad, s_ref.grad * g, atol=1e-5)
+    assert torch.equal(m.quantized_weight().detach(), q * s[:, None])  # forward is exactly q * s
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pack_uses_learned_step_sizes_exactly(seed):
+    spec = SPACE.sample(random.Random(100 + seed))
+    torch.manual_seed(seed)
+    model = build_vae(spec)
+    for m in model.weight_layers().values():
+        if m.bits < 32:
+            m.calibrate()
+            with torch.no_grad():
+                m.weight_scale.mul_(torch.rand_like(m.weight_scale) * 0.8 + 0.4)  # clip some channels
+    back = unpack_model(spec, pack_model(model))
+    for m, m2 in zip(model.weight_layers().values(), back.weight_layers().values()):
+        assert torch.equal(m.quantized_weight().detach(), m2.quantized_weight().detach())
+        if m.bits < 32:
+            assert torch.equal(m.weight_scale.detach(), m2.weight_scale.detach())
+    x, eps = torch.rand(2, 1, 28, 28), torch.randn(2, spec.latent_dim)
+    with torch.no_grad():
+        assert torch.equal(model(x, eps)[0], back(x, eps)[0])
+
+
+def test_enabling_fake_quant_recalibrates_but_loading_keeps_learned_scales():
+    from search_space import set_fake_quant
+
+    torch.manual_seed(0)
+    m = QuantLinear(4, 2, bits=4)
+    set_fake_quant(m, False)
+    with torch.no_grad():
+        m.weight.mul_(3.0)  # float warm-up moved the weights
+    set_fake_quant(m, True)
+    assert torch.equal(m.weight_scale.detach(), m.weight.detach().abs().amax(1) / 7)
+    with torch.no_grad():
+        m.weight_scale.mul_(0.5)
+    set_fake_quant(m, True)  # already on: no recalibration
+    learned = m.weight_scale.detach().clone()
+    m2 = QuantLinear(4, 2, bits=4)
+    m2.load_state_dict(m.state_dict())
+    assert torch.equal(m2.quantized_weight(), m.quantized_weight())
+    assert torch.equal(m2.weight_scale.detach(), learned)

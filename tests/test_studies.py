@@ -113,7 +113,7 @@ def test_end_to_end(tmp_path, data_root, capsys):
     test = load_data("mnist", data_root).test
     assert evaluate_neg_elbo(m2, test)["neg_elbo"] == pytest.approx(report["test_neg_elbo"], abs=1e-3)
     assert report["size_bytes"] == (rdir / "weights.packed.bin").stat().st_size
-    assert report["params"] == sum(p.numel() for p in m2.parameters())
+    assert report["params"] == m2.num_params() == sum(m.weight.numel() + m.bias.numel() for m in m2.weight_layers().values())
     _png_ok(rdir / "reconstructions.png")
 
 
