@@ -2,7 +2,7 @@
 ``state_dict()/load_state_dict()`` (see :mod:`strategies.base`).
 
 The registry maps ``--strategy NAME`` to a factory
-``(space, seed, *, feasible=None, constraints_func=None, **options) -> sampler``; ``options``
+``(space, seed, *, feasible=None, **options) -> sampler``; ``options``
 come from the study's YAML (``strategy: {name: evolution, options: {population_size: 16}}``).
 Never imports ``evaluator``.
 """
@@ -33,47 +33,47 @@ def register(name: str) -> Callable[[Factory], Factory]:
 
 
 @register("random")
-def _random(space: SearchSpace, seed: int, *, feasible=None, constraints_func=None) -> SpecSampler:
-    return RandomSearch(space, seed, feasible=feasible, constraints_func=constraints_func)
+def _random(space: SearchSpace, seed: int, *, feasible=None) -> SpecSampler:
+    return RandomSearch(space, seed, feasible=feasible)
 
 
 @register("nsga2")
-def _nsga2(space: SearchSpace, seed: int, *, feasible=None, constraints_func=None, population_size: int = 8,
+def _nsga2(space: SearchSpace, seed: int, *, feasible=None, population_size: int = 8,
            mutation_prob: float | None = None, crossover_prob: float = 0.9) -> NSGAII:
     return NSGAII(space, seed, population_size=population_size, mutation_prob=mutation_prob,
-                  crossover_prob=crossover_prob, constraints_func=constraints_func)
+                  crossover_prob=crossover_prob)
 
 
 @register("tpe")
-def _tpe(space: SearchSpace, seed: int, *, feasible=None, constraints_func=None, n_startup_trials: int = 10,
+def _tpe(space: SearchSpace, seed: int, *, feasible=None, n_startup_trials: int = 10,
          n_ei_candidates: int = 24, multivariate: bool = True) -> TPE:
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return TPE(space, seed, n_startup_trials=n_startup_trials, n_ei_candidates=n_ei_candidates,
-                   multivariate=multivariate, group=multivariate, constraints_func=constraints_func)
+                   multivariate=multivariate, group=multivariate)
 
 
 @register("evolution")
-def _evolution(space: SearchSpace, seed: int, *, feasible=None, constraints_func=None, **options) -> SpecSampler:
-    return RegularizedEvolution(space, seed, feasible=feasible, constraints_func=constraints_func, **options)
+def _evolution(space: SearchSpace, seed: int, *, feasible=None, **options) -> SpecSampler:
+    return RegularizedEvolution(space, seed, feasible=feasible, **options)
 
 
 @register("rl")
-def _rl(space: SearchSpace, seed: int, *, feasible=None, constraints_func=None, **options) -> SpecSampler:
-    return ReinforceController(space, seed, feasible=feasible, constraints_func=constraints_func, **options)
+def _rl(space: SearchSpace, seed: int, *, feasible=None, **options) -> SpecSampler:
+    return ReinforceController(space, seed, feasible=feasible, **options)
 
 
-# from . import nni_adapter  (TODO)
+from . import nni_adapter  # noqa: E402,F401  (registers nni-evolution / nni-rl)
 
 
 def create_sampler(name: str, space: SearchSpace, seed: int, options: dict[str, Any] | None = None, *,
-                   feasible: Callable[[ArchSpec], bool] | None = None, constraints_func=None):
+                   feasible: Callable[[ArchSpec], bool] | None = None):
     if name not in REGISTRY:
         raise VaenasInputError(f"strategy: {name!r} is unknown; registered strategies are {sorted(REGISTRY)}")
     try:
-        return REGISTRY[name](space, seed, feasible=feasible, constraints_func=constraints_func, **(options or {}))
+        return REGISTRY[name](space, seed, feasible=feasible, **(options or {}))
     except TypeError as e:
         raise VaenasInputError(f"strategy.options: invalid for {name!r} ({e})") from None
 

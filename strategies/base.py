@@ -21,9 +21,10 @@ loop rejects such proposals before training (see ``studies.run``).
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import optuna
@@ -48,6 +49,11 @@ class Observation:
     attrs: dict[str, Any] | None = None  # the trial's system attrs (strategy bookkeeping)
 
 
+@functools.lru_cache(maxsize=100_000)
+def _spec(js: str) -> ArchSpec:
+    return ArchSpec.from_json(js)  # frozen, so one parsed copy can be shared
+
+
 def observations(study: optuna.Study) -> list[Observation]:
     """Finished trials (COMPLETE or FAIL) that carry a spec, in trial-number order."""
     out = []
@@ -56,9 +62,8 @@ def observations(study: optuna.Study) -> list[Observation]:
         if js is None:
             continue
         done = t.state == TrialState.COMPLETE
-        cons = t.system_attrs.get("constraints")
-        feasible = t.user_attrs.get("feasible", True) and (cons is None or all(c <= 0 for c in cons))
-        out.append(Observation(t.number, ArchSpec.from_json(js), tuple(t.values) if done else None,
+        feasible = t.user_attrs.get("feasible", True) and all(c <= 0 for c in t.constraints.values())
+        out.append(Observation(t.number, _spec(js), tuple(t.values) if done else None,
                                bool(feasible) and done, dict(t.system_attrs)))
     out.sort(key=lambda o: o.number)
     return out
@@ -130,15 +135,13 @@ class SpecSampler(StatefulMixin, optuna.samplers.BaseSampler):
 
     ``propose(history, rng)`` returns a spec of the space (or None for "sample at random").
     The base class adds rejection of statically infeasible specs and of specs already proposed
-    in the study (while novel ones can still be found), and reports constraint values to Optuna.
+    in the study (while novel ones can still be found).
     """
 
-    def __init__(self, space: SearchSpace, seed: int, *, feasible: Feasible | None = None,
-                 constraints_func: Callable[[FrozenTrial], Sequence[float]] | None = None):
+    def __init__(self, space: SearchSpace, seed: int, *, feasible: Feasible | None = None):
         self.space = space
         self.seed = int(seed)
         self.feasible = feasible
-        self._constraints_func = constraints_func
         self._proposals: dict[int, dict[str, Any]] = {}
 
     # -- to implement
@@ -217,10 +220,6 @@ class SpecSampler(StatefulMixin, optuna.samplers.BaseSampler):
 
     def after_trial(self, study, trial, state, values) -> None:
         self._proposals.pop(trial._trial_id, None)
-        if self._constraints_func is not None:
-            from optuna.samplers._base import _process_constraints_after_trial
-
-            _process_constraints_after_trial(self._constraints_func, study, trial, state)
 
 
 class RandomSearch(SpecSampler):

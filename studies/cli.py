@@ -90,6 +90,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = StudyConfig.load(args.config)
     if args.storage:
         cfg.storage = args.storage
+    if args.strategy and args.strategy != cfg.strategy:
+        from strategies import REGISTRY
+
+        if args.strategy not in REGISTRY:
+            raise CliError(f"--strategy: {args.strategy!r} is unknown; registered strategies are "
+                                  f"{sorted(REGISTRY)}")
+        cfg.strategy, cfg.strategy_options = args.strategy, {}  # the YAML's options belong to its own strategy
     summary = run_search(cfg, runs_dir=args.runs_dir, resume=args.resume, n_trials=args.n_trials,
                          timeout_s=args.timeout, progress=not args.quiet)
     state = "interrupted" if summary.interrupted else "done"
@@ -99,8 +106,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"resume with: vaenas search {args.config} --resume")
         return 1
     view = load_view(cfg.name, args.runs_dir, cfg.storage)
-    if len(view.trials) == 0:
-        print("no trial completed; nothing to plot or export")
+    if len(view.trials) == 0 or not view.trials["feasible"].astype(bool).any():
+        print("no feasible trial completed; nothing to plot or export")
         return 1
     _print_front(view)
     knee = pick_trial(view, pick="knee")
@@ -145,7 +152,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     view = load_view(args.study, args.runs_dir, args.storage)
     fails = view.all_trials[view.all_trials["state"] == "FAIL"]
-    print(f"study {view.name} ({view.storage}): {len(view.trials)} complete, {len(fails)} failed; objectives "
+    n_inf = int((~view.trials["feasible"].astype(bool)).sum()) if len(view.trials) else 0
+    n_rej = int((view.all_trials["state"] == "PRUNED").sum()) if len(view.all_trials) else 0
+    extra = f" ({n_inf} infeasible)" if n_inf else ""
+    extra += f"; {n_rej} proposals rejected untrained (over a static limit)" if n_rej else ""
+    print(f"study {view.name} ({view.storage}): {len(view.trials)} complete{extra}, {len(fails)} failed; objectives "
           f"{view.objectives}; hypervolume {study_hypervolume(view):.4f}; front size {len(view.front)}")
     _print_front(view)
     for _, r in fails.iterrows():
@@ -243,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--n-trials", type=int, help="override budget.trials")
     se.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     se.add_argument("--quiet", action="store_true", help="no progress bar")
+    se.add_argument("--strategy", help="override the config's strategy (its YAML options are then dropped)")
     study_args(se, study=False)
     se.set_defaults(func=cmd_search)
 

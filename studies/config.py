@@ -5,8 +5,9 @@
     data_root: null                  # default $VAENAS_DATA or ~/.cache/vaenas/data
     n_train: 10000                   # optional: train each trial on a leading subset
     space: {...} | path.yaml         # inline search space or a file (relative to this config)
-    strategy: {name: random, options: {}}
+    strategy: {name: random, options: {}}   # random | nsga2 | tpe | evolution | rl (+ nni-* with the extra)
     objectives: [neg_elbo, size_bytes]
+    constraints: {size_bytes: 16384}  # optional hard limits, OBJECTIVE: max (any objective name)
     bounds: {neg_elbo: [80, 250], size_bytes: {lo: 1000, hi: 4000000, log: true}}
     budget: {trials: 12, timeout_s: null}
     train: {epochs: 1, batch_size: 100, lr: 0.001, max_steps: null, lr_schedule: constant, device: auto}
@@ -24,13 +25,15 @@ from typing import Any
 
 import yaml
 
-from evaluator import Bound, LatencyConfig, TrainConfig, check_objectives
+from evaluator import OBJECTIVES, Bound, LatencyConfig, TrainConfig, check_objectives
 from evaluator.data import DATASETS
 from search_space import SearchSpace, VaenasInputError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _KEYS = {"name", "dataset", "data_root", "n_train", "space", "strategy", "objectives", "bounds", "budget", "train",
-         "latency", "seed", "storage"}
+         "latency", "seed", "storage", "constraints"}
+# constraints the spec alone decides (no training): strategies can rule specs out before proposing them
+STATIC_CONSTRAINTS = ("flops", "bitops", "params", "size_bytes")
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_steps", "lr_schedule", "kl_warmup_steps", "device"}
 _LATENCY_KEYS = {"repeats", "threads", "batch_size", "warmup"}
 
@@ -83,6 +86,7 @@ class StudyConfig:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     seed: int = 0
     storage: str | None = None
+    constraints: dict[str, float] = field(default_factory=dict)  # objective -> max allowed value
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -127,6 +131,16 @@ class StudyConfig:
         extra = sorted(set(braw) - set(objectives))
         if extra:
             raise ConfigError(f"bounds.{extra[0]}: not one of the study's objectives {objectives}")
+        craw = d.get("constraints") or {}
+        if not isinstance(craw, dict):
+            raise ConfigError(f"constraints: expected a mapping OBJECTIVE: max, e.g. {{size_bytes: 16384}}, got {craw!r}")
+        constraints: dict[str, float] = {}
+        for k, v in craw.items():
+            if k not in OBJECTIVES:
+                raise ConfigError(f"constraints.{k}: unknown; constrain one of {list(OBJECTIVES)}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ConfigError(f"constraints.{k}: expected a positive number (the maximum allowed), got {v!r}")
+            constraints[k] = float(v)
         strat = d.get("strategy", {"name": "random"})
         if isinstance(strat, str):
             strat = {"name": strat}
@@ -160,7 +174,7 @@ class StudyConfig:
             data_root=_typed("data_root", d.get("data_root"), str, allow_none=True), n_train=n_train,
             strategy=sname, strategy_options=_typed("strategy.options", strat.get("options") or {}, dict),
             trials=trials, timeout_s=timeout, train=train, latency=LatencyConfig(**lat), seed=seed,
-            storage=storage, raw=d,
+            storage=storage, constraints=constraints, raw=d,
         )
 
     @classmethod

@@ -39,12 +39,19 @@ def front_plot(view: StudyView, x: str, y: str, path: Path) -> Path:
     df = view.trials
     xs, ys = df[x].to_numpy(float), df[y].to_numpy(float)
     bits = df["mean_bits"].to_numpy(float)
-    on2d = non_dominated_mask(np.stack([xs, ys], 1))
+    ok = df["feasible"].to_numpy(bool) if "feasible" in df else np.ones(len(df), bool)
+    on2d = np.zeros(len(df), bool)
+    if ok.any():
+        on2d[ok] = non_dominated_mask(np.stack([xs[ok], ys[ok]], 1))
     order = np.argsort(xs[on2d])
     fig, ax = plt.subplots(figsize=(7.5, 5))
+    if (~ok).any():
+        ax.scatter(xs[~ok], ys[~ok], marker="x", color="grey", alpha=0.6, s=30,
+                   label=f"infeasible: breaks the study's constraints ({int((~ok).sum())})")
+    dom = ~on2d & ok
     norm = matplotlib.colors.Normalize(vmin=2, vmax=32)
-    ax.scatter(xs[~on2d], ys[~on2d], c=bits[~on2d], cmap="viridis", norm=norm, alpha=0.3, s=30,
-               label=f"dominated ({int((~on2d).sum())})")
+    ax.scatter(xs[dom], ys[dom], c=bits[dom], cmap="viridis", norm=norm, alpha=0.3, s=30,
+               label=f"dominated ({int(dom.sum())})")
     sc = ax.scatter(xs[on2d], ys[on2d], c=bits[on2d], cmap="viridis", norm=norm, s=70, edgecolors="black",
                     label=f"Pareto front ({int(on2d.sum())})", zorder=3)
     ax.step(xs[on2d][order], ys[on2d][order], where="post", color="black", lw=1, alpha=0.7, zorder=2)

@@ -15,7 +15,7 @@ from evaluator import OBJECTIVES, Bound, hypervolume, knee_point, non_dominated_
 from search_space import ArchSpec, VaenasInputError
 
 from .config import check_name
-from .run import atomic_write, storage_url, study_dir
+from .run import atomic_write, study_dir
 
 COST_COLUMNS = ["flops", "bitops", "params", "size_bytes", "latency_ms"]
 
@@ -65,13 +65,16 @@ def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = No
         for k in ["neg_elbo"] + COST_COLUMNS + ["train_seconds", "latency_path", "neg_elbo_is_estimate"]:
             row[k] = t.user_attrs.get(k)
         row["reused_from_trial"] = t.user_attrs.get("reused_from_trial")
+        row["feasible"] = bool(t.user_attrs.get("feasible", True))
         rows.append(row)
     df = pd.DataFrame(rows)
     if len(df):
-        pts = df[objectives].to_numpy(float)
-        df["on_front"] = non_dominated_mask(pts)
+        df["on_front"] = False
+        ok = df["feasible"].to_numpy(bool)
+        if ok.any():  # the front is over feasible trials only (a study's constraints are hard)
+            df.loc[ok, "on_front"] = non_dominated_mask(df.loc[ok, objectives].to_numpy(float))
     else:
-        df = pd.DataFrame(columns=["trial", "spec_id", *objectives, "on_front"])
+        df = pd.DataFrame(columns=["trial", "spec_id", *objectives, "feasible", "on_front"])
     return StudyView(name, url, study, objectives, bounds, df, pd.DataFrame(all_rows))
 
 
@@ -87,17 +90,24 @@ def list_studies(runs_dir: str | Path = "runs", storage: str | None = None) -> p
     return pd.DataFrame(rows, columns=["study", "complete", "failed", "running", "storage"])
 
 
+def feasible_trials(view: StudyView) -> pd.DataFrame:
+    return view.trials[view.trials["feasible"].astype(bool)] if len(view.trials) else view.trials
+
+
 def study_hypervolume(view: StudyView) -> float:
-    return hypervolume(view.trials[view.objectives].to_numpy(float), view.bounds) if len(view.trials) else 0.0
+    df = feasible_trials(view)
+    return hypervolume(df[view.objectives].to_numpy(float), view.bounds) if len(df) else 0.0
 
 
 def hypervolume_curve(view: StudyView) -> tuple[list[int], list[float]]:
-    """Hypervolume of the COMPLETE trials up to and including each trial number."""
+    """Hypervolume of the feasible COMPLETE trials up to and including each trial number."""
     df = view.trials.sort_values("trial")
     xs, ys = [], []
     for i in range(len(df)):
+        upto = df.iloc[: i + 1]
+        upto = upto[upto["feasible"].astype(bool)]
         xs.append(int(df["trial"].iloc[i]))
-        ys.append(hypervolume(df[view.objectives].iloc[: i + 1].to_numpy(float), view.bounds))
+        ys.append(hypervolume(upto[view.objectives].to_numpy(float), view.bounds) if len(upto) else 0.0)
     return xs, ys
 
 
@@ -112,6 +122,7 @@ def pick_trial(view: StudyView, trial: int | None = None, pick: str | None = Non
             raise VaenasInputError(f"--trial: study {view.name!r} has no completed trial {trial}; "
                                    f"completed trials are {sorted(df['trial'].tolist())[:20]}")
         return trial
+    df = feasible_trials(view)
     for c in max_constraints or []:
         key, _, val = c.partition("=")
         if key not in OBJECTIVES or not val:
@@ -121,7 +132,7 @@ def pick_trial(view: StudyView, trial: int | None = None, pick: str | None = Non
         except ValueError:
             raise VaenasInputError(f"--max: {val!r} is not a number") from None
     if len(df) == 0:
-        raise VaenasInputError(f"no completed trial satisfies {' and '.join(max_constraints or [])}")
+        raise VaenasInputError(f"no feasible completed trial satisfies {' and '.join(max_constraints or [])}")
     pick = pick or "knee"
     if pick == "knee":
         pts = df[view.objectives].to_numpy(float)

@@ -10,6 +10,16 @@ Budget: ``budget.trials`` *finished* trials - COMPLETE, or FAIL with a reason of
 marks it FAIL ("interrupted") and runs another in its place, so a resumed study ends with
 exactly the budgeted number of finished trials. A spec already finished in the study is not
 trained again: its stored objectives are reused.
+
+Constraints (``constraints: {size_bytes: 16384}``): each trial stores its constraint values with
+Optuna's ``Trial.set_constraint`` (``(value - limit) / limit``, <= 0 is satisfied) and a
+``feasible`` attr; every sampler reads them, and infeasible trials are kept off the front.
+Limits the spec alone decides (size, params, FLOPs, BitOps) are checked before training: our
+whole-spec strategies never propose such a spec, and a proposal of Optuna's samplers that breaks
+one is recorded as PRUNED ("infeasible") without training and does not count toward the budget.
+
+Strategy state: after every trial the sampler's ``state_dict()`` is stored in the study
+(``strategy_state``), and ``--resume`` loads it, so the strategy continues where it was.
 """
 
 from __future__ import annotations
@@ -25,11 +35,11 @@ from pathlib import Path
 import optuna
 import torch
 
-from evaluator import Evaluator, Objectives, hypervolume, load_data, non_dominated_mask
+from evaluator import Evaluator, Objectives, hypervolume, load_data, non_dominated_mask, static_costs
 from search_space import ArchSpec, VaenasInputError
 from strategies import create_sampler, suggest_spec
 
-from .config import StudyConfig
+from .config import STATIC_CONSTRAINTS, StudyConfig
 
 INTERRUPTED = "interrupted"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -67,8 +77,37 @@ def is_finished(t: optuna.trial.FrozenTrial) -> bool:
     return t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("fail_reason", INTERRUPTED) != INTERRUPTED
 
 
+def is_feasible(t: optuna.trial.FrozenTrial) -> bool:
+    return t.state == optuna.trial.TrialState.COMPLETE and bool(t.user_attrs.get("feasible", True))
+
+
+def constraint_values(values: dict, constraints: dict[str, float]) -> list[float]:
+    """Optuna's convention: one value per constraint, <= 0 satisfied (relative excess over the limit)."""
+    return [(float(values[k]) - lim) / lim for k, lim in constraints.items()]
+
+
+def static_feasibility(constraints: dict[str, float]):
+    """``feasible(spec)`` for the limits the spec alone decides, or None if there are none."""
+    static = {k: v for k, v in constraints.items() if k in STATIC_CONSTRAINTS}
+    if not static:
+        return None
+
+    def feasible(spec: ArchSpec) -> bool:
+        c = static_costs(spec)
+        return all(getattr(c, k) <= lim for k, lim in static.items())
+
+    return feasible
+
+
+def _set_constraints(trial: optuna.Trial, names, values) -> None:
+    for k, v in zip(names, values):
+        trial.set_constraint(k, v)  # Optuna's samplers (NSGA-II, TPE) read these
+    trial.set_user_attr("feasible", all(v <= 0 for v in values))
+
+
 def front_stats(study: optuna.Study, cfg: StudyConfig) -> tuple[int, float]:
-    pts = [t.values for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    pts = [t.values for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+           if is_feasible(t)]
     if not pts:
         return 0, 0.0
     return int(non_dominated_mask(pts).sum()), hypervolume(pts, cfg.bounds)
@@ -108,10 +147,8 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     data = load_data(cfg.dataset, cfg.data_root, n_train=cfg.n_train)  # bad input fails here, before any write
     evaluator = Evaluator(data, cfg.train, cfg.latency)
 
-    # A fresh sampler seed per session, derived from the study seed and its history, so a resumed
-    # random search does not replay the draws of the first session.
-    n_before = existing.get(cfg.name, 0)
-    sampler = create_sampler(cfg.strategy, cfg.space, cfg.seed + 7919 * n_before, cfg.strategy_options)
+    feasible = static_feasibility(cfg.constraints)
+    sampler = create_sampler(cfg.strategy, cfg.space, cfg.seed, cfg.strategy_options, feasible=feasible)
     if local:
         sdir.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -126,6 +163,9 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
         study.set_user_attr("space", cfg.space.to_dict())
     else:
         study = optuna.load_study(study_name=cfg.name, storage=url, sampler=sampler)
+        state = study.user_attrs.get("strategy_state")
+        if state is not None and hasattr(sampler, "load_state_dict"):
+            sampler.load_state_dict(state)
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             # a trial left RUNNING by a killed process (single-worker storage): mark it and replace it
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
@@ -144,6 +184,7 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     interrupted = False
     new = 0
     trial = None
+    rejected_in_a_row = 0
     try:
         while finished() < budget:
             if timeout is not None and time.perf_counter() - t_start > timeout:
@@ -153,6 +194,22 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
             trial.set_user_attr("spec", spec.to_json())
             trial.set_user_attr("spec_id", spec.id)
             trial.set_user_attr("seed", cfg.seed)
+            if feasible is not None and not feasible(spec):
+                # provably over a static limit: record it for the sampler, never train it
+                c = static_costs(spec)
+                vals = {k: getattr(c, k) for k in STATIC_CONSTRAINTS}
+                cons = [(vals[k] - lim) / lim if k in vals else 0.0 for k, lim in cfg.constraints.items()]
+                _set_constraints(trial, cfg.constraints, cons)
+                trial.set_user_attr("fail_reason", "infeasible: " + ", ".join(
+                    f"{k} {vals[k]} > {lim:g}" for k, lim in cfg.constraints.items() if k in vals and vals[k] > lim))
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                trial = None
+                rejected_in_a_row += 1
+                if rejected_in_a_row >= 1000:
+                    raise VaenasInputError(f"constraints: {cfg.strategy!r} proposed 1000 specs in a row that break "
+                                           f"{cfg.constraints}; loosen the limits or narrow the space")
+                continue
+            rejected_in_a_row = 0
             reuse = next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                           if t.user_attrs.get("spec_id") == spec.id), None)
             if reuse is not None:
@@ -160,11 +217,15 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
                     if k not in ("spec", "spec_id", "seed"):
                         trial.set_user_attr(k, v)
                 trial.set_user_attr("reused_from_trial", reuse.number)
+                for k, v in reuse.constraints.items():
+                    trial.set_constraint(k, v)
                 study.tell(trial, reuse.values)
             else:
                 result, model = evaluator.evaluate_with_model(spec, cfg.seed)
                 if isinstance(result, Objectives):
                     _store_objectives(trial, result)
+                    if cfg.constraints:
+                        _set_constraints(trial, cfg.constraints, constraint_values(result.to_dict(), cfg.constraints))
                     save_checkpoint(sdir / "trials" / str(trial.number) / "model.pt", model, spec)
                     study.tell(trial, list(result.values(cfg.objectives)))
                 else:
@@ -172,6 +233,8 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
             trial = None
             new += 1
+            if hasattr(sampler, "state_dict"):
+                study.set_user_attr("strategy_state", sampler.state_dict())
             if bar is not None:
                 size, hv = front_stats(study, cfg)
                 bar.n = min(finished(), budget)

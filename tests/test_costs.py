@@ -1,7 +1,6 @@
 import random
 
 import pytest
-import torch
 
 from evaluator import count_bitops, count_flops, count_params, static_costs
 from search_space import ArchSpec, SearchSpace, build_vae, pack_model

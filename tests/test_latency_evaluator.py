@@ -5,7 +5,7 @@ import torch
 
 from evaluator import (
     EvalFailure, Evaluator, LatencyConfig, Objectives, TrainConfig, check_objectives, deployable_model,
-    evaluate_neg_elbo, float_model, measure_latency, seeded_model, train,
+    float_model, measure_latency, seeded_model, train,
 )
 from search_space import ArchSpec, VaenasInputError
 

@@ -178,6 +178,10 @@ BAD = [
      "bounds: {neg_elbo: [1, 2], params: [1, 2]}\ntrain: {epoch: 1}\n", "train.epoch: unknown key"),
     ("name: x\nspace: {latent_dim: [0], mlp: {depth: [1], width: [8]}}\n", "latent_dim: 0 is below"),
     ("name: x\nspace: [1\n", "malformed YAML"),
+    ("name: x\nspace: {latent_dim: [4], mlp: {depth: [1], width: [8]}}\nobjectives: [neg_elbo, params]\n"
+     "bounds: {neg_elbo: [1, 2], params: [1, 2]}\nconstraints: {size: 100}\n", "constraints.size: unknown"),
+    ("name: x\nspace: {latent_dim: [4], mlp: {depth: [1], width: [8]}}\nobjectives: [neg_elbo, params]\n"
+     "bounds: {neg_elbo: [1, 2], params: [1, 2]}\nconstraints: {size_bytes: -1}\n", "constraints.size_bytes: expected a positive"),
 ]
 
 
@@ -200,3 +204,51 @@ def test_presets_are_valid():
             continue
         cfg = StudyConfig.load(p)
         assert cfg.space.size() > 1 and 2 <= len(cfg.objectives) <= 4
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "nsga2"])
+def test_constraints_keep_infeasible_specs_off_the_front(tmp_path, data_root, strategy):
+    """Static limit (size) never trained; measured limit (−ELBO) marks trials infeasible, off the front."""
+    from studies.report import load_view, pick_trial
+
+    limit = 20_000
+    cfgp = small_config(tmp_path, data_root, name=f"c-{strategy}", trials=6, strategy=strategy,
+                        constraints={"size_bytes": limit, "neg_elbo": 400})
+    runs = tmp_path / "runs"
+    assert main(["search", str(cfgp), "--runs-dir", str(runs), "--quiet"]) in (0, 1)
+    study = optuna.load_study(study_name=f"c-{strategy}", storage=f"sqlite:///{runs / f'c-{strategy}' / 'study.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sum(is_finished(t) for t in study.trials) == 6
+    for t in done:
+        assert t.user_attrs["size_bytes"] <= limit  # a spec over the static limit is never trained
+        assert t.user_attrs["feasible"] == (t.user_attrs["neg_elbo"] <= 400)
+        assert set(t.constraints) == {"size_bytes", "neg_elbo"}
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    if strategy == "evolution":
+        assert not pruned  # whole-spec strategies never propose it
+    for t in pruned:
+        assert t.user_attrs["fail_reason"].startswith("infeasible: size_bytes") and not t.user_attrs["feasible"]
+    view = load_view(f"c-{strategy}", runs)
+    assert not (view.trials["on_front"] & ~view.trials["feasible"]).any()
+    if view.trials["feasible"].any():
+        assert view.trials.set_index("trial").loc[pick_trial(view), "feasible"]
+
+
+def test_resume_restores_strategy_state(tmp_path, data_root):
+    """The RL controller's policy is stored in the study and reloaded by --resume."""
+    from strategies import create_sampler
+
+    cfgp = small_config(tmp_path, data_root, name="rl", trials=3, strategy="rl")
+    runs = tmp_path / "runs"
+    assert main(["search", str(cfgp), "--runs-dir", str(runs), "--quiet"]) == 0
+    study = optuna.load_study(study_name="rl", storage=f"sqlite:///{runs / 'rl' / 'study.db'}")
+    state = study.user_attrs["strategy_state"]
+    assert state["consumed"] == [0, 1]  # learned from the trials finished before its last proposal
+    cfg = StudyConfig.load(cfgp)
+    fresh = create_sampler("rl", cfg.space, 0)
+    fresh.load_state_dict(state)
+    assert fresh.state_dict() == state
+    assert main(["search", str(cfgp), "--runs-dir", str(runs), "--quiet", "--resume", "--n-trials", "5"]) == 0
+    study = optuna.load_study(study_name="rl", storage=f"sqlite:///{runs / 'rl' / 'study.db'}")
+    assert study.user_attrs["strategy_state"]["consumed"] == [0, 1, 2, 3]
+    assert sum(is_finished(t) for t in study.trials) == 5
