@@ -28,7 +28,7 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 
 from evaluator import hypervolume  # noqa: E402
-from strategies import OPTIONAL, REGISTRY  # noqa: E402
+from strategies import REGISTRY, extra_available  # noqa: E402
 from studies.config import StudyConfig  # noqa: E402
 from studies.run import is_feasible, run_search  # noqa: E402
 
@@ -66,7 +66,7 @@ def hv_curve(study: optuna.Study, bounds) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--strategies", nargs="+", default=[n for n in REGISTRY if n not in OPTIONAL])
+    ap.add_argument("--strategies", nargs="+", default=[n for n in REGISTRY if extra_available(n)])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--n-train", type=int, default=10000)

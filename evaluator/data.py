@@ -58,11 +58,15 @@ def _raw(name: str, root: str) -> tuple[torch.Tensor, torch.Tensor]:
     import torchvision
 
     cls = getattr(torchvision.datasets, DATASETS[name])
+    existed = {p for p in (Path(root), Path(root) / DATASETS[name], Path(root) / DATASETS[name] / "raw") if p.exists()}
     try:
         tr = cls(root, train=True, download=True)
         te = cls(root, train=False, download=True)
     except Exception as e:  # network errors, checksum errors, permission errors
         raw = Path(root) / DATASETS[name] / "raw"
+        for p in (raw, raw.parent, Path(root)):  # leave nothing behind that we created
+            if p not in existed and p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
         raise DataUnavailableError(
             f"dataset {name!r}: not found under {raw} and could not be downloaded ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}); copy the four IDX .gz files into {raw} or go online"

@@ -22,6 +22,9 @@ from .elbo import neg_elbo_terms
 
 # An extra loss: f(model, x, eps) -> scalar tensor added to the mean −ELBO (e.g. distillation).
 ExtraLoss = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+# A whole step loss replacing the −ELBO of one model: f(model, x, generator, kl_weight) -> scalar
+# (e.g. the supernet's sandwich rule); everything else - data, optimiser, schedule, checks - is shared.
+StepLoss = Callable[[torch.nn.Module, torch.Tensor, torch.Generator, float], torch.Tensor]
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,6 +91,7 @@ def train(
     cfg: TrainConfig,
     *,
     extra_loss: ExtraLoss | None = None,
+    step_loss: StepLoss | None = None,
     progress: bool = False,
     log_every: int = 50,
 ) -> TrainResult:
@@ -102,7 +106,7 @@ def train(
         total = min(total, cfg.max_steps) if total else cfg.max_steps
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    latent = model.spec.latent_dim
+    latent = model.spec.latent_dim if step_loss is None else 0
     bar = None
     if progress:
         from tqdm import tqdm
@@ -122,12 +126,15 @@ def train(
             if step == delay_steps and delay_steps:
                 set_fake_quant(model, True)
             x = torch.bernoulli(data[perm[i : i + cfg.batch_size]].float().div_(255.0), generator=g)
-            eps = torch.randn((len(x), latent), generator=g, device=device)
             beta = min(1.0, (step + 1) / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
-            rec, kl = neg_elbo_terms(model, x, eps)
-            loss = (rec + beta * kl).mean()
-            if extra_loss is not None:
-                loss = loss + extra_loss(model, x, eps)
+            if step_loss is not None:
+                loss = step_loss(model, x, g, beta)
+            else:
+                eps = torch.randn((len(x), latent), generator=g, device=device)
+                rec, kl = neg_elbo_terms(model, x, eps)
+                loss = (rec + beta * kl).mean()
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model, x, eps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

@@ -11,6 +11,7 @@ from .quant import (
     QuantConv2d,
     QuantConvTranspose2d,
     QuantLinear,
+    dequantize_weight,
     fake_quant_act,
     fake_quant_weight,
     pack_bits,
@@ -24,6 +25,6 @@ from .spec import ALLOWED_BITS, ArchSpec
 __all__ = [
     "ALLOWED_BITS", "ArchSpec", "LayerLayout", "QUANT_LAYERS", "QuantConv2d", "QuantConvTranspose2d",
     "QuantLinear", "SearchSpace", "SpaceError", "SpecError", "VAE", "VaenasInputError", "Verdict",
-    "build_vae", "fake_quant_act", "fake_quant_weight", "pack_bits", "pack_model", "packed_layout",
+    "build_vae", "dequantize_weight", "fake_quant_act", "fake_quant_weight", "pack_bits", "pack_model", "packed_layout",
     "packed_size_bytes", "quantize_weight", "set_fake_quant", "unpack_bits", "unpack_model", "unpack_state_dict",
 ]

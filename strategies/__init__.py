@@ -21,7 +21,7 @@ from .rl import ReinforceController
 
 Factory = Callable[..., optuna.samplers.BaseSampler]
 REGISTRY: dict[str, Factory] = {}
-OPTIONAL: dict[str, str] = {}  # name -> the extra it needs, for strategies whose extra is missing
+OPTIONAL: dict[str, str] = {"nni-evolution": "nni", "nni-rl": "nni"}  # name -> the extra it needs
 
 
 def register(name: str) -> Callable[[Factory], Factory]:
@@ -65,7 +65,29 @@ def _rl(space: SearchSpace, seed: int, *, feasible=None, **options) -> SpecSampl
     return ReinforceController(space, seed, feasible=feasible, **options)
 
 
-from . import nni_adapter  # noqa: E402,F401  (registers nni-evolution / nni-rl)
+@register("nni-evolution")
+def _nni_evolution(space: SearchSpace, seed: int, *, feasible=None, **options) -> SpecSampler:
+    from .nni_adapter import NNIEvolution, _require
+
+    _require("nni-evolution")
+    return NNIEvolution(space, seed, feasible=feasible, **options)
+
+
+@register("nni-rl")
+def _nni_rl(space: SearchSpace, seed: int, *, feasible=None, **options) -> SpecSampler:
+    from .nni_adapter import NNIPolicyRL, _require
+
+    _require("nni-rl")
+    return NNIPolicyRL(space, seed, feasible=feasible, **options)
+
+
+def extra_available(name: str) -> bool:
+    """Whether an optional strategy's extra is installed (always True for the core ones)."""
+    if name not in OPTIONAL:
+        return True
+    from .nni_adapter import nni_available
+
+    return nni_available()
 
 
 def create_sampler(name: str, space: SearchSpace, seed: int, options: dict[str, Any] | None = None, *,
@@ -84,4 +106,4 @@ def suggest_spec(space: SearchSpace, trial: optuna.Trial) -> ArchSpec:
 
 
 __all__ = ["NSGAII", "REGISTRY", "TPE", "Observation", "RandomSearch", "RegularizedEvolution", "ReinforceController",
-           "SpecSampler", "StatefulMixin", "create_sampler", "observations", "register", "suggest_spec", "trial_rng"]
+           "SpecSampler", "StatefulMixin", "create_sampler", "extra_available", "observations", "register", "suggest_spec", "trial_rng"]

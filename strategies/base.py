@@ -54,12 +54,17 @@ def _spec(js: str) -> ArchSpec:
     return ArchSpec.from_json(js)  # frozen, so one parsed copy can be shared
 
 
+# fail reasons that say nothing about the spec (set by the run loop): no lesson to learn
+NOT_THE_SPECS_FAULT = (None, "interrupted", "surplus")
+
+
 def observations(study: optuna.Study) -> list[Observation]:
-    """Finished trials (COMPLETE or FAIL) that carry a spec, in trial-number order."""
+    """Finished trials that carry a spec, in trial-number order: COMPLETE, FAIL of the spec's own
+    (diverged, ...), PRUNED (rejected as infeasible); not trials cut off by a crash or Ctrl-C."""
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
         js = t.user_attrs.get("spec")
-        if js is None:
+        if js is None or t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in NOT_THE_SPECS_FAULT:
             continue
         done = t.state == TrialState.COMPLETE
         feasible = t.user_attrs.get("feasible", True) and all(c <= 0 for c in t.constraints.values())
@@ -185,9 +190,7 @@ class SpecSampler(StatefulMixin, optuna.samplers.BaseSampler):
         history = observations(study)
         self.observe(history)
         rng = trial_rng(self.seed, trial.number)
-        seen = {o.spec.id for o in history} | {
-            t.user_attrs["spec_id"] for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if "spec_id" in t.user_attrs}
+        seen = {t.user_attrs["spec_id"] for t in study.get_trials(deepcopy=False) if "spec_id" in t.user_attrs}
         spec = None
         for _ in range(MAX_TRIES):
             cand = self.propose(history, rng)

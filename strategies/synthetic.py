@@ -39,6 +39,7 @@ def run_synthetic(space: SearchSpace, sampler: optuna.samplers.BaseSampler, tria
         t.set_user_attr("spec", spec.to_json())
         t.set_user_attr("spec_id", spec.id)
         if fail_every and (t.number + 1) % fail_every == 0:
+            t.set_user_attr("fail_reason", "synthetic failure")
             study.tell(t, state=optuna.trial.TrialState.FAIL)
         else:
             study.tell(t, list(synthetic_objectives(spec)))

@@ -122,6 +122,23 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .config import StudyConfig
+    from .run import run_search
+
+    cfg = StudyConfig.load(args.config)
+    if args.storage:
+        cfg.storage = args.storage
+    summary = run_search(cfg, runs_dir=args.runs_dir, worker=True, n_trials=args.n_trials, timeout_s=args.timeout,
+                         progress=not args.quiet)
+    state = "interrupted" if summary.interrupted else "done"
+    print(f"worker on study {summary.study_name} ({summary.storage}): {state}; {summary.new_trials} trials run here, "
+          f"{summary.finished} finished in the study, front size {summary.front_size}, "
+          f"hypervolume {summary.hypervolume:.4f}")
+    print(f"inspect: vaenas show {cfg.name}" + (f" --storage '{summary.storage}'" if cfg.storage else ""))
+    return 1 if summary.interrupted else 0
+
+
 def _run_dir(runs_dir: str, name: str) -> Path:
     from .run import study_dir
 
@@ -162,10 +179,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     for _, r in fails.iterrows():
         print(f"  trial {r['number']} FAIL: {r['fail_reason']}")
     if args.csv:
-        view.trials.to_csv(args.csv, index=False)
+        from .run import atomic_write
+
+        atomic_write(Path(args.csv), view.trials.to_csv(index=False).encode())
         print(f"wrote {args.csv}")
     if args.json:
-        Path(args.json).write_text(view.trials.to_json(orient="records", indent=2))
+        from .run import atomic_write
+
+        atomic_write(Path(args.json), view.trials.to_json(orient="records", indent=2).encode())
         print(f"wrote {args.json}")
     return 0
 
@@ -257,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--strategy", help="override the config's strategy (its YAML options are then dropped)")
     study_args(se, study=False)
     se.set_defaults(func=cmd_search)
+
+    wo = sub.add_parser("worker", help="join a study (created if missing) as one more worker on a shared storage")
+    wo.add_argument("config")
+    wo.add_argument("--n-trials", type=int, help="override budget.trials (the study's total, shared by workers)")
+    wo.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    wo.add_argument("--quiet", action="store_true", help="no progress bar")
+    study_args(wo, study=False)
+    wo.set_defaults(func=cmd_worker)
 
     li = sub.add_parser("list", help="list studies with their trial counts")
     study_args(li, study=False)

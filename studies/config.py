@@ -13,7 +13,9 @@
     train: {epochs: 1, batch_size: 100, lr: 0.001, max_steps: null, lr_schedule: constant, device: auto}
     latency: {repeats: 50, threads: 1, batch_size: 1}
     seed: 0
-    storage: null                    # any Optuna storage URL; default sqlite:///runs/<name>/study.db
+    storage: null                    # any Optuna storage URL (sqlite:///..., postgresql://...) or journal:PATH;
+                                     # default sqlite:///runs/<name>/study.db
+    heartbeat: {interval_s: 30, grace_s: 120}  # RDB storages: a trial silent for grace_s is failed, retried once
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from search_space import SearchSpace, VaenasInputError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _KEYS = {"name", "dataset", "data_root", "n_train", "space", "strategy", "objectives", "bounds", "budget", "train",
-         "latency", "seed", "storage", "constraints"}
+         "latency", "seed", "storage", "constraints", "heartbeat"}
 # constraints the spec alone decides (no training): strategies can rule specs out before proposing them
 STATIC_CONSTRAINTS = ("flops", "bitops", "params", "size_bytes")
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_steps", "lr_schedule", "kl_warmup_steps", "device"}
@@ -87,6 +89,7 @@ class StudyConfig:
     seed: int = 0
     storage: str | None = None
     constraints: dict[str, float] = field(default_factory=dict)  # objective -> max allowed value
+    heartbeat: tuple[int, int] = (30, 120)  # (interval_s, grace_s)
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -141,6 +144,11 @@ class StudyConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ConfigError(f"constraints.{k}: expected a positive number (the maximum allowed), got {v!r}")
             constraints[k] = float(v)
+        hb = _block("heartbeat", d.get("heartbeat"), {"interval_s", "grace_s"})
+        interval = _typed("heartbeat.interval_s", hb.get("interval_s", 30), int)
+        grace = _typed("heartbeat.grace_s", hb.get("grace_s", 120), int)
+        if interval < 1 or grace <= interval:
+            raise ConfigError(f"heartbeat: need interval_s >= 1 and grace_s > interval_s, got {interval} and {grace}")
         strat = d.get("strategy", {"name": "random"})
         if isinstance(strat, str):
             strat = {"name": strat}
@@ -174,7 +182,7 @@ class StudyConfig:
             data_root=_typed("data_root", d.get("data_root"), str, allow_none=True), n_train=n_train,
             strategy=sname, strategy_options=_typed("strategy.options", strat.get("options") or {}, dict),
             trials=trials, timeout_s=timeout, train=train, latency=LatencyConfig(**lat), seed=seed,
-            storage=storage, constraints=constraints, raw=d,
+            storage=storage, constraints=constraints, heartbeat=(interval, grace), raw=d,
         )
 
     @classmethod

@@ -47,10 +47,12 @@ def _storage_for(name: str, runs_dir: str | Path, storage: str | None) -> str:
 def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = None) -> StudyView:
     check_name(name, "STUDY")
     url = _storage_for(name, runs_dir, storage)
+    from .run import open_storage, redact
+
     try:
-        study = optuna.load_study(study_name=name, storage=url)
+        study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=None))
     except KeyError:
-        raise VaenasInputError(f"study {name!r} is not in {url}; run `vaenas list` to see studies") from None
+        raise VaenasInputError(f"study {name!r} is not in {redact(url)}; run `vaenas list` to see studies") from None
     objectives = study.user_attrs.get("objectives") or study.metric_names
     bounds = [Bound(*b) for b in study.user_attrs["bounds"]]
     rows, all_rows = [], []
@@ -75,18 +77,21 @@ def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = No
             df.loc[ok, "on_front"] = non_dominated_mask(df.loc[ok, objectives].to_numpy(float))
     else:
         df = pd.DataFrame(columns=["trial", "spec_id", *objectives, "feasible", "on_front"])
-    return StudyView(name, url, study, objectives, bounds, df, pd.DataFrame(all_rows))
+    return StudyView(name, redact(url), study, objectives, bounds, df, pd.DataFrame(all_rows))
 
 
 def list_studies(runs_dir: str | Path = "runs", storage: str | None = None) -> pd.DataFrame:
     urls = [storage] if storage else [f"sqlite:///{p}" for p in sorted(Path(runs_dir).glob("*/study.db"))]
     rows = []
+    from .run import open_storage, redact
+
     for url in urls:
-        for s in optuna.get_all_study_summaries(url):
-            states = [t.state for t in optuna.load_study(study_name=s.study_name, storage=url).get_trials(deepcopy=False)]
+        storage = open_storage(url, heartbeat=None)
+        for s in optuna.get_all_study_summaries(storage):
+            states = [t.state for t in optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False)]
             rows.append({"study": s.study_name, "complete": sum(x.name == "COMPLETE" for x in states),
                          "failed": sum(x.name == "FAIL" for x in states), "running": sum(x.name == "RUNNING" for x in states),
-                         "storage": url})
+                         "storage": redact(url)})
     return pd.DataFrame(rows, columns=["study", "complete", "failed", "running", "storage"])
 
 

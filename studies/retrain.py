@@ -9,6 +9,7 @@ means at ``z = mu``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -109,7 +110,9 @@ def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset: str = "mnist",
 
         try:
             fm = float_model(model).cpu()
-            torch.onnx.export(fm, (data.test[:1], torch.zeros(1, spec.latent_dim)), str(out / "model.onnx"))
+            tmp_onnx = out / f".model.onnx.tmp{os.getpid()}"
+            torch.onnx.export(fm, (data.test[:1], torch.zeros(1, spec.latent_dim)), str(tmp_onnx))
+            os.replace(tmp_onnx, out / "model.onnx")
             files.append("model.onnx")
             report["onnx"] = "model.onnx (float graph with dequantised weights)"
         except Exception as e:  # the export is a convenience; its failure must not lose the retrained model

@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,11 +38,14 @@ import torch
 
 from evaluator import Evaluator, Objectives, hypervolume, load_data, non_dominated_mask, static_costs
 from search_space import ArchSpec, VaenasInputError
-from strategies import create_sampler, suggest_spec
+from strategies import SpecSampler, create_sampler, suggest_spec
 
 from .config import STATIC_CONSTRAINTS, StudyConfig
 
-INTERRUPTED = "interrupted"
+INTERRUPTED = "interrupted"  # cut off (Ctrl-C, killed worker): does not use up budget, is replaced
+SURPLUS = "surplus"  # asked by a worker that lost the race for the last budget slot: not counted
+NOT_COUNTED = {INTERRUPTED, SURPLUS}
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"  # stored on each trial: which process ran it
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -74,7 +78,7 @@ def save_checkpoint(path: Path, model, spec: ArchSpec, extra: dict | None = None
 def is_finished(t: optuna.trial.FrozenTrial) -> bool:
     if t.state == optuna.trial.TrialState.COMPLETE:
         return True
-    return t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("fail_reason", INTERRUPTED) != INTERRUPTED
+    return t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("fail_reason", INTERRUPTED) not in NOT_COUNTED
 
 
 def is_feasible(t: optuna.trial.FrozenTrial) -> bool:
@@ -130,114 +134,229 @@ def _store_objectives(trial: optuna.Trial, obj: Objectives) -> None:
         trial.set_user_attr(k, v)
 
 
+def open_storage(url: str, heartbeat: tuple[int, int] | None = (30, 120)):
+    """An Optuna storage for ``url``, with heartbeats where Optuna supports them (RDB storages).
+
+    ``journal:PATH`` is Optuna's journal file storage (a few local workers, no server, no
+    heartbeats). Connection problems become one-line :class:`VaenasInputError` messages.
+    """
+    if url.startswith("journal:"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal:"):])
+        if not path.parent.is_dir():
+            raise VaenasInputError(f"storage: folder {str(path.parent)!r} of {url!r} does not exist; create it first")
+        return JournalStorage(JournalFileBackend(str(path)))
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    kw = {}
+    if heartbeat is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            kw = {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1],
+                  "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1)}
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(8):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                                  **kw)
+        except ImportError as e:
+            raise VaenasInputError(f"storage: {redact(url)} needs a database driver ({e}); for PostgreSQL install "
+                                   "the extra with `pip install -e '.[postgres]'`") from None
+        except (IntegrityError, ProgrammingError):
+            if attempt == 7:
+                raise
+            time.sleep(0.5 + attempt)  # another worker is creating Optuna's tables right now: retry
+        except Exception as e:  # sqlalchemy errors: unreachable host, wrong password, bad URL
+            msg = str(getattr(e, "orig", None) or e).strip().splitlines()
+            raise VaenasInputError(f"storage: cannot open {redact(url)}: {msg[0] if msg else type(e).__name__}; "
+                                   "check the URL, that the server is up, the user and the password") from None
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    import re
+
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _study_names(storage) -> list[str]:
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def _init_study_attrs(study: optuna.Study, cfg: StudyConfig) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(cfg.objectives)
+    study.set_user_attr("config", json.loads(json.dumps(cfg.raw, default=str)))
+    study.set_user_attr("objectives", cfg.objectives)
+    study.set_user_attr("bounds", [[b.lo, b.hi, b.log] for b in cfg.bounds])
+    study.set_user_attr("space", cfg.space.to_dict())
+
+
+def _check_same_study(study: optuna.Study, cfg: StudyConfig) -> None:
+    if study.user_attrs.get("objectives") not in (None, cfg.objectives):
+        raise VaenasInputError(f"study {cfg.name!r} in the storage optimises {study.user_attrs['objectives']}, "
+                               f"this config {cfg.objectives}; use another study name")
+
+
 def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool = False, n_trials: int | None = None,
-               timeout_s: float | None = None, progress: bool = True) -> SearchSummary:
+               timeout_s: float | None = None, progress: bool = True, worker: bool = False,
+               poll_s: float = 2.0) -> SearchSummary:
+    """Run a study to its budget of finished trials.
+
+    ``resume``: continue an existing study as its only process (trials left RUNNING by a killed
+    process are marked interrupted and replaced). ``worker``: join the study, creating it if it
+    does not exist yet, next to other workers on the same storage: a trial of a killed worker is
+    failed by the heartbeat after the grace period and retried once; the budget is shared.
+    """
     sdir = study_dir(runs_dir, cfg.name)
     url = storage_url(cfg, runs_dir)
-    local = url.startswith("sqlite:///")
-    summaries = optuna.get_all_study_summaries(url) if not local or (sdir / "study.db").exists() else []
-    existing = {s.study_name: s.n_trials for s in summaries}
-    if cfg.name in existing and not resume:
-        raise StudyExistsError(f"study {cfg.name!r} already exists in {url}; pass --resume to continue it "
-                               "or choose another name")
-    if resume and cfg.name not in existing:
-        raise VaenasInputError(f"--resume: no study {cfg.name!r} in {url}; run without --resume to start it")
+    local = url.startswith("sqlite:///") and cfg.storage is None
     budget = n_trials if n_trials is not None else cfg.trials
+    if budget < 1:
+        raise VaenasInputError(f"--n-trials: must be >= 1, got {budget}")
     timeout = timeout_s if timeout_s is not None else cfg.timeout_s
+    storage = None
+    if not local or (sdir / "study.db").exists():
+        storage = open_storage(url, cfg.heartbeat)
+        names = _study_names(storage)
+    else:
+        names = []
+    if cfg.name in names and not (resume or worker):
+        raise StudyExistsError(f"study {cfg.name!r} already exists in {redact(url)}; pass --resume to continue it, "
+                               "run `vaenas worker` to add a worker, or choose another name")
+    if resume and cfg.name not in names:
+        raise VaenasInputError(f"--resume: no study {cfg.name!r} in {redact(url)}; run without --resume to start it")
     data = load_data(cfg.dataset, cfg.data_root, n_train=cfg.n_train)  # bad input fails here, before any write
     evaluator = Evaluator(data, cfg.train, cfg.latency)
 
     feasible = static_feasibility(cfg.constraints)
+    # Whole-spec strategies draw from (seed, trial number), so workers need no seed of their own;
+    # Optuna's samplers keep a random state, which must differ between workers.
     sampler = create_sampler(cfg.strategy, cfg.space, cfg.seed, cfg.strategy_options, feasible=feasible)
+    if worker and not isinstance(sampler, SpecSampler):
+        sampler = create_sampler(cfg.strategy, cfg.space, cfg.seed + os.getpid(), cfg.strategy_options,
+                                 feasible=feasible)
     if local:
         sdir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        study = optuna.create_study(study_name=cfg.name, storage=url, directions=["minimize"] * len(cfg.objectives),
-                                    sampler=sampler)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(cfg.objectives)
-        study.set_user_attr("config", json.loads(json.dumps(cfg.raw, default=str)))
-        study.set_user_attr("objectives", cfg.objectives)
-        study.set_user_attr("bounds", [[b.lo, b.hi, b.log] for b in cfg.bounds])
-        study.set_user_attr("space", cfg.space.to_dict())
+    if storage is None:
+        storage = open_storage(url, cfg.heartbeat)
+    if cfg.name not in names:
+        study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, load_if_exists=worker,
+                                    directions=["minimize"] * len(cfg.objectives))
+        if "objectives" not in study.user_attrs:
+            _init_study_attrs(study, cfg)
     else:
-        study = optuna.load_study(study_name=cfg.name, storage=url, sampler=sampler)
+        study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
+    _check_same_study(study, cfg)
+    if resume:
         state = study.user_attrs.get("strategy_state")
         if state is not None and hasattr(sampler, "load_state_dict"):
             sampler.load_state_dict(state)
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            # a trial left RUNNING by a killed process (single-worker storage): mark it and replace it
+            # a trial left RUNNING by a killed process (resume = the study's only process): replace it
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
-    def finished() -> int:
-        return sum(is_finished(t) for t in study.get_trials(deepcopy=False))
+    from optuna.storages._heartbeat import fail_stale_trials, get_heartbeat_thread, is_heartbeat_enabled
 
-    done0 = finished()
+    heartbeats = is_heartbeat_enabled(study._storage)
+
+    def counts() -> tuple[int, list[int]]:
+        trials = study.get_trials(deepcopy=False)
+        running = sorted(t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING)
+        return sum(is_finished(t) for t in trials), running
+
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=budget, initial=min(done0, budget), desc=f"search {cfg.name}", unit="trial")
+        bar = tqdm(total=budget, initial=min(counts()[0], budget), desc=f"search {cfg.name}", unit="trial")
     t_start = time.perf_counter()
     interrupted = False
     new = 0
     trial = None
     rejected_in_a_row = 0
     try:
-        while finished() < budget:
+        while True:
+            if heartbeats:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    fail_stale_trials(study)  # a dead worker's trial: FAIL, retried once (enqueued)
+            n_fin, running = counts()
+            if n_fin >= budget:
+                break
             if timeout is not None and time.perf_counter() - t_start > timeout:
                 break
-            trial = study.ask()
-            spec = suggest_spec(cfg.space, trial)
-            trial.set_user_attr("spec", spec.to_json())
-            trial.set_user_attr("spec_id", spec.id)
-            trial.set_user_attr("seed", cfg.seed)
-            if feasible is not None and not feasible(spec):
-                # provably over a static limit: record it for the sampler, never train it
-                c = static_costs(spec)
-                vals = {k: getattr(c, k) for k in STATIC_CONSTRAINTS}
-                cons = [(vals[k] - lim) / lim if k in vals else 0.0 for k, lim in cfg.constraints.items()]
-                _set_constraints(trial, cfg.constraints, cons)
-                trial.set_user_attr("fail_reason", "infeasible: " + ", ".join(
-                    f"{k} {vals[k]} > {lim:g}" for k, lim in cfg.constraints.items() if k in vals and vals[k] > lim))
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                trial = None
-                rejected_in_a_row += 1
-                if rejected_in_a_row >= 1000:
-                    raise VaenasInputError(f"constraints: {cfg.strategy!r} proposed 1000 specs in a row that break "
-                                           f"{cfg.constraints}; loosen the limits or narrow the space")
+            if heartbeats and n_fin + len(running) >= budget:
+                time.sleep(poll_s)  # other workers hold the last slots; one may die and need a retry
                 continue
-            rejected_in_a_row = 0
-            reuse = next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                          if t.user_attrs.get("spec_id") == spec.id), None)
-            if reuse is not None:
-                for k, v in reuse.user_attrs.items():
-                    if k not in ("spec", "spec_id", "seed"):
-                        trial.set_user_attr(k, v)
-                trial.set_user_attr("reused_from_trial", reuse.number)
-                for k, v in reuse.constraints.items():
-                    trial.set_constraint(k, v)
-                study.tell(trial, reuse.values)
-            else:
-                result, model = evaluator.evaluate_with_model(spec, cfg.seed)
-                if isinstance(result, Objectives):
-                    _store_objectives(trial, result)
-                    if cfg.constraints:
-                        _set_constraints(trial, cfg.constraints, constraint_values(result.to_dict(), cfg.constraints))
-                    save_checkpoint(sdir / "trials" / str(trial.number) / "model.pt", model, spec)
-                    study.tell(trial, list(result.values(cfg.objectives)))
+            with warnings.catch_warnings():  # heartbeats are run here, not by Study.optimize: on purpose
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                trial = study.ask()
+            n_fin, running = counts()
+            if trial.number in running and running.index(trial.number) >= budget - n_fin:
+                # lost a race for the last slot to an earlier trial of another worker
+                study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", SURPLUS)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                trial = None
+                continue
+            with get_heartbeat_thread(trial._trial_id, study._storage):
+                trial.set_user_attr("worker", WORKER_ID)
+                spec = suggest_spec(cfg.space, trial)
+                trial.set_user_attr("spec", spec.to_json())
+                trial.set_user_attr("spec_id", spec.id)
+                trial.set_user_attr("seed", cfg.seed)
+                if feasible is not None and not feasible(spec):
+                    # provably over a static limit: record it for the sampler, never train it
+                    c = static_costs(spec)
+                    vals = {k: getattr(c, k) for k in STATIC_CONSTRAINTS}
+                    cons = [(vals[k] - lim) / lim if k in vals else 0.0 for k, lim in cfg.constraints.items()]
+                    _set_constraints(trial, cfg.constraints, cons)
+                    trial.set_user_attr("fail_reason", "infeasible: " + ", ".join(
+                        f"{k} {vals[k]} > {lim:g}" for k, lim in cfg.constraints.items() if k in vals and vals[k] > lim))
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    trial = None
+                    rejected_in_a_row += 1
+                    if rejected_in_a_row >= 1000:
+                        raise VaenasInputError(f"constraints: {cfg.strategy!r} proposed 1000 specs in a row that "
+                                               f"break {cfg.constraints}; loosen the limits or narrow the space")
+                    continue
+                rejected_in_a_row = 0
+                reuse = next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                              if t.user_attrs.get("spec_id") == spec.id), None)
+                if reuse is not None:
+                    for k, v in reuse.user_attrs.items():
+                        if k not in ("spec", "spec_id", "seed"):
+                            trial.set_user_attr(k, v)
+                    trial.set_user_attr("reused_from_trial", reuse.number)
+                    for k, v in reuse.constraints.items():
+                        trial.set_constraint(k, v)
+                    study.tell(trial, reuse.values)
                 else:
-                    trial.set_user_attr("fail_reason", result.reason)
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    result, model = evaluator.evaluate_with_model(spec, cfg.seed)
+                    if isinstance(result, Objectives):
+                        _store_objectives(trial, result)
+                        if cfg.constraints:
+                            _set_constraints(trial, cfg.constraints,
+                                             constraint_values(result.to_dict(), cfg.constraints))
+                        save_checkpoint(sdir / "trials" / str(trial.number) / "model.pt", model, spec)
+                        study.tell(trial, list(result.values(cfg.objectives)))
+                    else:
+                        trial.set_user_attr("fail_reason", result.reason)
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
             trial = None
             new += 1
             if hasattr(sampler, "state_dict"):
                 study.set_user_attr("strategy_state", sampler.state_dict())
             if bar is not None:
                 size, hv = front_stats(study, cfg)
-                bar.n = min(finished(), budget)
+                bar.n = min(counts()[0], budget)
                 bar.set_postfix(front=size, hv=f"{hv:.4f}")
                 bar.refresh()
     except KeyboardInterrupt:
@@ -249,4 +368,4 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
         if bar is not None:
             bar.close()
     size, hv = front_stats(study, cfg)
-    return SearchSummary(cfg.name, url, finished(), new, size, hv, interrupted, time.perf_counter() - t_start)
+    return SearchSummary(cfg.name, redact(url), counts()[0], new, size, hv, interrupted, time.perf_counter() - t_start)

@@ -41,3 +41,30 @@ def mnist_small(data_root):
     from evaluator import load_data
 
     return load_data("mnist", data_root, n_train=2000, n_eval=500)
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A PostgreSQL URL: $VAENAS_TEST_PG_URL (`.ci/run` starts a server) or a throwaway server of our own.
+
+    Skipped, with the reason printed, only when no server can be started; under CI it must run.
+    """
+    url = os.environ.get("VAENAS_TEST_PG_URL")
+    if url:
+        yield url
+        return
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from pgserver import PgUnavailable, start, stop
+
+    try:
+        url, root = start()
+    except (PgUnavailable, ImportError, OSError) as e:
+        msg = f"PostgreSQL tests need a server and none could be started: {e}"
+        print(msg)
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    yield url
+    stop(root)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 
 from search_space import SearchSpace, VaenasInputError, packed_size_bytes
-from strategies import OPTIONAL, REGISTRY, create_sampler
+from strategies import OPTIONAL, REGISTRY, create_sampler, extra_available
 from strategies.evolution import crowding_distance, nondominated_ranks
 from strategies.synthetic import run_synthetic, synthetic_objectives
 
@@ -29,7 +30,7 @@ MIXED = SearchSpace.from_dict({
              "fc_width": [32]},
     "decoder": "free", "weight_bits": [2, 4, 8, 32], "bits_per_layer": True,
 })
-AVAILABLE = sorted(n for n in REGISTRY if n not in OPTIONAL)
+AVAILABLE = sorted(n for n in REGISTRY if extra_available(n))  # NNI ones only with the [nni] extra
 LO, HI = np.array([5.0, 4.0]), np.array([30.0, 7.0])  # fixed bounds of the synthetic objectives
 
 
@@ -48,6 +49,15 @@ def ids(study: optuna.Study) -> list[str]:
 
 def test_registry_has_the_issue_strategies():
     assert {"random", "nsga2", "tpe", "evolution", "rl", "nni-evolution", "nni-rl"} <= set(REGISTRY)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONAL))
+def test_optional_strategies_name_their_extra_when_missing(name):
+    if extra_available(name):
+        assert create_sampler(name, SPACE, 0).seed == 0
+        return
+    with pytest.raises(VaenasInputError, match=r"pip install -e '\.\[nni\]'"):
+        create_sampler(name, SPACE, 0)
 
 
 @pytest.mark.parametrize("name", AVAILABLE)
@@ -97,12 +107,6 @@ def test_bad_options_and_unknown_names_are_clear_errors():
         create_sampler("rl", SPACE, 0, {"temperature": 2})
 
 
-@pytest.mark.parametrize("name", sorted(OPTIONAL))
-def test_optional_strategies_name_their_extra_when_missing(name):
-    with pytest.raises(VaenasInputError, match=r"pip install -e '?\.\[nni\]'?"):
-        create_sampler(name, SPACE, 0)
-
-
 @pytest.mark.parametrize("name", [n for n in AVAILABLE if n not in ("nsga2", "tpe")])
 def test_whole_spec_strategies_never_propose_statically_infeasible_specs(name):
     limit = 100_000  # about two thirds of random specs of this space are larger
@@ -142,3 +146,30 @@ def test_synthetic_objectives_conflict():
     qs, ss = synthetic_objectives(small)
     qb, sb = synthetic_objectives(big)
     assert qs > qb and ss < sb
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONAL))
+def test_nni_strategies_run_in_process_and_write_nothing_in_home(name, tmp_path):
+    """NNI in library mode: no experiment, no node manager, no child process, nothing under ~.
+
+    (Without the [nni] extra the strategy cannot run here; the test above checks its error.)"""
+    if not extra_available(name):
+        with pytest.raises(VaenasInputError):
+            create_sampler(name, SPACE, 0)
+        return
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    code = ("import os, psutil; from tests.test_strategies import SPACE; from strategies import create_sampler; "
+            "from strategies.synthetic import run_synthetic; "
+            f"run_synthetic(SPACE, create_sampler({name!r}, SPACE, 0), 12); "
+            "assert not psutil.Process().children(recursive=True), 'child processes'; "
+            "assert not [c for c in psutil.Process().net_connections() if c.status == 'LISTEN'], 'listening port'")
+    env = {**os.environ, "HOME": str(home), "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       cwd=str(Path(__file__).resolve().parents[1]))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert list(home.rglob("*")) == []

@@ -1,0 +1,127 @@
+"""Bad input, table-driven: one line on stderr naming what is wrong, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = {"latent_dim": [4], "mlp": {"depth": [1], "width": [16]}, "weight_bits": [4, 32]}
+
+
+def good(data_root, **over) -> dict:
+    cfg = {"name": "ok", "dataset": "mnist", "data_root": str(data_root), "n_train": 500, "space": SPACE,
+           "objectives": ["neg_elbo", "size_bytes"], "bounds": {"neg_elbo": [50, 600], "size_bytes": [100, 1e7]},
+           "budget": {"trials": 1}, "train": {"epochs": 1, "batch_size": 100}, "latency": {"repeats": 3, "warmup": 1}}
+    cfg.update(over)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def study_runs(tmp_path_factory, data_root):
+    """A finished 1-trial study for the commands that read one."""
+    from studies.cli import main
+
+    d = tmp_path_factory.mktemp("study")
+    p = d / "ok.yaml"
+    p.write_text(yaml.safe_dump(good(data_root)))
+    assert main(["search", str(p), "--runs-dir", str(d / "runs"), "--quiet"]) == 0
+    return d / "runs"
+
+
+def _space(**over):
+    return {**SPACE, **over}
+
+
+# (id, files to create {name: content or a callable(data_root, pg_url) -> content}, argv, needle)
+CASES = [
+    ("malformed-yaml", {"c.yaml": "name: x\nspace: [1\n"}, ["search", "c.yaml"], "malformed YAML"),
+    ("unknown-key", {"c.yaml": lambda d, u: good(d, nmae="x")}, ["search", "c.yaml"], "nmae: unknown study key"),
+    ("wrong-type", {"c.yaml": lambda d, u: good(d, budget={"trials": "many"})}, ["search", "c.yaml"],
+     "budget.trials: expected int"),
+    ("empty-choices", {"c.yaml": lambda d, u: good(d, space=_space(latent_dim=[]))}, ["search", "c.yaml"],
+     "latent_dim: the list of choices is empty"),
+    ("min-gt-max", {"c.yaml": lambda d, u: good(d, space=_space(mlp={"depth": [1], "width": {"min": 64, "max": 8}}))},
+     ["search", "c.yaml"], "min (64) is greater than max (8)"),
+    ("bits-7", {"c.yaml": lambda d, u: good(d, space=_space(weight_bits=[7]))}, ["search", "c.yaml"],
+     "weight_bits: 7 is not allowed"),
+    ("latent-0", {"c.yaml": lambda d, u: good(d, space=_space(latent_dim=[0]))}, ["search", "c.yaml"],
+     "latent_dim: 0 is below the minimum 1"),
+    ("unknown-strategy", {"c.yaml": lambda d, u: good(d, strategy="hillclimb")}, ["search", "c.yaml"],
+     "strategy.name: 'hillclimb' is unknown"),
+    ("unknown-strategy-flag", {"c.yaml": lambda d, u: good(d)}, ["search", "c.yaml", "--strategy", "magic"],
+     "--strategy: 'magic' is unknown"),
+    ("bad-strategy-option", {"c.yaml": lambda d, u: good(d, strategy={"name": "evolution", "options": {"size": 3}})},
+     ["search", "c.yaml"], "strategy.options: invalid for 'evolution'"),
+    ("unknown-objective", {"c.yaml": lambda d, u: good(d, objectives=["neg_elbo", "speed"])}, ["search", "c.yaml"],
+     "objectives: 'speed' is unknown"),
+    ("bounds-missing", {"c.yaml": lambda d, u: good(d, bounds={"neg_elbo": [50, 600]})}, ["search", "c.yaml"],
+     "bounds.size_bytes: missing"),
+    ("bad-constraint", {"c.yaml": lambda d, u: good(d, constraints={"size_bytes": "small"})}, ["search", "c.yaml"],
+     "constraints.size_bytes: expected a positive number"),
+    ("bad-heartbeat", {"c.yaml": lambda d, u: good(d, heartbeat={"interval_s": 10, "grace_s": 5})},
+     ["search", "c.yaml"], "heartbeat: need interval_s >= 1 and grace_s > interval_s"),
+    ("unreachable-storage", {"c.yaml": lambda d, u: good(d, storage="postgresql+psycopg2://u:secret@127.0.0.1:9/db")},
+     ["search", "c.yaml"], "storage: cannot open postgresql+psycopg2://u:***@127.0.0.1:9/db"),
+    ("wrong-password", {"c.yaml": lambda d, u: good(d, storage=u.replace(":vaenas-test@", ":nope@"))},
+     ["worker", "c.yaml"], "password authentication failed"),
+    ("dataset-missing-offline", {"c.yaml": lambda d, u: good("empty-data-root")}, ["search", "c.yaml"],
+     "dataset 'mnist': not found under empty-data-root/MNIST/raw and could not be downloaded"),
+    ("corrupt-arch-json", {"a.json": "{\"type\": \"vaenas.ArchSpec\", "}, ["retrain", "a.json", "--epochs", "1"],
+     "a.json"),
+    ("foreign-arch-json", {"a.json": json.dumps({"type": "keras.Model", "version": 1})},
+     ["retrain", "a.json", "--epochs", "1"], "type: expected 'vaenas.ArchSpec'"),
+    ("foreign-checkpoint", {"t.pt": "torch-dict"}, ["retrain", "ARCH", "--teacher", "t.pt", "--epochs", "1"],
+     "t.pt"),
+    ("missing-trial", {}, ["export", "ok", "--trial", "99", "--runs-dir", "RUNS"], "has no completed trial 99"),
+    ("name-with-path", {}, ["show", "../etc", "--runs-dir", "RUNS"], "not a valid study name"),
+    ("missing-study", {}, ["show", "nosuch", "--runs-dir", "RUNS"], "study 'nosuch'"),
+]
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, tmp_path, data_root, study_runs, request):
+    cid, files, argv, needle = case
+    url = request.getfixturevalue("pg_url") if cid == "wrong-password" else ""
+    for name, content in files.items():
+        if callable(content):
+            content = yaml.safe_dump(content(data_root, url))
+        if content == "torch-dict":
+            torch.save({"weights": torch.zeros(3)}, tmp_path / name)  # a real torch file, not a vaenas checkpoint
+        else:
+            (tmp_path / name).write_text(content)
+    arch = tmp_path / "arch.json"
+    if "ARCH" in argv:
+        from search_space import ArchSpec
+
+        arch.write_text(ArchSpec.mlp((16,), 4, bits=4).to_json())
+    argv = [str(arch) if a == "ARCH" else str(study_runs) if a == "RUNS" else a for a in argv]
+    if argv[0] in ("retrain", "train") and "--data-root" not in argv:
+        argv += ["--data-root", str(data_root), "--out", "out"]
+    before = _tree(tmp_path)
+    runs_before = _tree(study_runs)
+    env = {**os.environ, "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "studies.cli", *argv], capture_output=True, text=True, cwd=tmp_path,
+                       env=env, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("vaenas: error: ") and needle in lines[0], r.stderr
+    assert _tree(tmp_path) == before  # nothing written, nothing half-written
+    assert _tree(study_runs) == runs_before
+    assert "secret" not in r.stderr and "vaenas-test" not in r.stderr  # passwords never printed
+
+
+def test_there_are_at_least_15_cases():
+    assert len(CASES) >= 15

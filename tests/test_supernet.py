@@ -1,0 +1,129 @@
+"""The weight-sharing supernet: exact extraction, weight sharing, bit-width switching, no state."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from search_space import ArchSpec, SearchSpace, build_vae, dequantize_weight, quantize_weight
+from search_space.supernet import MLPSupernet, extreme_spec
+
+SPACES = {
+    "mirror": SearchSpace.from_dict({"latent_dim": [4, 8, 16], "activation": ["relu", "elu"],
+                                     "mlp": {"depth": [1, 2, 3], "width": [16, 32, 64]},
+                                     "weight_bits": [2, 3, 4, 8, 32], "bits_per_layer": True}),
+    "free-depth0-act8": SearchSpace.from_dict({"latent_dim": [2, 6], "mlp": {"depth": [0, 1, 2], "width": [8, 24]},
+                                               "decoder": "free", "weight_bits": [4, 32], "act_bits": [None, 8]}),
+}
+
+
+@pytest.fixture(params=sorted(SPACES))
+def space(request):
+    return SPACES[request.param]
+
+
+def _net(space, seed=0):
+    torch.manual_seed(seed)
+    net = MLPSupernet(space)
+    for p in net.parameters():  # non-zero biases so slicing mistakes show
+        torch.nn.init.normal_(p, std=0.2)
+    return net
+
+
+def test_extract_matches_forward_exactly(space):
+    net = _net(space)
+    rng = random.Random(0)
+    x = torch.rand(5, 1, 28, 28)
+    for _ in range(25):
+        spec = space.sample(rng)
+        eps = torch.randn(5, spec.latent_dim)
+        with torch.no_grad():
+            a = net(x, spec, eps)
+            b = net.extract(spec)(x, eps)
+        for u, v in zip(a, b):
+            assert torch.equal(u, v), spec
+
+
+def test_largest_spec_weights_equal_a_standalone_model(space):
+    net = _net(space)
+    big = extreme_spec(space, "max")
+    assert all(b == max(space.weight_bits) for b in big.weight_bits)
+    torch.manual_seed(3)
+    model = build_vae(big)
+    for m in model.weight_layers().values():
+        torch.nn.init.normal_(m.bias, std=0.1)
+    net.load_standalone(model)
+    ext = net.extract(big)
+    for (name, m), m2 in zip(model.weight_layers().items(), ext.weight_layers().values()):
+        assert torch.equal(m.weight, m2.weight) and torch.equal(m.bias, m2.bias), name
+    # the largest spec uses every shared weight in full
+    for i in range(net.max_depth):
+        assert torch.equal(net.enc[i].weight, getattr(model.enc, f"fc{i}").weight)
+    x, eps = torch.rand(3, 1, 28, 28), torch.randn(3, big.latent_dim)
+    for m in model.weight_layers().values():
+        if m.bits < 32:
+            m.calibrate()
+    with torch.no_grad():
+        assert torch.equal(net(x, big, eps)[0], model(x, eps)[0])
+
+
+def test_bit_width_switching_is_exactly_the_quantiser():
+    space = SPACES["mirror"]
+    net = _net(space)
+    x = torch.rand(4, 1, 28, 28)
+    base = ArchSpec.mlp((64, 32), 8, bits=32)
+    eps = torch.randn(4, 8)
+    outs = {}
+    for b in (2, 3, 4, 8, 32):
+        spec = base.replace(weight_bits=(b,) * len(base.layer_names()))
+        layers = net.sliced(spec)
+        h = x.flatten(1)
+        ws = []
+        for _, w, bias, bits in layers:
+            if bits < 32:
+                q, s = quantize_weight(w, bits, 0)
+                assert q.abs().max() <= 2 ** (bits - 1) - 1
+                w = dequantize_weight(q, s, 0)
+            ws.append((w, bias))
+        h = F.relu(F.linear(h, *ws[0]))
+        h = F.relu(F.linear(h, *ws[1]))
+        mu, logvar = F.linear(h, *ws[2]).chunk(2, 1)
+        h = mu + torch.exp(0.5 * logvar) * eps
+        h = F.relu(F.linear(h, *ws[3]))
+        h = F.relu(F.linear(h, *ws[4]))
+        manual = F.linear(h, *ws[5]).view(4, 1, 28, 28)
+        with torch.no_grad():
+            outs[b] = net(x, spec, eps)[0]
+        assert torch.allclose(outs[b], manual, atol=1e-5), b
+    assert not torch.allclose(outs[2], outs[32])  # and the bits really change the model
+
+
+def test_stateless_and_gradients_touch_only_the_slices():
+    space = SPACES["mirror"]
+    net = _net(space)
+    x = torch.rand(2, 1, 28, 28)
+    a = ArchSpec.mlp((16,), 4, bits=4)
+    b = extreme_spec(space, "max")
+    with torch.no_grad():
+        first = net(x, a, torch.zeros(2, 4))[0]
+        net(x, b, torch.zeros(2, b.latent_dim))
+        again = net(x, a, torch.zeros(2, 4))[0]
+    assert torch.equal(first, again)  # no "active subnet" state
+    net.zero_grad()
+    net(x, a, torch.randn(2, 4))[0].sum().backward()
+    g = net.enc[0].weight.grad
+    assert g[:16].abs().sum() > 0 and g[16:].abs().sum() == 0
+    assert net.enc[1].weight.grad is None or net.enc[1].weight.grad.abs().sum() == 0
+    assert net.head.weight.grad[4:16].abs().sum() == 0  # mu rows beyond L=4 untouched
+    assert net.head.weight.grad[16:20].abs().sum() > 0  # logvar rows of L=4
+
+
+def test_specs_outside_the_space_are_refused():
+    net = _net(SPACES["mirror"])
+    from search_space import SpaceError
+
+    with pytest.raises(SpaceError, match="not in its space"):
+        net(torch.rand(1, 1, 28, 28), ArchSpec.mlp((100,), 4))
