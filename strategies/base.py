@@ -74,6 +74,20 @@ def observations(study: optuna.Study) -> list[Observation]:
     return out
 
 
+def earlier_feasible_points(o: Observation, history: list[Observation]) -> np.ndarray:
+    """Objective vectors of the feasible finished trials numbered up to ``o``'s (``o`` included)."""
+    return np.array([h.values for h in history if h.values is not None and h.feasible and h.number <= o.number])
+
+
+def domination_reward(o: Observation, history: list[Observation]) -> float:
+    """Minus the fraction of earlier feasible trials that dominate ``o`` (0 on the front); -1 if failed/infeasible."""
+    if o.values is None or not o.feasible:
+        return -1.0
+    pts, v = earlier_feasible_points(o, history), np.asarray(o.values)
+    dom = np.all(pts <= v, axis=1) & np.any(pts < v, axis=1)
+    return -float(dom.sum()) / max(1, len(pts) - 1)
+
+
 def trial_rng(seed: int, number: int) -> random.Random:
     """The generator for trial ``number``: independent of session, worker and call order."""
     return random.Random(f"vaenas:{seed}:{number}")

@@ -33,7 +33,7 @@ import torch
 
 from search_space import ArchSpec, SearchSpace, VaenasInputError
 
-from .base import MAX_TRIES, Observation, SpecSampler, observations
+from .base import MAX_TRIES, Observation, SpecSampler, domination_reward, observations
 
 EXTRA = "pip install -e '.[nni]'"
 NAMES = ("nni-evolution", "nni-rl")
@@ -69,15 +69,6 @@ def _seeded(*key: Any):
         random.setstate(saved[0])
         np.random.set_state(saved[1])
         torch.random.set_rng_state(saved[2])
-
-
-def domination_reward(o: Observation, history: list[Observation]) -> float:
-    if o.values is None or not o.feasible:
-        return -1.0
-    pts = np.array([h.values for h in history if h.values is not None and h.feasible and h.number <= o.number])
-    v = np.asarray(o.values)
-    dom = np.all(pts <= v, axis=1) & np.any(pts < v, axis=1)
-    return -float(dom.sum()) / max(1, len(pts) - 1)
 
 
 class _NNIStrategy(SpecSampler):

@@ -36,7 +36,7 @@ from torch import nn
 
 from search_space import ArchSpec, SearchSpace
 
-from .base import Observation, SpecSampler, trial_rng
+from .base import Observation, SpecSampler, domination_reward, earlier_feasible_points, trial_rng
 
 
 class Controller(nn.Module):
@@ -143,13 +143,9 @@ class ReinforceController(SpecSampler):
         return g / g.sum()
 
     def reward(self, o: Observation, history: list[Observation]) -> float:
-        if o.values is None or not o.feasible:
-            return -1.0
-        pts = np.array([h.values for h in history if h.values is not None and h.feasible and h.number <= o.number])
-        v = np.asarray(o.values)
-        if self.reward_kind == "domination":
-            dom = np.all(pts <= v, axis=1) & np.any(pts < v, axis=1)
-            return -float(dom.sum()) / max(1, len(pts) - 1)
+        if self.reward_kind == "domination" or o.values is None or not o.feasible:
+            return domination_reward(o, history)
+        pts, v = earlier_feasible_points(o, history), np.asarray(o.values)
         q = ((pts < v).sum(0) + 0.5 * ((pts == v).sum(0) - 1)) / max(1, len(pts) - 1)
         return -float(np.max(self.weights(o.number, len(v)) * q))
 
