@@ -86,6 +86,9 @@ class _NNIStrategy(SpecSampler):
     def _feed(self, handle: Any, reward: float) -> None: ...
     def _discard(self, handle: Any) -> None: ...
 
+    def _before_propose(self, history: list[Observation]) -> None:
+        """Hook run before every proposal, live or replayed, with the trials finished before it."""
+
     def _fresh(self) -> None:
         with _seeded("nni-init", self.seed):
             self._make()
@@ -120,6 +123,7 @@ class _NNIStrategy(SpecSampler):
                 continue
             if o.number not in self._handles:  # replay: redo the proposal as it was made
                 seen = {i for n, i in ids_by_number.items() if n < o.number and i}
+                self._before_propose([h for h in history if h.number < o.number])
                 spec, handle = self._propose_for(o.number, seen)
                 self._handles[o.number] = (handle, spec.id)
             handle, spec_id = self._handles.pop(o.number)
@@ -133,6 +137,7 @@ class _NNIStrategy(SpecSampler):
         history = observations(study)
         self._sync(study, history)
         seen = {t.user_attrs["spec_id"] for t in study.get_trials(deepcopy=False) if "spec_id" in t.user_attrs}
+        self._before_propose(history)
         spec, handle = self._propose_for(trial.number, seen)
         self._handles[trial.number] = (handle, spec.id)
         self._proposals[trial._trial_id] = self.space.to_params(spec)
@@ -171,10 +176,9 @@ class NNIEvolution(_NNIStrategy):
         self.tuner.receive_trial_result(pid, params, reward)
         self.tuner.trial_end(pid, True)
 
-    def _sync(self, study, history: list[Observation]) -> None:
-        super()._sync(study, history)
+    def _before_propose(self, history: list[Observation]) -> None:
         # NNI keeps one scalar fitness per individual, but Pareto dominance changes as the front
-        # grows: re-score every evaluated individual against the whole history so far
+        # grows: re-score every evaluated individual against the history so far
         latest = {o.spec.id: o for o in history}
         for ind in self.tuner.population:
             if ind.result is None:
