@@ -47,14 +47,20 @@ class DartsConfig:
 
 
 class DartsSearch(nn.Module):
+    @staticmethod
+    def check_space(space: SearchSpace, depth: int | None = None) -> int:
+        """The depth DARTS will search at; SpaceError if the space is not one it can search."""
+        if tuple(space.family) != ("mlp",) or space.decoder != "mirror" or tuple(space.act_bits) != (None,):
+            raise SpaceError("darts: needs an MLP-only space with a mirrored decoder and no activation quantisation")
+        depth = depth if depth is not None else max(space.mlp["depth"])
+        if depth not in space.mlp["depth"] or depth < 1:
+            raise SpaceError(f"darts: depth {depth} is not a choice of mlp.depth {list(space.mlp['depth'])}")
+        return depth
+
     def __init__(self, space: SearchSpace, depth: int | None = None):
         super().__init__()
-        if space.family != ("mlp",) or space.decoder != "mirror" or space.act_bits != (None,):
-            raise SpaceError("darts: needs an MLP-only space with a mirrored decoder and no activation quantisation")
         self.space = space
-        self.depth = depth if depth is not None else max(space.mlp["depth"])
-        if self.depth not in space.mlp["depth"] or self.depth < 1:
-            raise SpaceError(f"darts: depth {self.depth} is not a choice of mlp.depth {list(space.mlp['depth'])}")
+        self.depth = self.check_space(space, depth)
         self.net = MLPSupernet(space)
         self.widths = torch.tensor(space.mlp["width"], dtype=torch.float32)
         self.latents = torch.tensor(space.latent_dim, dtype=torch.float32)
@@ -121,16 +127,17 @@ class DartsSearch(nn.Module):
             m = net.enc[i]
             h = act(F.linear(h, self._weight(m.weight[:, : h.shape[1]], j), m.bias)) * masks[i]
             j += 1
-        out = F.linear(h, self._weight(net.head.weight[:, :W], j), net.head.bias)
+        head, dec_layers = net.head(self.depth), net.decoder_layers(self.depth)
+        out = F.linear(h, self._weight(head.weight[:, :W], j), head.bias)
         j += 1
         mu, logvar = out[:, :Lm], out[:, Lm:]
         z = (mu + torch.exp(0.5 * logvar) * eps) * lmask
         h = z
         for k in range(self.depth):  # mirrored: decoder layer k has the width of encoder layer depth-1-k
-            m = net.dec[self.depth - 1 - k]
+            m = dec_layers[k]
             h = act(F.linear(h, self._weight(m.weight[:, : h.shape[1]], j), m.bias)) * masks[self.depth - 1 - k]
             j += 1
-        logits = F.linear(h, self._weight(net.out.weight[:, :W], j), net.out.bias)
+        logits = F.linear(h, self._weight(dec_layers[-1].weight[:, :W], j), dec_layers[-1].bias)
         rec = F.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="none").sum(1)
         kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()) * lmask).sum(1)
         return (rec + kl).mean()

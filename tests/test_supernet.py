@@ -25,16 +25,21 @@ def space(request):
     return SPACES[request.param]
 
 
-def _net(space, seed=0):
+def _net(space, seed=0, learned_scales=True):
     torch.manual_seed(seed)
-    net = MLPSupernet(space)
-    for p in net.parameters():  # non-zero biases so slicing mistakes show
-        torch.nn.init.normal_(p, std=0.2)
+    net = MLPSupernet(space, learned_scales=learned_scales)
+    for name, p in net.named_parameters():  # non-zero biases, varied step sizes: slicing mistakes show
+        if name.startswith("scales."):
+            with torch.no_grad():
+                p.uniform_(0.02, 0.3)
+        else:
+            torch.nn.init.normal_(p, std=0.2)
     return net
 
 
-def test_extract_matches_forward_exactly(space):
-    net = _net(space)
+@pytest.mark.parametrize("learned_scales", [True, False])
+def test_extract_matches_forward_exactly(space, learned_scales):
+    net = _net(space, learned_scales=learned_scales)
     rng = random.Random(0)
     x = torch.rand(5, 1, 28, 28)
     for _ in range(25):
@@ -82,9 +87,9 @@ def test_bit_width_switching_is_exactly_the_quantiser():
         layers = net.sliced(spec)
         h = x.flatten(1)
         ws = []
-        for _, w, bias, bits in layers:
+        for _, w, bias, bits, scale in layers:
             if bits < 32:
-                q, s = quantize_weight(w, bits, 0)
+                q, s = quantize_weight(w, bits, 0, scale=scale)  # the learned step of this layer and bit-width
                 assert q.abs().max() <= 2 ** (bits - 1) - 1
                 w = dequantize_weight(q, s, 0)
             ws.append((w, bias))
@@ -117,8 +122,11 @@ def test_stateless_and_gradients_touch_only_the_slices():
     g = net.enc[0].weight.grad
     assert g[:16].abs().sum() > 0 and g[16:].abs().sum() == 0
     assert net.enc[1].weight.grad is None or net.enc[1].weight.grad.abs().sum() == 0
-    assert net.head.weight.grad[4:16].abs().sum() == 0  # mu rows beyond L=4 untouched
-    assert net.head.weight.grad[16:20].abs().sum() > 0  # logvar rows of L=4
+    head = net.head(1)
+    assert head.weight.grad[4:16].abs().sum() == 0  # mu rows beyond L=4 untouched
+    assert head.weight.grad[16:20].abs().sum() > 0  # logvar rows of L=4
+    for d in (2, 3):  # the other depths' boundary layers are untouched
+        assert net.head(d).weight.grad is None and net.dec_in[str(d)].weight.grad is None
 
 
 def test_specs_outside_the_space_are_refused():
@@ -127,3 +135,23 @@ def test_specs_outside_the_space_are_refused():
 
     with pytest.raises(SpaceError, match="not in its space"):
         net(torch.rand(1, 1, 28, 28), ArchSpec.mlp((100,), 4))
+
+
+def test_learned_step_sizes_get_lsq_gradients_only_in_the_slice():
+    space = SPACES["mirror"]
+    net = _net(space)
+    spec = ArchSpec.mlp((16, 32), 4, bits=4)
+    net.zero_grad()
+    net(torch.rand(3, 1, 28, 28), spec, torch.randn(3, 4))[0].sum().backward()
+    g = net.scales["enc0_b4"].grad
+    assert g[:16].abs().sum() > 0 and g[16:].abs().sum() == 0
+    assert net.scales["enc0_b2"].grad is None  # other bit-widths' step sizes untouched
+    # a standalone model trained elsewhere round-trips through the supernet with its step sizes
+    model = net.extract(spec)
+    with torch.no_grad():
+        for m in model.weight_layers().values():
+            m.weight_scale.mul_(1.5)
+    net.load_standalone(model)
+    again = net.extract(spec)
+    for (n, a), b in zip(model.weight_layers().items(), again.weight_layers().values()):
+        assert torch.equal(a.weight_scale, b.weight_scale), n
