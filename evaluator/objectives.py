@@ -99,15 +99,25 @@ class Evaluator:
             res = train(model, self.data.train, cfg)
         except TrainingDiverged as e:
             return EvalFailure(spec.id, f"training diverged: {e}"), None
-        t0 = time.perf_counter()
-        val = evaluate_neg_elbo(model, self.data.val)["neg_elbo"]
-        if not math.isfinite(val):
-            return EvalFailure(spec.id, f"validation −ELBO is {val}"), None
-        costs = static_costs(spec)
-        lat = measure_latency(model, self.latency_cfg)
-        return Objectives(
-            spec_id=spec.id, neg_elbo=val, flops=costs.flops, bitops=costs.bitops, params=costs.params,
-            size_bytes=costs.size_bytes, latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, latency_path=lat.path,
-            latency_threads=lat.threads, train_seconds=res.seconds, eval_seconds=time.perf_counter() - t0,
-            epochs=res.epochs, seed=seed, uncounted_ops=costs.uncounted_ops,
-        ), model
+        return score_model(model, spec, self.data.val, self.latency_cfg, seed=seed, train_seconds=res.seconds,
+                           epochs=res.epochs)
+
+
+def score_model(model, spec: ArchSpec, val_data, latency_cfg: LatencyConfig, *, seed: int, train_seconds: float,
+                epochs: float, estimate: bool = False):
+    """Score a ready model: validation −ELBO, static costs, measured latency -> ``(Objectives, model)``.
+
+    ``estimate=True`` marks the −ELBO as inherited from a supernet (an estimate, not a standalone figure).
+    """
+    t0 = time.perf_counter()
+    val = evaluate_neg_elbo(model, val_data)["neg_elbo"]
+    if not math.isfinite(val):
+        return EvalFailure(spec.id, f"validation −ELBO is {val}"), None
+    costs = static_costs(spec)
+    lat = measure_latency(model, latency_cfg)
+    return Objectives(
+        spec_id=spec.id, neg_elbo=val, flops=costs.flops, bitops=costs.bitops, params=costs.params,
+        size_bytes=costs.size_bytes, latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, latency_path=lat.path,
+        latency_threads=lat.threads, train_seconds=train_seconds, eval_seconds=time.perf_counter() - t0,
+        epochs=epochs, seed=seed, neg_elbo_is_estimate=estimate, uncounted_ops=costs.uncounted_ops,
+    ), model

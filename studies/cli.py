@@ -78,6 +78,15 @@ def _print_front(view, limit: int | None = None) -> None:
 
     cols = ["trial", "spec_id", "family", "latent_dim", "mean_bits", *view.objectives]
     cols += [c for c in ("size_bytes", "flops", "latency_ms") if c not in cols]
+    front = view.front
+    if "neg_elbo_is_estimate" in front and front["neg_elbo_is_estimate"].any():
+        print("NOTE: −ELBO values below are ESTIMATES from supernet-inherited weights (not re-measured)")
+        cols.append("neg_elbo_is_estimate")
+    elif "phase" in view.trials and (view.trials["phase"] == "remeasure").any():
+        n_est = int(view.trials["neg_elbo_is_estimate"].sum())
+        print(f"front re-measured by standalone training ({int((view.trials['phase'] == 'remeasure').sum())} specs); "
+              f"the {n_est} search trials' −ELBO were supernet ESTIMATES")
+        cols += ["estimate_neg_elbo"]
     with pd.option_context("display.max_columns", 20, "display.width", 200):
         print(view.front[cols].head(limit).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
@@ -101,7 +110,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                          timeout_s=args.timeout, progress=not args.quiet)
     state = "interrupted" if summary.interrupted else "done"
     print(f"study {summary.study_name}: {state}, {summary.finished} finished trials ({summary.new_trials} this run, "
-          f"{summary.seconds:.0f}s), front size {summary.front_size}, hypervolume {summary.hypervolume:.4f}")
+          f"{summary.seconds:.0f}s), front size {summary.front_size}, hypervolume {summary.hypervolume:.4f}"
+          + (f"; {summary.remeasured} front specs re-measured standalone" if summary.estimated else ""))
     if summary.interrupted:
         print(f"resume with: vaenas search {args.config} --resume")
         return 1

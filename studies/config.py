@@ -16,6 +16,14 @@
     storage: null                    # any Optuna storage URL (sqlite:///..., postgresql://...) or journal:PATH;
                                      # default sqlite:///runs/<name>/study.db
     heartbeat: {interval_s: 30, grace_s: 120}  # RDB storages: a trial silent for grace_s is failed, retried once
+    supernet: {epochs: 10, n_random: 2, kd_weight: 1.0, finetune_steps: 0, n_val: 2000, remeasure: 10}
+                                     # optional (MLP spaces): score trials on one trained weight-sharing
+                                     # supernet - their −ELBO is an ESTIMATE - then re-measure up to
+                                     # `remeasure` front specs by standalone training (the reported front)
+    darts: {lambdas: [0, 10, 100, 1000, 10000], steps: 300, depth: null}
+                                     # optional (MLP, mirrored decoder): a DARTS lambda sweep runs first;
+                                     # each derived spec is enqueued as a normal trial (then `strategy`
+                                     # fills any remaining budget)
 """
 
 from __future__ import annotations
@@ -29,15 +37,18 @@ import yaml
 
 from evaluator import OBJECTIVES, Bound, LatencyConfig, TrainConfig, check_objectives
 from evaluator.data import DATASETS
+from evaluator.supernet import SupernetConfig
 from search_space import SearchSpace, VaenasInputError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _KEYS = {"name", "dataset", "data_root", "n_train", "space", "strategy", "objectives", "bounds", "budget", "train",
-         "latency", "seed", "storage", "constraints", "heartbeat"}
+         "latency", "seed", "storage", "constraints", "heartbeat", "supernet", "darts"}
 # constraints the spec alone decides (no training): strategies can rule specs out before proposing them
 STATIC_CONSTRAINTS = ("flops", "bitops", "params", "size_bytes")
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_steps", "lr_schedule", "kl_warmup_steps", "device"}
 _LATENCY_KEYS = {"repeats", "threads", "batch_size", "warmup"}
+_DARTS_KEYS = {"lambdas", "steps", "depth", "arch_lr", "warmup_steps", "batch_size"}
+_SUPERNET_KEYS = {"epochs", "n_random", "kd_weight", "finetune_steps", "n_val", "remeasure"}
 
 
 class ConfigError(VaenasInputError):
@@ -90,6 +101,8 @@ class StudyConfig:
     storage: str | None = None
     constraints: dict[str, float] = field(default_factory=dict)  # objective -> max allowed value
     heartbeat: tuple[int, int] = (30, 120)  # (interval_s, grace_s)
+    supernet: SupernetConfig | None = None  # set: trials are scored on a supernet (estimates)
+    darts: dict[str, Any] | None = None  # set: a DARTS lambda sweep proposes the first trials
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -177,12 +190,57 @@ class StudyConfig:
         sname = _typed("strategy.name", strat.get("name", "random"), str)
         if sname not in REGISTRY:
             raise ConfigError(f"strategy.name: {sname!r} is unknown; registered strategies are {sorted(REGISTRY)}")
+        supernet = None
+        if d.get("supernet") is not None:
+            sn = _block("supernet", d.get("supernet"), _SUPERNET_KEYS)
+            if tuple(space.family) != ("mlp",):
+                raise ConfigError("supernet: needs an MLP-only space (space.family: [mlp]); conv supernets are not "
+                                  "supported yet - remove the supernet block to train every trial standalone")
+            for k, t in (("epochs", (int, float)), ("n_random", int), ("kd_weight", (int, float)),
+                         ("finetune_steps", int), ("remeasure", int)):
+                if k in sn:
+                    _typed(f"supernet.{k}", sn[k], t)
+            if "n_val" in sn:
+                _typed("supernet.n_val", sn["n_val"], int, allow_none=True)
+            supernet = SupernetConfig(**sn)
+            for k in ("epochs", "n_val"):
+                v = getattr(supernet, k)
+                if v is not None and not v > 0:
+                    raise ConfigError(f"supernet.{k}: must be > 0, got {v!r}")
+            for k in ("n_random", "finetune_steps", "remeasure"):
+                if getattr(supernet, k) < 0:
+                    raise ConfigError(f"supernet.{k}: must be >= 0, got {getattr(supernet, k)!r}")
+            if supernet.kd_weight < 0:
+                raise ConfigError(f"supernet.kd_weight: must be >= 0, got {supernet.kd_weight!r}")
+        darts = None
+        if d.get("darts") is not None:
+            darts = dict(_block("darts", d.get("darts"), _DARTS_KEYS))
+            lams = darts.get("lambdas", [0, 10, 100, 1000, 10000])
+            if not isinstance(lams, list) or not lams or any(
+                    isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in lams):
+                raise ConfigError(f"darts.lambdas: expected a non-empty list of numbers >= 0, got {lams!r}")
+            darts["lambdas"] = [float(v) for v in lams]
+            for k in ("steps", "warmup_steps", "batch_size"):
+                if k in darts and (_typed(f"darts.{k}", darts[k], int) < (0 if k == "warmup_steps" else 1)):
+                    raise ConfigError(f"darts.{k}: must be {'>= 0' if k == 'warmup_steps' else '>= 1'}, got {darts[k]}")
+            if "arch_lr" in darts and not _typed("darts.arch_lr", darts["arch_lr"], (int, float)) > 0:
+                raise ConfigError(f"darts.arch_lr: must be > 0, got {darts['arch_lr']}")
+            if "depth" in darts:
+                _typed("darts.depth", darts["depth"], int, allow_none=True)
+            from strategies.darts import DartsSearch
+
+            try:
+                DartsSearch.check_space(space, darts.get("depth"))
+            except VaenasInputError as e:
+                raise ConfigError(f"{e}; remove the darts block or use an MLP space with a mirrored decoder") \
+                    from None
         return cls(
             name=name, space=space, objectives=objectives, bounds=bounds, dataset=dataset,
             data_root=_typed("data_root", d.get("data_root"), str, allow_none=True), n_train=n_train,
             strategy=sname, strategy_options=_typed("strategy.options", strat.get("options") or {}, dict),
             trials=trials, timeout_s=timeout, train=train, latency=LatencyConfig(**lat), seed=seed,
-            storage=storage, constraints=constraints, heartbeat=(interval, grace), raw=d,
+            storage=storage, constraints=constraints, heartbeat=(interval, grace), supernet=supernet, darts=darts,
+            raw=d,
         )
 
     @classmethod

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from evaluator import non_dominated_mask  # noqa: E402
 from search_space import ArchSpec, build_vae  # noqa: E402
 
-from .report import StudyView, hypervolume_curve  # noqa: E402
+from .report import StudyView, hypervolume_curve, reported_mask  # noqa: E402
 
 LABELS = {
     "neg_elbo": "validation −ELBO (nats/image, lower is better)",
@@ -40,37 +40,86 @@ def front_plot(view: StudyView, x: str, y: str, path: Path) -> Path:
     xs, ys = df[x].to_numpy(float), df[y].to_numpy(float)
     bits = df["mean_bits"].to_numpy(float)
     ok = df["feasible"].to_numpy(bool) if "feasible" in df else np.ones(len(df), bool)
+    base = reported_mask(df) if len(df) else ok  # measured trials where a supernet study has them
+    est = df["neg_elbo_is_estimate"].fillna(False).to_numpy(bool) if "neg_elbo_is_estimate" in df \
+        else np.zeros(len(df), bool)
+    aside = ok & ~base  # supernet estimates shown beside a measured front
     on2d = np.zeros(len(df), bool)
-    if ok.any():
-        on2d[ok] = non_dominated_mask(np.stack([xs[ok], ys[ok]], 1))
+    if base.any():
+        on2d[base] = non_dominated_mask(np.stack([xs[base], ys[base]], 1))
     order = np.argsort(xs[on2d])
     fig, ax = plt.subplots(figsize=(7.5, 5))
     if (~ok).any():
         ax.scatter(xs[~ok], ys[~ok], marker="x", color="grey", alpha=0.6, s=30,
                    label=f"infeasible: breaks the study's constraints ({int((~ok).sum())})")
-    dom = ~on2d & ok
+    if aside.any():
+        ax.scatter(xs[aside], ys[aside], facecolors="none", edgecolors="grey", alpha=0.5, s=25,
+                   label=f"search trials, −ELBO ESTIMATED on the supernet ({int(aside.sum())})")
+        if "remeasure_of" in df:
+            by_trial = df.set_index("trial")
+            for _, r in df[df["phase"] == "remeasure"].iterrows():
+                src = int(r["remeasure_of"])
+                if src in by_trial.index:
+                    e = by_trial.loc[src]
+                    ax.annotate("", xy=(r[x], r[y]), xytext=(e[x], e[y]),
+                                arrowprops={"arrowstyle": "->", "color": "tab:red", "alpha": 0.5, "lw": 0.8})
+    dom = ~on2d & base
     norm = matplotlib.colors.Normalize(vmin=2, vmax=32)
+    kind = "estimated" if (base & est).any() else "measured"
     ax.scatter(xs[dom], ys[dom], c=bits[dom], cmap="viridis", norm=norm, alpha=0.3, s=30,
-               label=f"dominated ({int(dom.sum())})")
+               label=f"dominated, {kind} ({int(dom.sum())})")
     sc = ax.scatter(xs[on2d], ys[on2d], c=bits[on2d], cmap="viridis", norm=norm, s=70, edgecolors="black",
-                    label=f"Pareto front ({int(on2d.sum())})", zorder=3)
+                    label=f"Pareto front, {kind} −ELBO ({int(on2d.sum())})", zorder=3)
     ax.step(xs[on2d][order], ys[on2d][order], where="post", color="black", lw=1, alpha=0.7, zorder=2)
     if len(xs) and xs.min() > 0 and xs.max() / xs.min() > 30:
         ax.set_xscale("log")
     ax.set_xlabel(LABELS.get(x, x))
     ax.set_ylabel(LABELS.get(y, y))
-    est = bool(df.get("neg_elbo_is_estimate", False).any()) if "neg_elbo_is_estimate" in df else False
-    ax.set_title(f"{view.name}: {y} vs {x} ({len(df)} trials){' [−ELBO estimated]' if est else ''}")
+    tag = " [−ELBO ESTIMATED on a supernet]" if kind == "estimated" else \
+        (" [front re-measured; arrows: estimate → measured]" if aside.any() else "")
+    ax.set_title(f"{view.name}: {y} vs {x} ({len(df)} trials){tag}", fontsize=10)
     fig.colorbar(sc, ax=ax, label="mean weight bit-width")
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def kendall_tau(a, b) -> float:
+    """Kendall's tau-a of two equally long sequences (no SciPy needed)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    n = len(a)
+    if n < 2:
+        return float("nan")
+    s = np.sign(a[:, None] - a[None, :]) * np.sign(b[:, None] - b[None, :])
+    return float(s[np.triu_indices(n, 1)].sum() / (n * (n - 1) / 2))
+
+
+def estimate_plot(view: StudyView, path: Path) -> Path | None:
+    """Supernet studies: each re-measured spec's estimated vs measured −ELBO."""
+    df = view.trials
+    if "phase" not in df or not (df["phase"] == "remeasure").any():
+        return None
+    r = df[(df["phase"] == "remeasure") & df["estimate_neg_elbo"].notna()]
+    meas, est = r["neg_elbo"].to_numpy(float), r["estimate_neg_elbo"].to_numpy(float)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.scatter(meas, est, s=50, edgecolors="black", c=r["mean_bits"].to_numpy(float), cmap="viridis", vmin=2, vmax=32)
+    lo, hi = float(min(meas.min(), est.min())), float(max(meas.max(), est.max()))
+    ax.plot([lo, hi], [lo, hi], ls="--", color="grey", lw=1, label="estimate = measured")
+    ax.set_xlabel("standalone-trained validation −ELBO (MEASURED)")
+    ax.set_ylabel("supernet-inherited validation −ELBO (ESTIMATE)")
+    ax.set_title(f"{view.name}: {len(r)} front specs re-measured, Kendall τ {kendall_tau(est, meas):.2f}", fontsize=10)
+    ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
 def hv_plot(view: StudyView, path: Path) -> Path:
     xs, ys = hypervolume_curve(view)
+    df = view.trials
+    est = "neg_elbo_is_estimate" in df and bool(df["neg_elbo_is_estimate"].fillna(False).any())
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(xs, ys, marker="o", ms=3, label="hypervolume of trials so far")
+    ax.plot(xs, ys, marker="o", ms=3,
+            label="hypervolume of trials so far" + (" (−ELBO ESTIMATED on the supernet)" if est else ""))
     ax.set_xlabel("trial number")
     ax.set_ylabel("hypervolume (normalised, declared bounds)")
     ax.set_title(f"{view.name}: hypervolume over {', '.join(view.objectives)}")
@@ -114,6 +163,9 @@ def make_plots(view: StudyView, out_dir: Path, images: torch.Tensor | None, knee
         for cost in xs:
             paths.append(front_plot(view, cost, y, out_dir / f"front_{cost}.png"))
         paths.append(hv_plot(view, out_dir / "hypervolume.png"))
+        p = estimate_plot(view, out_dir / "estimate_vs_measured.png")
+        if p is not None:
+            paths.append(p)
     if images is not None and checkpoint is not None and checkpoint.exists():
         t = view.trials.set_index("trial").loc[knee_trial]
         title = (f"{view.name}: knee trial {knee_trial} ({t['spec_id']}), −ELBO {t['neg_elbo']:.1f} nats, "

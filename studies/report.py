@@ -68,15 +68,20 @@ def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = No
             row[k] = t.user_attrs.get(k)
         row["reused_from_trial"] = t.user_attrs.get("reused_from_trial")
         row["feasible"] = bool(t.user_attrs.get("feasible", True))
+        row["neg_elbo_is_estimate"] = bool(row["neg_elbo_is_estimate"] or False)
+        row["phase"] = t.user_attrs.get("phase", "search")
+        row["remeasure_of"] = t.user_attrs.get("remeasure_of")
+        row["estimate_neg_elbo"] = t.user_attrs.get("estimate_neg_elbo")
         rows.append(row)
     df = pd.DataFrame(rows)
     if len(df):
         df["on_front"] = False
-        ok = df["feasible"].to_numpy(bool)
+        ok = reported_mask(df)
         if ok.any():  # the front is over feasible trials only (a study's constraints are hard)
             df.loc[ok, "on_front"] = non_dominated_mask(df.loc[ok, objectives].to_numpy(float))
     else:
-        df = pd.DataFrame(columns=["trial", "spec_id", *objectives, "feasible", "on_front"])
+        df = pd.DataFrame(columns=["trial", "spec_id", *objectives, "feasible", "on_front", "neg_elbo_is_estimate",
+                                   "phase"])
     return StudyView(name, redact(url), study, objectives, bounds, df, pd.DataFrame(all_rows))
 
 
@@ -95,8 +100,18 @@ def list_studies(runs_dir: str | Path = "runs", storage: str | None = None) -> p
     return pd.DataFrame(rows, columns=["study", "complete", "failed", "running", "storage"])
 
 
+def reported_mask(df: pd.DataFrame) -> np.ndarray:
+    """Feasible trials a front is reported over: where a study holds supernet ESTIMATES and
+    measured (re-measured) trials, only the measured ones - estimates never mix into that front."""
+    ok = df["feasible"].to_numpy(bool)
+    est = df["neg_elbo_is_estimate"].fillna(False).to_numpy(bool) if "neg_elbo_is_estimate" in df else np.zeros(len(df), bool)
+    measured = ok & ~est
+    return measured if measured.any() and (ok & est).any() else ok
+
+
 def feasible_trials(view: StudyView) -> pd.DataFrame:
-    return view.trials[view.trials["feasible"].astype(bool)] if len(view.trials) else view.trials
+    """The trials the front, hypervolume and ``--pick`` use (see :func:`reported_mask`)."""
+    return view.trials[reported_mask(view.trials)] if len(view.trials) else view.trials
 
 
 def study_hypervolume(view: StudyView) -> float:
@@ -107,6 +122,8 @@ def study_hypervolume(view: StudyView) -> float:
 def hypervolume_curve(view: StudyView) -> tuple[list[int], list[float]]:
     """Hypervolume of the feasible COMPLETE trials up to and including each trial number."""
     df = view.trials.sort_values("trial")
+    if len(df) and "phase" in df:
+        df = df[df["phase"] != "remeasure"]  # the search's own curve (estimates, in supernet mode)
     xs, ys = [], []
     for i in range(len(df)):
         upto = df.iloc[: i + 1]

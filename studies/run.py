@@ -18,6 +18,15 @@ Limits the spec alone decides (size, params, FLOPs, BitOps) are checked before t
 whole-spec strategies never propose such a spec, and a proposal of Optuna's samplers that breaks
 one is recorded as PRUNED ("infeasible") without training and does not count toward the budget.
 
+Supernet mode (a ``supernet:`` block): one weight-sharing supernet is trained on the study's
+data first (saved as ``runs/<study>/supernet.pt``, reused on ``--resume``), and every trial is
+scored on its inherited weights: costs exact, latency measured, −ELBO an ESTIMATE (trial attr
+``neg_elbo_is_estimate``; no checkpoint per trial). When the budget is met, up to
+``supernet.remeasure`` specs of the estimated front are trained standalone with the study's
+``train`` recipe and added as trials with ``phase: remeasure`` (not counted in the budget); the
+report's front, hypervolume and export use those measured trials. Workers never re-measure:
+run ``vaenas search CONFIG --resume`` once they are done.
+
 Strategy state: after every trial the sampler's ``state_dict()`` is stored in the study
 (``strategy_state``), and ``--resume`` loads it, so the strategy continues where it was.
 """
@@ -33,6 +42,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 import torch
 
@@ -75,7 +85,12 @@ def save_checkpoint(path: Path, model, spec: ArchSpec, extra: dict | None = None
     atomic_write(path, buf.getvalue())
 
 
+REMEASURE = "remeasure"  # phase of a trial that re-measures an estimated front spec standalone
+
+
 def is_finished(t: optuna.trial.FrozenTrial) -> bool:
+    if t.user_attrs.get("phase") == REMEASURE:
+        return False  # extra: not part of the search budget
     if t.state == optuna.trial.TrialState.COMPLETE:
         return True
     return t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("fail_reason", INTERRUPTED) not in NOT_COUNTED
@@ -109,9 +124,21 @@ def _set_constraints(trial: optuna.Trial, names, values) -> None:
     trial.set_user_attr("feasible", all(v <= 0 for v in values))
 
 
+def is_estimate(t: optuna.trial.FrozenTrial) -> bool:
+    return bool(t.user_attrs.get("neg_elbo_is_estimate", False))
+
+
+def reported_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The feasible COMPLETE trials a front is reported over: the measured ones where a study has
+    both supernet estimates and measured trials (estimates are never mixed into a measured front)."""
+    ok = [t for t in trials if is_feasible(t)]
+    measured = [t for t in ok if not is_estimate(t)]
+    return measured if measured and len(measured) < len(ok) else ok
+
+
 def front_stats(study: optuna.Study, cfg: StudyConfig) -> tuple[int, float]:
-    pts = [t.values for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-           if is_feasible(t)]
+    pts = [t.values for t in reported_trials(study.get_trials(deepcopy=False,
+                                                              states=(optuna.trial.TrialState.COMPLETE,)))]
     if not pts:
         return 0, 0.0
     return int(non_dominated_mask(pts).sum()), hypervolume(pts, cfg.bounds)
@@ -127,6 +154,8 @@ class SearchSummary:
     hypervolume: float
     interrupted: bool
     seconds: float
+    remeasured: int = 0  # supernet mode: front specs re-measured standalone in this run
+    estimated: bool = False  # supernet mode: the search trials' −ELBO are estimates
 
 
 def _store_objectives(trial: optuna.Trial, obj: Objectives) -> None:
@@ -233,7 +262,15 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     if resume and cfg.name not in names:
         raise VaenasInputError(f"--resume: no study {cfg.name!r} in {redact(url)}; run without --resume to start it")
     data = load_data(cfg.dataset, cfg.data_root, n_train=cfg.n_train)  # bad input fails here, before any write
-    evaluator = Evaluator(data, cfg.train, cfg.latency)
+    standalone = Evaluator(data, cfg.train, cfg.latency)
+    evaluators: dict[str, object] = {}
+
+    def evaluator():  # the supernet is trained (or loaded) only when a trial needs it
+        if cfg.supernet is None:
+            return standalone
+        if "supernet" not in evaluators:
+            evaluators["supernet"] = supernet_evaluator(cfg, data, sdir, progress)
+        return evaluators["supernet"]
 
     feasible = static_feasibility(cfg.constraints)
     # Whole-spec strategies draw from (seed, trial number), so workers need no seed of their own;
@@ -262,6 +299,12 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
             # a trial left RUNNING by a killed process (resume = the study's only process): replace it
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+
+    if cfg.darts is not None and "darts_sweep" not in study.user_attrs:
+        if worker:
+            raise VaenasInputError(f"darts: study {cfg.name!r} has not run its lambda sweep yet; start it with "
+                                   "`vaenas search CONFIG` before adding workers")
+        darts_enqueue(study, cfg, data, progress)
 
     from optuna.storages._heartbeat import fail_stale_trials, get_heartbeat_thread, is_heartbeat_enabled
 
@@ -329,7 +372,8 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
                     continue
                 rejected_in_a_row = 0
                 reuse = next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                              if t.user_attrs.get("spec_id") == spec.id), None)
+                              if t.user_attrs.get("spec_id") == spec.id and t.user_attrs.get("phase") != REMEASURE
+                              and is_estimate(t) == (cfg.supernet is not None)), None)
                 if reuse is not None:
                     for k, v in reuse.user_attrs.items():
                         if k not in ("spec", "spec_id", "seed"):
@@ -339,13 +383,14 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
                         trial.set_constraint(k, v)
                     study.tell(trial, reuse.values)
                 else:
-                    result, model = evaluator.evaluate_with_model(spec, cfg.seed)
+                    result, model = evaluator().evaluate_with_model(spec, cfg.seed)
                     if isinstance(result, Objectives):
                         _store_objectives(trial, result)
                         if cfg.constraints:
                             _set_constraints(trial, cfg.constraints,
                                              constraint_values(result.to_dict(), cfg.constraints))
-                        save_checkpoint(sdir / "trials" / str(trial.number) / "model.pt", model, spec)
+                        if not result.neg_elbo_is_estimate:  # an estimate's weights are the supernet's
+                            save_checkpoint(sdir / "trials" / str(trial.number) / "model.pt", model, spec)
                         study.tell(trial, list(result.values(cfg.objectives)))
                     else:
                         trial.set_user_attr("fail_reason", result.reason)
@@ -367,5 +412,131 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     finally:
         if bar is not None:
             bar.close()
+    remeasured = 0
+    if cfg.supernet is not None and not worker and not interrupted and counts()[0] >= budget:
+        try:
+            remeasured = remeasure_front(study, cfg, standalone, sdir, progress)
+        except KeyboardInterrupt:
+            interrupted = True
     size, hv = front_stats(study, cfg)
-    return SearchSummary(cfg.name, redact(url), counts()[0], new, size, hv, interrupted, time.perf_counter() - t_start)
+    return SearchSummary(cfg.name, redact(url), counts()[0], new, size, hv, interrupted, time.perf_counter() - t_start,
+                         remeasured, cfg.supernet is not None)
+
+
+def darts_enqueue(study: optuna.Study, cfg: StudyConfig, data, progress: bool = False) -> list[dict]:
+    """Run the config's DARTS lambda sweep once; enqueue each distinct derived spec as a normal trial.
+
+    The sweep (lambda, derived spec, expected size) is stored in the study (``darts_sweep``) so a
+    resumed study neither re-runs nor re-enqueues it. The enqueued trials are trained and scored
+    by the study's evaluator like every other trial, so fronts are comparable across strategies.
+    """
+    from evaluator import resolve_device
+    from strategies.darts import DartsConfig, lambda_sweep
+
+    d = cfg.darts
+    dc = DartsConfig(**{k: d[k] for k in ("steps", "arch_lr", "warmup_steps", "batch_size") if k in d},
+                     lr=cfg.train.lr, seed=cfg.seed, device=str(resolve_device(cfg.train.device)))
+    t0 = time.perf_counter()
+    if progress:
+        print(f"DARTS: lambda sweep over {d['lambdas']} ({dc.steps} steps each) ...", flush=True)
+    res = lambda_sweep(cfg.space, data.train, data.val, d["lambdas"], dc, depth=d.get("depth"))
+    sweep, seen = [], set()
+    for lam, (spec, info) in zip(d["lambdas"], res):
+        sweep.append({"lambda": lam, "spec_id": spec.id, "spec": spec.to_json(),
+                      "expected_size_bytes": info["expected_size_bytes"],
+                      "expected_cost_ratio": info["expected_cost_ratio"], "duplicate": spec.id in seen})
+        if spec.id not in seen:
+            seen.add(spec.id)
+            study.enqueue_trial(cfg.space.to_params(spec), user_attrs={"proposed_by": "darts", "darts_lambda": lam},
+                                skip_if_exists=True)
+    study.set_user_attr("darts_sweep", sweep)
+    study.set_user_attr("darts_seconds", time.perf_counter() - t0)
+    return sweep
+
+
+def supernet_evaluator(cfg: StudyConfig, data, sdir: Path, progress: bool = False):
+    """Train the study's supernet (or load ``sdir/supernet.pt`` trained with the same settings)."""
+    from evaluator import TrainConfig
+    from evaluator.supernet import SupernetEvaluator, train_supernet
+    from search_space.supernet import MLPSupernet
+
+    sn = cfg.supernet
+    tcfg = TrainConfig(**{**cfg.train.to_dict(), "epochs": sn.epochs, "max_steps": None, "seed": cfg.seed})
+    key = {"space": cfg.space.to_dict(), "dataset": cfg.dataset, "n_train": cfg.n_train, "train": tcfg.to_dict(),
+           "sandwich": {"n_random": sn.n_random, "kd_weight": sn.kd_weight}}
+    key_json = json.dumps(key, sort_keys=True, default=str)
+    path = sdir / "supernet.pt"
+    net = None
+    if path.exists():
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if ck.get("format") == "vaenas.supernet" and ck.get("key") == key_json:
+            net = MLPSupernet(cfg.space)
+            net.load_state_dict(ck["state_dict"])
+            from evaluator import resolve_device
+
+            net.to(resolve_device(cfg.train.device))
+    if net is None:
+        if progress:
+            print(f"training the supernet ({sn.epochs:g} epochs, sandwich rule) ...", flush=True)
+        net, _ = train_supernet(cfg.space, data, tcfg, sn.sandwich(cfg.seed), progress=progress)
+        buf = io.BytesIO()
+        torch.save({"format": "vaenas.supernet", "version": 1, "key": key_json,
+                    "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, buf)
+        atomic_write(path, buf.getvalue())
+    net.eval()
+    return SupernetEvaluator(net, data, cfg.train, cfg.latency, sn)
+
+
+def remeasure_front(study: optuna.Study, cfg: StudyConfig, evaluator: Evaluator, sdir: Path,
+                    progress: bool = False) -> int:
+    """Train up to ``supernet.remeasure`` specs of the estimated front standalone; add them as trials.
+
+    Specs already re-measured in the study are skipped (so ``--resume`` finishes an interrupted
+    re-measurement). Returns how many were measured in this call.
+    """
+    from optuna.distributions import CategoricalDistribution
+
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    est = [t for t in trials if is_estimate(t) and is_feasible(t) and t.user_attrs.get("phase") != REMEASURE]
+    if not est:
+        return 0
+    mask = non_dominated_mask([t.values for t in est])
+    front = sorted((t for t, m in zip(est, mask) if m), key=lambda t: (t.values[0], t.number))
+    seen_ids, picked = set(), []
+    for t in front:  # one per spec
+        if t.user_attrs["spec_id"] not in seen_ids:
+            seen_ids.add(t.user_attrs["spec_id"])
+            picked.append(t)
+    n = cfg.supernet.remeasure
+    if len(picked) > n:  # spread along the first objective: both ends and evenly between
+        idx = sorted({int(round(i)) for i in np.linspace(0, len(picked) - 1, n)})
+        picked = [picked[i] for i in idx]
+    done = {t.user_attrs.get("spec_id") for t in trials if t.user_attrs.get("phase") == REMEASURE}
+    todo = [t for t in picked if t.user_attrs["spec_id"] not in done]
+    for i, t in enumerate(todo):
+        spec = ArchSpec.from_json(t.user_attrs["spec"])
+        if progress:
+            print(f"re-measuring front spec {i + 1}/{len(todo)} ({spec.id}, estimated −ELBO "
+                  f"{t.user_attrs['neg_elbo']:.2f}) by standalone training ...", flush=True)
+        result, model = evaluator.evaluate_with_model(spec, cfg.seed)
+        attrs = {"spec": spec.to_json(), "spec_id": spec.id, "seed": cfg.seed, "phase": REMEASURE,
+                 "remeasure_of": t.number, "estimate_neg_elbo": t.user_attrs["neg_elbo"], "worker": WORKER_ID}
+        if not isinstance(result, Objectives):
+            attrs["fail_reason"] = result.reason
+            study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs=attrs))
+            continue
+        attrs.update(result.to_dict())
+        system = {}
+        if cfg.constraints:
+            cons = constraint_values(result.to_dict(), cfg.constraints)
+            system = {f"constraints:{k}": v for k, v in zip(cfg.constraints, cons)}  # as Trial.set_constraint
+            attrs["feasible"] = all(c <= 0 for c in cons)
+        params = {k: v for k, v in cfg.space.to_params(spec).items()}
+        dists = {k: CategoricalDistribution(list(c)) for k, c in cfg.space.dimensions().items() if k in params}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
+                                                  values=list(result.values(cfg.objectives)),
+                                                  user_attrs=attrs, system_attrs=system))
+        number = max(x.number for x in study.get_trials(deepcopy=False)
+                     if x.user_attrs.get("remeasure_of") == t.number)
+        save_checkpoint(sdir / "trials" / str(number) / "model.pt", model, spec)
+    return len(todo)

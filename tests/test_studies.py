@@ -182,6 +182,12 @@ BAD = [
      "bounds: {neg_elbo: [1, 2], params: [1, 2]}\nconstraints: {size: 100}\n", "constraints.size: unknown"),
     ("name: x\nspace: {latent_dim: [4], mlp: {depth: [1], width: [8]}}\nobjectives: [neg_elbo, params]\n"
      "bounds: {neg_elbo: [1, 2], params: [1, 2]}\nconstraints: {size_bytes: -1}\n", "constraints.size_bytes: expected a positive"),
+    ("name: x\nspace: {latent_dim: [4], mlp: {depth: [1], width: [8]}, decoder: free}\nobjectives: [neg_elbo, params]\n"
+     "bounds: {neg_elbo: [1, 2], params: [1, 2]}\ndarts: {lambdas: [0, 1]}\n", "darts: needs an MLP-only space"),
+    ("name: x\nspace: {latent_dim: [4], mlp: {depth: [1], width: [8]}}\nobjectives: [neg_elbo, params]\n"
+     "bounds: {neg_elbo: [1, 2], params: [1, 2]}\ndarts: {lambdas: []}\n", "darts.lambdas: expected a non-empty list"),
+    ("name: x\nspace: {latent_dim: [4], mlp: {depth: [1], width: [8]}}\nobjectives: [neg_elbo, params]\n"
+     "bounds: {neg_elbo: [1, 2], params: [1, 2]}\nsupernet: {epochs: 0}\n", "supernet.epochs: must be > 0"),
 ]
 
 
@@ -252,3 +258,91 @@ def test_resume_restores_strategy_state(tmp_path, data_root):
     study = optuna.load_study(study_name="rl", storage=f"sqlite:///{runs / 'rl' / 'study.db'}")
     assert study.user_attrs["strategy_state"]["consumed"] == [0, 1, 2, 3]
     assert sum(is_finished(t) for t in study.trials) == 5
+
+
+def test_supernet_mode_estimates_then_remeasures_the_front(tmp_path, data_root, capsys):
+    """Trials scored on one supernet carry the estimate label; the front is re-measured standalone
+    (extra trials, not budget), the report/export use the measured trials, resume reuses the supernet."""
+    from studies.report import load_view, pick_trial
+
+    cfgp = small_config(tmp_path, data_root, name="sn", trials=8,
+                        supernet={"epochs": 1, "n_val": 500, "remeasure": 3})
+    runs = tmp_path / "runs"
+    assert main(["search", str(cfgp), "--runs-dir", str(runs), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "front specs re-measured standalone" in out and "search trials' −ELBO were supernet ESTIMATES" in out
+    study = optuna.load_study(study_name="sn", storage=f"sqlite:///{runs / 'sn' / 'study.db'}")
+    search = [t for t in study.trials if t.user_attrs.get("phase", "search") == "search"]
+    again = [t for t in study.trials if t.user_attrs.get("phase") == "remeasure"]
+    assert sum(is_finished(t) for t in study.trials) == 8 == len(search)  # re-measurements are not budget
+    assert all(t.user_attrs["neg_elbo_is_estimate"] for t in search if t.state == optuna.trial.TrialState.COMPLETE)
+    assert not any((runs / "sn" / "trials" / str(t.number)).exists() for t in search)  # no per-estimate checkpoint
+    assert 1 <= len(again) <= 3
+    by_number = {t.number: t for t in study.trials}
+    for t in again:
+        assert t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs["neg_elbo_is_estimate"]
+        src = by_number[t.user_attrs["remeasure_of"]]
+        assert src.user_attrs["spec_id"] == t.user_attrs["spec_id"]
+        assert t.user_attrs["estimate_neg_elbo"] == src.user_attrs["neg_elbo"]
+        assert t.user_attrs["size_bytes"] == src.user_attrs["size_bytes"]  # costs are exact either way
+        assert t.user_attrs["train_seconds"] > 0 and (runs / "sn" / "trials" / str(t.number) / "model.pt").exists()
+        # the standalone model's −ELBO really is a measurement of that spec
+        ck = torch.load(runs / "sn" / "trials" / str(t.number) / "model.pt", weights_only=True)
+        model = build_vae(ArchSpec.from_json(ck["spec"]))
+        model.load_state_dict(ck["state_dict"])
+        data = load_data("mnist", data_root, n_train=1000)
+        assert abs(evaluate_neg_elbo(model, data.val)["neg_elbo"] - t.user_attrs["neg_elbo"]) < 1e-3
+    view = load_view("sn", runs)
+    front = view.front
+    assert len(front) and not front["neg_elbo_is_estimate"].any()  # the reported front is measured
+    knee = pick_trial(view)
+    assert view.trials.set_index("trial").loc[knee, "phase"] == "remeasure"
+    doc = json.loads((runs / "sn" / "export" / "knee.json").read_text())
+    assert doc["neg_elbo_is_estimate"] is False
+    for name in ("front_size_bytes.png", "estimate_vs_measured.png", "hypervolume.png"):
+        _png_ok(runs / "sn" / "plots" / name)
+    # resume with the budget met: supernet file reused, nothing re-measured twice
+    mtime = (runs / "sn" / "supernet.pt").stat().st_mtime_ns
+    assert main(["search", str(cfgp), "--runs-dir", str(runs), "--quiet", "--resume"]) == 0
+    study = optuna.load_study(study_name="sn", storage=f"sqlite:///{runs / 'sn' / 'study.db'}")
+    assert len([t for t in study.trials if t.user_attrs.get("phase") == "remeasure"]) == len(again)
+    assert (runs / "sn" / "supernet.pt").stat().st_mtime_ns == mtime
+
+
+def test_supernet_mode_needs_an_mlp_space(tmp_path, data_root):
+    cfgp = small_config(tmp_path, data_root, name="snc", supernet={"epochs": 1},
+                        space={"family": ["mlp", "conv"], "latent_dim": [4], "mlp": {"depth": [1], "width": [8]},
+                               "conv": {"depth": [1], "channels": [4], "kernel": [3], "stride": [2],
+                                        "fc_depth": [0], "fc_width": [8]}})
+    r = subprocess.run([sys.executable, "-m", "studies.cli", "search", str(cfgp), "--runs-dir", str(tmp_path / "r")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "supernet: needs an MLP-only space" in r.stderr and not (tmp_path / "r").exists()
+
+
+def test_darts_sweep_specs_are_enqueued_as_normal_trials(tmp_path, data_root):
+    """The lambda sweep runs once, each distinct derived spec is a trial trained by the study's evaluator."""
+    lambdas = [0, 300, 30000]
+    cfgp = small_config(tmp_path, data_root, name="dq", trials=4,
+                        space={"family": ["mlp"], "latent_dim": [4, 8], "mlp": {"depth": [1, 2], "width": [16, 64]},
+                               "weight_bits": [2, 4, 8, 32], "bits_per_layer": True},
+                        darts={"lambdas": lambdas, "steps": 40, "warmup_steps": 5, "batch_size": 64})
+    runs = tmp_path / "runs"
+    assert main(["search", str(cfgp), "--runs-dir", str(runs), "--quiet"]) == 0
+    study = optuna.load_study(study_name="dq", storage=f"sqlite:///{runs / 'dq' / 'study.db'}")
+    sweep = study.user_attrs["darts_sweep"]
+    assert [s["lambda"] for s in sweep] == lambdas
+    distinct = [s["spec_id"] for s in sweep if not s["duplicate"]]
+    by_darts = [t for t in sorted(study.trials, key=lambda t: t.number) if t.user_attrs.get("proposed_by") == "darts"]
+    assert [t.user_attrs["spec_id"] for t in by_darts] == distinct  # in lambda order, first trials of the study
+    assert [t.number for t in by_darts] == list(range(len(distinct)))
+    for t in by_darts:
+        assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["train_seconds"] > 0
+        assert not t.user_attrs["neg_elbo_is_estimate"]
+    costs = [s["expected_size_bytes"] for s in sweep]
+    assert costs[0] > costs[-1]
+    assert sum(is_finished(t) for t in study.trials) == 4  # the strategy filled the rest of the budget
+    assert main(["search", str(cfgp), "--runs-dir", str(runs), "--quiet", "--resume", "--n-trials", "5"]) == 0
+    study = optuna.load_study(study_name="dq", storage=f"sqlite:///{runs / 'dq' / 'study.db'}")
+    assert len([t for t in study.trials if t.user_attrs.get("proposed_by") == "darts"]) == len(distinct)
+    assert study.user_attrs["darts_sweep"] == sweep  # not re-run
