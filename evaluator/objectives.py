@@ -55,6 +55,7 @@ class Objectives:
     epochs: float = 0.0
     seed: int = 0
     neg_elbo_is_estimate: bool = False  # True when inherited from a supernet, not trained standalone
+    neg_elbo_uncalibrated: float | None = None  # supernet estimate before depth calibration (if calibrated)
     uncounted_ops: tuple[str, ...] = field(default=())
 
     def values(self, names: list[str]) -> tuple[float, ...]:

@@ -16,7 +16,8 @@
     storage: null                    # any Optuna storage URL (sqlite:///..., postgresql://...) or journal:PATH;
                                      # default sqlite:///runs/<name>/study.db
     heartbeat: {interval_s: 30, grace_s: 120}  # RDB storages: a trial silent for grace_s is failed, retried once
-    supernet: {epochs: 10, n_random: 2, kd_weight: 1.0, finetune_steps: 0, n_val: 2000, remeasure: 10}
+    supernet: {epochs: 10, n_random: 2, kd_weight: 1.0, finetune_steps: 0, n_val: 2000, remeasure: 10,
+               calibrate: true}  # calibrate: anchor the estimates per depth on standalone-trained extremes
                                      # optional (MLP spaces): score trials on one trained weight-sharing
                                      # supernet - their −ELBO is an ESTIMATE - then re-measure up to
                                      # `remeasure` front specs by standalone training (the reported front)
@@ -48,7 +49,7 @@ STATIC_CONSTRAINTS = ("flops", "bitops", "params", "size_bytes")
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_steps", "lr_schedule", "kl_warmup_steps", "device"}
 _LATENCY_KEYS = {"repeats", "threads", "batch_size", "warmup"}
 _DARTS_KEYS = {"lambdas", "steps", "depth", "arch_lr", "warmup_steps", "batch_size"}
-_SUPERNET_KEYS = {"epochs", "n_random", "kd_weight", "finetune_steps", "n_val", "remeasure"}
+_SUPERNET_KEYS = {"epochs", "n_random", "kd_weight", "finetune_steps", "n_val", "remeasure", "calibrate"}
 
 
 class ConfigError(VaenasInputError):
@@ -202,6 +203,8 @@ class StudyConfig:
                     _typed(f"supernet.{k}", sn[k], t)
             if "n_val" in sn:
                 _typed("supernet.n_val", sn["n_val"], int, allow_none=True)
+            if "calibrate" in sn:
+                _typed("supernet.calibrate", sn["calibrate"], bool)
             supernet = SupernetConfig(**sn)
             for k in ("epochs", "n_val"):
                 v = getattr(supernet, k)

@@ -269,7 +269,9 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
         if cfg.supernet is None:
             return standalone
         if "supernet" not in evaluators:
-            evaluators["supernet"] = supernet_evaluator(cfg, data, sdir, progress)
+            ev = evaluators["supernet"] = supernet_evaluator(cfg, data, sdir, progress)
+            if ev.calibration is not None and "supernet_calibration" not in study.user_attrs:
+                study.set_user_attr("supernet_calibration", ev.calibration.to_dict())
         return evaluators["supernet"]
 
     feasible = static_feasibility(cfg.constraints)
@@ -457,7 +459,7 @@ def darts_enqueue(study: optuna.Study, cfg: StudyConfig, data, progress: bool = 
 def supernet_evaluator(cfg: StudyConfig, data, sdir: Path, progress: bool = False):
     """Train the study's supernet (or load ``sdir/supernet.pt`` trained with the same settings)."""
     from evaluator import TrainConfig
-    from evaluator.supernet import SupernetEvaluator, train_supernet
+    from evaluator.supernet import DepthCalibration, SupernetEvaluator, calibrate_depths, train_supernet
     from search_space.supernet import MLPSupernet
 
     sn = cfg.supernet
@@ -466,7 +468,7 @@ def supernet_evaluator(cfg: StudyConfig, data, sdir: Path, progress: bool = Fals
            "sandwich": {"n_random": sn.n_random, "kd_weight": sn.kd_weight}}
     key_json = json.dumps(key, sort_keys=True, default=str)
     path = sdir / "supernet.pt"
-    net = None
+    net, calibration, ck, dirty = None, None, {}, False
     if path.exists():
         ck = torch.load(path, map_location="cpu", weights_only=True)
         if ck.get("format") == "vaenas.supernet" and ck.get("key") == key_json:
@@ -475,16 +477,32 @@ def supernet_evaluator(cfg: StudyConfig, data, sdir: Path, progress: bool = Fals
             from evaluator import resolve_device
 
             net.to(resolve_device(cfg.train.device))
+            if ck.get("calibration") is not None:
+                calibration = DepthCalibration.from_dict(json.loads(ck["calibration"]))
+        else:
+            ck = {}
     if net is None:
         if progress:
             print(f"training the supernet ({sn.epochs:g} epochs, sandwich rule) ...", flush=True)
         net, _ = train_supernet(cfg.space, data, tcfg, sn.sandwich(cfg.seed), progress=progress)
-        buf = io.BytesIO()
-        torch.save({"format": "vaenas.supernet", "version": 1, "key": key_json,
-                    "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, buf)
-        atomic_write(path, buf.getvalue())
+        ck = {"format": "vaenas.supernet", "version": 1, "key": key_json,
+              "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+        dirty = True
     net.eval()
-    return SupernetEvaluator(net, data, cfg.train, cfg.latency, sn)
+    evaluator = SupernetEvaluator(net, data, cfg.train, cfg.latency, sn)
+    if sn.calibrate and calibration is None:
+        if progress:
+            print("calibrating the supernet per depth on standalone-trained anchor specs ...", flush=True)
+        calibration = calibrate_depths(net, data, cfg.train, evaluator.val, cfg.seed,
+                                       estimate=lambda spec: evaluator.evaluate(spec, cfg.seed).neg_elbo)
+        ck["calibration"] = json.dumps(calibration.to_dict())
+        dirty = True
+    if dirty:
+        buf = io.BytesIO()
+        torch.save(ck, buf)
+        atomic_write(path, buf.getvalue())
+    evaluator.calibration = calibration if sn.calibrate else None
+    return evaluator
 
 
 def remeasure_front(study: optuna.Study, cfg: StudyConfig, evaluator: Evaluator, sdir: Path,
@@ -520,7 +538,8 @@ def remeasure_front(study: optuna.Study, cfg: StudyConfig, evaluator: Evaluator,
                   f"{t.user_attrs['neg_elbo']:.2f}) by standalone training ...", flush=True)
         result, model = evaluator.evaluate_with_model(spec, cfg.seed)
         attrs = {"spec": spec.to_json(), "spec_id": spec.id, "seed": cfg.seed, "phase": REMEASURE,
-                 "remeasure_of": t.number, "estimate_neg_elbo": t.user_attrs["neg_elbo"], "worker": WORKER_ID}
+                 "remeasure_of": t.number, "estimate_neg_elbo": t.user_attrs["neg_elbo"], "worker": WORKER_ID,
+                 "estimate_neg_elbo_uncalibrated": t.user_attrs.get("neg_elbo_uncalibrated")}
         if not isinstance(result, Objectives):
             attrs["fail_reason"] = result.reason
             study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs=attrs))

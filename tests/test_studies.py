@@ -276,6 +276,15 @@ def test_supernet_mode_estimates_then_remeasures_the_front(tmp_path, data_root, 
     again = [t for t in study.trials if t.user_attrs.get("phase") == "remeasure"]
     assert sum(is_finished(t) for t in study.trials) == 8 == len(search)  # re-measurements are not budget
     assert all(t.user_attrs["neg_elbo_is_estimate"] for t in search if t.state == optuna.trial.TrialState.COMPLETE)
+    # depth calibration: anchors of both depths, each estimate = raw supernet figure + that depth's offset
+    from evaluator.supernet import DepthCalibration
+
+    cal = DepthCalibration.from_dict(study.user_attrs["supernet_calibration"])
+    assert sorted(cal.anchors) == [1, 2] and all(len(a) == 2 for a in cal.anchors.values())
+    for t in search:
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            spec = ArchSpec.from_json(t.user_attrs["spec"])
+            assert t.user_attrs["neg_elbo"] == pytest.approx(t.user_attrs["neg_elbo_uncalibrated"] + cal.offset(spec))
     assert not any((runs / "sn" / "trials" / str(t.number)).exists() for t in search)  # no per-estimate checkpoint
     assert 1 <= len(again) <= 3
     by_number = {t.number: t for t in study.trials}

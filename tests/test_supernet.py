@@ -155,3 +155,23 @@ def test_learned_step_sizes_get_lsq_gradients_only_in_the_slice():
     again = net.extract(spec)
     for (n, a), b in zip(model.weight_layers().items(), again.weight_layers().values()):
         assert torch.equal(a.weight_scale, b.weight_scale), n
+
+
+def test_depth_calibration_interpolates_in_log_params_between_anchors():
+    import math
+
+    from evaluator import count_params
+    from evaluator.supernet import DepthCalibration, anchor_specs
+
+    space = SPACES["mirror"]
+    anchors = anchor_specs(space)
+    assert sorted((len(s.enc_hidden), s.enc_hidden[0]) for s in anchors) == [(1, 16), (1, 64), (2, 16), (2, 64),
+                                                                             (3, 16), (3, 64)]
+    small, big = ArchSpec.mlp((16,), 4, bits=2), ArchSpec.mlp((64,), 16, bits=32)
+    xs, xb = math.log(count_params(small)), math.log(count_params(big))
+    cal = DepthCalibration({1: [(xb, -20.0), (xs, -2.0)]})
+    assert cal.offset(small) == pytest.approx(-2.0) and cal.offset(big) == pytest.approx(-20.0)
+    mid = ArchSpec.mlp((32,), 8, bits=4)
+    t = (math.log(count_params(mid)) - xs) / (xb - xs)
+    assert 0 < t < 1 and cal.offset(mid) == pytest.approx(-2.0 + t * -18.0)
+    assert cal.offset(ArchSpec.mlp((16, 16), 4, bits=2)) == 0.0  # no anchors for that depth: no correction
