@@ -175,6 +175,7 @@ class SupernetEvaluator:
         self.net, self.data, self.train_cfg, self.latency_cfg, self.cfg = net, data, train_cfg, latency_cfg, cfg
         self.val = data.val if cfg.n_val is None else data.val[: cfg.n_val]
         self.calibration = calibration
+        self.train_seconds = 0.0  # set by whoever trained the supernet (reporting only)
 
     def evaluate(self, spec: ArchSpec, seed: int | None = None):
         return self.evaluate_with_model(spec, seed)[0]

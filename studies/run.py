@@ -272,6 +272,8 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
             ev = evaluators["supernet"] = supernet_evaluator(cfg, data, sdir, progress)
             if ev.calibration is not None and "supernet_calibration" not in study.user_attrs:
                 study.set_user_attr("supernet_calibration", ev.calibration.to_dict())
+            if ev.train_seconds and "supernet_train_seconds" not in study.user_attrs:
+                study.set_user_attr("supernet_train_seconds", ev.train_seconds)
         return evaluators["supernet"]
 
     feasible = static_feasibility(cfg.constraints)
@@ -468,7 +470,7 @@ def supernet_evaluator(cfg: StudyConfig, data, sdir: Path, progress: bool = Fals
            "sandwich": {"n_random": sn.n_random, "kd_weight": sn.kd_weight}}
     key_json = json.dumps(key, sort_keys=True, default=str)
     path = sdir / "supernet.pt"
-    net, calibration, ck, dirty = None, None, {}, False
+    net, calibration, ck, dirty, train_seconds = None, None, {}, False, 0.0
     if path.exists():
         ck = torch.load(path, map_location="cpu", weights_only=True)
         if ck.get("format") == "vaenas.supernet" and ck.get("key") == key_json:
@@ -484,7 +486,8 @@ def supernet_evaluator(cfg: StudyConfig, data, sdir: Path, progress: bool = Fals
     if net is None:
         if progress:
             print(f"training the supernet ({sn.epochs:g} epochs, sandwich rule) ...", flush=True)
-        net, _ = train_supernet(cfg.space, data, tcfg, sn.sandwich(cfg.seed), progress=progress)
+        net, res = train_supernet(cfg.space, data, tcfg, sn.sandwich(cfg.seed), progress=progress)
+        train_seconds = res.seconds
         ck = {"format": "vaenas.supernet", "version": 1, "key": key_json,
               "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
         dirty = True
@@ -502,12 +505,31 @@ def supernet_evaluator(cfg: StudyConfig, data, sdir: Path, progress: bool = Fals
         torch.save(ck, buf)
         atomic_write(path, buf.getvalue())
     evaluator.calibration = calibration if sn.calibrate else None
+    evaluator.train_seconds = train_seconds  # 0 when loaded from supernet.pt
     return evaluator
+
+
+def greedy_hv_subset(points, bounds, k: int) -> list[int]:
+    """Indices of ``k`` points chosen greedily, each adding the most hypervolume (normalised by ``bounds``)
+    to those already chosen; ties (no gain left) go to the earliest point. The greedy choice is within
+    a factor 1 - 1/e of the best subset's hypervolume (hypervolume is submodular)."""
+    chosen: list[int] = []
+    base = 0.0
+    rest = list(range(len(points)))
+    while rest and len(chosen) < k:
+        gains = [hypervolume([points[j] for j in chosen] + [points[i]], bounds) - base for i in rest]
+        best = int(np.argmax(gains))
+        chosen.append(rest.pop(best))
+        base += gains[best]
+    return sorted(chosen)
 
 
 def remeasure_front(study: optuna.Study, cfg: StudyConfig, evaluator: Evaluator, sdir: Path,
                     progress: bool = False) -> int:
     """Train up to ``supernet.remeasure`` specs of the estimated front standalone; add them as trials.
+
+    With more front specs than that, the ones whose estimated points cover the most hypervolume
+    (greedy, :func:`greedy_hv_subset`) are re-measured.
 
     Specs already re-measured in the study are skipped (so ``--resume`` finishes an interrupted
     re-measurement). Returns how many were measured in this call.
@@ -526,9 +548,8 @@ def remeasure_front(study: optuna.Study, cfg: StudyConfig, evaluator: Evaluator,
             seen_ids.add(t.user_attrs["spec_id"])
             picked.append(t)
     n = cfg.supernet.remeasure
-    if len(picked) > n:  # spread along the first objective: both ends and evenly between
-        idx = sorted({int(round(i)) for i in np.linspace(0, len(picked) - 1, n)})
-        picked = [picked[i] for i in idx]
+    if len(picked) > n:  # the n specs whose estimated points cover the most hypervolume (greedy)
+        picked = [picked[i] for i in greedy_hv_subset([t.values for t in picked], cfg.bounds, n)]
     done = {t.user_attrs.get("spec_id") for t in trials if t.user_attrs.get("phase") == REMEASURE}
     todo = [t for t in picked if t.user_attrs["spec_id"] not in done]
     for i, t in enumerate(todo):

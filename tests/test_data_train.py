@@ -50,7 +50,7 @@ def test_missing_dataset_offline_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_training_lowers_the_loss_and_is_seeded(mnist_small):
     spec = ArchSpec.mlp((64,), 8, bits=4)
-    cfg = TrainConfig(epochs=2, batch_size=100, seed=3)
+    cfg = TrainConfig(epochs=2, batch_size=100, seed=3, device="cpu")  # bitwise: CPU
     a = seeded_model(spec, 1)
     before = evaluate_neg_elbo(a, mnist_small.val)["neg_elbo"]
     res = train(a, mnist_small.train, cfg)
@@ -62,7 +62,7 @@ def test_training_lowers_the_loss_and_is_seeded(mnist_small):
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
     c = seeded_model(spec, 1)
-    train(c, mnist_small.train, TrainConfig(epochs=2, batch_size=100, seed=4))
+    train(c, mnist_small.train, TrainConfig(epochs=2, batch_size=100, seed=4, device="cpu"))
     assert not all(torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
 
 
@@ -107,7 +107,7 @@ def _reference_iwae(model, x, k, seed):
 def test_iwae_matches_a_direct_implementation_and_bounds(mnist_small):
     torch.manual_seed(0)
     model = seeded_model(ArchSpec.mlp((32,), 3), 0)
-    train(model, mnist_small.train, TrainConfig(epochs=1, batch_size=100))
+    train(model, mnist_small.train, TrainConfig(epochs=1, batch_size=100, device="cpu"))
     x = mnist_small.test[:6]
     with torch.no_grad():
         ref = _reference_iwae(model, x, k=5, seed=11)

@@ -13,7 +13,7 @@ from search_space import ArchSpec, VaenasInputError
 @pytest.fixture(scope="module")
 def trained_4bit(mnist_small):
     m = seeded_model(ArchSpec.mlp((64,), 8, bits=4), 0)
-    train(m, mnist_small.train, TrainConfig(epochs=2, batch_size=100))
+    train(m, mnist_small.train, TrainConfig(epochs=2, batch_size=100, device="cpu"))
     return m
 
 

@@ -300,6 +300,9 @@ def test_supernet_mode_estimates_then_remeasures_the_front(tmp_path, data_root, 
         model = build_vae(ArchSpec.from_json(ck["spec"]))
         model.load_state_dict(ck["state_dict"])
         data = load_data("mnist", data_root, n_train=1000)
+        from evaluator import resolve_device
+
+        model.to(resolve_device("auto"))  # where the study ran: its noise comes from that device's generator
         assert abs(evaluate_neg_elbo(model, data.val)["neg_elbo"] - t.user_attrs["neg_elbo"]) < 1e-3
     view = load_view("sn", runs)
     front = view.front
@@ -355,3 +358,17 @@ def test_darts_sweep_specs_are_enqueued_as_normal_trials(tmp_path, data_root):
     study = optuna.load_study(study_name="dq", storage=f"sqlite:///{runs / 'dq' / 'study.db'}")
     assert len([t for t in study.trials if t.user_attrs.get("proposed_by") == "darts"]) == len(distinct)
     assert study.user_attrs["darts_sweep"] == sweep  # not re-run
+
+
+def test_greedy_hv_subset_picks_the_points_that_cover_the_most():
+    from evaluator import Bound, hypervolume
+    from studies.run import greedy_hv_subset
+
+    bounds = [Bound(0, 1), Bound(0, 1)]
+    pts = [(0.1, 0.9), (0.2, 0.8), (0.5, 0.5), (0.8, 0.2), (0.9, 0.1), (0.45, 0.55)]
+    got = greedy_hv_subset(pts, bounds, 3)
+    assert got == [1, 2, 3]
+    best = max(hypervolume([pts[i] for i in c], bounds)
+               for c in __import__("itertools").combinations(range(len(pts)), 3))
+    assert hypervolume([pts[i] for i in got], bounds) == pytest.approx(best)
+    assert greedy_hv_subset(pts, bounds, 10) == list(range(len(pts)))
