@@ -124,7 +124,10 @@ def test_evolution_selection_helpers_match_definitions():
     assert np.isinf(d[0]) and np.isinf(d[2]) and d[1] == pytest.approx((5 - 1) / 4 + (5 - 1) / 4)
 
 
-SEEDS = range(5)
+# 10 seeds: with 5, one learned strategy's margin flipped under another torch version (RL on torch
+# 2.11: 0.713 vs random 0.716; single seeds swing by 0.04). Means over seeds 0-9 on torch 2.14.1:
+# random 0.720, nsga2 0.731, tpe 0.748, evolution 0.736, rl 0.744, nni-evolution 0.729, nni-rl 0.729.
+SEEDS = range(10)
 BUDGET = 120
 
 
@@ -135,7 +138,7 @@ def random_hv() -> float:
 
 @pytest.mark.parametrize("name", [n for n in AVAILABLE if n != "random"])
 def test_beats_random_search_on_the_synthetic_objectives(name, random_hv):
-    """Mean hypervolume over 5 seeds at a fixed budget of 120 trials is above random search's."""
+    """Mean hypervolume over 10 seeds at a fixed budget of 120 trials is above random search's."""
     mean = float(np.mean([hv(run_synthetic(SPACE, create_sampler(name, SPACE, s), BUDGET)) for s in SEEDS]))
     assert mean > random_hv, (name, mean, random_hv)
 
