@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 from evaluator import hypervolume, normalise  # noqa: E402
 from evaluator.pareto import non_dominated_mask  # noqa: E402
+from search_space import ArchSpec  # noqa: E402
 from strategies import create_sampler  # noqa: E402
 from strategies.base import observations, trial_rng  # noqa: E402
 from strategies.evolution import RegularizedEvolution  # noqa: E402
@@ -109,7 +110,6 @@ def analyse(study: optuna.Study, cfg: StudyConfig, name: str, options: dict, war
         tags = [f"{'min' if vals[j, m] == vals[:, m].min() else 'max'}-{cfg.objectives[m]}"
                 for m in range(vals.shape[1]) if vals[j, m] in (vals[:, m].min(), vals[:, m].max())]
         which.extend(tags or ["interior"])
-        from search_space import ArchSpec
         child = ArchSpec.from_json(t.user_attrs["spec"])
         ham.append(hamming(space, p.spec, child))
         odist.append(float(np.linalg.norm(normalise([t.values], bounds)[0] - normalise([p.values], bounds)[0])))

@@ -106,8 +106,7 @@ def estimate_plot(view: StudyView, path: Path) -> Path | None:
     lo, hi = float(min(meas.min(), est.min())), float(max(meas.max(), est.max()))
     ax.plot([lo, hi], [lo, hi], ls="--", color="grey", lw=1, label="estimate = measured")
     ax.set_xlabel("standalone-trained validation −ELBO (MEASURED)")
-    cal = "estimate_neg_elbo_uncalibrated" in view.study.trials[int(r["trial"].iloc[0])].user_attrs and \
-        view.study.trials[int(r["trial"].iloc[0])].user_attrs["estimate_neg_elbo_uncalibrated"] is not None
+    cal = bool(r["estimate_neg_elbo_uncalibrated"].notna().any())
     ax.set_ylabel("supernet validation −ELBO (ESTIMATE" + (", depth-calibrated)" if cal else ")"))
     ax.set_title(f"{view.name}: {len(r)} front specs re-measured, Kendall τ {kendall_tau(est, meas):.2f}", fontsize=10)
     ax.legend()

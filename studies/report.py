@@ -72,6 +72,7 @@ def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = No
         row["phase"] = t.user_attrs.get("phase", "search")
         row["remeasure_of"] = t.user_attrs.get("remeasure_of")
         row["estimate_neg_elbo"] = t.user_attrs.get("estimate_neg_elbo")
+        row["estimate_neg_elbo_uncalibrated"] = t.user_attrs.get("estimate_neg_elbo_uncalibrated")
         rows.append(row)
     df = pd.DataFrame(rows)
     if len(df):
