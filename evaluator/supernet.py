@@ -16,7 +16,9 @@ error differs by depth and size - measured on MNIST, shallow wide specs looked 1
 they train while deep ones were within 2 (``benchmarks/supernet_fidelity.py``). So before scoring,
 the smallest and the largest spec of every depth (anchors) are trained standalone with the
 study's recipe; per depth, the offset measured − estimated is interpolated linearly in
-log(params) between its two anchors and added to every estimate of that depth. The result is
+log(params) between its two anchors and added to every estimate of that depth. ("Depth" is a
+spec's structural group, :func:`~search_space.supernet.group_of`: the MLP depth, or the pair of
+conv depth and FC depth for conv spaces.) The result is
 still an ESTIMATE (labelled so); the raw supernet figure is kept beside it.
 """
 
@@ -30,7 +32,7 @@ import torch
 from torch.nn import functional as F
 
 from search_space import ArchSpec, SearchSpace
-from search_space.supernet import MLPSupernet, extreme_spec
+from search_space.supernet import build_supernet, extreme_spec, group_of, structure_groups
 
 from .data import Splits
 from .elbo import evaluate_neg_elbo
@@ -52,11 +54,10 @@ def sandwich_loss(space: SearchSpace, cfg: SandwichConfig = SandwichConfig()):
     big, small = extreme_spec(space, "max"), extreme_spec(space, "min")
     others = [small]
     if cfg.per_depth_max:
-        others += [extreme_spec(space, "max", depth=d) for d in sorted(space.mlp["depth"])
-                   if d != len(big.enc_hidden)]
+        others += [extreme_spec(space, "max", depth=d) for d in structure_groups(space) if d != group_of(big)]
     rng = random.Random(cfg.seed)
 
-    def loss(net: MLPSupernet, x: torch.Tensor, g: torch.Generator, beta: float) -> torch.Tensor:
+    def loss(net, x: torch.Tensor, g: torch.Generator, beta: float) -> torch.Tensor:
         eps = torch.randn((len(x), net.max_latent), generator=g, device=x.device)
 
         def terms(spec: ArchSpec):
@@ -77,16 +78,16 @@ def sandwich_loss(space: SearchSpace, cfg: SandwichConfig = SandwichConfig()):
 
 
 def train_supernet(space: SearchSpace, data: Splits, cfg: TrainConfig, sandwich: SandwichConfig = SandwichConfig(),
-                   progress: bool = False) -> tuple[MLPSupernet, TrainResult]:
+                   progress: bool = False):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        net = MLPSupernet(space)
+        net = build_supernet(space)
     net.to(resolve_device(cfg.device))
     res = train(net, data.train, cfg, step_loss=sandwich_loss(space, sandwich), progress=progress)
     return net, res
 
 
-def estimate_neg_elbo(net: MLPSupernet, spec: ArchSpec, data: torch.Tensor, seed: int = 0) -> float:
+def estimate_neg_elbo(net, spec: ArchSpec, data: torch.Tensor, seed: int = 0) -> float:
     """Validation −ELBO of ``spec`` with inherited weights - an ESTIMATE, not a standalone-trained figure."""
     return evaluate_neg_elbo(net.extract(spec), data, seed=seed)["neg_elbo"]
 
@@ -115,7 +116,7 @@ class DepthCalibration:
     seconds: float = 0.0
 
     def offset(self, spec: ArchSpec) -> float:
-        pts = sorted(self.anchors.get(len(spec.enc_hidden), []))
+        pts = sorted(self.anchors.get(group_of(spec), []))
         if not pts:
             return 0.0
         x = math.log(count_params(spec))
@@ -130,20 +131,21 @@ class DepthCalibration:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DepthCalibration":
-        return cls({int(k): [tuple(p) for p in v] for k, v in d["anchors"].items()}, d.get("seconds", 0.0))
+        key = lambda k: int(k) if k.isdigit() else k  # noqa: E731 - MLP depths are ints, conv groups strings
+        return cls({key(k): [tuple(p) for p in v] for k, v in d["anchors"].items()}, d.get("seconds", 0.0))
 
 
 def anchor_specs(space: SearchSpace) -> list[ArchSpec]:
-    """The smallest and the largest spec of every depth of the space (distinct)."""
+    """The smallest and the largest spec of every structural group (depth) of the space (distinct)."""
     out: dict[str, ArchSpec] = {}
-    for d in sorted(space.mlp["depth"]):
+    for d in structure_groups(space):
         for which in ("min", "max"):
             s = extreme_spec(space, which, depth=d)
             out.setdefault(s.id, s)
     return list(out.values())
 
 
-def calibrate_depths(net: MLPSupernet, data: Splits, train_cfg: TrainConfig, val: torch.Tensor,
+def calibrate_depths(net, data: Splits, train_cfg: TrainConfig, val: torch.Tensor,
                      seed: int = 0, estimate=None) -> DepthCalibration:
     """Train each anchor spec standalone (``train_cfg``), compare with its supernet estimate on ``val``
     (``estimate(spec) -> nats``; default: inherited weights as they are)."""
@@ -157,7 +159,7 @@ def calibrate_depths(net: MLPSupernet, data: Splits, train_cfg: TrainConfig, val
         train(model, data.train, TrainConfig(**{**train_cfg.to_dict(), "seed": seed}))
         meas = evaluate_neg_elbo(model, val)["neg_elbo"]
         if math.isfinite(meas) and math.isfinite(est):
-            cal.anchors.setdefault(len(spec.enc_hidden), []).append((math.log(count_params(spec)), meas - est))
+            cal.anchors.setdefault(group_of(spec), []).append((math.log(count_params(spec)), meas - est))
     cal.seconds = time.perf_counter() - t0
     return cal
 
@@ -170,7 +172,7 @@ class SupernetEvaluator:
     Same ``evaluate_with_model`` interface as :class:`~evaluator.Evaluator`.
     """
 
-    def __init__(self, net: MLPSupernet, data: Splits, train_cfg: TrainConfig, latency_cfg: LatencyConfig,
+    def __init__(self, net, data: Splits, train_cfg: TrainConfig, latency_cfg: LatencyConfig,
                  cfg: SupernetConfig = SupernetConfig(), calibration: DepthCalibration | None = None):
         self.net, self.data, self.train_cfg, self.latency_cfg, self.cfg = net, data, train_cfg, latency_cfg, cfg
         self.val = data.val if cfg.n_val is None else data.val[: cfg.n_val]

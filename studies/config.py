@@ -194,9 +194,9 @@ class StudyConfig:
         supernet = None
         if d.get("supernet") is not None:
             sn = _block("supernet", d.get("supernet"), _SUPERNET_KEYS)
-            if tuple(space.family) != ("mlp",):
-                raise ConfigError("supernet: needs an MLP-only space (space.family: [mlp]); conv supernets are not "
-                                  "supported yet - remove the supernet block to train every trial standalone")
+            if len(space.family) != 1:
+                raise ConfigError(f"supernet: needs a one-family space (space.family: [mlp] or [conv]), got "
+                                  f"{list(space.family)} - split the study by family or remove the supernet block")
             for k, t in (("epochs", (int, float)), ("n_random", int), ("kd_weight", (int, float)),
                          ("finetune_steps", int), ("remeasure", int)):
                 if k in sn:

@@ -462,7 +462,7 @@ def supernet_evaluator(cfg: StudyConfig, data, sdir: Path, progress: bool = Fals
     """Train the study's supernet (or load ``sdir/supernet.pt`` trained with the same settings)."""
     from evaluator import TrainConfig
     from evaluator.supernet import DepthCalibration, SupernetEvaluator, calibrate_depths, train_supernet
-    from search_space.supernet import MLPSupernet
+    from search_space.supernet import build_supernet
 
     sn = cfg.supernet
     tcfg = TrainConfig(**{**cfg.train.to_dict(), "epochs": sn.epochs, "max_steps": None, "seed": cfg.seed})
@@ -474,7 +474,7 @@ def supernet_evaluator(cfg: StudyConfig, data, sdir: Path, progress: bool = Fals
     if path.exists():
         ck = torch.load(path, map_location="cpu", weights_only=True)
         if ck.get("format") == "vaenas.supernet" and ck.get("key") == key_json:
-            net = MLPSupernet(cfg.space)
+            net = build_supernet(cfg.space)
             net.load_state_dict(ck["state_dict"])
             from evaluator import resolve_device
 

@@ -321,7 +321,7 @@ def test_supernet_mode_estimates_then_remeasures_the_front(tmp_path, data_root, 
     assert (runs / "sn" / "supernet.pt").stat().st_mtime_ns == mtime
 
 
-def test_supernet_mode_needs_an_mlp_space(tmp_path, data_root):
+def test_supernet_mode_needs_one_family(tmp_path, data_root):
     cfgp = small_config(tmp_path, data_root, name="snc", supernet={"epochs": 1},
                         space={"family": ["mlp", "conv"], "latent_dim": [4], "mlp": {"depth": [1], "width": [8]},
                                "conv": {"depth": [1], "channels": [4], "kernel": [3], "stride": [2],
@@ -329,7 +329,29 @@ def test_supernet_mode_needs_an_mlp_space(tmp_path, data_root):
     r = subprocess.run([sys.executable, "-m", "studies.cli", "search", str(cfgp), "--runs-dir", str(tmp_path / "r")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "supernet: needs an MLP-only space" in r.stderr and not (tmp_path / "r").exists()
+    assert "supernet: needs a one-family space" in r.stderr and not (tmp_path / "r").exists()
+
+
+def test_supernet_mode_on_a_conv_space(tmp_path, data_root):
+    """A conv space in supernet mode: estimates labelled, calibration per (conv depth, FC depth)
+    group, the front re-measured by standalone training."""
+    cfgp = small_config(tmp_path, data_root, name="snconv", trials=5, supernet={"epochs": 1, "n_val": 300, "remeasure": 2},
+                        space={"family": ["conv"], "latent_dim": [4, 8],
+                               "conv": {"depth": [1, 2], "channels": [4, 8], "kernel": [3, 4], "stride": [2],
+                                        "fc_depth": [0, 1], "fc_width": [16, 32]},
+                               "weight_bits": [4, 8, 32]})
+    runs = tmp_path / "runs"
+    assert main(["search", str(cfgp), "--runs-dir", str(runs), "--quiet"]) == 0
+    study = optuna.load_study(study_name="snconv", storage=f"sqlite:///{runs / 'snconv' / 'study.db'}")
+    from evaluator.supernet import DepthCalibration
+
+    cal = DepthCalibration.from_dict(study.user_attrs["supernet_calibration"])
+    assert sorted(cal.anchors) == ["conv1.fc0", "conv1.fc1", "conv2.fc0", "conv2.fc1"]
+    search = [t for t in study.trials if t.user_attrs.get("phase", "search") == "search"]
+    again = [t for t in study.trials if t.user_attrs.get("phase") == "remeasure"]
+    assert len(search) == 5 and all(t.user_attrs["neg_elbo_is_estimate"] for t in search)
+    assert all(ArchSpec.from_json(t.user_attrs["spec"]).family == "conv" for t in search)
+    assert 1 <= len(again) <= 2 and not any(t.user_attrs["neg_elbo_is_estimate"] for t in again)
 
 
 def test_darts_sweep_specs_are_enqueued_as_normal_trials(tmp_path, data_root):

@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from search_space import ArchSpec, SearchSpace, build_vae, dequantize_weight, quantize_weight
-from search_space.supernet import MLPSupernet, extreme_spec
+from search_space.supernet import ConvSupernet, MLPSupernet, build_supernet, extreme_spec
 
 SPACES = {
     "mirror": SearchSpace.from_dict({"latent_dim": [4, 8, 16], "activation": ["relu", "elu"],
@@ -17,6 +17,15 @@ SPACES = {
                                      "weight_bits": [2, 3, 4, 8, 32], "bits_per_layer": True}),
     "free-depth0-act8": SearchSpace.from_dict({"latent_dim": [2, 6], "mlp": {"depth": [0, 1, 2], "width": [8, 24]},
                                                "decoder": "free", "weight_bits": [4, 32], "act_bits": [None, 8]}),
+    # elastic channels, kernels (3 is the centre of 5, 4 crops 0..3), strides 1/2 (several geometries)
+    "conv-mirror": SearchSpace.from_dict({"family": ["conv"], "latent_dim": [3, 5], "activation": ["relu", "elu"],
+                                          "conv": {"depth": [1, 2], "channels": [4, 6], "kernel": [3, 4, 5],
+                                                   "stride": [1, 2], "fc_depth": [0, 1, 2], "fc_width": [8, 12]},
+                                          "weight_bits": [2, 4, 32], "input_shape": [1, 12, 12]}),
+    "conv-free-act8": SearchSpace.from_dict({"family": ["conv"], "latent_dim": [2, 4], "decoder": "free",
+                                             "conv": {"depth": [1, 2], "channels": [3, 5], "kernel": [3, 4],
+                                                      "stride": [2], "fc_depth": [0, 1], "fc_width": [6, 10]},
+                                             "weight_bits": [3, 8, 32], "act_bits": [None, 8], "input_shape": [2, 9, 9]}),
 }
 
 
@@ -27,7 +36,7 @@ def space(request):
 
 def _net(space, seed=0, learned_scales=True):
     torch.manual_seed(seed)
-    net = MLPSupernet(space, learned_scales=learned_scales)
+    net = build_supernet(space, learned_scales=learned_scales)
     for name, p in net.named_parameters():  # non-zero biases, varied step sizes: slicing mistakes show
         if name.startswith("scales."):
             with torch.no_grad():
@@ -41,8 +50,8 @@ def _net(space, seed=0, learned_scales=True):
 def test_extract_matches_forward_exactly(space, learned_scales):
     net = _net(space, learned_scales=learned_scales)
     rng = random.Random(0)
-    x = torch.rand(5, 1, 28, 28)
-    for _ in range(25):
+    x = torch.rand(5, *space.input_shape)
+    for _ in range(40):
         spec = space.sample(rng)
         eps = torch.randn(5, spec.latent_dim)
         with torch.no_grad():
@@ -66,8 +75,12 @@ def test_largest_spec_weights_equal_a_standalone_model(space):
         assert torch.equal(m.weight, m2.weight) and torch.equal(m.bias, m2.bias), name
     # the largest spec uses every shared weight in full
     for i in range(net.max_depth):
-        assert torch.equal(net.enc[i].weight, getattr(model.enc, f"fc{i}").weight)
-    x, eps = torch.rand(3, 1, 28, 28), torch.randn(3, big.latent_dim)
+        if isinstance(net, MLPSupernet):
+            assert torch.equal(net.enc[i].weight, getattr(model.enc, f"fc{i}").weight)
+        else:
+            assert torch.equal(net.convs[i].weight, getattr(model.enc, f"conv{i}").weight)
+            assert torch.equal(net.tconvs[i].weight, getattr(model.dec, f"tconv{net.max_depth - 1 - i}").weight)
+    x, eps = torch.rand(3, *space.input_shape), torch.randn(3, big.latent_dim)
     for m in model.weight_layers().values():
         if m.bits < 32:
             m.calibrate()
@@ -175,3 +188,34 @@ def test_depth_calibration_interpolates_in_log_params_between_anchors():
     t = (math.log(count_params(mid)) - xs) / (xb - xs)
     assert 0 < t < 1 and cal.offset(mid) == pytest.approx(-2.0 + t * -18.0)
     assert cal.offset(ArchSpec.mlp((16, 16), 4, bits=2)) == 0.0  # no anchors for that depth: no correction
+
+
+def test_conv_slices_channels_centre_kernels_and_share_tconvs_from_the_image_end():
+    space = SPACES["conv-mirror"]
+    net = _net(space)
+    assert isinstance(net, ConvSupernet) and net.max_kernel == 5
+    spec = space.define(lambda n, c: {"family": "conv", "conv.depth": 2, "conv.fc_depth": 1}.get(n, c[0]))
+    spec = spec.replace(enc_channels=(4, 6), kernels=(3, 4), strides=(2, 1))
+    assert space.contains(spec)
+    model = net.extract(spec)
+    # channels are leading slices; kernel 3 is the centre of 5 (taps 1..3), kernel 4 its taps 1..4
+    assert torch.equal(model.enc.conv0.weight, net.convs[0].weight[:4, :, 1:4, 1:4])
+    assert torch.equal(model.enc.conv1.weight, net.convs[1].weight[:6, :4, 1:5, 1:5])
+    # the transposed conv producing the image mirrors encoder layer 0: shared tconv 0, whatever the depth
+    assert torch.equal(model.dec.tconv1.weight, net.tconvs[0].weight[:4, :, 1:4, 1:4])
+    assert torch.equal(model.dec.tconv0.weight, net.tconvs[1].weight[:6, :4, 1:5, 1:5])
+    shallow = spec.replace(enc_channels=(4,), kernels=(3,), strides=(2,),
+                           weight_bits=spec.weight_bits[:1] + spec.weight_bits[2:-1])
+    assert torch.equal(net.extract(shallow).dec.tconv0.weight, net.tconvs[0].weight[:4, :, 1:4, 1:4])
+    # gradients reach only the slices the spec uses; other geometries' boundary layers untouched
+    net.zero_grad()
+    x = torch.rand(2, *space.input_shape)
+    net(x, spec, torch.randn(2, spec.latent_dim))[0].sum().backward()
+    g = net.convs[0].weight.grad
+    assert g[:4, :, 1:4, 1:4].abs().sum() > 0
+    assert g[4:].abs().sum() == 0 and g[:, :, 0].abs().sum() == 0 and g[:, :, 4].abs().sum() == 0
+    used = net._key(spec)
+    for k, m in net.heads.items():
+        assert (m.weight.grad is not None and m.weight.grad.abs().sum() > 0) == (k == used), k
+    # geometry really is part of the key: stride 1 vs 2 in layer 1 changes the flattened size
+    assert net._key(spec) != net._key(spec.replace(strides=(2, 2)))
