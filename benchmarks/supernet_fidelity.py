@@ -10,6 +10,8 @@ too. Prints Kendall τ and Spearman ρ (target: τ >= 0.7), writes a scatter PNG
 ``benchmarks/results/supernet_fidelity.json``.
 
     python benchmarks/supernet_fidelity.py --data-root .data
+    python benchmarks/supernet_fidelity.py --data-root .data --family conv --n-train 10000 --supernet-epochs 6 --epochs 3 \
+        --out benchmarks/results/supernet_fidelity_conv.json --png benchmarks/results/supernet_fidelity_conv.png
     python benchmarks/supernet_fidelity.py --data-root .data --n-specs 4 --supernet-epochs 0.2 --epochs 0.2   # smoke
 """
 
@@ -29,13 +31,29 @@ import torch
 from evaluator import TrainConfig, evaluate_neg_elbo, load_data, seeded_model, train
 from evaluator import count_params
 from evaluator.supernet import DepthCalibration, SandwichConfig, anchor_specs, train_supernet
+from search_space.supernet import group_of
 from search_space import SearchSpace
 
+CONV_SPACE = {
+    "family": ["conv"], "latent_dim": [8, 16, 32], "activation": ["relu"],
+    "conv": {"depth": [1, 2], "channels": [8, 16, 32], "kernel": [3, 5], "stride": [2],
+             "fc_depth": [0, 1], "fc_width": [64, 128, 256]},
+    "decoder": "mirror", "weight_bits": [2, 4, 8, 32], "bits_per_layer": True,
+}
 SPACE = {
     "family": ["mlp"], "latent_dim": [8, 16, 32], "activation": ["relu"],
     "mlp": {"depth": [1, 2], "width": [64, 128, 256, 400]},
     "decoder": "mirror", "weight_bits": [2, 4, 8, 32], "bits_per_layer": True,
 }
+
+
+def shape(spec) -> dict:
+    """The layer shape of a spec (or of a row holding these keys) for printing and the JSON."""
+    get = (lambda k: spec[k]) if isinstance(spec, dict) else (lambda k: list(getattr(spec, k)))
+    out = {"enc_hidden": get("enc_hidden")}
+    if (spec.get("enc_channels") if isinstance(spec, dict) else spec.enc_channels):
+        out.update(enc_channels=get("enc_channels"), kernels=get("kernels"))
+    return out
 
 
 def finetuned(net, spec, data, cfg: TrainConfig, steps: int):
@@ -61,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-per-depth-max", action="store_true",
                     help="sandwich: train only the overall largest spec, not the widest of every depth")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--family", choices=["mlp", "conv"], default="mlp",
+                    help="which space: the MLP one or the conv one (elastic channels and kernels)")
     ap.add_argument("--out", default="benchmarks/results/supernet_fidelity.json")
     ap.add_argument("--png", default="benchmarks/results/supernet_fidelity.png")
     ap.add_argument("--no-calibrate", action="store_true",
@@ -71,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     from scipy.stats import kendalltau, spearmanr
 
-    space = SearchSpace.from_dict(SPACE)
+    space_dict = SPACE if args.family == "mlp" else CONV_SPACE
+    space = SearchSpace.from_dict(space_dict)
     data = load_data("mnist", args.data_root, n_train=args.n_train)
     cfg = TrainConfig(epochs=args.supernet_epochs, batch_size=100, lr=args.lr, seed=args.seed, lr_schedule="cosine",
                       device="cpu")
@@ -94,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_reuse and Path(args.out).exists():
         old = json.loads(Path(args.out).read_text())
         oargs = old["meta"]["args"]
-        if old["meta"]["space"] == SPACE and all(oargs.get(k) == v for k, v in recipe.items()):
+        if old["meta"]["space"] == space_dict and all(oargs.get(k) == v for k, v in recipe.items()):
             cached = {r["spec_id"]: r for r in old["rows"] + old.get("anchors", [])}
     rows = []
     scfg = TrainConfig(epochs=args.epochs, batch_size=100, lr=args.lr, seed=args.seed, lr_schedule="cosine",
@@ -117,12 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         cal = DepthCalibration()
         for spec in anchor_specs(space):
             est_a, (meas_a, secs) = estimate(spec), standalone(spec)
-            anchors.append({"spec_id": spec.id, "enc_hidden": list(spec.enc_hidden), "latent_dim": spec.latent_dim,
+            anchors.append({"spec_id": spec.id, "group": group_of(spec), **shape(spec), "latent_dim": spec.latent_dim,
                             "weight_bits": list(spec.weight_bits), "estimate_neg_elbo": est_a,
                             "measured_neg_elbo": meas_a, "train_s": secs})
-            cal.anchors.setdefault(len(spec.enc_hidden), []).append(
+            cal.anchors.setdefault(group_of(spec), []).append(
                 (math.log(count_params(spec)), meas_a - est_a))
-            print(f"anchor {spec.id} {list(spec.enc_hidden)} L={spec.latent_dim} bits={list(spec.weight_bits)}: "
+            print(f"anchor {spec.id} {shape(spec)} L={spec.latent_dim} bits={list(spec.weight_bits)}: "
                   f"estimate {est_a:.2f}, standalone {meas_a:.2f}", flush=True)
     for i, spec in enumerate(specs):
         t1 = time.perf_counter()
@@ -130,11 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         est = raw + cal.offset(spec) if cal is not None else raw
         t_est = time.perf_counter() - t1
         meas, train_s = standalone(spec)
-        rows.append({"spec_id": spec.id, "enc_hidden": list(spec.enc_hidden), "latent_dim": spec.latent_dim,
+        rows.append({"spec_id": spec.id, "group": group_of(spec), **shape(spec), "latent_dim": spec.latent_dim,
                      "weight_bits": list(spec.weight_bits), "estimate_neg_elbo": est, "raw_estimate_neg_elbo": raw,
                      "measured_neg_elbo": meas,
                      "estimate_s": t_est, "train_s": train_s, "standalone_reused": spec.id in cached})
-        print(f"[{i + 1:2d}/{len(specs)}] {spec.id} {list(spec.enc_hidden)} L={spec.latent_dim} "
+        print(f"[{i + 1:2d}/{len(specs)}] {spec.id} {shape(spec)} L={spec.latent_dim} "
               f"bits={list(spec.weight_bits)}: estimate {est:.2f}, standalone {meas:.2f} nats", flush=True)
 
     est = [r["estimate_neg_elbo"] for r in rows]
@@ -144,18 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     rho = float(spearmanr(est, meas).statistic)
     tau_raw = float(kendalltau(raws, meas).statistic)
     by_depth = {}
-    for d in sorted({len(r["enc_hidden"]) for r in rows}):
-        rs = [r for r in rows if len(r["enc_hidden"]) == d]
+    for d in sorted({r["group"] for r in rows}, key=str):
+        rs = [r for r in rows if r["group"] == d]
         if len(rs) > 2:
             by_depth[d] = float(kendalltau([r["raw_estimate_neg_elbo"] for r in rs],
                                            [r["measured_neg_elbo"] for r in rs]).statistic)
     ok = tau >= 0.7
     print()
-    print("| spec | hidden | latent | bits | supernet −ELBO (raw estimate) | calibrated estimate | "
+    print("| spec | layers | latent | bits | supernet −ELBO (raw estimate) | calibrated estimate | "
           "standalone −ELBO (measured) |")
     print("|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: r["measured_neg_elbo"]):
-        print(f"| {r['spec_id']} | {r['enc_hidden']} | {r['latent_dim']} | {r['weight_bits']} | "
+        print(f"| {r['spec_id']} | {shape(r)} | {r['latent_dim']} | {r['weight_bits']} | "
               f"{r['raw_estimate_neg_elbo']:.2f} | {r['estimate_neg_elbo']:.2f} | {r['measured_neg_elbo']:.2f} |")
     print(f"\nraw estimates: Kendall τ = {tau_raw:.3f} (within one depth: "
           + ", ".join(f"depth {d}: {t:.3f}" for d, t in by_depth.items()) + ")")
@@ -176,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--", label="estimate = measured")
     ax.set_xlabel(f"standalone-trained validation −ELBO (measured, {args.epochs:g} epochs)")
     ax.set_ylabel("supernet validation −ELBO (ESTIMATE" + (", depth-calibrated)" if cal is not None else ")"))
-    ax.set_title(f"Supernet fidelity on MNIST: Kendall τ {tau:.2f}, Spearman ρ {rho:.2f}")
+    ax.set_title(f"{args.family.upper()} supernet fidelity on MNIST: Kendall τ {tau:.2f}, Spearman ρ {rho:.2f}")
     fig.colorbar(sc, ax=ax, label="mean weight bits")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -184,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120, bbox_inches="tight")
     out = Path(args.out)
-    meta = {"args": vars(args), "space": SPACE, "torch": torch.__version__, "machine": platform.machine(),
+    meta = {"args": vars(args), "space": space_dict, "torch": torch.__version__, "machine": platform.machine(),
             "python": platform.python_version(), "supernet_seconds": t_super, "supernet_steps": res.steps}
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps({"meta": meta, "rows": rows, "anchors": anchors, "kendall_tau": tau, "spearman": rho,

@@ -81,9 +81,13 @@ def iwae_nll(model, data: torch.Tensor, *, k: int = 1000, seed: int = 0, max_row
 
 
 @torch.inference_mode()
-def reconstruction_error(model, data: torch.Tensor, *, batch_size: int = 1000) -> float:
-    """Per-pixel mean squared error between the input bits and the decoder's mean ``sigmoid(logits)``
-    at ``z = mu`` (no sampling)."""
+def reconstruction_error(model, data: torch.Tensor, *, batch_size: int = 1000, metric: str = "mse") -> float:
+    """Per-pixel reconstruction error of the decoder's mean at ``z = mu`` (no sampling), averaged over
+    every pixel of ``data`` (binarised): ``metric="mse"`` - squared error between the input bits and
+    ``sigmoid(logits)``; ``"bce"`` - binary cross-entropy in nats (the reconstruction term of the
+    −ELBO at the posterior mean, divided by the number of pixels)."""
+    if metric not in ("mse", "bce"):
+        raise ValueError(f"reconstruction_error: metric must be 'mse' or 'bce', got {metric!r}")
     was_training = model.training
     model.eval()
     device = _device_of(model)
@@ -91,6 +95,10 @@ def reconstruction_error(model, data: torch.Tensor, *, batch_size: int = 1000) -
     for i in range(0, len(data), batch_size):
         x = data[i : i + batch_size].to(device, torch.float32)
         mu, _ = model.encode(x)
-        tot += (torch.sigmoid(model.decode(mu)) - x).pow(2).sum().item()
+        logits = model.decode(mu)
+        if metric == "mse":
+            tot += (torch.sigmoid(logits) - x).pow(2).sum().item()
+        else:
+            tot += F.binary_cross_entropy_with_logits(logits, x.view_as(logits), reduction="sum").item()
     model.train(was_training)
     return tot / data.numel()

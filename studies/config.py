@@ -18,13 +18,15 @@
     heartbeat: {interval_s: 30, grace_s: 120}  # RDB storages: a trial silent for grace_s is failed, retried once
     supernet: {epochs: 10, n_random: 2, kd_weight: 1.0, finetune_steps: 0, n_val: 2000, remeasure: 10,
                calibrate: true}  # calibrate: anchor the estimates per depth on standalone-trained extremes
-                                     # optional (MLP spaces): score trials on one trained weight-sharing
+                                     # optional (one-family spaces): score trials on one trained weight-sharing
                                      # supernet - their −ELBO is an ESTIMATE - then re-measure up to
                                      # `remeasure` front specs by standalone training (the reported front)
     darts: {lambdas: [0, 10, 100, 1000, 10000], steps: 300, depth: null}
                                      # optional (MLP, mirrored decoder): a DARTS lambda sweep runs first;
                                      # each derived spec is enqueued as a normal trial (then `strategy`
                                      # fills any remaining budget)
+    enqueue: [{type: vaenas.ArchSpec, ...}]  # optional: specs of the space evaluated first, once per study
+                                     # (e.g. a baseline to compare with; an exported arch.json's content)
 """
 
 from __future__ import annotations
@@ -39,11 +41,11 @@ import yaml
 from evaluator import OBJECTIVES, Bound, LatencyConfig, TrainConfig, check_objectives
 from evaluator.data import DATASETS
 from evaluator.supernet import SupernetConfig
-from search_space import SearchSpace, VaenasInputError
+from search_space import ArchSpec, SearchSpace, VaenasInputError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _KEYS = {"name", "dataset", "data_root", "n_train", "space", "strategy", "objectives", "bounds", "budget", "train",
-         "latency", "seed", "storage", "constraints", "heartbeat", "supernet", "darts"}
+         "latency", "seed", "storage", "constraints", "heartbeat", "supernet", "darts", "enqueue"}
 # constraints the spec alone decides (no training): strategies can rule specs out before proposing them
 STATIC_CONSTRAINTS = ("flops", "bitops", "params", "size_bytes")
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_steps", "lr_schedule", "kl_warmup_steps", "device"}
@@ -104,6 +106,7 @@ class StudyConfig:
     heartbeat: tuple[int, int] = (30, 120)  # (interval_s, grace_s)
     supernet: SupernetConfig | None = None  # set: trials are scored on a supernet (estimates)
     darts: dict[str, Any] | None = None  # set: a DARTS lambda sweep proposes the first trials
+    enqueue: list[ArchSpec] = field(default_factory=list)  # specs evaluated first (e.g. a baseline)
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -237,13 +240,27 @@ class StudyConfig:
             except VaenasInputError as e:
                 raise ConfigError(f"{e}; remove the darts block or use an MLP space with a mirrored decoder") \
                     from None
+        enqueue = []
+        raw_q = d.get("enqueue") or []
+        if not isinstance(raw_q, list):
+            raise ConfigError(f"enqueue: expected a list of arch specs (as in an exported arch.json), got {raw_q!r}")
+        for i, item in enumerate(raw_q):
+            try:
+                spec = ArchSpec.from_dict(item)
+            except VaenasInputError as e:
+                raise ConfigError(f"enqueue[{i}]: {e}") from None
+            v = space.contains(spec)
+            if not v:
+                raise ConfigError(f"enqueue[{i}]: spec {spec.id} is not in the study's space ({v.reason}); "
+                                  "widen the space or remove it from enqueue")
+            enqueue.append(spec)
         return cls(
             name=name, space=space, objectives=objectives, bounds=bounds, dataset=dataset,
             data_root=_typed("data_root", d.get("data_root"), str, allow_none=True), n_train=n_train,
             strategy=sname, strategy_options=_typed("strategy.options", strat.get("options") or {}, dict),
             trials=trials, timeout_s=timeout, train=train, latency=LatencyConfig(**lat), seed=seed,
             storage=storage, constraints=constraints, heartbeat=(interval, grace), supernet=supernet, darts=darts,
-            raw=d,
+            enqueue=enqueue, raw=d,
         )
 
     @classmethod

@@ -304,6 +304,10 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
+    if cfg.enqueue and "config_enqueued" not in study.user_attrs:
+        for spec in cfg.enqueue:  # once per study: a resumed study does not enqueue them again
+            study.enqueue_trial(cfg.space.to_params(spec), user_attrs={"proposed_by": "config"}, skip_if_exists=True)
+        study.set_user_attr("config_enqueued", [s.id for s in cfg.enqueue])
     if cfg.darts is not None and "darts_sweep" not in study.user_attrs:
         if worker:
             raise VaenasInputError(f"darts: study {cfg.name!r} has not run its lambda sweep yet; start it with "

@@ -127,3 +127,8 @@ def test_neg_elbo_terms_and_recon_error():
     assert rec.shape == kl.shape == (4,) and torch.all(kl >= 0) and torch.all(rec > 0)
     err = reconstruction_error(model, x)
     assert 0 < err < 1
+    # BCE at z = mu, per pixel, is the reconstruction term of the −ELBO with zero noise / 784
+    bce = reconstruction_error(model, x, metric="bce")
+    assert math.isclose(bce, rec.mean().item() / 784, rel_tol=1e-5)
+    with pytest.raises(ValueError, match="metric"):
+        reconstruction_error(model, x, metric="l1")

@@ -394,3 +394,22 @@ def test_greedy_hv_subset_picks_the_points_that_cover_the_most():
                for c in __import__("itertools").combinations(range(len(pts)), 3))
     assert hypervolume([pts[i] for i in got], bounds) == pytest.approx(best)
     assert greedy_hv_subset(pts, bounds, 10) == list(range(len(pts)))
+
+
+def test_enqueued_specs_are_evaluated_first_once(tmp_path, data_root):
+    base = ArchSpec.mlp((64, 64), 8, bits=32)
+    cfgp = small_config(tmp_path, data_root, name="enq", trials=2, enqueue=[base.to_dict()])
+    runs = tmp_path / "runs"
+    assert main(["search", str(cfgp), "--runs-dir", str(runs), "--quiet"]) == 0
+    study = optuna.load_study(study_name="enq", storage=f"sqlite:///{runs / 'enq' / 'study.db'}")
+    first = study.trials[0]
+    assert first.user_attrs["spec_id"] == base.id and first.user_attrs["proposed_by"] == "config"
+    assert main(["search", str(cfgp), "--runs-dir", str(runs), "--quiet", "--resume", "--n-trials", "3"]) == 0
+    study = optuna.load_study(study_name="enq", storage=f"sqlite:///{runs / 'enq' / 'study.db'}")
+    assert [t.user_attrs.get("proposed_by") for t in study.trials].count("config") == 1  # not re-enqueued
+    # a spec outside the space: one line naming it and how to fix it, nothing written
+    bad = small_config(tmp_path, data_root, name="enq2", enqueue=[ArchSpec.mlp((100,), 8).to_dict()])
+    r = subprocess.run([sys.executable, "-m", "studies.cli", "search", str(bad), "--runs-dir", str(tmp_path / "r2")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "enqueue[0]: spec" in r.stderr and "not in the study's space" in r.stderr and not (tmp_path / "r2").exists()

@@ -1,0 +1,405 @@
+"""Compression report: the seeds' baselines (FP32, uniform QAT, magnitude pruning, distillation)
+against the architectures a vaenas study finds, every number measured by this script.
+
+For one dataset it trains, with one recipe (same epochs, batch, learning rate, schedule, seed):
+
+* the seeds' conv-VAE (2 conv + 2 FC encoder: conv 32/64 4x4 stride 2, FC 256, head; 2 FC + 2
+  transposed-conv decoder; latent 20) and the MLP VAE 784-400-400-20, in FP32;
+* both with every weight layer at 8, 4 and 2 bits (quantisation-aware training from scratch);
+* both magnitude-pruned: the trained FP32 model, 30% / 50% of its weights (global magnitude over
+  all weight layers, biases kept) zeroed, then ``--finetune-epochs`` of training with the mask fixed;
+* a smaller student of each (conv 16/32 + FC 128, MLP 784-200-200-20; FP32) distilled from its
+  trained FP32 teacher (``studies/retrain.py``'s loss: KL of the posteriors + BCE to the teacher's
+  reconstruction);
+* the knee and the smallest-within-2% architecture of a vaenas study (``--preset``; the study's
+  short recipe ranks the candidates; "within 2%" is judged inside the study against the FP32 MLP,
+  which the preset enqueues as a reference trial), then retrained with the report's recipe.
+
+For each: test −ELBO (nats), IWAE NLL (k samples, first ``--iwae-n`` test images), per-pixel
+reconstruction error at z = mu (BCE in nats/pixel - comparable in scale to the seeds' 0.08 - and
+MSE of the Bernoulli mean), parameters (non-zero ones for pruned models), packed bytes (pruned:
+a 1-bit-per-weight bitmap plus the float32 non-zeros), compression vs the family's FP32 model,
+dense FLOPs, measured CPU latency (batch 1, 1 thread; pruned models run dense). Writes a
+markdown table, a JSON file and a Pareto PNG (test −ELBO vs packed bytes, baselines marked).
+
+Target (issue 8): a found architecture at <= 1/16 of the FP32 MLP's packed bytes whose test −ELBO
+is within 2% of the FP32 MLP's; the report states whether it is met and by how much.
+
+    python benchmarks/compression_report.py --dataset mnist --data-root .data
+    python benchmarks/compression_report.py --dataset fashion_mnist --data-root .data
+    python benchmarks/compression_report.py --dataset mnist --data-root .data --epochs 0.05 \\
+        --study-trials 3 --out-dir /tmp/cr --runs-dir /tmp/cr/runs   # smoke
+
+Trained models are kept in ``<runs-dir>/compression_<dataset>/models``; a rerun with the same
+recipe reuses them and the rows already in the JSON (``--fresh`` retrains everything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from evaluator import (  # noqa: E402
+    LatencyConfig, TrainConfig, count_params, evaluate_neg_elbo, iwae_nll, load_data, measure_latency,
+    reconstruction_error, seeded_model, static_costs, train,
+)
+from search_space import ArchSpec, build_vae, pack_model  # noqa: E402
+
+SEED_CONV = ArchSpec(family="conv", enc_channels=(32, 64), kernels=(4, 4), strides=(2, 2), enc_hidden=(256,),
+                     latent_dim=20, weight_bits=(32,) * 8)
+SEED_MLP = ArchSpec.mlp((400, 400), 20)
+STUDENT_CONV = ArchSpec(family="conv", enc_channels=(16, 32), kernels=(4, 4), strides=(2, 2), enc_hidden=(128,),
+                        latent_dim=20, weight_bits=(32,) * 8)
+STUDENT_MLP = ArchSpec.mlp((200, 200), 20)
+WITHIN = 0.02  # "within 2%" of the FP32 MLP's −ELBO
+TARGET_RATIO = 16  # "<= 1/16 of the FP32 MLP's bytes"
+
+
+def with_bits(spec: ArchSpec, bits: int) -> ArchSpec:
+    return spec.replace(weight_bits=(bits,) * len(spec.weight_bits))
+
+
+def sparse_bytes(model) -> int:
+    """Packed size of a pruned FP32 model stored sparsely: per weight layer a bitmap of non-zeros
+    (1 bit per weight) + the non-zero weights (float32) + the bias (float32)."""
+    total = 0
+    for m in model.weight_layers().values():
+        w = m.weight.detach()
+        total += (w.numel() + 7) // 8 + 4 * int((w != 0).sum()) + 4 * (m.bias.numel() if m.bias is not None else 0)
+    return total
+
+
+def magnitude_prune(model, amount: float):
+    """Global magnitude pruning over every weight layer (biases kept); returns the pruned modules."""
+    from torch.nn.utils import prune
+
+    layers = [(m, "weight") for m in model.weight_layers().values()]
+    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=amount)
+    return layers
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist"])
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--epochs", type=float, default=5, help="training epochs of every model (the same for all)")
+    ap.add_argument("--n-train", type=int, default=None, help="train on a leading subset (default: all 60,000)")
+    ap.add_argument("--finetune-epochs", type=float, default=1, help="fine-tuning after pruning, mask fixed")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--iwae-k", type=int, default=100)
+    ap.add_argument("--iwae-n", type=int, default=1000, help="test images the IWAE bound is computed on")
+    ap.add_argument("--preset", default=str(ROOT / "studies/presets/compression_mnist.yaml"),
+                    help="the vaenas study whose knee and smallest-within-2%% architectures are retrained")
+    ap.add_argument("--study-trials", type=int, default=None, help="override the preset's trial budget")
+    ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
+    ap.add_argument("--fresh", action="store_true", help="retrain everything, ignoring kept models and rows")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    ds = args.dataset
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path, png_path = (out_dir / f"compression_{ds}.{ext}" for ext in ("json", "md", "png"))
+    model_dir = Path(args.runs_dir) / f"compression_{ds}" / "models"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    recipe = {k: vars(args)[k] for k in ("dataset", "epochs", "n_train", "finetune_epochs", "lr", "batch_size", "seed",
+                                         "iwae_k", "iwae_n")}
+    kept: dict[str, dict] = {}
+    if json_path.exists() and not args.fresh:
+        old = json.loads(json_path.read_text())
+        if old["meta"]["recipe"] == recipe:
+            kept = {r["name"]: r for r in old["rows"]}
+
+    data = load_data(ds, args.data_root, n_train=args.n_train)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      lr_schedule="cosine", device=args.device)
+    lat_cfg = LatencyConfig(repeats=100)
+    rows: list[dict] = []
+    models: dict[str, torch.nn.Module] = {}  # trained in this run or reloaded: teachers and pruning bases
+
+    def save(model, spec: ArchSpec, name: str) -> None:
+        torch.save({"spec": spec.to_json(), "state_dict": model.state_dict()}, model_dir / f"{name}.pt")
+
+    def load(spec: ArchSpec, name: str):
+        p = model_dir / f"{name}.pt"
+        if args.fresh or not p.exists() or name not in kept:
+            return None
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+        if ck["spec"] != spec.to_json():
+            return None
+        model = build_vae(spec)
+        model.load_state_dict(ck["state_dict"])
+        return model.to(args.device)
+
+    def score(name: str, group: str, kind: str, spec: ArchSpec, model, train_s: float, epochs: float,
+              pruned: bool = False, note: str = "") -> dict:
+        t0 = time.perf_counter()
+        test = evaluate_neg_elbo(model, data.test, seed=args.seed)
+        iw = iwae_nll(model, data.test[: args.iwae_n], k=args.iwae_k, seed=args.seed)
+        costs = static_costs(spec)
+        nz = sum(int((m.weight != 0).sum()) + (m.bias.numel() if m.bias is not None else 0)
+                 for m in model.weight_layers().values())
+        row = {
+            "name": name, "group": group, "kind": kind, "spec_id": spec.id, "spec": spec.to_dict(),
+            "bits": sorted(set(spec.weight_bits)), "test_neg_elbo": test["neg_elbo"], "test_kl": test["kl"],
+            "iwae_nll": iw, "recon_bce_per_pixel": reconstruction_error(model, data.test, metric="bce"),
+            "recon_mse_per_pixel": reconstruction_error(model, data.test, metric="mse"),
+            "params": nz if pruned else count_params(spec), "params_dense": count_params(spec),
+            "packed_bytes": sparse_bytes(model) if pruned else len(pack_model(model)),
+            "flops": costs.flops, "bitops": costs.bitops,
+            "latency_ms": measure_latency(model, lat_cfg).median_ms, "train_seconds": train_s, "epochs": epochs,
+            "note": note,
+        }
+        print(f"{name:>22}: −ELBO {row['test_neg_elbo']:.2f}  IWAE {iw:.2f}  BCE/px {row['recon_bce_per_pixel']:.4f}  "
+              f"{row['packed_bytes']:>9,} B  {row['latency_ms']:.3f} ms  (train {train_s:.0f}s, eval "
+              f"{time.perf_counter() - t0:.0f}s)", flush=True)
+        return row
+
+    def trained(name: str, group: str, kind: str, spec: ArchSpec, extra=None, note: str = "") -> tuple[dict, object]:
+        model = load(spec, name)
+        if model is not None:
+            r = kept[name]
+            print(f"{name:>22}: reused (trained {r['train_seconds']:.0f}s)", flush=True)
+            models[name] = model
+            return r, model
+        model = seeded_model(spec, args.seed, args.device)
+        res = train(model, data.train, cfg, extra_loss=extra)
+        save(model, spec, name)
+        models[name] = model
+        return score(name, group, kind, spec, model, res.seconds, res.epochs, note=note), model
+
+    def pruned(name: str, group: str, base_name: str, spec: ArchSpec, amount: float) -> dict:
+        if name in kept and (model_dir / f"{name}.pt").exists() and not args.fresh and kept[name].get("amount") == amount:
+            print(f"{name:>22}: reused", flush=True)
+            return kept[name]
+        from torch.nn.utils import prune
+
+        import copy
+
+        model = copy.deepcopy(models[base_name])
+        layers = magnitude_prune(model, amount)
+        ft = TrainConfig(**{**cfg.to_dict(), "epochs": args.finetune_epochs, "lr": args.lr * 0.3})
+        res = train(model, data.train, ft)
+        for m, n in layers:
+            prune.remove(m, n)
+        save(model, spec, name)
+        r = score(name, group, f"pruned {amount:.0%}", spec, model, kept_or(rows, base_name)["train_seconds"] + res.seconds,
+                  args.epochs + res.epochs, pruned=True,
+                  note=f"FP32 model + {args.finetune_epochs:g} fine-tune epoch(s), {amount:.0%} of weights zeroed")
+        r["amount"] = amount
+        return r
+
+    from studies.retrain import distillation_loss
+
+    for group, spec, student in (("conv", SEED_CONV, STUDENT_CONV), ("mlp", SEED_MLP, STUDENT_MLP)):
+        print(f"--- {group} baselines ({args.epochs:g} epochs on {len(data.train):,} {ds} images)", flush=True)
+        r, teacher = trained(f"{group}-fp32", group, "FP32", spec)
+        rows.append(r)
+        for b in (8, 4, 2):
+            rows.append(trained(f"{group}-qat{b}", group, f"QAT {b}-bit", with_bits(spec, b))[0])
+        for amount in (0.3, 0.5):
+            rows.append(pruned(f"{group}-prune{int(amount * 100)}", group, f"{group}-fp32", spec, amount))
+        teacher.eval()
+        rows.append(trained(f"{group}-student", group, "distilled student", student,
+                            extra=distillation_loss(teacher, 1.0),
+                            note=f"distilled from {group}-fp32 (weight 1.0)")[0])
+
+    # ---------------------------------------------------------------- the vaenas study
+    found = find_architectures(args, ds)
+    for name, (spec, why) in found.items():
+        rows.append(trained(name, "vaenas", "found by vaenas", spec, note=why)[0])
+
+    meta = {"recipe": recipe, "preset": str(Path(args.preset).relative_to(ROOT)) if Path(args.preset).is_absolute()
+            and Path(args.preset).is_relative_to(ROOT) else args.preset,
+            "torch": torch.__version__, "machine": platform.machine(), "python": platform.python_version(),
+            "n_train": len(data.train), "n_test": len(data.test), "latency": {"batch_size": 1, "threads": 1}}
+    fp32 = {r["group"]: r for r in rows if r["kind"] == "FP32"}
+    for r in rows:
+        ref = fp32["mlp" if r["group"] == "vaenas" else r["group"]]
+        r["ratio_vs_fp32"] = ref["packed_bytes"] / r["packed_bytes"]
+        r["ratio_vs_fp32_mlp"] = fp32["mlp"]["packed_bytes"] / r["packed_bytes"]
+        r["neg_elbo_vs_fp32_mlp"] = r["test_neg_elbo"] / fp32["mlp"]["test_neg_elbo"] - 1
+    verdict = target_verdict(rows, fp32["mlp"])
+    tmp = json_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows, "target": verdict}, indent=2))
+    tmp.replace(json_path)
+    md_path.write_text(markdown(rows, meta, verdict, args))
+    plot(rows, fp32["mlp"], png_path, ds, args)
+    print()
+    print(md_path.read_text())
+    print(f"wrote {md_path}, {json_path}, {png_path}")
+    return 0
+
+
+def _fail(msg: str):
+    raise SystemExit(f"compression_report: {msg}")  # one line, exit status 1
+
+
+def kept_or(rows: list[dict], name: str) -> dict:
+    return next(r for r in rows if r["name"] == name)
+
+
+def find_architectures(args, ds: str) -> dict[str, tuple[ArchSpec, str]]:
+    """Run (or resume) the preset's study on ``ds``; return its knee and its smallest-within-2% spec."""
+    from studies.config import StudyConfig
+    from studies.report import load_view, pick_trial
+    from studies.run import run_search, study_dir
+
+    d = yaml.safe_load(Path(args.preset).read_text())
+    d["name"] = f"{d['name']}_{ds}" if not d["name"].endswith(ds) else d["name"]
+    d["dataset"] = ds
+    d["data_root"] = args.data_root
+    d["seed"] = args.seed
+    if args.study_trials is not None:
+        d.setdefault("budget", {})["trials"] = args.study_trials
+    cfg = StudyConfig.from_dict(d, base_dir=Path(args.preset).parent)
+    exists = (study_dir(args.runs_dir, cfg.name) / "study.db").exists()
+    print(f"--- vaenas study {cfg.name} ({cfg.trials} trials, {cfg.strategy}; "
+          f"{'resuming' if exists else 'new'})", flush=True)
+    t0 = time.perf_counter()
+    run_search(cfg, runs_dir=args.runs_dir, resume=exists, progress=False)
+    print(f"study done in {time.perf_counter() - t0:.0f}s", flush=True)
+    view = load_view(cfg.name, args.runs_dir)
+    df = view.trials
+    ref_id = SEED_MLP.id
+    ref = df[df["spec_id"] == ref_id]
+    if ref.empty:
+        _fail(f"the study has no completed trial of the FP32 MLP {ref_id}; the preset must enqueue it")
+    ref_elbo = float(ref["neg_elbo"].min())
+    knee = pick_trial(view)
+    spec_of = {t.number: ArchSpec.from_json(t.user_attrs["spec"]) for t in view.study.get_trials(deepcopy=False)
+               if t.number in set(df["trial"])}
+    ok = df[(df["neg_elbo"] <= ref_elbo * (1 + WITHIN)) & df["feasible"]]
+    smallest = int(ok.sort_values(["size_bytes", "neg_elbo"])["trial"].iloc[0])
+    out = {}
+    s = df.set_index("trial")
+    out["vaenas-knee"] = (spec_of[knee], f"study trial {knee}: knee of the front (study −ELBO "
+                                         f"{s.loc[knee, 'neg_elbo']:.2f}, {int(s.loc[knee, 'size_bytes']):,} B)")
+    if smallest != knee:
+        out["vaenas-smallest-2pct"] = (spec_of[smallest], (
+            f"study trial {smallest}: smallest whose study −ELBO {s.loc[smallest, 'neg_elbo']:.2f} is within 2% of "
+            f"the FP32 MLP's {ref_elbo:.2f} in the same study"))
+    else:
+        out["vaenas-knee"] = (spec_of[knee], out["vaenas-knee"][1] + "; also the smallest within 2%")
+    return out
+
+
+def target_verdict(rows: list[dict], mlp: dict) -> dict:
+    found = [r for r in rows if r["group"] == "vaenas"]
+    limit = mlp["packed_bytes"] / TARGET_RATIO
+    hits = [r for r in found if r["packed_bytes"] <= limit and r["neg_elbo_vs_fp32_mlp"] <= WITHIN]
+    if hits:
+        best = min(hits, key=lambda r: r["packed_bytes"])
+        return {"met": True, "name": best["name"], "ratio": best["ratio_vs_fp32_mlp"],
+                "neg_elbo_gap": best["neg_elbo_vs_fp32_mlp"],
+                "text": f"MET: {best['name']} is {best['ratio_vs_fp32_mlp']:.1f}x smaller than the FP32 MLP "
+                        f"({best['packed_bytes']:,} B <= {limit:,.0f} B) at {100 * best['neg_elbo_vs_fp32_mlp']:+.2f}% "
+                        f"test −ELBO (limit +2%)"}
+    small = [r for r in found if r["packed_bytes"] <= limit]
+    parts = []
+    for r in found:
+        parts.append(f"{r['name']}: {r['ratio_vs_fp32_mlp']:.1f}x smaller, {100 * r['neg_elbo_vs_fp32_mlp']:+.2f}% −ELBO")
+    gap = min((r["neg_elbo_vs_fp32_mlp"] for r in small), default=None)
+    text = ("MISSED: no found architecture is both <= 1/16 of the FP32 MLP's bytes and within 2% of its −ELBO ("
+            + "; ".join(parts) + ")")
+    if gap is not None:
+        text += f"; the best one under 1/16 misses the −ELBO limit by {100 * (gap - WITHIN):.2f} points"
+    return {"met": False, "text": text}
+
+
+def markdown(rows: list[dict], meta: dict, verdict: dict, args) -> str:
+    r0 = meta["recipe"]
+    lines = [
+        f"# Compression report: {r0['dataset']}",
+        "",
+        f"Generated by `python benchmarks/compression_report.py --dataset {r0['dataset']}` "
+        f"(torch {meta['torch']}, {meta['machine']}, CPU). Every model trained {r0['epochs']:g} epochs on "
+        f"{meta['n_train']:,} training images (batch {r0['batch_size']}, Adam lr {r0['lr']:g}, cosine, seed "
+        f"{r0['seed']}); pruned models: the FP32 model + {r0['finetune_epochs']:g} fine-tune epoch(s). "
+        f"Test split: {meta['n_test']:,} images (dynamically binarised with a fixed seed).",
+        "",
+        f"Columns: test −ELBO and IWAE NLL in nats per image (IWAE: k={r0['iwae_k']}, first {r0['iwae_n']:,} test "
+        "images); recon BCE / MSE: per-pixel binary cross-entropy (nats) and squared error of the decoder's "
+        "Bernoulli mean at z = mu, averaged over all test pixels; params: non-zero weights + biases for pruned "
+        "models; packed bytes: the deployable weights at their bit-widths with per-channel scales and biases "
+        "(pruned: 1-bit bitmap + float32 non-zeros); ratio: FP32 bytes of the same family (found architectures: "
+        "the FP32 MLP) / bytes; FLOPs: dense, per image; latency: median CPU ms, batch 1, 1 thread "
+        "(pruned models run dense).",
+        "",
+        "| model | kind | bits | test −ELBO | IWAE NLL | recon BCE/px | recon MSE/px | params | packed bytes | "
+        "ratio vs FP32 | FLOPs | latency ms |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        bits = "/".join(str(b) for b in r["bits"])
+        lines.append(
+            f"| {r['name']} | {r['kind']} | {bits} | {r['test_neg_elbo']:.2f} | {r['iwae_nll']:.2f} | "
+            f"{r['recon_bce_per_pixel']:.4f} | {r['recon_mse_per_pixel']:.4f} | {r['params']:,} | "
+            f"{r['packed_bytes']:,} | {r['ratio_vs_fp32']:.1f}x | {r['flops'] / 1e6:.2f}M | {r['latency_ms']:.3f} |")
+    lines += ["", "Found architectures:", ""]
+    for r in rows:
+        if r["group"] == "vaenas":
+            s = ArchSpec.from_dict(r["spec"])
+            shape = (f"conv {list(s.enc_channels)} k{list(s.kernels)} s{list(s.strides)} + FC {list(s.enc_hidden)}"
+                     if s.family == "conv" else f"MLP {list(s.enc_hidden)}")
+            lines.append(f"- **{r['name']}** (`{r['spec_id']}`): {shape}, latent {s.latent_dim}, bits per layer "
+                         f"{list(s.weight_bits)} - {r['note']}; {r['ratio_vs_fp32_mlp']:.1f}x smaller than the FP32 "
+                         f"MLP at {100 * r['neg_elbo_vs_fp32_mlp']:+.2f}% test −ELBO.")
+    lines += ["", f"**Target** (a found architecture <= 1/16 of the FP32 MLP's bytes within 2% of its test −ELBO): "
+              f"{verdict['text']}.", ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], mlp: dict, path: Path, ds: str, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from evaluator import non_dominated_mask
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    style = {"conv": ("tab:blue", "s"), "mlp": ("tab:orange", "o"), "vaenas": ("tab:green", "*")}
+    for group, (color, marker) in style.items():
+        rs = [r for r in rows if r["group"] == group]
+        ax.scatter([r["packed_bytes"] for r in rs], [r["test_neg_elbo"] for r in rs], c=color, marker=marker,
+                   s=160 if marker == "*" else 60, edgecolors="black", zorder=3,
+                   label={"conv": "conv-VAE baselines", "mlp": "MLP-VAE baselines", "vaenas": "found by vaenas"}[group])
+        for r in rs:
+            ax.annotate(r["name"].split("-", 1)[1], (r["packed_bytes"], r["test_neg_elbo"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+    pts = np.array([[r["test_neg_elbo"], r["packed_bytes"]] for r in rows])
+    mask = non_dominated_mask(pts)
+    front = sorted(pts[mask].tolist(), key=lambda p: p[1])
+    ax.step([p[1] for p in front], [p[0] for p in front], where="post", color="grey", lw=1, ls="-", zorder=1,
+            label="Pareto front of all rows")
+    limit = mlp["packed_bytes"] / TARGET_RATIO
+    ax.axvline(limit, color="red", ls="--", lw=1, label="1/16 of FP32 MLP bytes")
+    ax.axhline(mlp["test_neg_elbo"] * (1 + WITHIN), color="red", ls=":", lw=1, label="FP32 MLP −ELBO + 2%")
+    ax.set_xscale("log")
+    ax.set_xlabel("packed bytes (log)")
+    ax.set_ylabel("test −ELBO (nats, measured)")
+    ax.set_title(f"{ds}: compression baselines vs vaenas ({args.epochs:g} epochs each)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
