@@ -1,6 +1,6 @@
 """Supernet fidelity: does the −ELBO estimated with inherited weights rank specs like standalone training?
 
-Trains one MLP supernet on MNIST (sandwich rule + in-place distillation), samples N distinct
+Trains one MLP (or, with `--family conv`, conv) supernet on MNIST (sandwich rule + in-place distillation), samples N distinct
 specs of the same space, and for each: the ESTIMATE (validation −ELBO of ``supernet.extract``)
 and the MEASUREMENT (validation −ELBO after standalone training from scratch, same epochs and
 recipe for every spec). The estimate is depth-calibrated as in studies (``evaluator/supernet.py``:
@@ -10,7 +10,7 @@ too. Prints Kendall τ and Spearman ρ (target: τ >= 0.7), writes a scatter PNG
 ``benchmarks/results/supernet_fidelity.json``.
 
     python benchmarks/supernet_fidelity.py --data-root .data
-    python benchmarks/supernet_fidelity.py --data-root .data --family conv --n-train 10000 --supernet-epochs 6 --epochs 3 \
+    python benchmarks/supernet_fidelity.py --data-root .data --family conv \
         --out benchmarks/results/supernet_fidelity_conv.json --png benchmarks/results/supernet_fidelity_conv.png
     python benchmarks/supernet_fidelity.py --data-root .data --n-specs 4 --supernet-epochs 0.2 --epochs 0.2   # smoke
 """
