@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         for m, n in layers:
             prune.remove(m, n)
         save(model, spec, name)
-        r = score(name, group, f"pruned {amount:.0%}", spec, model, kept_or(rows, base_name)["train_seconds"] + res.seconds,
+        r = score(name, group, f"pruned {amount:.0%}", spec, model, row_named(rows, base_name)["train_seconds"] + res.seconds,
                   args.epochs + res.epochs, pruned=True,
                   note=f"FP32 model + {args.finetune_epochs:g} fine-tune epoch(s), {amount:.0%} of weights zeroed")
         r["amount"] = amount
@@ -250,7 +250,7 @@ def _fail(msg: str):
     raise SystemExit(f"compression_report: {msg}")  # one line, exit status 1
 
 
-def kept_or(rows: list[dict], name: str) -> dict:
+def row_named(rows: list[dict], name: str) -> dict:
     return next(r for r in rows if r["name"] == name)
 
 

@@ -47,13 +47,12 @@ SPACE = {
 }
 
 
+SHAPE_KEYS = ("enc_hidden", "enc_channels", "kernels")
+
+
 def shape(spec) -> dict:
-    """The layer shape of a spec (or of a row holding these keys) for printing and the JSON."""
-    get = (lambda k: spec[k]) if isinstance(spec, dict) else (lambda k: list(getattr(spec, k)))
-    out = {"enc_hidden": get("enc_hidden")}
-    if (spec.get("enc_channels") if isinstance(spec, dict) else spec.enc_channels):
-        out.update(enc_channels=get("enc_channels"), kernels=get("kernels"))
-    return out
+    """The layer shape of a spec for printing and the JSON rows (conv fields only for conv specs)."""
+    return {k: list(getattr(spec, k)) for k in SHAPE_KEYS if k == "enc_hidden" or spec.family == "conv"}
 
 
 def finetuned(net, spec, data, cfg: TrainConfig, steps: int):
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
           "standalone −ELBO (measured) |")
     print("|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: r["measured_neg_elbo"]):
-        print(f"| {r['spec_id']} | {shape(r)} | {r['latent_dim']} | {r['weight_bits']} | "
+        print(f"| {r['spec_id']} | {({k: r[k] for k in SHAPE_KEYS if k in r})} | {r['latent_dim']} | {r['weight_bits']} | "
               f"{r['raw_estimate_neg_elbo']:.2f} | {r['estimate_neg_elbo']:.2f} | {r['measured_neg_elbo']:.2f} |")
     print(f"\nraw estimates: Kendall τ = {tau_raw:.3f} (within one depth: "
           + ", ".join(f"depth {d}: {t:.3f}" for d, t in by_depth.items()) + ")")

@@ -342,9 +342,14 @@ class ConvSupernet(_SharedWeights):
                     out[f"g{n}_{h}x{w}"] = (n, h, w)
         return out
 
-    def _key(self, spec: ArchSpec) -> str:
+    @staticmethod
+    def _geometry(spec: ArchSpec) -> str:
         _, h, w = spec.feature_shapes()[-1]
-        return f"g{len(spec.enc_channels)}_{h}x{w}_f{len(spec.enc_hidden)}"
+        return f"g{len(spec.enc_channels)}_{h}x{w}"
+
+    def _key(self, spec: ArchSpec) -> str:
+        """The boundary layers' key: geometry and FC depth."""
+        return f"{self._geometry(spec)}_f{len(spec.enc_hidden)}"
 
     def head_for(self, spec: ArchSpec) -> nn.Linear:
         return self.heads[self._key(spec)]
@@ -353,8 +358,7 @@ class ConvSupernet(_SharedWeights):
     def sliced(self, spec: ArchSpec) -> list[tuple[str, torch.Tensor, torch.Tensor, int, torch.Tensor | None]]:
         """``(layer name, weight slice, bias slice, bits, step-size slice or None)`` in ``spec.layer_names()`` order."""
         bits = dict(zip(spec.layer_names(), spec.weight_bits))
-        key = self._key(spec)
-        g = key.rsplit("_f", 1)[0]
+        g, key = self._geometry(spec), self._key(spec)
         K, n = self.max_kernel, len(spec.enc_channels)
         _, h, w = spec.feature_shapes()[-1]
         out = []
