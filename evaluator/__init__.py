@@ -9,7 +9,7 @@ from .elbo import evaluate_neg_elbo, iwae_nll, neg_elbo_terms, reconstruction_er
 from .latency import LatencyConfig, LatencyResult, deployable_model, float_model, measure_latency
 from .objectives import DIRECTIONS, OBJECTIVES, EvalFailure, Evaluator, Objectives, check_objectives
 from .pareto import Bound, hypervolume, knee_point, non_dominated_mask, normalise
-from .train import TrainConfig, TrainingDiverged, TrainResult, resolve_device, seeded_model, train
+from .train import TrainConfig, TrainingDiverged, TrainResult, lr_at, resolve_device, seeded_model, train
 
 __all__ = [
     "Bound", "Costs", "DIRECTIONS", "EvalFailure", "Evaluator", "FlopReport", "LatencyConfig", "LatencyResult",
@@ -18,5 +18,5 @@ __all__ = [
     "normalise", "static_costs",
     "DATASETS", "DataUnavailableError", "Splits", "TrainConfig", "TrainResult", "TrainingDiverged",
     "binarize", "default_data_root", "evaluate_neg_elbo", "iwae_nll", "load_data", "neg_elbo_terms",
-    "reconstruction_error", "resolve_device", "seeded_model", "train",
+    "lr_at", "reconstruction_error", "resolve_device", "seeded_model", "train",
 ]

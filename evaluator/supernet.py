@@ -99,7 +99,8 @@ class SupernetConfig:
     epochs: float = 10.0  # supernet training epochs (sandwich steps over the training split)
     n_random: int = 2
     kd_weight: float = 1.0
-    finetune_steps: int = 0  # per-spec fine-tune of the inherited weights before scoring (0: none)
+    finetune_steps: int = 0  # per-spec fine-tune of the inherited weights before scoring (0: none;
+    #                          conv spaces rank well only with one: 50 steps, see benchmarks/README.md)
     n_val: int | None = 2000  # validation images the estimate is computed on (None: all)
     remeasure: int = 10  # front specs re-measured by standalone training after the search
     calibrate: bool = True  # anchor estimates per depth on standalone-trained extreme specs
@@ -188,7 +189,8 @@ class SupernetEvaluator:
         seconds, epochs = 0.0, 0.0
         if self.cfg.finetune_steps > 0:
             ft = TrainConfig(**{**self.train_cfg.to_dict(), "seed": seed, "max_steps": self.cfg.finetune_steps,
-                                "lr_schedule": "constant", "qat_delay": 0.0, "kl_warmup_steps": 0})
+                                "lr_schedule": "constant", "qat_delay": 0.0, "kl_warmup_steps": 0,
+                                "lr_warmup_steps": 0})
             try:
                 res = train(model, self.data.train, ft)
             except TrainingDiverged as e:

@@ -10,7 +10,8 @@
     constraints: {size_bytes: 16384}  # optional hard limits, OBJECTIVE: max (any objective name)
     bounds: {neg_elbo: [80, 250], size_bytes: {lo: 1000, hi: 4000000, log: true}}
     budget: {trials: 12, timeout_s: null}
-    train: {epochs: 1, batch_size: 100, lr: 0.001, max_steps: null, lr_schedule: constant, device: auto}
+    train: {epochs: 1, batch_size: 100, lr: 0.001, max_steps: null, lr_schedule: constant, device: auto,
+            kl_warmup_steps: 0, lr_warmup_steps: 0}   # warm-ups: linear ramps over the first N steps
     latency: {repeats: 50, threads: 1, batch_size: 1}
     seed: 0
     storage: null                    # any Optuna storage URL (sqlite:///..., postgresql://...) or journal:PATH;
@@ -48,7 +49,7 @@ _KEYS = {"name", "dataset", "data_root", "n_train", "space", "strategy", "object
          "latency", "seed", "storage", "constraints", "heartbeat", "supernet", "darts", "enqueue"}
 # constraints the spec alone decides (no training): strategies can rule specs out before proposing them
 STATIC_CONSTRAINTS = ("flops", "bitops", "params", "size_bytes")
-_TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_steps", "lr_schedule", "kl_warmup_steps", "device"}
+_TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_steps", "lr_schedule", "kl_warmup_steps", "lr_warmup_steps", "device"}
 _LATENCY_KEYS = {"repeats", "threads", "batch_size", "warmup"}
 _DARTS_KEYS = {"lambdas", "steps", "depth", "arch_lr", "warmup_steps", "batch_size"}
 _SUPERNET_KEYS = {"epochs", "n_random", "kd_weight", "finetune_steps", "n_val", "remeasure", "calibrate"}
@@ -178,7 +179,7 @@ class StudyConfig:
         tr = _block("train", d.get("train"), _TRAIN_KEYS)
         seed = _typed("seed", d.get("seed", 0), int)
         for k, t in (("epochs", (int, float)), ("batch_size", int), ("lr", (int, float)), ("lr_schedule", str),
-                     ("kl_warmup_steps", int), ("device", str)):
+                     ("kl_warmup_steps", int), ("lr_warmup_steps", int), ("device", str)):
             if k in tr:
                 _typed(f"train.{k}", tr[k], t)
         if "max_steps" in tr:

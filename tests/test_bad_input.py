@@ -46,6 +46,8 @@ CASES = [
     ("unknown-key", {"c.yaml": lambda d, u: good(d, nmae="x")}, ["search", "c.yaml"], "nmae: unknown study key"),
     ("wrong-type", {"c.yaml": lambda d, u: good(d, budget={"trials": "many"})}, ["search", "c.yaml"],
      "budget.trials: expected int"),
+    ("negative-lr-warmup", {"c.yaml": lambda d, u: good(d, train={"epochs": 1, "lr_warmup_steps": -5})},
+     ["search", "c.yaml"], "lr_warmup_steps: must be >= 0"),
     ("empty-choices", {"c.yaml": lambda d, u: good(d, space=_space(latent_dim=[]))}, ["search", "c.yaml"],
      "latent_dim: the list of choices is empty"),
     ("min-gt-max", {"c.yaml": lambda d, u: good(d, space=_space(mlp={"depth": [1], "width": {"min": 64, "max": 8}}))},

@@ -5,7 +5,7 @@ import torch
 
 from evaluator import (
     DataUnavailableError, TrainConfig, TrainingDiverged, evaluate_neg_elbo, iwae_nll, load_data, neg_elbo_terms,
-    reconstruction_error, seeded_model, train,
+    lr_at, reconstruction_error, seeded_model, train,
 )
 from search_space import ArchSpec, VaenasInputError
 
@@ -73,13 +73,36 @@ def test_max_steps_warmup_and_cosine(mnist_small):
     assert res.steps == 7 and [s for s, _ in res.history] == [3, 6, 7]
 
 
+def test_lr_warmup_ramps_then_follows_the_schedule():
+    const = TrainConfig(lr=1e-3, lr_warmup_steps=4)
+    assert [lr_at(const, s, 10) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    cos = TrainConfig(lr=1e-3, lr_schedule="cosine", lr_warmup_steps=4)
+    plain = TrainConfig(lr=1e-3, lr_schedule="cosine")
+    assert lr_at(cos, 1, 10) == pytest.approx(lr_at(plain, 1, 10) * 2 / 4)
+    assert [lr_at(cos, s, 10) for s in range(4, 10)] == [lr_at(plain, s, 10) for s in range(4, 10)]
+    assert lr_at(plain, 9, 10) == pytest.approx(1e-3 * plain.lr_min_ratio)
+
+
+def test_lr_warmup_changes_training_only_through_the_lr(mnist_small):
+    """Warm-up over 0 or 1 step is no warm-up; over 20 steps the run differs (the ramp is applied)."""
+    spec = ArchSpec.mlp((32,), 4)
+    runs = []
+    for w in (0, 1, 20):
+        m = seeded_model(spec, 0)
+        train(m, mnist_small.train, TrainConfig(max_steps=20, epochs=0, batch_size=64, lr=1e-2, lr_warmup_steps=w))
+        runs.append(list(m.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+    assert not all(torch.equal(a, c) for a, c in zip(runs[0], runs[2]))
+
+
 def test_divergence_is_reported_not_hidden(mnist_small):
     with pytest.raises(TrainingDiverged, match="mean loss"):
         train(seeded_model(ArchSpec.mlp((32,), 4), 0), mnist_small.train,
               TrainConfig(epochs=1, batch_size=100, lr=1e6), log_every=5)
 
 
-@pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=0), dict(lr=-1.0), dict(lr_schedule="step")])
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=0), dict(lr=-1.0), dict(lr_schedule="step"),
+                                 dict(lr_warmup_steps=-1)])
 def test_bad_train_config(bad):
     with pytest.raises(VaenasInputError):
         TrainConfig(**bad)

@@ -176,6 +176,8 @@ BAD = [
      "bounds: {neg_elbo: [1, 2], params: [1, 2]}\nbudget: {trials: many}\n", "budget.trials: expected int"),
     ("name: x\nspace: {latent_dim: [4], mlp: {depth: [1], width: [8]}}\nobjectives: [neg_elbo, params]\n"
      "bounds: {neg_elbo: [1, 2], params: [1, 2]}\ntrain: {epoch: 1}\n", "train.epoch: unknown key"),
+    ("name: x\nspace: {latent_dim: [4], mlp: {depth: [1], width: [8]}}\nobjectives: [neg_elbo, params]\n"
+     "bounds: {neg_elbo: [1, 2], params: [1, 2]}\ntrain: {lr_warmup_steps: some}\n", "train.lr_warmup_steps: expected int"),
     ("name: x\nspace: {latent_dim: [0], mlp: {depth: [1], width: [8]}}\n", "latent_dim: 0 is below"),
     ("name: x\nspace: [1\n", "malformed YAML"),
     ("name: x\nspace: {latent_dim: [4], mlp: {depth: [1], width: [8]}}\nobjectives: [neg_elbo, params]\n"
@@ -189,6 +191,13 @@ BAD = [
     ("name: x\nspace: {latent_dim: [4], mlp: {depth: [1], width: [8]}}\nobjectives: [neg_elbo, params]\n"
      "bounds: {neg_elbo: [1, 2], params: [1, 2]}\nsupernet: {epochs: 0}\n", "supernet.epochs: must be > 0"),
 ]
+
+
+def test_train_warmups_reach_the_train_config():
+    cfg = StudyConfig.from_dict({"name": "x", "space": {"latent_dim": [4], "mlp": {"depth": [1], "width": [8]}},
+                                 "objectives": ["neg_elbo", "params"], "bounds": {"neg_elbo": [1, 2], "params": [1, 2]},
+                                 "train": {"lr_warmup_steps": 50, "kl_warmup_steps": 20}})
+    assert (cfg.train.lr_warmup_steps, cfg.train.kl_warmup_steps) == (50, 20)
 
 
 @pytest.mark.parametrize("text, needle", BAD)
