@@ -58,7 +58,8 @@ def shape(spec) -> dict:
 def finetuned(net, spec, data, cfg: TrainConfig, steps: int):
     """The spec's inherited weights after ``steps`` constant-lr steps (as SupernetEvaluator does)."""
     model = net.extract(spec)
-    ft = TrainConfig(**{**cfg.to_dict(), "max_steps": steps, "lr_schedule": "constant", "qat_delay": 0.0})
+    ft = TrainConfig(**{**cfg.to_dict(), "max_steps": steps, "lr_schedule": "constant", "qat_delay": 0.0,
+                             "lr_warmup_steps": 0})
     train(model, data.train, ft)
     return model
 
@@ -71,10 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--supernet-epochs", type=float, default=10)
     ap.add_argument("--epochs", type=float, default=5, help="standalone epochs (the same for every spec)")
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr-warmup", type=int, default=0,
+                    help="linear lr warm-up steps for the supernet and every standalone run (0: none)")
     ap.add_argument("--n-random", type=int, default=2, help="random specs per sandwich step")
     ap.add_argument("--kd-weight", type=float, default=1.0, help="in-place distillation weight")
     ap.add_argument("--finetune-steps", type=int, default=0,
                     help="fine-tune each spec's inherited weights this many steps before estimating")
+    ap.add_argument("--sweep-finetune", default="",
+                    help="comma-separated fine-tune step counts also scored against the same standalone "
+                         "figures (calibrated τ and ρ each; e.g. 0,100,200); the pass/fail stays --finetune-steps")
     ap.add_argument("--no-per-depth-max", action="store_true",
                     help="sandwich: train only the overall largest spec, not the widest of every depth")
     ap.add_argument("--seed", type=int, default=0)
@@ -84,9 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--png", default="benchmarks/results/supernet_fidelity.png")
     ap.add_argument("--no-calibrate", action="store_true",
                     help="skip the per-depth calibration on standalone-trained anchor specs")
+    ap.add_argument("--ceiling-seed", type=int, default=None,
+                    help="also train every spec standalone with this seed: Kendall tau between the two seeds' "
+                         "figures is the noise ceiling of the ground truth")
     ap.add_argument("--no-reuse", action="store_true",
                     help="retrain every standalone spec even if --out holds its figure for the same recipe")
     args = ap.parse_args(argv)
+    try:
+        sweep_steps = [int(v) for v in args.sweep_finetune.split(",") if v.strip()]
+    except ValueError:
+        ap.error(f"--sweep-finetune: expected comma-separated integers, got {args.sweep_finetune!r}")
     torch.set_num_threads(2)
     from scipy.stats import kendalltau, spearmanr
 
@@ -94,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     space = SearchSpace.from_dict(space_dict)
     data = load_data("mnist", args.data_root, n_train=args.n_train)
     cfg = TrainConfig(epochs=args.supernet_epochs, batch_size=100, lr=args.lr, seed=args.seed, lr_schedule="cosine",
-                      device="cpu")
+                      lr_warmup_steps=args.lr_warmup, device="cpu")
     t0 = time.perf_counter()
     net, res = train_supernet(space, data, cfg, SandwichConfig(n_random=args.n_random, kd_weight=args.kd_weight, seed=args.seed,
                                                            per_depth_max=not args.no_per_depth_max))
@@ -110,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             specs.append(s)
     # standalone figures do not depend on the supernet: reuse them from --out when the recipe matches
     cached: dict[str, dict] = {}
-    recipe = {k: vars(args)[k] for k in ("data_root", "n_train", "epochs", "lr", "seed")}
+    recipe = {k: vars(args)[k] for k in ("data_root", "n_train", "epochs", "lr", "lr_warmup", "seed")}
     if not args.no_reuse and Path(args.out).exists():
         old = json.loads(Path(args.out).read_text())
         oargs = old["meta"]["args"]
@@ -118,18 +131,21 @@ def main(argv: list[str] | None = None) -> int:
             cached = {r["spec_id"]: r for r in old["rows"] + old.get("anchors", [])}
     rows = []
     scfg = TrainConfig(epochs=args.epochs, batch_size=100, lr=args.lr, seed=args.seed, lr_schedule="cosine",
-                       device="cpu")
-    def estimate(spec) -> float:
-        if args.finetune_steps:
-            return evaluate_neg_elbo(finetuned(net, spec, data, scfg, args.finetune_steps), data.val)["neg_elbo"]
+                       lr_warmup_steps=args.lr_warmup, device="cpu")
+    def estimate(spec, steps: int | None = None) -> float:
+        steps = args.finetune_steps if steps is None else steps
+        if steps:
+            return evaluate_neg_elbo(finetuned(net, spec, data, scfg, steps), data.val)["neg_elbo"]
         return evaluate_neg_elbo(net.extract(spec), data.val)["neg_elbo"]
 
-    def standalone(spec) -> tuple[float, float]:
-        if spec.id in cached:
-            return cached[spec.id]["measured_neg_elbo"], cached[spec.id]["train_s"]
-        model = seeded_model(spec, args.seed, "cpu")
-        r = train(model, data.train, scfg)
-        return evaluate_neg_elbo(model, data.val)["neg_elbo"], r.seconds
+    def standalone(spec, seed: int | None = None) -> tuple[float, float]:
+        key = "measured_neg_elbo" if seed is None else f"measured_neg_elbo_seed{seed}"
+        if key not in cached.setdefault(spec.id, {}):  # trained once per run (the sweep reuses it)
+            model = seeded_model(spec, args.seed if seed is None else seed, "cpu")
+            r = train(model, data.train, TrainConfig(**{**scfg.to_dict(), "seed": args.seed if seed is None else seed}))
+            cached[spec.id][key] = evaluate_neg_elbo(model, data.val)["neg_elbo"]
+            cached[spec.id].setdefault("train_s", r.seconds)
+        return cached[spec.id][key], cached[spec.id]["train_s"]
 
     # per-depth calibration on anchors (smallest and largest spec of each depth), as studies do
     anchors, cal = [], None
@@ -149,11 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         raw = estimate(spec)
         est = raw + cal.offset(spec) if cal is not None else raw
         t_est = time.perf_counter() - t1
+        reused = "measured_neg_elbo" in cached.get(spec.id, {})
         meas, train_s = standalone(spec)
         rows.append({"spec_id": spec.id, "group": group_of(spec), **shape(spec), "latent_dim": spec.latent_dim,
                      "weight_bits": list(spec.weight_bits), "estimate_neg_elbo": est, "raw_estimate_neg_elbo": raw,
                      "measured_neg_elbo": meas,
-                     "estimate_s": t_est, "train_s": train_s, "standalone_reused": spec.id in cached})
+                     "estimate_s": t_est, "train_s": train_s, "standalone_reused": reused})
+        if args.ceiling_seed is not None:
+            rows[-1][f"measured_neg_elbo_seed{args.ceiling_seed}"] = standalone(spec, args.ceiling_seed)[0]
         print(f"[{i + 1:2d}/{len(specs)}] {spec.id} {shape(spec)} L={spec.latent_dim} "
               f"bits={list(spec.weight_bits)}: estimate {est:.2f}, standalone {meas:.2f} nats", flush=True)
 
@@ -170,6 +189,24 @@ def main(argv: list[str] | None = None) -> int:
             by_depth[d] = float(kendalltau([r["raw_estimate_neg_elbo"] for r in rs],
                                            [r["measured_neg_elbo"] for r in rs]).statistic)
     ok = tau >= 0.7
+    sweep = {}
+    for steps in sweep_steps:  # the same supernet, specs, anchors and standalone figures; only the fine-tune differs
+        t1 = time.perf_counter()
+        c = DepthCalibration()
+        if not args.no_calibrate:
+            for spec in anchor_specs(space):
+                c.anchors.setdefault(group_of(spec), []).append(
+                    (math.log(count_params(spec)), standalone(spec)[0] - estimate(spec, steps)))
+        e = [estimate(spec, steps) + c.offset(spec) for spec in specs]
+        sweep[steps] = {"kendall_tau": float(kendalltau(e, meas).statistic),
+                        "spearman": float(spearmanr(e, meas).statistic), "seconds": time.perf_counter() - t1}
+    ceiling, vs_other = None, None
+    if args.ceiling_seed is not None:
+        other = [r[f"measured_neg_elbo_seed{args.ceiling_seed}"] for r in rows]
+        ceiling = float(kendalltau(other, meas).statistic)
+        mean2 = [(a + b) / 2 for a, b in zip(meas, other)]
+        vs_other = {f"seed{args.ceiling_seed}": float(kendalltau(est, other).statistic),
+                    "mean_of_two_seeds": float(kendalltau(est, mean2).statistic)}
     print()
     print("| spec | layers | latent | bits | supernet −ELBO (raw estimate) | calibrated estimate | "
           "standalone −ELBO (measured) |")
@@ -182,6 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'calibrated' if cal is not None else 'raw'} estimates: Kendall τ = {tau:.3f}, Spearman ρ = {rho:.3f} over {len(rows)} specs "
           f"(supernet {t_super:.0f}s; estimate {sum(r['estimate_s'] for r in rows) / len(rows):.2f}s/spec; "
           f"standalone {sum(r['train_s'] for r in rows) / len(rows):.1f}s/spec)")
+    for steps, r in sweep.items():
+        print(f"fine-tune sweep: {steps} steps per spec: calibrated Kendall τ = {r['kendall_tau']:.3f}, "
+              f"Spearman ρ = {r['spearman']:.3f} ({r['seconds']:.0f}s for {len(specs)} specs + anchors)")
+    if ceiling is not None:
+        print(f"noise ceiling: standalone seed {args.seed} vs seed {args.ceiling_seed}: Kendall τ = {ceiling:.3f} "
+              f"(the same recipe twice; an estimator cannot be expected to rank better than this)")
+        print(f"the same estimates against seed {args.ceiling_seed}'s standalone figures: Kendall τ = "
+              f"{vs_other[f'seed{args.ceiling_seed}']:.3f}; against the mean of both seeds: "
+              f"{vs_other['mean_of_two_seeds']:.3f}")
     print(f"{'PASS' if ok else 'FAIL'}  kendall_tau_ge_0.7")
 
     import matplotlib
@@ -195,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     lo, hi = min(est + meas), max(est + meas)
     ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--", label="estimate = measured")
     ax.set_xlabel(f"standalone-trained validation −ELBO (measured, {args.epochs:g} epochs)")
-    ax.set_ylabel("supernet validation −ELBO (ESTIMATE" + (", depth-calibrated)" if cal is not None else ")"))
+    how = [f"{args.finetune_steps}-step fine-tune"] if args.finetune_steps else []
+    how += ["calibrated per group"] if cal is not None else []
+    ax.set_ylabel("supernet validation −ELBO (ESTIMATE" + "".join(", " + h for h in how) + ")")
     ax.set_title(f"{args.family.upper()} supernet fidelity on MNIST: Kendall τ {tau:.2f}, Spearman ρ {rho:.2f}")
     fig.colorbar(sc, ax=ax, label="mean weight bits")
     ax.legend()
@@ -209,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps({"meta": meta, "rows": rows, "anchors": anchors, "kendall_tau": tau, "spearman": rho,
                               "kendall_tau_raw": tau_raw, "kendall_tau_within_depth_raw": by_depth, "pass": ok,
+                              "kendall_tau_seed_vs_seed": ceiling, "kendall_tau_vs_other_seed": vs_other,
+                              "finetune_sweep": sweep,
                               "calibration": cal.to_dict() if cal is not None else None}, indent=2))
     tmp.replace(out)
     print(f"wrote {out} and {png}")
