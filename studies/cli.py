@@ -234,7 +234,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     report = retrain(_load_arch(args.arch), epochs=args.epochs, dataset=args.dataset, data_root=args.data_root,
                      out=Path(args.out) if args.out else Path(args.arch).with_suffix("").parent / "retrain",
                      teacher=args.teacher, distill_weight=args.distill_weight, seed=args.seed, lr=args.lr,
-                     batch_size=args.batch_size, iwae_k=args.iwae_k, device=args.device, n_train=args.n_train)
+                     batch_size=args.batch_size, iwae_k=args.iwae_k, device=args.device, n_train=args.n_train,
+                     lr_warmup_steps=args.lr_warmup_steps)
     print(f"test -ELBO {report['test_neg_elbo']:.2f} nats | IWAE-{report['iwae_k']} NLL {report['test_iwae_nll']:.2f} | "
           f"params {report['params']:,} | {report['size_bytes']:,} bytes | {report['flops']:,} FLOPs | "
           f"latency {report['latency_ms']:.4f} ms")
@@ -332,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--n-train", type=int)
     rt.add_argument("--batch-size", type=int, default=100)
     rt.add_argument("--lr", type=float, default=1e-3)
+    rt.add_argument("--lr-warmup-steps", type=int, default=100,
+                    help="linear lr warm-up (default 100; keeps the first Adam steps from killing a ReLU layer)")
     rt.add_argument("--seed", type=int, default=0)
     rt.add_argument("--iwae-k", type=int, default=100)
     rt.add_argument("--device", default="auto")

@@ -66,8 +66,10 @@ def distillation_loss(teacher, weight: float):
 
 def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset: str = "mnist", data_root: str | None = None,
             teacher: str | None = None, distill_weight: float = 1.0, seed: int = 0, lr: float = 1e-3,
-            batch_size: int = 100, iwae_k: int = 100, device: str = "auto", n_train: int | None = None) -> dict:
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, lr_schedule="cosine")
+            batch_size: int = 100, iwae_k: int = 100, device: str = "auto", n_train: int | None = None,
+            lr_warmup_steps: int = 100) -> dict:
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, lr_schedule="cosine",
+                      lr_warmup_steps=lr_warmup_steps)
     extra = None
     if teacher:
         t = load_checkpoint(teacher, "--teacher")

@@ -104,9 +104,10 @@ def test_end_to_end(tmp_path, data_root, capsys):
     # retrain (with distillation from the best trial's checkpoint): report matches a re-evaluation
     rdir = tmp_path / "retrain"
     assert main(["retrain", str(exp), "--epochs", "1", "--data-root", str(data_root), "--n-train", "1000",
-                 "--iwae-k", "4", "--out", str(rdir), "--device", "cpu",
+                 "--iwae-k", "4", "--out", str(rdir), "--device", "cpu", "--lr-warmup-steps", "5",
                  "--teacher", str(runs / "e2e" / "trials" / str(best) / "model.pt")]) == 0
     report = json.loads((rdir / "report.json").read_text())
+    assert report["train"]["lr_warmup_steps"] == 5 and report["train"]["lr_schedule"] == "cosine"
     ck = torch.load(rdir / "model.pt", weights_only=True)
     m2 = build_vae(ArchSpec.from_json(ck["spec"]))
     m2.load_state_dict(ck["state_dict"])
