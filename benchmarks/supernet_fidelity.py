@@ -7,10 +7,14 @@ recipe for every spec). The estimate is depth-calibrated as in studies (``evalua
 the smallest and largest spec of each depth are trained standalone with the same recipe and
 their offsets interpolated in log(params)); the raw τ and the τ within each depth are printed
 too. Prints Kendall τ and Spearman ρ (target: τ >= 0.7), writes a scatter PNG and
-``benchmarks/results/supernet_fidelity.json``.
+``benchmarks/results/supernet_fidelity.json``. Options: ``--finetune-steps N`` fine-tunes each
+spec's inherited weights N steps before estimating (anchors too, as studies do); ``--sweep-finetune``
+scores other fine-tune lengths on the same supernet and ground truth; ``--ceiling-seed S`` trains
+every spec a second time with seed S and prints the seed-vs-seed τ, the ground truth's noise ceiling.
 
     python benchmarks/supernet_fidelity.py --data-root .data
-    python benchmarks/supernet_fidelity.py --data-root .data --family conv \
+    python benchmarks/supernet_fidelity.py --data-root .data --family conv --lr-warmup 100 \
+        --finetune-steps 50 --sweep-finetune 0,100,200 --ceiling-seed 1 \
         --out benchmarks/results/supernet_fidelity_conv.json --png benchmarks/results/supernet_fidelity_conv.png
     python benchmarks/supernet_fidelity.py --data-root .data --n-specs 4 --supernet-epochs 0.2 --epochs 0.2   # smoke
 """
@@ -59,7 +63,7 @@ def finetuned(net, spec, data, cfg: TrainConfig, steps: int):
     """The spec's inherited weights after ``steps`` constant-lr steps (as SupernetEvaluator does)."""
     model = net.extract(spec)
     ft = TrainConfig(**{**cfg.to_dict(), "max_steps": steps, "lr_schedule": "constant", "qat_delay": 0.0,
-                             "lr_warmup_steps": 0})
+                        "lr_warmup_steps": 0})
     train(model, data.train, ft)
     return model
 
@@ -141,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     def standalone(spec, seed: int | None = None) -> tuple[float, float]:
         key = "measured_neg_elbo" if seed is None else f"measured_neg_elbo_seed{seed}"
         if key not in cached.setdefault(spec.id, {}):  # trained once per run (the sweep reuses it)
-            model = seeded_model(spec, args.seed if seed is None else seed, "cpu")
-            r = train(model, data.train, TrainConfig(**{**scfg.to_dict(), "seed": args.seed if seed is None else seed}))
+            seed_ = args.seed if seed is None else seed
+            model = seeded_model(spec, seed_, "cpu")
+            r = train(model, data.train, TrainConfig(**{**scfg.to_dict(), "seed": seed_}))
             cached[spec.id][key] = evaluate_neg_elbo(model, data.val)["neg_elbo"]
             cached[spec.id].setdefault("train_s", r.seconds)
         return cached[spec.id][key], cached[spec.id]["train_s"]
