@@ -20,9 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evaluator import TrainConfig, evaluate_neg_elbo, load_data, seeded_model, train  # noqa: E402
-from evaluator.supernet import anchor_specs  # noqa: E402
 from search_space import SearchSpace  # noqa: E402
-from search_space.supernet import group_of  # noqa: E402
+from search_space.supernet import extreme_spec  # noqa: E402
 from supernet_fidelity import CONV_SPACE  # noqa: E402
 
 RELU_LAYERS = ("enc.conv0", "enc.conv1", "enc.fc0", "dec.fc0", "dec.proj", "dec.tconv0")
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     space = SearchSpace.from_dict(CONV_SPACE)
-    spec = max((s for s in anchor_specs(space) if group_of(s) == "conv2.fc1"), key=lambda s: s.enc_hidden)
+    spec = extreme_spec(space, "max", depth="conv2.fc1")
     data = load_data("mnist", args.data_root, n_train=20000)
     x = data.val[:500].float() / 255
     print(f"spec {spec.id}: conv {list(spec.enc_channels)} k{list(spec.kernels)} FC {list(spec.enc_hidden)} "

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import random
 import sys
@@ -33,8 +32,7 @@ from pathlib import Path
 import torch
 
 from evaluator import TrainConfig, evaluate_neg_elbo, load_data, seeded_model, train
-from evaluator import count_params
-from evaluator.supernet import DepthCalibration, SandwichConfig, anchor_specs, train_supernet
+from evaluator.supernet import DepthCalibration, SandwichConfig, anchor_specs, finetune_config, train_supernet
 from search_space.supernet import group_of
 from search_space import SearchSpace
 
@@ -62,9 +60,7 @@ def shape(spec) -> dict:
 def finetuned(net, spec, data, cfg: TrainConfig, steps: int):
     """The spec's inherited weights after ``steps`` constant-lr steps (as SupernetEvaluator does)."""
     model = net.extract(spec)
-    ft = TrainConfig(**{**cfg.to_dict(), "max_steps": steps, "lr_schedule": "constant", "qat_delay": 0.0,
-                        "lr_warmup_steps": 0})
-    train(model, data.train, ft)
+    train(model, data.train, finetune_config(cfg, steps))
     return model
 
 
@@ -161,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             anchors.append({"spec_id": spec.id, "group": group_of(spec), **shape(spec), "latent_dim": spec.latent_dim,
                             "weight_bits": list(spec.weight_bits), "estimate_neg_elbo": est_a,
                             "measured_neg_elbo": meas_a, "train_s": secs})
-            cal.anchors.setdefault(group_of(spec), []).append(
-                (math.log(count_params(spec)), meas_a - est_a))
+            cal.add(spec, meas_a, est_a)
             print(f"anchor {spec.id} {shape(spec)} L={spec.latent_dim} bits={list(spec.weight_bits)}: "
                   f"estimate {est_a:.2f}, standalone {meas_a:.2f}", flush=True)
     for i, spec in enumerate(specs):
@@ -200,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         c = DepthCalibration()
         if not args.no_calibrate:
             for spec in anchor_specs(space):
-                c.anchors.setdefault(group_of(spec), []).append(
-                    (math.log(count_params(spec)), standalone(spec)[0] - estimate(spec, steps)))
+                c.add(spec, standalone(spec)[0], estimate(spec, steps))
         e = [estimate(spec, steps) + c.offset(spec) for spec in specs]
         sweep[steps] = {"kendall_tau": float(kendalltau(e, meas).statistic),
                         "spearman": float(spearmanr(e, meas).statistic), "seconds": time.perf_counter() - t1}

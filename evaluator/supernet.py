@@ -39,7 +39,7 @@ from .elbo import evaluate_neg_elbo
 from .latency import LatencyConfig
 from .costs import count_params
 from .objectives import EvalFailure, score_model
-from .train import TrainConfig, TrainingDiverged, TrainResult, resolve_device, seeded_model, train
+from .train import TrainConfig, TrainingDiverged, resolve_device, seeded_model, train
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,14 @@ def train_supernet(space: SearchSpace, data: Splits, cfg: TrainConfig, sandwich:
     return net, res
 
 
+def finetune_config(train_cfg: TrainConfig, steps: int, seed: int | None = None) -> TrainConfig:
+    """The recipe for fine-tuning inherited weights: ``train_cfg``'s lr and batch size for ``steps``
+    steps at constant lr, quantised from the first step, no KL or lr warm-up."""
+    return TrainConfig(**{**train_cfg.to_dict(), "max_steps": steps, "lr_schedule": "constant", "qat_delay": 0.0,
+                          "kl_warmup_steps": 0, "lr_warmup_steps": 0,
+                          **({} if seed is None else {"seed": seed})})
+
+
 def estimate_neg_elbo(net, spec: ArchSpec, data: torch.Tensor, seed: int = 0) -> float:
     """Validation −ELBO of ``spec`` with inherited weights - an ESTIMATE, not a standalone-trained figure."""
     return evaluate_neg_elbo(net.extract(spec), data, seed=seed)["neg_elbo"]
@@ -115,6 +123,10 @@ class DepthCalibration:
 
     anchors: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
     seconds: float = 0.0
+
+    def add(self, spec: ArchSpec, measured: float, estimated: float) -> None:
+        """Record an anchor: ``spec`` trained standalone to ``measured``, estimated at ``estimated``."""
+        self.anchors.setdefault(group_of(spec), []).append((math.log(count_params(spec)), measured - estimated))
 
     def offset(self, spec: ArchSpec) -> float:
         pts = sorted(self.anchors.get(group_of(spec), []))
@@ -160,7 +172,7 @@ def calibrate_depths(net, data: Splits, train_cfg: TrainConfig, val: torch.Tenso
         train(model, data.train, TrainConfig(**{**train_cfg.to_dict(), "seed": seed}))
         meas = evaluate_neg_elbo(model, val)["neg_elbo"]
         if math.isfinite(meas) and math.isfinite(est):
-            cal.anchors.setdefault(group_of(spec), []).append((math.log(count_params(spec)), meas - est))
+            cal.add(spec, meas, est)
     cal.seconds = time.perf_counter() - t0
     return cal
 
@@ -188,11 +200,8 @@ class SupernetEvaluator:
         model = self.net.extract(spec)
         seconds, epochs = 0.0, 0.0
         if self.cfg.finetune_steps > 0:
-            ft = TrainConfig(**{**self.train_cfg.to_dict(), "seed": seed, "max_steps": self.cfg.finetune_steps,
-                                "lr_schedule": "constant", "qat_delay": 0.0, "kl_warmup_steps": 0,
-                                "lr_warmup_steps": 0})
             try:
-                res = train(model, self.data.train, ft)
+                res = train(model, self.data.train, finetune_config(self.train_cfg, self.cfg.finetune_steps, seed))
             except TrainingDiverged as e:
                 return EvalFailure(spec.id, f"fine-tune diverged: {e}"), None
             seconds, epochs = res.seconds, res.epochs
