@@ -219,3 +219,28 @@ def test_conv_slices_channels_centre_kernels_and_share_tconvs_from_the_image_end
         assert (m.weight.grad is not None and m.weight.grad.abs().sum() > 0) == (k == used), k
     # geometry really is part of the key: stride 1 vs 2 in layer 1 changes the flattened size
     assert net._key(spec) != net._key(spec.replace(strides=(2, 2)))
+
+
+def test_finetuned_estimate_is_the_extracted_model_trained_with_the_finetune_recipe(mnist_small):
+    """``finetune_steps``: inherited weights trained N constant-lr steps (no warm-ups) - and still an estimate."""
+    from evaluator import LatencyConfig, TrainConfig, evaluate_neg_elbo, train
+    from evaluator.supernet import SupernetConfig, SupernetEvaluator, finetune_config
+
+    space = SPACES["mirror"]
+    net = _net(space)
+    study_cfg = TrainConfig(epochs=3, batch_size=50, lr=3e-3, lr_schedule="cosine", lr_warmup_steps=40,
+                            kl_warmup_steps=40, qat_delay=0.5, seed=7, device="cpu")
+    ft = finetune_config(study_cfg, 6, seed=2)
+    assert (ft.max_steps, ft.lr_schedule, ft.lr_warmup_steps, ft.kl_warmup_steps, ft.qat_delay, ft.seed) == \
+        (6, "constant", 0, 0, 0.0, 2)
+    assert (ft.lr, ft.batch_size) == (study_cfg.lr, study_cfg.batch_size)
+    assert finetune_config(study_cfg, 6).seed == study_cfg.seed
+    spec = space.sample(random.Random(3))
+    ev = SupernetEvaluator(net, mnist_small, study_cfg, LatencyConfig(repeats=3, warmup=1),
+                           SupernetConfig(finetune_steps=6, n_val=None))
+    result, model = ev.evaluate_with_model(spec, seed=2)
+    assert result.neg_elbo_is_estimate and result.epochs == pytest.approx(6 / 40)  # 2,000 images / 50 per step
+    by_hand = net.extract(spec)
+    train(by_hand, mnist_small.train, ft)
+    assert result.neg_elbo == pytest.approx(evaluate_neg_elbo(by_hand, mnist_small.val)["neg_elbo"], abs=1e-4)
+    assert result.neg_elbo != pytest.approx(evaluate_neg_elbo(net.extract(spec), mnist_small.val)["neg_elbo"], abs=1e-2)
