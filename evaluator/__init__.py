@@ -3,9 +3,9 @@
 Imports only ``search_space``.
 """
 
-from .data import DATASETS, DataUnavailableError, Splits, binarize, default_data_root, load_data
+from .data import DATASETS, DataUnavailableError, DatasetSpec, Splits, binarize, default_data_root, load_data
 from .costs import Costs, FlopReport, count_bitops, count_flops, count_params, static_costs
-from .elbo import evaluate_neg_elbo, iwae_nll, neg_elbo_terms, reconstruction_error
+from .elbo import bits_per_dim, evaluate_neg_elbo, iwae_nll, neg_elbo_terms, reconstruction_error
 from .latency import LatencyConfig, LatencyResult, deployable_model, float_model, measure_latency
 from .objectives import DIRECTIONS, OBJECTIVES, EvalFailure, Evaluator, Objectives, check_objectives
 from .pareto import Bound, hypervolume, knee_point, non_dominated_mask, normalise
@@ -16,7 +16,7 @@ __all__ = [
     "OBJECTIVES", "Objectives", "check_objectives", "count_bitops", "count_flops", "count_params",
     "deployable_model", "float_model", "hypervolume", "knee_point", "measure_latency", "non_dominated_mask",
     "normalise", "static_costs",
-    "DATASETS", "DataUnavailableError", "Splits", "TrainConfig", "TrainResult", "TrainingDiverged",
+    "DATASETS", "DataUnavailableError", "DatasetSpec", "Splits", "bits_per_dim", "TrainConfig", "TrainResult", "TrainingDiverged",
     "binarize", "default_data_root", "evaluate_neg_elbo", "iwae_nll", "load_data", "neg_elbo_terms",
     "lr_at", "reconstruction_error", "resolve_device", "seeded_model", "train",
 ]

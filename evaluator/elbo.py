@@ -1,21 +1,34 @@
-"""−ELBO and the IWAE-k NLL bound, in nats per image, for Bernoulli-likelihood VAEs."""
+"""−ELBO and the IWAE-k NLL bound, in nats per example, for any likelihood; bits per dimension.
+
+The reconstruction term is the spec's likelihood's ``log_prob`` (``search_space/likelihood.py``);
+nothing here knows which likelihood it is. Data passed in are in model space (``Splits.val`` /
+``Splits.test``, prepared once by the likelihood). ``bits_per_dim`` converts nats per example to
+bits per data dimension, the unit published image results use: ``nats / (dims * ln 2)``.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch.nn import functional as F
 
 LOG_2PI = math.log(2 * math.pi)
 
 
+def bits_per_dim(nats: float, dims: int) -> float:
+    """Nats per example -> bits per data dimension."""
+    return nats / (dims * math.log(2))
+
+
+def kl_std_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Analytic ``KL(N(mu, exp(logvar)) || N(0, I))`` per example."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+
+
 def neg_elbo_terms(model, x: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image reconstruction NLL ``-log p(x|z)`` (one z sample) and analytic ``KL(q(z|x) || N(0, I))``."""
-    logits, mu, logvar = model(x, eps)
-    rec = F.binary_cross_entropy_with_logits(logits.flatten(1), x.flatten(1), reduction="none").sum(1)
-    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
-    return rec, kl
+    """Per-example reconstruction NLL ``-log p(x|z)`` (one z sample) and analytic ``KL(q(z|x) || N(0, I))``."""
+    out, mu, logvar = model(x, eps)
+    return -model.likelihood.log_prob(out, x), kl_std_normal(mu, logvar)
 
 
 def _device_of(model) -> torch.device:
@@ -24,7 +37,8 @@ def _device_of(model) -> torch.device:
 
 @torch.inference_mode()
 def evaluate_neg_elbo(model, data: torch.Tensor, *, batch_size: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Mean −ELBO, reconstruction term and KL over ``data`` (binarised), with seeded noise."""
+    """Mean −ELBO, reconstruction term and KL (nats per example) over ``data`` (model space), seeded noise;
+    for image models also ``bits_per_dim`` (the −ELBO in bits per data dimension)."""
     was_training = model.training
     model.eval()
     device = _device_of(model)
@@ -40,12 +54,15 @@ def evaluate_neg_elbo(model, data: torch.Tensor, *, batch_size: int = 1000, seed
     n = len(data)
     out = {k: v / n for k, v in tot.items()}
     out["neg_elbo"] = out["rec"] + out["kl"]
+    if model.spec.is_image:
+        out["bits_per_dim"] = bits_per_dim(out["neg_elbo"], model.spec.n_inputs)
     return out
 
 
 @torch.inference_mode()
 def iwae_nll(model, data: torch.Tensor, *, k: int = 1000, seed: int = 0, max_rows: int = 32768) -> float:
-    """IWAE-k estimate of the NLL (an upper bound that tightens as ``k`` grows), mean over ``data``.
+    """IWAE-k estimate of the NLL in nats per example (an upper bound that tightens as ``k`` grows), mean
+    over ``data``.
 
     Work is batched over images and chunks of samples so that at most ``max_rows`` decoder rows
     are alive at once; ``k=1000`` over 10,000 images fits in a few hundred MB.
@@ -55,6 +72,7 @@ def iwae_nll(model, data: torch.Tensor, *, k: int = 1000, seed: int = 0, max_row
     device = _device_of(model)
     g = torch.Generator(device=device).manual_seed(seed)
     d = model.spec.latent_dim
+    lik = model.likelihood
     img_batch = max(1, min(len(data), max_rows // min(k, max_rows)))
     k_chunk = max(1, min(k, max_rows // img_batch))
     total = 0.0
@@ -63,14 +81,14 @@ def iwae_nll(model, data: torch.Tensor, *, k: int = 1000, seed: int = 0, max_row
         b = len(x)
         mu, logvar = model.encode(x)
         std = torch.exp(0.5 * logvar)
-        xf = x.flatten(1)
         chunks = []
         for j in range(0, k, k_chunk):
             kc = min(k_chunk, k - j)
             eps = torch.randn((kc, b, d), generator=g, device=device)
             z = mu + std * eps
-            logits = model.decode(z.reshape(kc * b, d)).reshape(kc, b, -1)
-            log_px = -F.binary_cross_entropy_with_logits(logits, xf.expand(kc, b, -1), reduction="none").sum(-1)
+            out = model.decode(z.reshape(kc * b, d))
+            xs = x.unsqueeze(0).expand(kc, *x.shape).reshape(kc * b, *x.shape[1:])
+            log_px = lik.log_prob(out, xs).view(kc, b)
             log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
             log_qz = -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
             chunks.append(log_px + log_pz - log_qz)
@@ -82,12 +100,17 @@ def iwae_nll(model, data: torch.Tensor, *, k: int = 1000, seed: int = 0, max_row
 
 @torch.inference_mode()
 def reconstruction_error(model, data: torch.Tensor, *, batch_size: int = 1000, metric: str = "mse") -> float:
-    """Per-pixel reconstruction error of the decoder's mean at ``z = mu`` (no sampling), averaged over
-    every pixel of ``data`` (binarised): ``metric="mse"`` - squared error between the input bits and
-    ``sigmoid(logits)``; ``"bce"`` - binary cross-entropy in nats (the reconstruction term of the
-    −ELBO at the posterior mean, divided by the number of pixels)."""
-    if metric not in ("mse", "bce"):
-        raise ValueError(f"reconstruction_error: metric must be 'mse' or 'bce', got {metric!r}")
+    """Per-dimension reconstruction error of the decoder at ``z = mu`` (no sampling), averaged over every
+    dimension of ``data`` (model space): ``metric="mse"`` - squared error between the data and the
+    likelihood's mean (Bernoulli: ``sigmoid(logits)``); ``"nll"`` - ``-log p(x | z = mu)`` in nats (the
+    reconstruction term of the −ELBO at the posterior mean) per dimension; ``"bce"`` - the same for a
+    Bernoulli model (its binary cross-entropy)."""
+    if metric not in ("mse", "nll", "bce"):
+        raise ValueError(f"reconstruction_error: metric must be 'mse', 'nll' or 'bce', got {metric!r}")
+    if metric == "bce" and model.spec.likelihood != "bernoulli":
+        raise ValueError(f"reconstruction_error: 'bce' is the Bernoulli NLL; this model's likelihood is "
+                         f"{model.spec.likelihood!r}: use metric='nll'")
+    lik = model.likelihood
     was_training = model.training
     model.eval()
     device = _device_of(model)
@@ -95,10 +118,10 @@ def reconstruction_error(model, data: torch.Tensor, *, batch_size: int = 1000, m
     for i in range(0, len(data), batch_size):
         x = data[i : i + batch_size].to(device, torch.float32)
         mu, _ = model.encode(x)
-        logits = model.decode(mu)
+        out = model.decode(mu)
         if metric == "mse":
-            tot += (torch.sigmoid(logits) - x).pow(2).sum().item()
+            tot += (lik.mean(out) - x.view_as(lik.mean(out))).pow(2).sum().item()
         else:
-            tot += F.binary_cross_entropy_with_logits(logits, x.view_as(logits), reduction="sum").item()
+            tot -= lik.log_prob(out, x).sum().item()
     model.train(was_training)
     return tot / data.numel()

@@ -14,12 +14,12 @@ from search_space import ArchSpec, VaenasInputError
 
 from .costs import static_costs
 from .data import Splits
-from .elbo import evaluate_neg_elbo
+from .elbo import bits_per_dim, evaluate_neg_elbo
 from .latency import LatencyConfig, measure_latency
 from .train import TrainConfig, TrainingDiverged, seeded_model, train
 
 OBJECTIVES: dict[str, str] = {
-    "neg_elbo": "validation −ELBO, nats per image",
+    "neg_elbo": "validation −ELBO, nats per example",
     "flops": "FLOPs of one forward pass at batch 1 (2 per MAC)",
     "bitops": "MACs x weight bits x activation bits",
     "params": "parameters",
@@ -57,6 +57,7 @@ class Objectives:
     neg_elbo_is_estimate: bool = False  # True when inherited from a supernet, not trained standalone
     neg_elbo_uncalibrated: float | None = None  # supernet estimate before depth calibration (if calibrated)
     uncounted_ops: tuple[str, ...] = field(default=())
+    bits_per_dim: float | None = None  # image data: neg_elbo in bits per data dimension (None for vectors)
 
     def values(self, names: list[str]) -> tuple[float, ...]:
         return tuple(float(getattr(self, n)) for n in names)
@@ -72,6 +73,11 @@ class Objectives:
         kw = {k: v for k, v in d.items() if k in names}
         kw["uncounted_ops"] = tuple(kw.get("uncounted_ops", ()))
         return cls(**kw)
+
+
+def image_bits_per_dim(spec: ArchSpec, nats: float) -> float | None:
+    """``nats`` per example in bits per dimension for image specs (the unit image results use); None for vectors."""
+    return bits_per_dim(nats, spec.n_inputs) if spec.is_image else None
 
 
 @dataclass(frozen=True)
@@ -121,4 +127,5 @@ def score_model(model, spec: ArchSpec, val_data, latency_cfg: LatencyConfig, *, 
         size_bytes=costs.size_bytes, latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, latency_path=lat.path,
         latency_threads=lat.threads, train_seconds=train_seconds, eval_seconds=time.perf_counter() - t0,
         epochs=epochs, seed=seed, neg_elbo_is_estimate=estimate, uncounted_ops=costs.uncounted_ops,
+        bits_per_dim=image_bits_per_dim(spec, val),
     ), model

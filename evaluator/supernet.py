@@ -3,8 +3,9 @@
 Sandwich rule (Yu et al., BigNAS/"universally slimmable"): each step trains the largest spec,
 the smallest spec and ``n_random`` random specs of the space on the same batch and noise; the
 largest learns the −ELBO, the others the −ELBO plus ``kd_weight`` times in-place distillation
-from the largest: the binary cross-entropy of their reconstruction logits against the largest
-spec's (detached) pixel probabilities. With elastic depth (per-depth boundary layers, see
+from the largest: the likelihood's ``distill`` term between their decoder outputs and the largest
+spec's (detached) ones - for Bernoulli, the binary cross-entropy of their logits against the
+largest spec's pixel probabilities. With elastic depth (per-depth boundary layers, see
 ``search_space/supernet.py``) the widest spec of *every* depth is trained each step
 (``per_depth_max``), so shallow specs' own layers are not left to random sampling. It is a
 ``step_loss`` for the one training loop.
@@ -29,16 +30,15 @@ import random
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn import functional as F
 
 from search_space import ArchSpec, SearchSpace
 from search_space.supernet import build_supernet, extreme_spec, group_of, structure_groups
 
 from .data import Splits
-from .elbo import evaluate_neg_elbo
+from .elbo import evaluate_neg_elbo, kl_std_normal
 from .latency import LatencyConfig
 from .costs import count_params
-from .objectives import EvalFailure, score_model
+from .objectives import EvalFailure, image_bits_per_dim, score_model
 from .train import TrainConfig, TrainingDiverged, resolve_device, seeded_model, train
 
 
@@ -59,18 +59,18 @@ def sandwich_loss(space: SearchSpace, cfg: SandwichConfig = SandwichConfig()):
 
     def loss(net, x: torch.Tensor, g: torch.Generator, beta: float) -> torch.Tensor:
         eps = torch.randn((len(x), net.max_latent), generator=g, device=x.device)
+        lik = net.likelihood
 
         def terms(spec: ArchSpec):
-            logits, mu, logvar = net(x, spec, eps[:, : spec.latent_dim])
-            rec = F.binary_cross_entropy_with_logits(logits.flatten(1), x.flatten(1), reduction="none").sum(1)
-            kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
-            return logits, (rec + beta * kl).mean()
+            out, mu, logvar = net(x, spec, eps[:, : spec.latent_dim])
+            rec = -lik.log_prob(out, x)
+            return out, (rec + beta * kl_std_normal(mu, logvar)).mean()
 
-        t_logits, total = terms(big)
-        target = torch.sigmoid(t_logits.detach()).flatten(1)
+        t_out, total = terms(big)
+        target = t_out.detach()
         for spec in others + [space.sample(rng) for _ in range(cfg.n_random)]:
-            logits, l = terms(spec)
-            kd = F.binary_cross_entropy_with_logits(logits.flatten(1), target, reduction="none").sum(1).mean()
+            out, l = terms(spec)
+            kd = lik.distill(out, target).mean()
             total = total + l + cfg.kd_weight * kd
         return total
 
@@ -211,5 +211,6 @@ class SupernetEvaluator:
             from dataclasses import replace
 
             raw = result.neg_elbo
-            result = replace(result, neg_elbo=raw + self.calibration.offset(spec), neg_elbo_uncalibrated=raw)
+            cal = raw + self.calibration.offset(spec)
+            result = replace(result, neg_elbo=cal, neg_elbo_uncalibrated=raw, bits_per_dim=image_bits_per_dim(spec, cal))
         return result, model

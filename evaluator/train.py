@@ -1,6 +1,9 @@
-"""The one training loop: Adam on the −ELBO of stochastically binarised batches.
+"""The one training loop: Adam on the −ELBO, for any likelihood.
 
-Everything random (shuffling, binarisation, reparameterisation noise) comes from one
+Batches are drawn from the stored training data and put into model space by the model's
+likelihood (``model.likelihood.train_batch``: Bernoulli binarises stochastically, the discretised
+logistic rescales 8-bit values, the Gaussian takes them as they are). Everything random
+(shuffling, binarisation, reparameterisation noise) comes from one
 ``torch.Generator`` seeded from ``TrainConfig.seed``; model initialisation is seeded by
 :func:`seeded_model`. Extra loss terms (e.g. distillation) plug in through ``extra_loss``,
 never through branches in here.
@@ -112,7 +115,8 @@ def train(
     progress: bool = False,
     log_every: int = 50,
 ) -> TrainResult:
-    """Train ``model`` in place on uint8 grey-level images; raises :class:`TrainingDiverged`."""
+    """Train ``model`` (a VAE or a supernet: anything with ``.likelihood``) in place on the stored training
+    data ``train_u8`` (``Splits.train``: uint8 images or float vectors); raises :class:`TrainingDiverged`."""
     device = resolve_device(cfg.device)
     model.to(device).train()
     data = train_u8.to(device)
@@ -124,6 +128,7 @@ def train(
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     latent = model.spec.latent_dim if step_loss is None else 0
+    lik = model.likelihood
     bar = None
     if progress:
         from tqdm import tqdm
@@ -142,7 +147,7 @@ def train(
                 break
             if step == delay_steps and delay_steps:
                 set_fake_quant(model, True)
-            x = torch.bernoulli(data[perm[i : i + cfg.batch_size]].float().div_(255.0), generator=g)
+            x = lik.train_batch(data[perm[i : i + cfg.batch_size]], g)
             beta = min(1.0, (step + 1) / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
             if step_loss is not None:
                 loss = step_loss(model, x, g, beta)

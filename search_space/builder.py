@@ -1,10 +1,14 @@
-"""Build a VAE from an :class:`ArchSpec`: encoder -> (mu, logvar) -> z -> decoder logits (Bernoulli)."""
+"""Build a VAE from an :class:`ArchSpec`: encoder -> (mu, logvar) -> z -> decoder output (the parameters of
+the spec's likelihood, ``search_space/likelihood.py``, shaped ``spec.output_shape``)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
+from .likelihood import Likelihood, get_likelihood
 from .quant import QuantConv2d, QuantConvTranspose2d, QuantLinear
 from .spec import ArchSpec
 
@@ -29,7 +33,8 @@ def _tconv_output_padding(in_size: int, target: int, k: int, s: int) -> int:
 class VAE(nn.Module):
     """A VAE whose weight layers are named as ``spec.layer_names()`` (``enc.fc0``, ``head``, ...).
 
-    ``forward(x, eps=None)`` returns ``(logits, mu, logvar)``; pass ``eps`` (same shape as ``mu``)
+    ``forward(x, eps=None)`` returns ``(out, mu, logvar)`` - ``out`` the likelihood's parameters
+    (Bernoulli: logits), shaped ``(N, *spec.output_shape)``; pass ``eps`` (same shape as ``mu``)
     to control the reparameterisation noise, otherwise it is drawn with ``torch.randn_like``.
     """
 
@@ -58,7 +63,7 @@ class VAE(nn.Module):
             setattr(self.dec, f"fc{i}", QuantLinear(width, out, bits=bits[f"dec.fc{i}"], act_bits=ab))
             width = out
         if spec.family == "mlp":
-            n_out = spec.input_shape[0] * spec.input_shape[1] * spec.input_shape[2]
+            n_out = math.prod(spec.output_shape)
             self.dec.out = QuantLinear(width, n_out, bits=bits["dec.out"], act_bits=ab)
         else:
             n = len(spec.enc_channels)
@@ -68,7 +73,7 @@ class VAE(nn.Module):
             for i in range(n):
                 j = n - 1 - i  # the encoder layer this one mirrors
                 in_hw, out_shape = shapes[j + 1][1:], shapes[j]
-                out_ch = dch[i + 1] if i + 1 < n else spec.input_shape[0]
+                out_ch = dch[i + 1] if i + 1 < n else spec.output_shape[0]
                 k, s = spec.kernels[j], spec.strides[j]
                 op = (_tconv_output_padding(in_hw[0], out_shape[1], k, s), _tconv_output_padding(in_hw[1], out_shape[2], k, s))
                 tconv = QuantConvTranspose2d(
@@ -76,6 +81,10 @@ class VAE(nn.Module):
                 )
                 setattr(self.dec, f"tconv{i}", tconv)
         self._names = spec.layer_names()
+
+    @property
+    def likelihood(self) -> Likelihood:
+        return get_likelihood(self.spec.likelihood)
 
     def weight_layers(self) -> dict[str, nn.Module]:
         """The weight layers in ``spec.layer_names()`` order (the order of ``spec.weight_bits``)."""
@@ -88,7 +97,7 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         spec = self.spec
-        h = x.view(x.shape[0], *spec.input_shape)
+        h = x.reshape(x.shape[0], *spec.input_shape)
         for i in range(len(spec.enc_channels)):
             h = self.act(getattr(self.enc, f"conv{i}")(h))
         h = h.flatten(1)
@@ -98,13 +107,13 @@ class VAE(nn.Module):
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Bernoulli logits shaped like the input, ``(N, C, H, W)``; works for any leading batch size."""
+        """The likelihood's parameters, ``(N, *spec.output_shape)``; works for any leading batch size."""
         spec = self.spec
         h = z
         for i in range(len(spec.decoder_hidden)):
             h = self.act(getattr(self.dec, f"fc{i}")(h))
         if spec.family == "mlp":
-            return self.dec.out(h).view(h.shape[0], *spec.input_shape)
+            return self.dec.out(h).view(h.shape[0], *spec.output_shape)
         h = self.act(self.dec.proj(h)).view(h.shape[0], *self._dec_start)
         n = len(spec.enc_channels)
         for i in range(n):

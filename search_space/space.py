@@ -9,7 +9,8 @@ different ``choose(name, choices)``; so every spec they produce is in the space 
 Example YAML (every key is optional except ``latent_dim`` and the block of each family used)::
 
     family: [mlp]               # or [mlp, conv]
-    input_shape: [1, 28, 28]
+    input_shape: [1, 28, 28]    # optional in a study: taken from the data ([C, H, W] or [features])
+    likelihood: bernoulli       # optional in a study: taken from the dataset block
     latent_dim: [8, 16, 20, 32] # or {min: 8, max: 32, step: 8}
     activation: [relu]
     mlp:   {depth: [1, 2, 3], width: [64, 128, 256, 400]}
@@ -32,12 +33,13 @@ from typing import Any, Callable
 import yaml
 
 from .errors import SpaceError, SpecError
+from .likelihood import LIKELIHOODS
 from .spec import ACTIVATIONS, ALLOWED_ACT_BITS, ALLOWED_BITS, FAMILIES, ArchSpec, conv_out
 
 Choose = Callable[[str, tuple], Any]
 Rng = random.Random | int | None
 
-_TOP_KEYS = {"name", "family", "input_shape", "latent_dim", "activation", "mlp", "conv", "decoder",
+_TOP_KEYS = {"name", "family", "input_shape", "likelihood", "latent_dim", "activation", "mlp", "conv", "decoder",
              "weight_bits", "bits_per_layer", "act_bits"}
 _MLP_KEYS = {"depth", "width"}
 _CONV_KEYS = {"depth", "channels", "kernel", "stride", "fc_depth", "fc_width"}
@@ -113,7 +115,7 @@ class _Miss(Exception):
 class SearchSpace:
     latent_dim: tuple[int, ...]
     family: tuple[str, ...] = ("mlp",)
-    input_shape: tuple[int, int, int] = (1, 28, 28)
+    input_shape: tuple[int, ...] = (1, 28, 28)
     activation: tuple[str, ...] = ("relu",)
     mlp: dict[str, tuple] = field(default_factory=dict)
     conv: dict[str, tuple] = field(default_factory=dict)
@@ -122,6 +124,8 @@ class SearchSpace:
     bits_per_layer: bool = True
     act_bits: tuple[int | None, ...] = (None,)
     name: str = "space"
+    likelihood: str = "bernoulli"
+    declared: frozenset = field(default=frozenset(), compare=False)  # data keys the YAML stated itself
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -182,8 +186,13 @@ class SearchSpace:
         if not isinstance(bpl, bool):
             raise SpaceError(f"bits_per_layer: must be true or false, got {bpl!r}")
         shape = d.get("input_shape", [1, 28, 28])
-        if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
-            raise SpaceError(f"input_shape: must be [channels, height, width] of positive integers, got {shape!r}")
+        if not (isinstance(shape, list) and len(shape) in (1, 3)
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+            raise SpaceError(f"input_shape: must be [channels, height, width] (images) or [features] (vectors) of "
+                             f"positive integers, got {shape!r}")
+        lik = d.get("likelihood", "bernoulli")
+        if lik not in LIKELIHOODS:
+            raise SpaceError(f"likelihood: {lik!r} is unknown; use one of {sorted(LIKELIHOODS)}")
         name = d.get("name", "space")
         space = cls(
             latent_dim=_choices("latent_dim", d["latent_dim"]),
@@ -197,9 +206,32 @@ class SearchSpace:
             bits_per_layer=bpl,
             act_bits=abits,
             name=str(name),
+            likelihood=lik,
+            declared=frozenset(k for k in ("input_shape", "likelihood") if k in d),
         )
         space._check_buildable()
         return space
+
+    def bind_data(self, input_shape: tuple[int, ...], likelihood: str, what: str = "the data") -> "SearchSpace":
+        """This space for data of ``input_shape`` under ``likelihood`` (a study's dataset decides both).
+
+        A space that states ``input_shape`` or ``likelihood`` itself must agree with the data."""
+        input_shape = tuple(input_shape)
+        if "input_shape" in self.declared and tuple(self.input_shape) != input_shape:
+            raise SpaceError(f"space.input_shape {list(self.input_shape)} does not match {what}'s shape "
+                             f"{list(input_shape)}; remove input_shape from the space (it is taken from the data)")
+        if "likelihood" in self.declared and self.likelihood != likelihood:
+            raise SpaceError(f"space.likelihood {self.likelihood!r} differs from the dataset's {likelihood!r}; "
+                             "remove likelihood from the space (the dataset block sets it)")
+        if len(input_shape) != 3 and "conv" in self.family:
+            raise SpaceError(f"family conv needs image data, but {what} are vectors of {input_shape[0]} features; "
+                             "use family: [mlp] for vector data")
+        import dataclasses
+
+        bound = dataclasses.replace(self, input_shape=input_shape, likelihood=likelihood,
+                                    declared=self.declared | {"input_shape", "likelihood"})
+        bound._check_buildable()
+        return bound
 
     @classmethod
     def from_yaml(cls, text: str) -> "SearchSpace":
@@ -223,6 +255,7 @@ class SearchSpace:
             "name": self.name,
             "family": list(self.family),
             "input_shape": list(self.input_shape),
+            **({"likelihood": self.likelihood} if self.likelihood != "bernoulli" else {}),
             "latent_dim": list(self.latent_dim),
             "activation": list(self.activation),
             "decoder": self.decoder,
@@ -239,6 +272,9 @@ class SearchSpace:
         """Every conv geometry the space allows must fit the input (no layer shrinks it to nothing)."""
         if "conv" not in self.family:
             return
+        if len(self.input_shape) != 3:
+            raise SpaceError(f"family conv needs image data [channels, height, width], but input_shape is "
+                             f"{list(self.input_shape)} (a vector); use family: [mlp] for vector data")
         c = self.conv
         if any(s > k for s in c["stride"] for k in c["kernel"]):
             raise SpaceError("conv.stride: every stride must be <= every kernel (a larger stride skips pixels)")
@@ -282,7 +318,7 @@ class SearchSpace:
         skeleton = ArchSpec(
             family=family, enc_hidden=enc, dec_hidden=dec, latent_dim=latent, activation=activation,
             weight_bits=(32,) * (len(enc) + (len(dec) if dec is not None else len(enc)) + 2 + 2 * len(kw.get("enc_channels", ()))),
-            act_bits=act_bits, input_shape=self.input_shape, **kw,
+            act_bits=act_bits, input_shape=self.input_shape, likelihood=self.likelihood, **kw,
         )
         names = skeleton.layer_names()
         if self.bits_per_layer:
@@ -356,6 +392,8 @@ class SearchSpace:
         """Whether the program can produce ``spec``; if not, the first decision that cannot."""
         if tuple(spec.input_shape) != tuple(self.input_shape):
             return Verdict(False, f"input_shape {list(spec.input_shape)} != space's {list(self.input_shape)}")
+        if spec.likelihood != self.likelihood:
+            return Verdict(False, f"likelihood {spec.likelihood!r} != space's {self.likelihood!r}")
         if spec.family not in self.family:
             return Verdict(False, f"family {spec.family!r} not in {list(self.family)}")
         if self.decoder == "mirror" and (spec.dec_hidden not in (None, tuple(reversed(spec.enc_hidden)))

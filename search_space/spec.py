@@ -9,6 +9,15 @@ Layout of the weight layers (the order of ``weight_bits``), given by :meth:`Arch
 The conv decoder mirrors the encoder's geometry (kernel, stride, spatial sizes) so the output
 matches the input shape exactly; its channels (``dec_channels``) and its FC widths
 (``dec_hidden``) may differ from the encoder's. ``None`` means "mirror the encoder".
+
+``input_shape`` is ``(channels, height, width)`` for images or ``(features,)`` for vectors (MLP
+family only). ``likelihood`` names the decoder's distribution (``search_space/likelihood.py``): the
+output layer emits ``likelihood.n_params`` numbers per input dimension (``output_shape``).
+
+JSON versions: version 2 added ``likelihood`` and vector input shapes. A spec that uses neither
+(a Bernoulli image VAE) is still written as version 1, byte for byte as before, so its ``id`` - and
+every id recorded in a study, a benchmark or an export - is unchanged; version 1 files load as
+Bernoulli specs.
 """
 
 from __future__ import annotations
@@ -16,13 +25,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import SpecError
+from .likelihood import LIKELIHOODS, get_likelihood
 
 SPEC_TYPE = "vaenas.ArchSpec"
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # written only when a version-2 field is used (see the module docstring)
+READ_VERSIONS = (1, 2)
 FAMILIES = ("mlp", "conv")
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "silu", "gelu", "tanh", "sigmoid")
 ALLOWED_BITS = (2, 3, 4, 5, 6, 8, 32)
@@ -62,7 +74,8 @@ class ArchSpec:
     strides: tuple[int, ...] = ()
     dec_channels: tuple[int, ...] | None = None
     act_bits: int | None = None
-    input_shape: tuple[int, int, int] = (1, 28, 28)
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    likelihood: str = "bernoulli"
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
@@ -76,8 +89,11 @@ class ArchSpec:
             raise SpecError(f"latent_dim: must be a positive integer, got {self.latent_dim!r}")
         if self.activation not in ACTIVATIONS:
             raise SpecError(f"activation: must be one of {list(ACTIVATIONS)}, got {self.activation!r}")
-        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
-            raise SpecError(f"input_shape: must be (channels, height, width) > 0, got {self.input_shape!r}")
+        if len(self.input_shape) not in (1, 3) or min(self.input_shape) < 1:
+            raise SpecError(f"input_shape: must be (channels, height, width) for images or (features,) for vectors, "
+                            f"all > 0, got {self.input_shape!r}")
+        if self.likelihood not in LIKELIHOODS:
+            raise SpecError(f"likelihood: {self.likelihood!r} is unknown; use one of {sorted(LIKELIHOODS)}")
         # canonical form: an explicit mirror is stored as None, so equal models have equal ids
         if self.dec_hidden == tuple(reversed(self.enc_hidden)):
             set_("dec_hidden", None)
@@ -94,6 +110,9 @@ class ArchSpec:
             if self.dec_channels is not None:
                 raise SpecError("dec_channels: must be null for family 'mlp'")
         else:
+            if len(self.input_shape) != 3:
+                raise SpecError(f"family 'conv' needs image data (channels, height, width), but the input is a vector "
+                                f"of {self.input_shape[0]} features; use family 'mlp' for vector data")
             n = len(self.enc_channels)
             if n == 0:
                 raise SpecError("enc_channels: family 'conv' needs at least one conv layer")
@@ -131,6 +150,21 @@ class ArchSpec:
         return tuple(reversed(self.enc_hidden)) if self.dec_hidden is None else self.dec_hidden
 
     @property
+    def is_image(self) -> bool:
+        return len(self.input_shape) == 3
+
+    @property
+    def n_inputs(self) -> int:
+        """Data dimensions per example (pixels x channels, or features)."""
+        return math.prod(self.input_shape)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The decoder output's shape per example: the likelihood's parameters stacked on axis 0."""
+        k = get_likelihood(self.likelihood).n_params
+        return (k * self.input_shape[0], *self.input_shape[1:])
+
+    @property
     def decoder_channels(self) -> tuple[int, ...]:
         return tuple(reversed(self.enc_channels)) if self.dec_channels is None else self.dec_channels
 
@@ -161,8 +195,11 @@ class ArchSpec:
 
     # ----------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"type": SPEC_TYPE, "version": SPEC_VERSION}
+        v2 = self.likelihood != "bernoulli" or not self.is_image
+        d: dict[str, Any] = {"type": SPEC_TYPE, "version": SPEC_VERSION if v2 else 1}
         for f in dataclasses.fields(self):
+            if f.name == "likelihood" and not v2:
+                continue  # version 1 form: unchanged bytes, unchanged id
             v = getattr(self, f.name)
             d[f.name] = list(v) if isinstance(v, tuple) else v
         return d
@@ -173,8 +210,9 @@ class ArchSpec:
             raise SpecError(f"arch spec: expected a JSON object, got {type(d).__name__}")
         if d.get("type") != SPEC_TYPE:
             raise SpecError(f"type: expected {SPEC_TYPE!r}, got {d.get('type')!r} (not a vaenas arch spec)")
-        if d.get("version") != SPEC_VERSION:
-            raise SpecError(f"version: this vaenas reads version {SPEC_VERSION}, got {d.get('version')!r}")
+        if d.get("version") not in READ_VERSIONS:
+            raise SpecError(f"version: this vaenas reads versions {list(READ_VERSIONS)}, got {d.get('version')!r}; "
+                            "upgrade vaenas to read it")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names - {"type", "version"})
         if unknown:

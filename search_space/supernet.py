@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from .builder import VAE, _tconv_output_padding, build_vae
 from .errors import SpaceError
+from .likelihood import get_likelihood
 from .quant import fake_quant_act, fake_quant_weight, lsq_fake_quant_weight, qmax_for
 from .space import SearchSpace
 from .spec import ArchSpec, conv_out
@@ -107,6 +108,7 @@ class _SharedWeights(nn.Module):
         self.space = space
         self.max_latent = max(space.latent_dim)
         self.learned_scales = learned_scales
+        self.likelihood = get_likelihood(space.likelihood)  # the decoder's distribution, as in build_vae
         self._keys: dict[int, str] = {}
         self.scales = nn.ParameterDict()
 
@@ -198,13 +200,14 @@ class MLPSupernet(_SharedWeights):
         self.depths = tuple(sorted(depths))
         self.max_depth, self.max_width = max(depths), max(widths)
         self.n_in = math.prod(space.input_shape)
+        self.n_out = self.likelihood.n_params * self.n_in  # the likelihood's parameters per input dimension
         W, L = self.max_width, self.max_latent
         self.enc = nn.ModuleList(nn.Linear(self.n_in if i == 0 else W, W) for i in range(self.max_depth))
         # one head and one decoder input layer per depth (see the module docstring)
         self.heads = nn.ModuleDict({str(d): nn.Linear(self.n_in if d == 0 else W, 2 * L) for d in self.depths})
-        self.dec_in = nn.ModuleDict({str(d): nn.Linear(L, self.n_in if d == 0 else W) for d in self.depths})
+        self.dec_in = nn.ModuleDict({str(d): nn.Linear(L, self.n_out if d == 0 else W) for d in self.depths})
         self.dec = nn.ModuleList(nn.Linear(W, W) for _ in range(max(0, self.max_depth - 1)))  # from the output end
-        self.out = nn.Linear(W, self.n_in) if self.max_depth > 0 else None
+        self.out = nn.Linear(W, self.n_out) if self.max_depth > 0 else None
         named = [(f"enc{i}", m) for i, m in enumerate(self.enc)] + [(f"head{d}", m) for d, m in self.heads.items()]
         named += [(f"decin{d}", m) for d, m in self.dec_in.items()] + [(f"dec{i}", m) for i, m in enumerate(self.dec)]
         named += [("out", self.out)] if self.out is not None else []
@@ -249,7 +252,8 @@ class MLPSupernet(_SharedWeights):
 
     # ------------------------------------------------------------------ running one spec
     def forward(self, x: torch.Tensor, spec: ArchSpec, eps: torch.Tensor | None = None):
-        """``(logits, mu, logvar)`` of ``spec`` on the shared weights (``eps``: (N, latent_dim) noise)."""
+        """``(out, mu, logvar)`` of ``spec`` on the shared weights (``out``: the likelihood's parameters;
+        ``eps``: (N, latent_dim) noise)."""
         self._check(spec)
         act = ACTIVATIONS[spec.activation]
         layers = self.sliced(spec)
@@ -269,8 +273,8 @@ class MLPSupernet(_SharedWeights):
         h = mu + torch.exp(0.5 * logvar) * eps
         for layer in layers[n_enc + 1:-1]:
             h = act(lin(h, layer))
-        logits = lin(h, layers[-1]).view(x.shape[0], *spec.input_shape)
-        return logits, mu, logvar
+        out = lin(h, layers[-1]).view(x.shape[0], *spec.output_shape)
+        return out, mu, logvar
 
 
 def _crop(k_max: int, k: int) -> slice:
@@ -308,7 +312,8 @@ class ConvSupernet(_SharedWeights):
         F_, L = max(c["fc_width"]), self.max_latent
         self.max_fc = F_
         self.convs = nn.ModuleList(nn.Conv2d(C0 if i == 0 else C, C, K) for i in range(self.max_depth))
-        self.tconvs = nn.ModuleList(nn.ConvTranspose2d(C, C0 if j == 0 else C, K) for j in range(self.max_depth))
+        C_out = self.likelihood.n_params * C0  # the image-producing layer emits the likelihood's parameters
+        self.tconvs = nn.ModuleList(nn.ConvTranspose2d(C, C_out if j == 0 else C, K) for j in range(self.max_depth))
         self.geometries = self._geometries()
         self.fc_in, self.heads, self.dec_in, self.proj = (nn.ModuleDict() for _ in range(4))
         for g, (n, h, w) in self.geometries.items():
@@ -389,14 +394,15 @@ class ConvSupernet(_SharedWeights):
         out.append(take(m, "dec.proj", m.weight[: dch[0] * h * w, :width], dch[0] * h * w))
         for i in range(n):
             j = n - 1 - i  # the encoder layer this one mirrors
-            cout = dch[i + 1] if i + 1 < n else spec.input_shape[0]
+            cout = dch[i + 1] if i + 1 < n else spec.output_shape[0]
             m, t = self.tconvs[j], _crop(K, spec.kernels[j])
             out.append(take(m, f"dec.tconv{i}", m.weight[: dch[i], :cout, t, t], cout))
         return out
 
     # ------------------------------------------------------------------ running one spec
     def forward(self, x: torch.Tensor, spec: ArchSpec, eps: torch.Tensor | None = None):
-        """``(logits, mu, logvar)`` of ``spec`` on the shared weights (``eps``: (N, latent_dim) noise)."""
+        """``(out, mu, logvar)`` of ``spec`` on the shared weights (``out``: the likelihood's parameters;
+        ``eps``: (N, latent_dim) noise)."""
         self._check(spec)
         act = ACTIVATIONS[spec.activation]
         layers = iter(self.sliced(spec))

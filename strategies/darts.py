@@ -18,8 +18,9 @@ First-order DARTS: alternate an Adam step on the weights (training batch) and on
 architecture logits (validation batch). ``derive()`` takes each decision's argmax and returns
 a spec of the space, which the study then evaluates like any other trial.
 
-Data comes in as tensors and the loss is written here, so the strategy package stays free of the
-evaluator; the study wires data and evaluation.
+Data comes in as tensors and the loss is written here (its reconstruction term is the space's
+likelihood, ``search_space/likelihood.py``), so the strategy package stays free of the evaluator;
+the study wires data and evaluation.
 """
 
 from __future__ import annotations
@@ -66,12 +67,16 @@ class DartsSearch(nn.Module):
         self.latents = torch.tensor(space.latent_dim, dtype=torch.float32)
         self.bits = list(space.weight_bits)
         self.template = ArchSpec.mlp((max(space.mlp["width"]),) * self.depth, max(space.latent_dim),
-                                     bits=max(self.bits), activation=space.activation[0])
+                                     bits=max(self.bits), **self._data_kw())
         self.layer_names = self.template.layer_names()
         n_bits = len(self.layer_names) if space.bits_per_layer else 1
         self.width_logits = nn.Parameter(torch.zeros(self.depth, len(self.widths)))
         self.latent_logits = nn.Parameter(torch.zeros(len(self.latents)))
         self.bit_logits = nn.Parameter(torch.zeros(n_bits, len(self.bits)))
+
+    def _data_kw(self) -> dict:
+        sp = self.space
+        return {"activation": sp.activation[0], "input_shape": sp.input_shape, "likelihood": sp.likelihood}
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.width_logits, self.latent_logits, self.bit_logits]
@@ -97,7 +102,7 @@ class DartsSearch(nn.Module):
         fans.append((ew[-1], 2 * el))  # head
         fans.append((el, ew[-1]))  # mirrored decoder
         fans += [(ew[i], ew[i - 1]) for i in range(self.depth - 1, 0, -1)]
-        fans.append((ew[0], n_in))  # output layer
+        fans.append((ew[0], float(self.net.n_out)))  # output layer: the likelihood's parameters
         bits = torch.tensor([float(b) for b in self.bits], device=pw.device)
         total = torch.zeros((), device=pw.device)
         for j, (a, b) in enumerate(fans):
@@ -108,7 +113,8 @@ class DartsSearch(nn.Module):
     def max_size_bytes(self) -> float:
         wmax, lmax, bmax = float(self.widths.max()), float(self.latents.max()), float(max(self.bits))
         n_in = float(self.net.n_in)
-        n = n_in * wmax + (self.depth - 1) * wmax * wmax * 2 + 2 * wmax * lmax + lmax * wmax + wmax * n_in
+        n_out = float(self.net.n_out)
+        n = n_in * wmax + (self.depth - 1) * wmax * wmax * 2 + 2 * wmax * lmax + lmax * wmax + wmax * n_out
         return n * bmax / 8.0
 
     # ------------------------------------------------------------------ the mixed model
@@ -137,8 +143,8 @@ class DartsSearch(nn.Module):
             m = dec_layers[k]
             h = act(F.linear(h, self._weight(m.weight[:, : h.shape[1]], j), m.bias)) * masks[self.depth - 1 - k]
             j += 1
-        logits = F.linear(h, self._weight(dec_layers[-1].weight[:, :W], j), dec_layers[-1].bias)
-        rec = F.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="none").sum(1)
+        out = F.linear(h, self._weight(dec_layers[-1].weight[:, :W], j), dec_layers[-1].bias)
+        rec = -net.likelihood.log_prob(out.view(len(x), *self.template.output_shape), x)
         kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()) * lmask).sum(1)
         return (rec + kl).mean()
 
@@ -154,21 +160,21 @@ class DartsSearch(nn.Module):
         tr, va = train_x.to(dev), val_x.to(dev)
         Lm = self.net.max_latent
 
-        def batch(data: torch.Tensor) -> torch.Tensor:
+        lik = self.net.likelihood
+
+        def batch(data: torch.Tensor, training: bool) -> torch.Tensor:
             idx = torch.randint(len(data), (cfg.batch_size,), generator=g, device=dev)
-            xb = data[idx].float()
-            if data.dtype == torch.uint8:
-                xb = torch.bernoulli(xb / 255.0, generator=g)
-            return xb
+            # training data are stored (e.g. uint8 grey levels), validation data already in model space
+            return lik.train_batch(data[idx], g) if training else data[idx].float()
 
         for step in range(cfg.steps):
-            x = batch(tr)
+            x = batch(tr, True)
             loss = self.neg_elbo(x, torch.randn(len(x), Lm, generator=g, device=dev))
             w_opt.zero_grad(set_to_none=True)
             loss.backward()
             w_opt.step()
             if step >= cfg.warmup_steps:
-                xv = batch(va)
+                xv = batch(va, False)
                 cost = self.expected_size_bytes() / cmax
                 aloss = self.neg_elbo(xv, torch.randn(len(xv), Lm, generator=g, device=dev)) + lam * cost
                 a_opt.zero_grad(set_to_none=True)
@@ -183,7 +189,7 @@ class DartsSearch(nn.Module):
         widths = tuple(int(self.widths[int(i)]) for i in self.width_logits.argmax(-1))
         latent = int(self.latents[int(self.latent_logits.argmax())])
         picks = [self.bits[int(i)] for i in self.bit_logits.argmax(-1)]
-        spec = ArchSpec.mlp(widths, latent, bits=32, activation=self.space.activation[0])
+        spec = ArchSpec.mlp(widths, latent, bits=32, **self._data_kw())
         n = len(spec.layer_names())
         spec = spec.replace(weight_bits=tuple(picks) if self.space.bits_per_layer else (picks[0],) * n)
         verdict = self.space.contains(spec)

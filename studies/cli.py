@@ -19,6 +19,11 @@ class CliError(VaenasInputError):
 
 def _load_arch(path: str) -> ArchSpec:
     """An arch spec JSON, or an exported arch file (``vaenas export``) that wraps one."""
+    return _load_arch_doc(path)[0]
+
+
+def _load_arch_doc(path: str) -> tuple[ArchSpec, dict | None]:
+    """The spec of an arch file and, for an exported one, the whole export document."""
     p = Path(path)
     if not p.is_file():
         raise CliError(f"--arch: file {path!r} does not exist")
@@ -28,44 +33,71 @@ def _load_arch(path: str) -> ArchSpec:
     except json.JSONDecodeError as e:
         raise CliError(f"--arch: {path!r} is not valid JSON ({e})") from None
     if isinstance(d, dict) and isinstance(d.get("spec"), dict):  # an exported arch file wraps the spec
-        d = d["spec"]
-    return ArchSpec.from_dict(d)
+        return ArchSpec.from_dict(d["spec"]), d
+    return ArchSpec.from_dict(d), None
+
+
+def _dataset_arg(value: str | None):
+    """``--dataset``: a shorthand name, or a dataset block as inline YAML/JSON ('{source: folder, ...}')."""
+    if value is None or not value.lstrip().startswith("{"):
+        return value
+    import yaml
+
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise CliError(f"--dataset: not a valid mapping ({str(e).splitlines()[0]}); e.g. "
+                       "'{source: folder, path: photos, likelihood: discretized_logistic}'") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from evaluator import TrainConfig, evaluate_neg_elbo, iwae_nll, load_data, seeded_model, train
     from search_space import pack_model
 
-    spec = _load_arch(args.arch) if args.arch else SEED_MLP
-    if args.bits is not None:
-        spec = spec.replace(weight_bits=(args.bits,) * len(spec.weight_bits))
+    from .retrain import check_spec_fits
+    from .run import data_meta
+
+    spec = _load_arch(args.arch) if args.arch else None
+    if args.bits is not None:  # a bad bit-width is one line before any data is read
+        (spec or SEED_MLP).replace(weight_bits=(args.bits,) * len((spec or SEED_MLP).weight_bits))
+    if args.iwae_k < 0:
+        raise CliError(f"--iwae-k: must be >= 0 (0 skips it), got {args.iwae_k}")
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       device=args.device, lr_schedule=args.lr_schedule)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"--out: {str(out)!r} exists and is not a directory")
-    data = load_data(args.dataset, args.data_root, n_train=args.n_train)
+    data = load_data(_dataset_arg(args.dataset), args.data_root, n_train=args.n_train)
+    if spec is None:  # the seed MLP VAE, for this data's shape and likelihood
+        spec = SEED_MLP.replace(input_shape=data.input_shape, likelihood=data.likelihood)
+    check_spec_fits(spec, data, "--arch")
+    if args.bits is not None:
+        spec = spec.replace(weight_bits=(args.bits,) * len(spec.weight_bits))
     model = seeded_model(spec, args.seed, args.device)
-    print(f"training {spec.id} ({spec.family}, latent {spec.latent_dim}, bits {list(spec.weight_bits)}) "
-          f"on {args.dataset} for {args.epochs:g} epochs", flush=True)
+    print(f"training {spec.id} ({spec.family}, latent {spec.latent_dim}, bits {list(spec.weight_bits)}, "
+          f"{spec.likelihood}) on {data.name} for {args.epochs:g} epochs", flush=True)
     res = train(model, data.train, cfg, progress=sys.stderr.isatty())
     test = evaluate_neg_elbo(model, data.test)
+    meta = data_meta(data)
     report = {
-        "spec": spec.to_dict(), "spec_id": spec.id, "dataset": args.dataset, "train": cfg.to_dict(),
+        "spec": spec.to_dict(), "spec_id": spec.id, **meta, "train": cfg.to_dict(),
         "train_seconds": res.seconds, "steps": res.steps, "test_neg_elbo": test["neg_elbo"], "test_kl": test["kl"],
         "params": model.num_params(),
     }
+    if "bits_per_dim" in test:
+        report["test_bits_per_dim"] = test["bits_per_dim"]
     packed = pack_model(model)
     report["packed_bytes"] = len(packed)
     if args.iwae_k:
         report[f"test_iwae{args.iwae_k}_nll"] = iwae_nll(model, data.test, k=args.iwae_k)
     from .run import atomic_write, save_checkpoint
 
-    save_checkpoint(out / "model.pt", model, spec)
+    save_checkpoint(out / "model.pt", model, spec, meta)
     atomic_write(out / "weights.packed.bin", packed)
     atomic_write(out / "arch.json", spec.to_json(indent=2).encode())
     atomic_write(out / "report.json", json.dumps(report, indent=2).encode())
-    print(f"test -ELBO {test['neg_elbo']:.2f} nats | params {report['params']:,} | packed {len(packed):,} bytes | "
+    bpd = f" ({test['bits_per_dim']:.4f} bits/dim)" if "bits_per_dim" in test else ""
+    print(f"test -ELBO {test['neg_elbo']:.2f} nats{bpd} | params {report['params']:,} | packed {len(packed):,} bytes | "
           f"train {res.seconds:.1f}s")
     if args.iwae_k:
         print(f"test IWAE-{args.iwae_k} NLL {report[f'test_iwae{args.iwae_k}_nll']:.2f} nats")
@@ -78,6 +110,8 @@ def _print_front(view, limit: int | None = None) -> None:
 
     cols = ["trial", "spec_id", "family", "latent_dim", "mean_bits", *view.objectives]
     cols += [c for c in ("size_bytes", "flops", "latency_ms") if c not in cols]
+    if "bits_per_dim" in view.trials and view.trials["bits_per_dim"].notna().any():
+        cols.insert(cols.index("neg_elbo") + 1 if "neg_elbo" in cols else len(cols), "bits_per_dim")
     front = view.front
     if "neg_elbo_is_estimate" in front and front["neg_elbo_is_estimate"].any():
         print("NOTE: −ELBO values below are ESTIMATES from supernet-inherited weights (not re-measured)")
@@ -160,8 +194,10 @@ def _plots(view, runs_dir: str, data_root: str | None, knee: int, x=None) -> lis
 
     from .plots import make_plots
 
+    from .report import study_data
+
     cfg = view.study.user_attrs.get("config", {})
-    images = load_data(cfg.get("dataset", "mnist"), data_root or cfg.get("data_root"), n_train=1, n_eval=16).test
+    images = load_data(study_data(view)["dataset"], data_root or cfg.get("data_root"), n_train=1, n_eval=16).test
     ck = _run_dir(runs_dir, view.name) / "trials" / str(knee) / "model.pt"
     return make_plots(view, _run_dir(runs_dir, view.name) / "plots", images, knee, ck, x=x)
 
@@ -231,12 +267,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     from .retrain import retrain
 
-    report = retrain(_load_arch(args.arch), epochs=args.epochs, dataset=args.dataset, data_root=args.data_root,
+    spec, doc = _load_arch_doc(args.arch)
+    dataset = _dataset_arg(args.dataset)
+    if dataset is None:  # the dataset the export was searched on, else MNIST
+        dataset = ((doc or {}).get("provenance") or {}).get("dataset") or "mnist"
+    report = retrain(spec, epochs=args.epochs, dataset=dataset, data_root=args.data_root,
                      out=Path(args.out) if args.out else Path(args.arch).with_suffix("").parent / "retrain",
                      teacher=args.teacher, distill_weight=args.distill_weight, seed=args.seed, lr=args.lr,
                      batch_size=args.batch_size, iwae_k=args.iwae_k, device=args.device, n_train=args.n_train,
                      lr_warmup_steps=args.lr_warmup_steps)
-    print(f"test -ELBO {report['test_neg_elbo']:.2f} nats | IWAE-{report['iwae_k']} NLL {report['test_iwae_nll']:.2f} | "
+    bpd = (f" ({report['test_bits_per_dim']:.4f} bits/dim)" if "test_bits_per_dim" in report else "")
+    print(f"test -ELBO {report['test_neg_elbo']:.2f} nats{bpd} | IWAE-{report['iwae_k']} NLL {report['test_iwae_nll']:.2f} | "
           f"params {report['params']:,} | {report['size_bytes']:,} bytes | {report['flops']:,} FLOPs | "
           f"latency {report['latency_ms']:.4f} ms")
     print(f"wrote {report['out_dir']}: " + ", ".join(report["files"]))
@@ -261,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one architecture (default: the seed MLP VAE 784-400-400-20) and report")
     t.add_argument("--arch", help="arch spec JSON (or an exported arch file); default the seed MLP VAE")
     t.add_argument("--bits", type=int, help="override: every weight layer at this bit-width")
-    t.add_argument("--dataset", default="mnist", help="mnist | fashion_mnist")
+    t.add_argument("--dataset", default="mnist",
+                   help="mnist | fashion_mnist | a dataset block as YAML, e.g. '{source: array, path: x.npy, "
+                        "likelihood: gaussian}'")
     t.add_argument("--data-root", help="dataset folder (default $VAENAS_DATA or ~/.cache/vaenas/data)")
     t.add_argument("--epochs", type=float, default=1.0)
     t.add_argument("--batch-size", type=int, default=100)
@@ -328,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--epochs", type=float, required=True)
     rt.add_argument("--teacher", help="teacher VAE checkpoint (model.pt) for knowledge distillation")
     rt.add_argument("--distill-weight", type=float, default=1.0)
-    rt.add_argument("--dataset", default="mnist")
+    rt.add_argument("--dataset", help="mnist | fashion_mnist | a dataset block as YAML (default: the dataset "
+                                      "recorded in the exported arch file, else mnist)")
     rt.add_argument("--data-root")
     rt.add_argument("--n-train", type=int)
     rt.add_argument("--batch-size", type=int, default=100)

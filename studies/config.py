@@ -1,8 +1,14 @@
 """Study configuration from YAML (strict: unknown keys and wrong types are rejected with one line).
 
     name: quickstart                 # letters, digits, '-', '_' (it names runs/<name>/)
-    dataset: mnist                   # mnist | fashion_mnist
-    data_root: null                  # default $VAENAS_DATA or ~/.cache/vaenas/data
+    dataset: mnist                   # mnist | fashion_mnist, or a source + likelihood (evaluator/data.py):
+                                     # {source: torchvision, name: CIFAR10, likelihood: discretized_logistic}
+                                     # {source: folder, path: ./photos, image_size: [32, 32], channels: 3,
+                                     #  likelihood: discretized_logistic}
+                                     # {source: array, path: x.npy, likelihood: gaussian}  (.npy/.npz/.csv)
+                                     # {source: sklearn, name: breast_cancer, likelihood: gaussian}
+                                     # the space's input_shape and likelihood are taken from the data
+    data_root: null                  # torchvision's root: default $VAENAS_DATA or ~/.cache/vaenas/data
     n_train: 10000                   # optional: train each trial on a leading subset
     space: {...} | path.yaml         # inline search space or a file (relative to this config)
     strategy: {name: random, options: {}}   # random | nsga2 | tpe | evolution | rl (+ nni-* with the extra)
@@ -40,7 +46,7 @@ from typing import Any
 import yaml
 
 from evaluator import OBJECTIVES, Bound, LatencyConfig, TrainConfig, check_objectives
-from evaluator.data import DATASETS
+from evaluator.data import DatasetSpec, Splits
 from evaluator.supernet import SupernetConfig
 from search_space import ArchSpec, SearchSpace, VaenasInputError
 
@@ -92,7 +98,7 @@ class StudyConfig:
     space: SearchSpace
     objectives: list[str]
     bounds: list[Bound]
-    dataset: str = "mnist"
+    dataset: DatasetSpec = field(default_factory=lambda: DatasetSpec.parse("mnist"))
     data_root: str | None = None
     n_train: int | None = None
     strategy: str = "random"
@@ -125,9 +131,7 @@ class StudyConfig:
             if req == "space" and isinstance(d["space"], dict):
                 SearchSpace.from_dict(d["space"])
         name = check_name(d["name"])
-        dataset = _typed("dataset", d.get("dataset", "mnist"), str)
-        if dataset not in DATASETS:
-            raise ConfigError(f"dataset: {dataset!r} is unknown; use one of {sorted(DATASETS)}")
+        dataset = DatasetSpec.parse(d.get("dataset", "mnist"), base_dir)
         sp = d["space"]
         if isinstance(sp, str):
             path = Path(sp) if Path(sp).is_absolute() or base_dir is None else base_dir / sp
@@ -250,11 +254,7 @@ class StudyConfig:
                 spec = ArchSpec.from_dict(item)
             except VaenasInputError as e:
                 raise ConfigError(f"enqueue[{i}]: {e}") from None
-            v = space.contains(spec)
-            if not v:
-                raise ConfigError(f"enqueue[{i}]: spec {spec.id} is not in the study's space ({v.reason}); "
-                                  "widen the space or remove it from enqueue")
-            enqueue.append(spec)
+            enqueue.append(spec)  # checked against the space once it is bound to the data (bind_data)
         return cls(
             name=name, space=space, objectives=objectives, bounds=bounds, dataset=dataset,
             data_root=_typed("data_root", d.get("data_root"), str, allow_none=True), n_train=n_train,
@@ -263,6 +263,20 @@ class StudyConfig:
             storage=storage, constraints=constraints, heartbeat=(interval, grace), supernet=supernet, darts=darts,
             enqueue=enqueue, raw=d,
         )
+
+    def bind_data(self, data: Splits) -> None:
+        """Give the space the data's input shape and likelihood, then check what depends on them
+        (conv on vectors, a stated input_shape, enqueued specs): called after loading the data,
+        before anything is written."""
+        try:
+            self.space = self.space.bind_data(data.input_shape, data.likelihood, f"dataset {self.dataset.label}")
+        except VaenasInputError as e:
+            raise ConfigError(str(e)) from None
+        for i, spec in enumerate(self.enqueue):
+            v = self.space.contains(spec)
+            if not v:
+                raise ConfigError(f"enqueue[{i}]: spec {spec.id} is not in the study's space ({v.reason}); "
+                                  "widen the space or remove it from enqueue")
 
     @classmethod
     def load(cls, path: str | Path) -> "StudyConfig":

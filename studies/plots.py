@@ -17,7 +17,7 @@ from search_space import ArchSpec, build_vae  # noqa: E402
 from .report import StudyView, hypervolume_curve, reported_mask  # noqa: E402
 
 LABELS = {
-    "neg_elbo": "validation −ELBO (nats/image, lower is better)",
+    "neg_elbo": "validation −ELBO (nats/example, lower is better)",
     "flops": "FLOPs per forward pass (batch 1)",
     "bitops": "BitOps (MACs × weight bits × activation bits)",
     "params": "parameters",
@@ -131,27 +131,68 @@ def hv_plot(view: StudyView, path: Path) -> Path:
 
 
 def recon_plot(checkpoint: Path, images: torch.Tensor, path: Path, title: str, n: int = 8, seed: int = 0) -> Path:
+    """Test inputs, their reconstructions and samples from the prior (the likelihood's means at ``z``):
+    an image grid (grey or colour) for image models, per-feature curves for vector models.
+    ``images``: test data in model space (``Splits.test``)."""
     ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
     spec = ArchSpec.from_json(ck["spec"])
     model = build_vae(spec)
     model.load_state_dict(ck["state_dict"])
     model.eval()
+    lik = model.likelihood
     x = images[:n].float()
+    n = len(x)
     with torch.no_grad():
         mu, _ = model.encode(x)
-        recon = torch.sigmoid(model.decode(mu))
+        recon = lik.mean(model.decode(mu))
         z = torch.randn((n, spec.latent_dim), generator=torch.Generator().manual_seed(seed))
-        samples = torch.sigmoid(model.decode(z))
+        samples = lik.mean(model.decode(z))
+    if not spec.is_image:
+        return _vector_plot(x, recon, samples, path, title, standardised="normalization" in ck)
     rows = [("input (test)", x), ("reconstruction (mean)", recon), ("samples from prior (mean)", samples)]
-    fig, axes = plt.subplots(3, n, figsize=(1.2 * n, 4.2))
+    fig, axes = plt.subplots(3, n, figsize=(1.2 * n, 4.2), squeeze=False)
     for r, (label, imgs) in enumerate(rows):
+        shown = lik.to_unit(imgs)
         for c in range(n):
             ax = axes[r, c]
-            ax.imshow(imgs[c, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            if shown.shape[1] == 1:
+                ax.imshow(shown[c, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(shown[c].permute(1, 2, 0).numpy())  # RGB, values in [0, 1]
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _vector_plot(x: torch.Tensor, recon: torch.Tensor, samples: torch.Tensor, path: Path, title: str,
+                 standardised: bool, k: int = 4) -> Path:
+    """Vector data: for ``k`` test examples, each feature's value and its reconstruction; below, the
+    prior samples' means against the test examples' spread."""
+    d = x.shape[1]
+    feats = np.arange(d)
+    unit = "standardised value" if standardised else "value"
+    fig, axes = plt.subplots(k + 1, 1, figsize=(max(7.0, min(16.0, 0.25 * d)), 1.8 * (k + 1)), sharex=True)
+    for i in range(min(k, len(x))):
+        ax = axes[i]
+        ax.plot(feats, x[i].numpy(), "o", ms=4, color="black", label="input (test)")
+        ax.plot(feats, recon[i].numpy(), "-", color="tab:blue", label="reconstruction (mean)")
+        ax.set_ylabel(f"example {i}\n{unit}", fontsize=8)
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=8, loc="upper right")
+    ax = axes[-1]
+    lo, hi = x.min(0).values.numpy(), x.max(0).values.numpy()
+    ax.fill_between(feats, lo, hi, color="grey", alpha=0.25, label="range of the test examples shown")
+    for j in range(len(samples)):
+        ax.plot(feats, samples[j].numpy(), "-", lw=0.8, alpha=0.7, color="tab:orange",
+                label="samples from prior (mean)" if j == 0 else None)
+    ax.set_ylabel(unit, fontsize=8)
+    ax.set_xlabel("feature")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
@@ -169,7 +210,9 @@ def make_plots(view: StudyView, out_dir: Path, images: torch.Tensor | None, knee
             paths.append(p)
     if images is not None and checkpoint is not None and checkpoint.exists():
         t = view.trials.set_index("trial").loc[knee_trial]
-        title = (f"{view.name}: knee trial {knee_trial} ({t['spec_id']}), −ELBO {t['neg_elbo']:.1f} nats, "
+        bpd = t.get("bits_per_dim")
+        bpd = f" ({bpd:.3f} bits/dim)" if bpd is not None and bpd == bpd else ""
+        title = (f"{view.name}: knee trial {knee_trial} ({t['spec_id']}), −ELBO {t['neg_elbo']:.1f} nats{bpd}, "
                  f"{int(t['size_bytes']):,} bytes, mean {t['mean_bits']:.1f} bits")
         paths.append(recon_plot(checkpoint, images, out_dir / "knee_reconstructions.png", title))
     return paths

@@ -64,7 +64,7 @@ def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = No
         row = {"trial": t.number, "spec_id": spec.id, "family": spec.family, "latent_dim": spec.latent_dim,
                "enc_hidden": list(spec.enc_hidden), "enc_channels": list(spec.enc_channels),
                "weight_bits": list(spec.weight_bits), "mean_bits": spec.mean_bits}
-        for k in ["neg_elbo"] + COST_COLUMNS + ["train_seconds", "latency_path", "neg_elbo_is_estimate"]:
+        for k in ["neg_elbo", "bits_per_dim"] + COST_COLUMNS + ["train_seconds", "latency_path", "neg_elbo_is_estimate"]:
             row[k] = t.user_attrs.get(k)
         row["reused_from_trial"] = t.user_attrs.get("reused_from_trial")
         row["feasible"] = bool(t.user_attrs.get("feasible", True))
@@ -173,17 +173,32 @@ def export_trial(view: StudyView, number: int, out: Path, runs_dir: str | Path =
     spec = ArchSpec.from_json(t.user_attrs["spec"])
     objectives = {k: t.user_attrs.get(k) for k in ["neg_elbo"] + COST_COLUMNS}
     cfg = view.study.user_attrs.get("config", {})
+    data = study_data(view)
+    dataset = data["dataset"]
     arch_path = str(out)
+    # a shorthand is named on the command line; a dataset block is read back from this file by retrain
+    flag = f" --dataset {dataset}" if isinstance(dataset, str) else ""
     doc = {
         "type": "vaenas.Export", "version": 1, "spec": spec.to_dict(), "spec_id": spec.id,
         "objectives": objectives, "neg_elbo_is_estimate": bool(t.user_attrs.get("neg_elbo_is_estimate", False)),
-        "provenance": {"study": view.name, "storage": view.storage, "trial": number, "dataset": cfg.get("dataset", "mnist"),
+        "likelihood": spec.likelihood, "input_shape": list(spec.input_shape),
+        "input_normalization": data.get("normalization"),
+        "provenance": {"study": view.name, "storage": view.storage, "trial": number, "dataset": dataset,
                        "seed": t.user_attrs.get("seed"), "train": cfg.get("train", {}),
                        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-        "retrain_command": f"vaenas retrain {arch_path} --epochs 30 --dataset {cfg.get('dataset', 'mnist')}",
+        "retrain_command": f"vaenas retrain {arch_path} --epochs 30{flag}",
     }
     atomic_write(out, json.dumps(doc, indent=2).encode())
     return doc
+
+
+def study_data(view: StudyView) -> dict:
+    """The study's data record (dataset in config form with absolute paths, likelihood, input shape,
+    normalisation); studies made before it existed name a shorthand dataset in their config."""
+    data = view.study.user_attrs.get("data")
+    if data:
+        return data
+    return {"dataset": view.study.user_attrs.get("config", {}).get("dataset", "mnist"), "likelihood": "bernoulli"}
 
 
 def front_points(view: StudyView) -> np.ndarray:

@@ -1,9 +1,10 @@
 """Full retraining of an exported architecture: QAT at the spec's bit-widths, optional distillation.
 
 Distillation from a teacher VAE (as the seed documents describe) adds to the student's −ELBO:
-``distill_weight x (KL(q_teacher(z|x) || q_student(z|x)) + BCE(student recon, teacher recon))`` -
-the first term only when both latent dimensions agree; reconstructions are the decoders' Bernoulli
-means at ``z = mu``.
+``distill_weight x (KL(q_teacher(z|x) || q_student(z|x)) + D(student recon, teacher recon))`` -
+the first term only when both latent dimensions agree; ``D`` is the likelihood's ``distill`` term
+between the decoders' outputs at ``z = mu`` (Bernoulli: the BCE of the student's logits against the
+teacher's pixel probabilities).
 """
 
 from __future__ import annotations
@@ -13,15 +14,14 @@ import os
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from evaluator import (
-    LatencyConfig, TrainConfig, evaluate_neg_elbo, iwae_nll, load_data, measure_latency, reconstruction_error,
+    LatencyConfig, TrainConfig, bits_per_dim, evaluate_neg_elbo, iwae_nll, load_data, measure_latency, reconstruction_error,
     resolve_device, seeded_model, static_costs, train,
 )
 from search_space import ArchSpec, VaenasInputError, build_vae, pack_model
 
-from .run import atomic_write, save_checkpoint
+from .run import atomic_write, data_meta, save_checkpoint
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint"):
@@ -51,11 +51,9 @@ def distillation_loss(teacher, weight: float):
     def loss(student, x, eps):
         with torch.no_grad():
             mu_t, lv_t = teacher.encode(x)
-            rec_t = torch.sigmoid(teacher.decode(mu_t))
+            out_t = teacher.decode(mu_t)
         mu_s, lv_s = student.encode(x)
-        rec = F.binary_cross_entropy_with_logits(student.decode(mu_s).flatten(1), rec_t.flatten(1),
-                                                 reduction="none").sum(1)
-        total = rec
+        total = student.likelihood.distill(student.decode(mu_s), out_t)
         if mu_s.shape == mu_t.shape:  # KL(q_t || q_s), closed form for diagonal Gaussians
             kl = 0.5 * (lv_s - lv_t + (lv_t.exp() + (mu_t - mu_s).pow(2)) / lv_s.exp() - 1).sum(1)
             total = total + kl
@@ -64,37 +62,55 @@ def distillation_loss(teacher, weight: float):
     return loss
 
 
-def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset: str = "mnist", data_root: str | None = None,
+def check_spec_fits(spec: ArchSpec, data, what: str = "arch") -> None:
+    """One line if ``spec`` was not made for ``data`` (input shape or likelihood differ)."""
+    if tuple(spec.input_shape) != tuple(data.input_shape) or spec.likelihood != data.likelihood:
+        raise VaenasInputError(
+            f"{what}: spec {spec.id} takes input {list(spec.input_shape)} under {spec.likelihood!r}, but dataset "
+            f"{data.name} has {list(data.input_shape)} under {data.likelihood!r}; pass the dataset the spec was "
+            "searched on (--dataset)")
+
+
+def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset="mnist", data_root: str | None = None,
             teacher: str | None = None, distill_weight: float = 1.0, seed: int = 0, lr: float = 1e-3,
             batch_size: int = 100, iwae_k: int = 100, device: str = "auto", n_train: int | None = None,
             lr_warmup_steps: int = 100) -> dict:
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, lr_schedule="cosine",
                       lr_warmup_steps=lr_warmup_steps)
+    if isinstance(iwae_k, bool) or not isinstance(iwae_k, int) or iwae_k < 1:
+        raise VaenasInputError(f"--iwae-k: must be a whole number >= 1, got {iwae_k!r}")
     extra = None
     if teacher:
         t = load_checkpoint(teacher, "--teacher")
-        if tuple(t.spec.input_shape) != tuple(spec.input_shape):
-            raise VaenasInputError(f"--teacher: input shape {t.spec.input_shape} differs from the student's {spec.input_shape}")
+        if tuple(t.spec.input_shape) != tuple(spec.input_shape) or t.spec.likelihood != spec.likelihood:
+            raise VaenasInputError(f"--teacher: input {list(t.spec.input_shape)} under {t.spec.likelihood!r} differs "
+                                   f"from the student's {list(spec.input_shape)} under {spec.likelihood!r}")
         extra = distillation_loss(t.to(resolve_device(device)), distill_weight)
     if out.exists() and not out.is_dir():
         raise VaenasInputError(f"--out: {str(out)!r} exists and is not a directory")
     data = load_data(dataset, data_root, n_train=n_train)
+    check_spec_fits(spec, data)
     model = seeded_model(spec, seed, device)
     res = train(model, data.train, cfg, extra_loss=extra, progress=True)
     test = evaluate_neg_elbo(model, data.test)
     costs = static_costs(spec)
     packed = pack_model(model)
     lat = measure_latency(model, LatencyConfig())
+    iwae = iwae_nll(model, data.test, k=iwae_k)
+    meta = data_meta(data)
     report = {
-        "spec": spec.to_dict(), "spec_id": spec.id, "dataset": dataset, "train": cfg.to_dict(),
+        "spec": spec.to_dict(), "spec_id": spec.id, **meta, "train": cfg.to_dict(),
         "teacher": teacher, "distill_weight": distill_weight if teacher else None, "train_seconds": res.seconds,
         "test_neg_elbo": test["neg_elbo"], "test_kl": test["kl"], "iwae_k": iwae_k,
-        "test_iwae_nll": iwae_nll(model, data.test, k=iwae_k), "test_recon_mse_per_pixel": reconstruction_error(model, data.test),
+        "test_iwae_nll": iwae, "test_recon_mse_per_pixel": reconstruction_error(model, data.test),
         "params": costs.params, "size_bytes": len(packed), "flops": costs.flops, "bitops": costs.bitops,
         "latency_ms": lat.median_ms, "latency_iqr_ms": lat.iqr_ms, "latency_path": lat.path,
         "uncounted_ops": list(costs.uncounted_ops), "out_dir": str(out),
     }
-    save_checkpoint(out / "model.pt", model, spec)
+    if spec.is_image:  # the unit published image results use
+        report["test_bits_per_dim"] = bits_per_dim(test["neg_elbo"], spec.n_inputs)
+        report["test_iwae_bits_per_dim"] = bits_per_dim(iwae, spec.n_inputs)
+    save_checkpoint(out / "model.pt", model, spec, meta)
     atomic_write(out / "weights.packed.bin", packed)
     atomic_write(out / "arch.json", spec.to_json(indent=2).encode())
     files = ["model.pt", "weights.packed.bin", "arch.json"]

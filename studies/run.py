@@ -79,10 +79,22 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def save_checkpoint(path: Path, model, spec: ArchSpec, extra: dict | None = None) -> None:
+    """``model.pt``: the spec, the weights and ``extra`` (e.g. ``normalization``: the input statistics a
+    deployed model applies first, for standardised array data)."""
     buf = io.BytesIO()
     torch.save({"format": "vaenas.checkpoint", "version": 1, "spec": spec.to_json(), **(extra or {}),
                 "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, buf)
     atomic_write(path, buf.getvalue())
+
+
+def data_meta(data) -> dict:
+    """What a checkpoint or an export records about its data: the dataset (config form), the likelihood,
+    the input shape and, for standardised arrays, the input normalisation a deployed model applies first."""
+    ds = data.dataset.to_config() if data.dataset is not None else data.name
+    meta = {"dataset": ds, "likelihood": data.likelihood, "input_shape": list(data.input_shape)}
+    if data.normalization is not None:
+        meta["normalization"] = data.normalization
+    return meta
 
 
 REMEASURE = "remeasure"  # phase of a trial that re-measures an estimated front spec standalone
@@ -262,6 +274,7 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     if resume and cfg.name not in names:
         raise VaenasInputError(f"--resume: no study {cfg.name!r} in {redact(url)}; run without --resume to start it")
     data = load_data(cfg.dataset, cfg.data_root, n_train=cfg.n_train)  # bad input fails here, before any write
+    cfg.bind_data(data)  # the space takes the data's input shape and likelihood
     standalone = Evaluator(data, cfg.train, cfg.latency)
     evaluators: dict[str, object] = {}
 
@@ -292,6 +305,7 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
                                     directions=["minimize"] * len(cfg.objectives))
         if "objectives" not in study.user_attrs:
             _init_study_attrs(study, cfg)
+            study.set_user_attr("data", data_meta(data))  # plots, export and retrain reload the data from it
     else:
         study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
     _check_same_study(study, cfg)
@@ -398,7 +412,8 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
                             _set_constraints(trial, cfg.constraints,
                                              constraint_values(result.to_dict(), cfg.constraints))
                         if not result.neg_elbo_is_estimate:  # an estimate's weights are the supernet's
-                            save_checkpoint(sdir / "trials" / str(trial.number) / "model.pt", model, spec)
+                            save_checkpoint(sdir / "trials" / str(trial.number) / "model.pt", model, spec,
+                                            data_meta(data))
                         study.tell(trial, list(result.values(cfg.objectives)))
                     else:
                         trial.set_user_attr("fail_reason", result.reason)
@@ -470,7 +485,7 @@ def supernet_evaluator(cfg: StudyConfig, data, sdir: Path, progress: bool = Fals
 
     sn = cfg.supernet
     tcfg = TrainConfig(**{**cfg.train.to_dict(), "epochs": sn.epochs, "max_steps": None, "seed": cfg.seed})
-    key = {"space": cfg.space.to_dict(), "dataset": cfg.dataset, "n_train": cfg.n_train, "train": tcfg.to_dict(),
+    key = {"space": cfg.space.to_dict(), "dataset": cfg.dataset.to_config(), "n_train": cfg.n_train, "train": tcfg.to_dict(),
            "sandwich": {"n_random": sn.n_random, "kd_weight": sn.kd_weight}}
     key_json = json.dumps(key, sort_keys=True, default=str)
     path = sdir / "supernet.pt"
@@ -582,5 +597,5 @@ def remeasure_front(study: optuna.Study, cfg: StudyConfig, evaluator: Evaluator,
                                                   user_attrs=attrs, system_attrs=system))
         number = max(x.number for x in study.get_trials(deepcopy=False)
                      if x.user_attrs.get("remeasure_of") == t.number)
-        save_checkpoint(sdir / "trials" / str(number) / "model.pt", model, spec)
+        save_checkpoint(sdir / "trials" / str(number) / "model.pt", model, spec, data_meta(evaluator.data))
     return len(todo)

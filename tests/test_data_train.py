@@ -19,8 +19,8 @@ def test_splits_shapes_disjoint_and_fixed(data_root):
     assert torch.equal(d.val, again.val) and torch.equal(d.test, again.test) and torch.equal(d.train, again.train)
     # validation images are carved from the training set and are not in the train split
     train_keys = {hash(img.numpy().tobytes()) for img in d.train[:50_000:7]}
-    from evaluator.data import _raw
-    tr, _ = _raw("mnist", str(data_root))
+    from evaluator.sources import read_torchvision
+    tr = read_torchvision("MNIST", data_root, {}, "mnist").train
     assert len(tr) == 60_000
     val_u8 = tr[torch.randperm(60_000, generator=torch.Generator().manual_seed(0))[-10_000:]]
     assert not train_keys & {hash(img.numpy().tobytes()) for img in val_u8}

@@ -1,0 +1,285 @@
+"""Reading a dataset's examples from where they live: torchvision, an image folder, an array file,
+scikit-learn's bundled tables. Each reader returns :class:`RawData` in its stored form (uint8
+images ``(N, C, H, W)``, or vectors ``(N, D)``); splitting, likelihood checks and normalisation
+are ``evaluator/data.py``'s. Every problem is one :class:`~search_space.VaenasInputError` line that
+names the file or value and the fix; sizes are checked against the memory limit *before* the
+examples are decoded or read.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import io
+import math
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from search_space import VaenasInputError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+SKLEARN_TABLES = ("breast_cancer", "diabetes", "digits", "iris", "wine")  # bundled in the wheel: no download
+
+
+class DataUnavailableError(VaenasInputError):
+    """The dataset is neither on disk nor downloadable."""
+
+
+@dataclass
+class RawData:
+    """Examples as stored. ``val``/``test`` are None where the source has no such split (carved later)."""
+
+    train: torch.Tensor
+    test: torch.Tensor | None = None
+    val: torch.Tensor | None = None
+    feature_names: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def check_memory(label: str, n: int, dims: int, itemsize: int, limit_mb: float, fix: str) -> None:
+    """Refuse before loading when ``n`` examples of ``dims`` values need more than the limit.
+
+    Counted: the stored examples (``itemsize`` bytes per value) plus float32 model-space copies of up
+    to a fifth of them (the validation and test splits)."""
+    need = n * dims * itemsize + math.ceil(0.2 * n) * dims * 4
+    if need > limit_mb * 2**20:
+        raise VaenasInputError(
+            f"dataset {label}: needs about {need / 2**20:,.0f} MB in memory ({n:,} examples x {dims:,} values), over "
+            f"the limit of {limit_mb:g} MB; raise dataset.max_memory_mb or {fix}")
+
+
+# ----------------------------------------------------------------------------- torchvision
+MNIST_LIKE = {"MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST"}
+
+
+def torchvision_class(name: str):
+    """The torchvision dataset class ``name`` if it takes ``train=`` or ``split=``, else a one-line error."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, name, None) if isinstance(name, str) and not name.startswith("_") else None
+    params = inspect.signature(cls.__init__).parameters if inspect.isclass(cls) else {}
+    if cls is None or not ({"train", "split"} & set(params)):
+        raise VaenasInputError(
+            f"dataset.name: {name!r} is not a torchvision image dataset with a train/test split; use one of "
+            "MNIST, FashionMNIST, KMNIST, EMNIST, QMNIST, CIFAR10, CIFAR100, SVHN, USPS (names as in torchvision.datasets)")
+    return cls
+
+
+def _to_nchw_uint8(ds) -> torch.Tensor:
+    """A torchvision dataset's images as a uint8 tensor (N, C, H, W), from ``.data`` when it holds them."""
+    data = getattr(ds, "data", None)
+    if isinstance(data, (torch.Tensor, np.ndarray)) and data.ndim in (3, 4):
+        t = torch.as_tensor(np.asarray(data)) if isinstance(data, np.ndarray) else data
+        if t.dtype == torch.uint8:
+            if t.ndim == 3:
+                return t.unsqueeze(1).contiguous()
+            if t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
+                return t.permute(0, 3, 1, 2).contiguous()  # NHWC (CIFAR)
+            if t.shape[1] in (1, 3):
+                return t.contiguous()  # NCHW (SVHN)
+    out = []  # any other dataset: decode item by item (PIL images)
+    for i in range(len(ds)):
+        img = ds[i][0]
+        a = np.asarray(img.convert("RGB" if img.mode not in GREY_MODES else "L"))
+        out.append(torch.from_numpy(a.copy()).reshape(a.shape[0], a.shape[1], -1).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+def read_torchvision(name: str, root: Path, options: dict, label: str) -> RawData:
+    cls = torchvision_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    raw = root / name / "raw" if name in MNIST_LIKE else root
+    existed = {p for p in (root, root / name, root / name / "raw") if p.exists()}
+    try:
+        if "train" in params:
+            tr, te = (cls(str(root), train=flag, download=True, **options) for flag in (True, False))
+        else:
+            tr, te = (cls(str(root), split=s, download=True, **options) for s in ("train", "test"))
+    except TypeError as e:
+        raise VaenasInputError(f"dataset.options: not accepted by torchvision.datasets.{name} ({e})") from None
+    except Exception as e:  # network errors, checksum errors, permission errors
+        for p in (root / name / "raw", root / name, root):  # leave nothing behind that we created
+            if p not in existed and p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        what = ("copy the four IDX .gz files into " + str(raw)) if name in MNIST_LIKE else \
+            f"put torchvision's files for {name} under {root}"
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise DataUnavailableError(f"dataset {label}: not found under {raw} and could not be downloaded "
+                                   f"({type(e).__name__}: {first}); {what} or go online") from None
+    return RawData(_to_nchw_uint8(tr), _to_nchw_uint8(te))
+
+
+# ----------------------------------------------------------------------------- image folders
+def _image_files(d: Path) -> list[Path]:
+    return sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS
+                  and not any(part.startswith(".") for part in p.relative_to(d).parts))
+
+
+def _unreadable(path: Path, e: Exception) -> VaenasInputError:
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return VaenasInputError(f"dataset.path: {path} is not a readable image ({first}); remove or replace the file")
+
+
+def read_folder(path: Path, image_size: tuple[int, int] | None, channels: int | None, limit_mb: float,
+                label: str) -> RawData:
+    """Images under ``path`` (class subfolders or flat; ``train/`` ``val/`` ``test/`` subfolders when present)."""
+    from PIL import Image
+
+    if not path.is_dir():
+        raise VaenasInputError(f"dataset.path: folder {str(path)!r} does not exist; check the path")
+    split_dirs = {s: path / s for s in ("train", "val", "test") if (path / s).is_dir()}
+    groups = {s: _image_files(d) for s, d in split_dirs.items()} if "train" in split_dirs else {"train": _image_files(path)}
+    if not groups["train"]:
+        raise VaenasInputError(f"dataset.path: no {'/'.join(e[1:] for e in IMAGE_EXTS)} images under "
+                               f"{str(split_dirs.get('train', path))!r}; point path at a folder of images")
+    files = [f for fs in groups.values() for f in fs]
+    sizes, modes = {}, set()
+    for f in files:  # headers only: sizes and modes, no pixel decoding yet
+        try:
+            with Image.open(f) as im:
+                sizes.setdefault((im.height, im.width), f)
+                modes.add(im.mode)
+        except Exception as e:
+            raise _unreadable(f, e) from None
+    if image_size is None:
+        if len(sizes) > 1:
+            (s1, f1), (s2, f2) = list(sizes.items())[:2]
+            raise VaenasInputError(
+                f"dataset: images have different sizes ({s1[0]}x{s1[1]} in {f1.name}, {s2[0]}x{s2[1]} in {f2.name}); "
+                "set image_size: [height, width] in the dataset block to resize them all")
+        image_size = next(iter(sizes))
+    if channels is None:
+        channels = 1 if modes <= GREY_MODES else 3
+    h, w = image_size
+    check_memory(label, len(files), channels * h * w, 1, limit_mb, "set a smaller image_size")
+    mode = "L" if channels == 1 else "RGB"
+
+    def decode(f: Path) -> torch.Tensor:
+        try:
+            with Image.open(f) as im:
+                im = im.convert(mode)
+                if (im.height, im.width) != (h, w):
+                    im = im.resize((w, h), Image.Resampling.BILINEAR)
+                a = np.asarray(im, dtype=np.uint8)
+        except Exception as e:
+            raise _unreadable(f, e) from None
+        return torch.from_numpy(a.copy()).reshape(h, w, channels).permute(2, 0, 1)
+
+    out = {s: torch.stack([decode(f) for f in fs]) if fs else None for s, fs in groups.items()}
+    return RawData(out["train"], out.get("test"), out.get("val"))
+
+
+# ----------------------------------------------------------------------------- arrays
+def _npz_member_shape(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of one array of an .npz from its header (nothing decoded)."""
+    with zipfile.ZipFile(path) as z, z.open(key + ".npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = reader(fh)
+    return shape, dtype
+
+
+def _csv_table(path: Path, limit_mb: float, label: str) -> tuple[np.ndarray, list[str] | None]:
+    text = path.read_text(errors="replace")
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise VaenasInputError(f"dataset.path: {path} is empty; give a CSV with one example per row")
+    n_cols = len(next(csv.reader([lines[0]])))
+    check_memory(label, len(lines), n_cols, 4, limit_mb, "use fewer rows or columns")
+    rows, header = [], None
+    for r, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not any(c.strip() for c in row):
+            continue
+        vals = []
+        for c, cell in enumerate(row, start=1):
+            try:
+                vals.append(float(cell))
+            except ValueError:
+                if not rows and header is None and r == 1:
+                    vals = None
+                    break
+                what = "is empty" if not cell.strip() else f"is {cell.strip()[:30]!r}, not a number"
+                raise VaenasInputError(f"dataset.path: {path.name} row {r}, column {c} {what}; every cell must be a "
+                                       "number (one header row is allowed)") from None
+        if vals is None:
+            header = [c.strip() for c in row]
+            continue
+        if len(vals) != n_cols:
+            raise VaenasInputError(f"dataset.path: {path.name} row {r} has {len(vals)} cells, the first row {n_cols}; "
+                                   "every row needs the same number of columns")
+        rows.append(vals)
+    if not rows:
+        raise VaenasInputError(f"dataset.path: {path} has no numeric rows; give one example per row")
+    return np.asarray(rows, dtype=np.float64), header
+
+
+def read_array(path: Path, key: str | None, limit_mb: float, label: str) -> RawData:
+    """Rows of an .npy / .npz / .csv file are examples; trailing axes are flattened into features."""
+    if not path.is_file():
+        raise VaenasInputError(f"dataset.path: file {str(path)!r} does not exist; check the path")
+    suffix = path.suffix.lower()
+    names = None
+    try:
+        if suffix == ".npy":
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            check_memory(label, arr.shape[0] if arr.ndim else 0, int(np.prod(arr.shape[1:])), 4, limit_mb,
+                         "use fewer rows")
+            arr = np.asarray(arr)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.files)
+                if key is None:
+                    if len(keys) != 1:
+                        raise VaenasInputError(f"dataset.key: {path.name} holds arrays {keys}; name the one to use "
+                                               "with key: NAME")
+                    key = keys[0]
+                if key not in keys:
+                    raise VaenasInputError(f"dataset.key: {key!r} is not in {path.name} (it holds {keys})")
+                shape, _ = _npz_member_shape(path, key)
+                check_memory(label, shape[0] if shape else 0, int(np.prod(shape[1:])), 4, limit_mb, "use fewer rows")
+                arr = z[key]
+        elif suffix == ".csv":
+            arr, names = _csv_table(path, limit_mb, label)
+        else:
+            raise VaenasInputError(f"dataset.path: {path.name} is not an .npy, .npz or .csv file")
+    except VaenasInputError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, KeyError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise VaenasInputError(f"dataset.path: {path.name} cannot be read as a numeric array ({first})") from None
+    return RawData(*_as_rows(arr, path.name), feature_names=names)
+
+
+def _as_rows(arr: np.ndarray, what: str) -> tuple[torch.Tensor]:
+    if arr.dtype.kind not in "biuf":
+        raise VaenasInputError(f"dataset: {what} holds {arr.dtype} values, not numbers; save a numeric array")
+    if arr.ndim < 2:
+        raise VaenasInputError(f"dataset: {what} is a {arr.ndim}-D array of shape {list(arr.shape)}; rows are examples, "
+                               "so give a 2-D array (examples, features)")
+    arr = arr.reshape(arr.shape[0], -1)
+    bad = ~np.isfinite(arr) if arr.dtype.kind == "f" else np.zeros(arr.shape, bool)
+    if bad.any():
+        r, c = (int(v) for v in np.argwhere(bad)[0])
+        raise VaenasInputError(f"dataset: {what} has {int(bad.sum())} NaN/inf values (first at row {r + 1}, column "
+                               f"{c + 1}); remove or impute them first")
+    return (torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64)),)
+
+
+def read_sklearn(name: str, label: str) -> RawData:
+    """One of scikit-learn's bundled tables (no download): its feature matrix."""
+    if name not in SKLEARN_TABLES:
+        raise VaenasInputError(f"dataset.name: {name!r} is not a bundled scikit-learn table; use one of "
+                               f"{list(SKLEARN_TABLES)}")
+    try:
+        import sklearn.datasets as skd
+    except ImportError:
+        raise VaenasInputError("dataset: source sklearn needs scikit-learn; install it with "
+                               "`pip install scikit-learn` (or the extra `pip install -e '.[tabular]'`)") from None
+    bunch = getattr(skd, f"load_{name}")()
+    names = [str(n) for n in getattr(bunch, "feature_names", [])] or None
+    return RawData(*_as_rows(np.asarray(bunch.data), f"sklearn {name}"), feature_names=names)

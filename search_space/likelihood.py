@@ -1,0 +1,248 @@
+"""What a decoder's output means: the one owner of each likelihood p(x | z).
+
+A likelihood decides
+
+* how many numbers the decoder outputs per data dimension (:attr:`Likelihood.n_params`): the
+  builder, both supernets and DARTS size the output layer from it (``ArchSpec.output_shape``);
+* how stored data become the values the model sees ("model space"): :meth:`train_batch` (per
+  batch, may be random - e.g. dynamic binarisation) and :meth:`eval_data` (once, fixed seed);
+* ``log p(x | decoder output)`` summed over dimensions, per example (:meth:`log_prob`) - the
+  reconstruction term of the −ELBO, of the IWAE bound, of the supernet's and DARTS' losses;
+* the distribution's parameters (:meth:`params`), its mean (:meth:`mean`), sampling
+  (:meth:`sample`), a distillation term between two decoders (:meth:`distill`) and how a mean
+  is drawn as an image (:meth:`to_unit`).
+
+The decoder output has shape ``(N, n_params * S0, *S_rest)`` for data of shape ``(S0, *S_rest)``
+(images ``(C, H, W)``, vectors ``(D,)``): the parameters are stacked along axis 1, parameter ``p``
+in ``[p * S0, (p + 1) * S0)``.
+
+Likelihoods:
+
+``bernoulli``
+    Data in [0, 1] (grey levels / 255). Training batches are binarised stochastically, evaluation
+    data once with a fixed seed. Decoder output: logits.
+``discretized_logistic``
+    8-bit data (integers 0..255), mapped to ``x = 2 * v / 255 - 1`` in [-1, 1]; each value is one
+    of 256 bins of width 2/255 under a logistic (loc, scale); the edge bins take the tails
+    (PixelCNN++, Salimans et al. 2017). Decoder output: loc and a raw log-scale per dimension; the
+    log-scale used is ``-7 + softplus(raw + 7)`` (a smooth floor at e^-7, as PixelCNN++ clamps).
+``gaussian``
+    Continuous data (standardised per feature for arrays; see ``evaluator/data.py``). Decoder
+    output: mean and a raw log-std per dimension; the log-std used is ``ln(1e-3) + softplus(raw -
+    ln(1e-3))`` (a smooth floor at std 1e-3, so the density cannot grow without bound).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch.nn import functional as F
+
+from .errors import SpecError
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _soft_floor(raw: torch.Tensor, floor: float) -> torch.Tensor:
+    return floor + F.softplus(raw - floor)
+
+
+def to_unit(raw: torch.Tensor) -> torch.Tensor:
+    """Stored data as floats in the data's own scale: uint8 grey levels / 255, floats unchanged."""
+    return raw.float().div(255.0) if raw.dtype == torch.uint8 else raw.float()
+
+
+class Likelihood:
+    name: str = ""
+    n_params: int = 1
+    discrete: bool = False  # a probability mass over discrete values (bits/dim is a code length)
+    requirement: str = ""  # what the stored data must be, for error messages
+
+    # ------------------------------------------------------------------ data
+    def check_data(self, raw: torch.Tensor) -> str | None:
+        """``None`` if ``raw`` (stored data) suits this likelihood, else what is wrong (one phrase)."""
+        return None
+
+    def train_batch(self, raw: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """A training batch in model space (may draw from ``g``)."""
+        return to_unit(raw)
+
+    def eval_data(self, raw: torch.Tensor, seed: int) -> torch.Tensor:
+        """Evaluation data in model space, fixed (seeded) so every evaluation sees the same values."""
+        return to_unit(raw)
+
+    # ------------------------------------------------------------------ the distribution
+    def split(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return out.chunk(self.n_params, dim=1) if self.n_params > 1 else (out,)
+
+    def params(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``log p(x | out)`` summed over every dimension: shape ``(N,)``, nats."""
+        raise NotImplementedError
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """The decoder's prediction in model space (the distribution's mean; see each class)."""
+        raise NotImplementedError
+
+    def sample(self, out: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def distill(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Per-example distillation term pulling the student's distribution to the (detached) teacher's."""
+        raise NotImplementedError
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space values drawn as an image in [0, 1]."""
+        return x.clamp(0, 1)
+
+
+class Bernoulli(Likelihood):
+    name = "bernoulli"
+    n_params = 1
+    discrete = True
+    requirement = "values in [0, 1] (or 8-bit grey levels)"
+
+    def check_data(self, raw: torch.Tensor) -> str | None:
+        if raw.dtype == torch.uint8:
+            return None  # grey levels: always in [0, 1] once divided by 255
+        u = to_unit(raw)
+        lo, hi = float(u.min()), float(u.max())
+        if lo < 0 or hi > 1:
+            return f"values must lie in [0, 1], got min {lo:g} and max {hi:g}"
+        return None
+
+    def train_batch(self, raw: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return torch.bernoulli(to_unit(raw), generator=g)
+
+    def eval_data(self, raw: torch.Tensor, seed: int) -> torch.Tensor:
+        return torch.bernoulli(to_unit(raw), generator=torch.Generator().manual_seed(seed))
+
+    def params(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": out}
+
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return -F.binary_cross_entropy_with_logits(out.flatten(1), x.flatten(1), reduction="none").sum(1)
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(out)
+
+    def sample(self, out: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        return torch.bernoulli(torch.sigmoid(out), generator=g)
+
+    def distill(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(student.flatten(1), torch.sigmoid(teacher).flatten(1),
+                                                  reduction="none").sum(1)
+
+
+class _LocScale(Likelihood):
+    n_params = 2
+    log_scale_floor = 0.0
+
+    def params(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
+        loc, raw = self.split(out)
+        return {"loc": loc, "log_scale": _soft_floor(raw, self.log_scale_floor)}
+
+    def distill(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        # KL(teacher || student) of Gaussians with the two distributions' loc and std (for the logistic,
+        # std = scale * pi / sqrt(3): moment-matched; the constant factor cancels in the log-ratio)
+        s, t = self.params(student), self.params(teacher)
+        var_s, var_t = torch.exp(2 * s["log_scale"]), torch.exp(2 * t["log_scale"])
+        kl = s["log_scale"] - t["log_scale"] + (var_t + self._var_factor() * (t["loc"] - s["loc"]).pow(2)) / (2 * var_s) - 0.5
+        return kl.flatten(1).sum(1)
+
+    def _var_factor(self) -> float:
+        return 1.0
+
+
+class DiscretizedLogistic(_LocScale):
+    name = "discretized_logistic"
+    discrete = True
+    log_scale_floor = -7.0
+    requirement = "8-bit data: integers 0..255"
+    HALF_BIN = 1.0 / 255.0  # half the width of one of the 256 bins of [-1, 1]
+
+    def check_data(self, raw: torch.Tensor) -> str | None:
+        if raw.dtype == torch.uint8:
+            return None
+        f = raw.double()
+        if float(f.min()) < 0 or float(f.max()) > 255 or not torch.equal(f, f.round()):
+            return (f"needs 8-bit data (integers 0..255), got values from {float(f.min()):g} to {float(f.max()):g}"
+                    + ("" if torch.equal(f, f.round()) else " that are not whole numbers"))
+        return None
+
+    @staticmethod
+    def _model_space(raw: torch.Tensor) -> torch.Tensor:
+        return raw.float().mul(2.0 / 255.0).sub(1.0)
+
+    def train_batch(self, raw: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return self._model_space(raw)
+
+    def eval_data(self, raw: torch.Tensor, seed: int) -> torch.Tensor:
+        return self._model_space(raw)
+
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        p = self.params(out)
+        loc, log_s = p["loc"], p["log_scale"]
+        x = x.view_as(loc)
+        inv_s = torch.exp(-log_s)
+        a = inv_s * (x - loc + self.HALF_BIN)  # upper bin edge, standardised
+        b = inv_s * (x - loc - self.HALF_BIN)  # lower bin edge
+        # log(sigmoid(a) - sigmoid(b)) = log sigmoid(a) + log sigmoid(-b) + log(1 - e^(b - a)), stable
+        mid = -F.softplus(-a) - F.softplus(b) + torch.log(-torch.expm1(b - a))
+        lo_edge = -F.softplus(-a)  # x = -1: the bin takes the whole left tail, P = sigmoid(a)
+        hi_edge = -F.softplus(b)  # x = +1: the whole right tail, P = 1 - sigmoid(b)
+        lp = torch.where(x < -1 + self.HALF_BIN, lo_edge, torch.where(x > 1 - self.HALF_BIN, hi_edge, mid))
+        return lp.flatten(1).sum(1)
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """The logistic's loc clamped to [-1, 1] (the mode's bin centre, up to rounding; exact mean of
+        the discretised, clipped distribution differs from it only in the tails)."""
+        return self.split(out)[0].clamp(-1, 1)
+
+    def sample(self, out: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        p = self.params(out)
+        u = torch.rand(p["loc"].shape, generator=g, device=out.device).clamp(1e-6, 1 - 1e-6)
+        x = p["loc"] + torch.exp(p["log_scale"]) * (torch.log(u) - torch.log1p(-u))
+        return torch.round((x.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1  # a bin centre
+
+    def _var_factor(self) -> float:
+        return 3.0 / math.pi**2  # var of a logistic = (scale * pi)^2 / 3
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x + 1) / 2).clamp(0, 1)
+
+
+class Gaussian(_LocScale):
+    name = "gaussian"
+    log_scale_floor = math.log(1e-3)
+    requirement = "finite real values"
+
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        p = self.params(out)
+        loc, log_s = p["loc"], p["log_scale"]
+        z = (x.view_as(loc) - loc) * torch.exp(-log_s)
+        return (-0.5 * z.pow(2) - log_s - 0.5 * LOG_2PI).flatten(1).sum(1)
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        return self.split(out)[0]
+
+    def sample(self, out: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        p = self.params(out)
+        return p["loc"] + torch.exp(p["log_scale"]) * torch.randn(p["loc"].shape, generator=g, device=out.device)
+
+
+LIKELIHOODS: dict[str, Callable[[], Likelihood]] = {
+    "bernoulli": Bernoulli, "discretized_logistic": DiscretizedLogistic, "gaussian": Gaussian,
+}
+_INSTANCES = {name: cls() for name, cls in LIKELIHOODS.items()}
+
+
+def get_likelihood(name: str) -> Likelihood:
+    try:
+        return _INSTANCES[name]
+    except (KeyError, TypeError):
+        raise SpecError(f"likelihood: {name!r} is unknown; use one of {sorted(LIKELIHOODS)}") from None
