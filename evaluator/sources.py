@@ -267,7 +267,7 @@ def _as_rows(arr: np.ndarray, what: str) -> tuple[torch.Tensor]:
         r, c = (int(v) for v in np.argwhere(bad)[0])
         raise VaenasInputError(f"dataset: {what} has {int(bad.sum())} NaN/inf values (first at row {r + 1}, column "
                                f"{c + 1}); remove or impute them first")
-    return (torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64)),)
+    return (torch.from_numpy(np.array(arr, dtype=np.float64)),)  # a copy: writable, owned
 
 
 def read_sklearn(name: str, label: str) -> RawData:

@@ -51,8 +51,7 @@ class VAE(nn.Module):
         for i, (ch, k, s) in enumerate(zip(spec.enc_channels, spec.kernels, spec.strides)):
             conv = QuantConv2d(shapes[i][0], ch, k, stride=s, padding=(k - 1) // 2, bits=bits[f"enc.conv{i}"], act_bits=ab)
             setattr(self.enc, f"conv{i}", conv)
-        c, h, w = shapes[-1]
-        width = c * h * w
+        width = math.prod(shapes[-1])
         for i, out in enumerate(spec.enc_hidden):
             setattr(self.enc, f"fc{i}", QuantLinear(width, out, bits=bits[f"enc.fc{i}"], act_bits=ab))
             width = out
@@ -68,6 +67,7 @@ class VAE(nn.Module):
         else:
             n = len(spec.enc_channels)
             dch = spec.decoder_channels
+            _, h, w = shapes[-1]
             self._dec_start = (dch[0], h, w)
             self.dec.proj = QuantLinear(width, dch[0] * h * w, bits=bits["dec.proj"], act_bits=ab)
             for i in range(n):

@@ -171,6 +171,8 @@ class ArchSpec:
     def feature_shapes(self) -> list[tuple[int, int, int]]:
         """Encoder feature-map shapes, input first (conv family); the decoder walks them backwards."""
         shapes = [tuple(self.input_shape)]
+        if self.family != "conv":
+            return shapes
         c, h, w = self.input_shape
         for ch, k, s in zip(self.enc_channels, self.kernels, self.strides):
             h, w = conv_out(h, k, s), conv_out(w, k, s)

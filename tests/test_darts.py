@@ -40,3 +40,21 @@ def test_darts_refuses_spaces_it_cannot_search():
     with pytest.raises(SpaceError, match="MLP-only"):
         DartsSearch(SearchSpace.from_dict({"latent_dim": [4], "mlp": {"depth": [1], "width": [8]},
                                            "decoder": "free"}))
+
+
+def test_darts_on_vectors_with_a_gaussian_likelihood_sizes_the_output_for_two_parameters():
+    space = SearchSpace.from_dict({"latent_dim": [2, 4], "mlp": {"depth": [1], "width": [8, 16]},
+                                   "weight_bits": [4, 32], "input_shape": [10], "likelihood": "gaussian"})
+    d = DartsSearch(space)
+    with torch.no_grad():
+        for logits in (d.width_logits, d.latent_logits, d.bit_logits):
+            logits.fill_(-1e4)
+            logits[..., 0] = 1e4
+    spec = d.derive()
+    assert spec.input_shape == (10,) and spec.likelihood == "gaussian" and space.contains(spec)
+    # enc 10->8, head 8->2*2, dec 2->8, out 8->2*10 (loc and log-scale per feature), all 4-bit
+    weights_bytes = sum((n * 4 + 7) // 8 for n in (10 * 8, 8 * 4, 2 * 8, 8 * 20))
+    assert float(d.expected_size_bytes().detach()) == pytest.approx(weights_bytes, rel=1e-3)
+    x = torch.randn(64, 10)
+    res = lambda_sweep(space, x, x[:32], [0.0, 1e4], DartsConfig(steps=20, warmup_steps=5, batch_size=16))
+    assert all(space.contains(s) for s, _ in res)

@@ -26,6 +26,14 @@ SPACES = {
                                              "conv": {"depth": [1, 2], "channels": [3, 5], "kernel": [3, 4],
                                                       "stride": [2], "fc_depth": [0, 1], "fc_width": [6, 10]},
                                              "weight_bits": [3, 8, 32], "act_bits": [None, 8], "input_shape": [2, 9, 9]}),
+    # other likelihoods: the output layer emits 2 parameters per dimension (vectors; RGB images)
+    "vector-gaussian": SearchSpace.from_dict({"latent_dim": [2, 3], "mlp": {"depth": [0, 1, 2], "width": [5, 9]},
+                                              "weight_bits": [4, 32], "input_shape": [7], "likelihood": "gaussian"}),
+    "conv-rgb-dlogistic": SearchSpace.from_dict({"family": ["conv"], "latent_dim": [2, 4],
+                                                 "conv": {"depth": [1, 2], "channels": [3, 5], "kernel": [3, 4],
+                                                          "stride": [1, 2], "fc_depth": [0, 1], "fc_width": [6]},
+                                                 "weight_bits": [4, 32], "input_shape": [3, 8, 8],
+                                                 "likelihood": "discretized_logistic"}),
 }
 
 
