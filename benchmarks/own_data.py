@@ -57,6 +57,17 @@ def run_study(preset: str, args, trials: int | None = None):
     return cfg, view, front
 
 
+def front_specs(view, front) -> list[tuple[int, ArchSpec]]:
+    """The front's distinct specs (a spec proposed twice is one reused trial, not two points), by trial."""
+    seen, out = set(), []
+    for _, t in front.sort_values("trial").iterrows():
+        spec = ArchSpec.from_json(view.study.trials[int(t["trial"])].user_attrs["spec"])
+        if spec.id not in seen:
+            seen.add(spec.id)
+            out.append((int(t["trial"]), spec))
+    return out
+
+
 def retrain_score(spec: ArchSpec, data, recipe: TrainConfig) -> dict:
     model = seeded_model(spec, recipe.seed, recipe.device)
     res = train(model, data.train, recipe)
@@ -89,10 +100,10 @@ def fashion_part(args, results: dict, out: Path) -> list[dict]:
         r = cached(results, f"fm8/{spec.id}/{args.epochs}", lambda: retrain_score(spec, data, recipe), out)
         rows.append({**r, "kind": "baseline", "label": label})
         print(f"  {label}: {r['test_bits_per_dim']:.4f} bits/dim, {r['size_bytes']:,} B", flush=True)
-    for _, t in front.iterrows():
-        spec = ArchSpec.from_json(view.study.trials[int(t["trial"])].user_attrs["spec"])
+    for trial, spec in front_specs(view, front):
+        t = front.set_index("trial").loc[trial]
         r = cached(results, f"fm8/{spec.id}/{args.epochs}", lambda: retrain_score(spec, data, recipe), out)
-        rows.append({**r, "kind": "front", "label": f"front trial {int(t['trial'])}",
+        rows.append({**r, "kind": "front", "label": f"front trial {trial}",
                      "val_neg_elbo_proxy": float(t["neg_elbo"]), "val_bits_per_dim_proxy": float(t["bits_per_dim"])})
         print(f"  front {spec.id} ({spec.family}, mean {spec.mean_bits:.1f} bits): {r['test_bits_per_dim']:.4f} "
               f"bits/dim, {r['size_bytes']:,} B", flush=True)
@@ -108,11 +119,10 @@ def tabular_part(args, results: dict, out: Path) -> tuple[list[dict], float]:
     rows = []
     r = cached(results, f"tab/{TAB_BASELINE.id}", lambda: retrain_score(TAB_BASELINE, data, recipe), out)
     rows.append({**r, "kind": "baseline", "label": "MLP 30-64-64-8, FP32 (hand-designed)"})
-    for _, t in front.iterrows():
-        spec = ArchSpec.from_json(view.study.trials[int(t["trial"])].user_attrs["spec"])
+    for trial, spec in front_specs(view, front):
+        t = front.set_index("trial").loc[trial]
         r = cached(results, f"tab/{spec.id}", lambda: retrain_score(spec, data, recipe), out)
-        rows.append({**r, "kind": "front", "label": f"front trial {int(t['trial'])}",
-                     "val_neg_elbo_proxy": float(t["neg_elbo"])})
+        rows.append({**r, "kind": "front", "label": f"front trial {trial}", "val_neg_elbo_proxy": float(t["neg_elbo"])})
     for r in rows:
         print(f"  {r['label']} {r['spec_id']}: test −ELBO {r['test_neg_elbo']:.2f} nats, {r['size_bytes']:,} B",
               flush=True)
@@ -147,6 +157,7 @@ def plot(fm: list[dict], tab: list[dict], floor: float, path: Path) -> None:
             ax.scatter([r["size_bytes"] for r in rs], [r[key] for r in rs], s=60, edgecolors="black",
                        label="study front, retrained" if kind == "front" else "hand-designed FP32", **style)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("packed model size (bytes)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

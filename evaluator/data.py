@@ -206,6 +206,15 @@ class Splits:
     def is_image(self) -> bool:
         return self.train.dim() == 4
 
+    def describe(self) -> str:
+        """One line: what was loaded, under which likelihood, and the memory it holds."""
+        mb = sum(t.element_size() * t.nelement() for t in (self.train, self.val, self.test)) / 2**20
+        shape = "x".join(str(v) for v in self.input_shape)
+        kind = "images" if self.is_image else "vectors"
+        norm = ", features standardised with the training split's mean/std" if self.normalization else ""
+        return (f"data {self.name}: {len(self.train):,} train / {len(self.val):,} val / {len(self.test):,} test "
+                f"{kind} of {shape}, likelihood {self.likelihood}{norm}; {mb:,.1f} MB in memory")
+
 
 @lru_cache(maxsize=8)
 def _torchvision(name: str, root: str, options: tuple, label: str) -> RawData:

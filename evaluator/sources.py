@@ -101,7 +101,8 @@ def read_torchvision(name: str, root: Path, options: dict, label: str) -> RawDat
         else:
             tr, te = (cls(str(root), split=s, download=True, **options) for s in ("train", "test"))
     except TypeError as e:
-        raise VaenasInputError(f"dataset.options: not accepted by torchvision.datasets.{name} ({e})") from None
+        raise VaenasInputError(f"dataset.options: torchvision.datasets.{name} refused its arguments ({e}); pass what it "
+                               "needs in options, e.g. EMNIST: options: {split: balanced}") from None
     except Exception as e:  # network errors, checksum errors, permission errors
         for p in (root / name / "raw", root / name, root):  # leave nothing behind that we created
             if p not in existed and p.is_dir() and not any(p.iterdir()):

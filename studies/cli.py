@@ -74,6 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.bits is not None:
         spec = spec.replace(weight_bits=(args.bits,) * len(spec.weight_bits))
     model = seeded_model(spec, args.seed, args.device)
+    print(data.describe(), flush=True)
     print(f"training {spec.id} ({spec.family}, latent {spec.latent_dim}, bits {list(spec.weight_bits)}, "
           f"{spec.likelihood}) on {data.name} for {args.epochs:g} epochs", flush=True)
     res = train(model, data.train, cfg, progress=sys.stderr.isatty())

@@ -90,6 +90,7 @@ def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset="mnist", data_r
         raise VaenasInputError(f"--out: {str(out)!r} exists and is not a directory")
     data = load_data(dataset, data_root, n_train=n_train)
     check_spec_fits(spec, data)
+    print(data.describe(), flush=True)
     model = seeded_model(spec, seed, device)
     res = train(model, data.train, cfg, extra_loss=extra, progress=True)
     test = evaluate_neg_elbo(model, data.test)

@@ -275,6 +275,8 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
         raise VaenasInputError(f"--resume: no study {cfg.name!r} in {redact(url)}; run without --resume to start it")
     data = load_data(cfg.dataset, cfg.data_root, n_train=cfg.n_train)  # bad input fails here, before any write
     cfg.bind_data(data)  # the space takes the data's input shape and likelihood
+    if progress:
+        print(data.describe(), flush=True)
     standalone = Evaluator(data, cfg.train, cfg.latency)
     evaluators: dict[str, object] = {}
 
