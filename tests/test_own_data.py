@@ -323,3 +323,44 @@ def test_readme_dataset_examples_are_valid_configs(tmp_path):
     assert len(forms) == 5
     for form in forms:  # every form shown parses
         DatasetSpec.parse(yaml.safe_load(form)["dataset"], tmp_path)
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    """An IDX file as the MNIST family stores it (big-endian dims, unsigned bytes)."""
+    import struct
+
+    magic = 0x0800 | arr.ndim
+    path.write_bytes(struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(np.uint8).tobytes())
+
+
+def test_other_torchvision_classes_load_offline_from_their_files(tmp_path):
+    """KMNIST (no shorthand) through the generic torchvision source, with its files already on disk:
+    no network, grey levels kept for the 8-bit likelihood."""
+    raw = tmp_path / "KMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    tr, te = rng.integers(0, 256, (120, 28, 28)), rng.integers(0, 256, (30, 28, 28))
+    for name, arr in (("train-images-idx3-ubyte", tr), ("t10k-images-idx3-ubyte", te),
+                      ("train-labels-idx1-ubyte", np.zeros(120)), ("t10k-labels-idx1-ubyte", np.zeros(30))):
+        _write_idx(raw / name, arr)
+    d = load_data({"source": "torchvision", "name": "KMNIST", "likelihood": "discretized_logistic"}, tmp_path)
+    assert (len(d.train), len(d.val), len(d.test)) == (108, 12, 30) and d.input_shape == (1, 28, 28)
+    assert torch.allclose(d.test, torch.from_numpy(te).float().unsqueeze(1) * 2 / 255 - 1, atol=1e-6)
+
+
+def test_supernet_study_on_an_rgb_folder(tmp_path, capsys):
+    """Supernet mode over own data: a conv supernet on RGB images under the discretized logistic
+    (its distillation term and calibration), estimates labelled, front re-measured, exported, retrained."""
+    folder = write_images(tmp_path / "imgs", 48, size=(8, 8), rgb=True)
+    cfgp = study_yaml(tmp_path, "sn", {"source": "folder", "path": str(folder), "likelihood": "discretized_logistic"},
+                      family=("conv",), trials=4,
+                      supernet={"epochs": 2, "n_random": 1, "finetune_steps": 2, "n_val": 8, "remeasure": 2})
+    r = run_study_end_to_end(tmp_path, cfgp, "sn", capsys)
+    import optuna
+
+    study = optuna.load_study(study_name="sn", storage=f"sqlite:///{r['runs'] / 'sn' / 'study.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert any(t.user_attrs.get("neg_elbo_is_estimate") for t in done)
+    assert any(t.user_attrs.get("phase") == "remeasure" for t in done)
+    assert all(t.user_attrs.get("bits_per_dim") is not None for t in done)
+    assert not r["doc"]["neg_elbo_is_estimate"]  # the exported knee was measured
