@@ -11,6 +11,8 @@ from pathlib import Path
 from search_space import ArchSpec, SearchSpace, VaenasInputError
 
 SEED_MLP = ArchSpec.mlp((400, 400), 20)
+TRAIN_FILES = ["model.pt", "weights.packed.bin", "arch.json", "report.json"]
+RETRAIN_FILES = TRAIN_FILES + ["reconstructions.png", "model.onnx"]
 
 
 class CliError(VaenasInputError):
@@ -64,9 +66,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CliError(f"--iwae-k: must be >= 0 (0 skips it), got {args.iwae_k}")
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       device=args.device, lr_schedule=args.lr_schedule)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out: {str(out)!r} exists and is not a directory")
+    from .outputs import check_output_dir
+
+    out = check_output_dir(args.out, TRAIN_FILES, force=args.force)
     data = load_data(_dataset_arg(args.dataset), args.data_root, n_train=args.n_train)
     if spec is None:  # the seed MLP VAE, for this data's shape and likelihood
         spec = SEED_MLP.replace(input_shape=data.input_shape, likelihood=data.likelihood)
@@ -212,8 +214,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from .outputs import check_output_file
     from .report import load_view, study_hypervolume
 
+    for flag, path in (("--csv", args.csv), ("--json", args.json)):
+        if path:
+            check_output_file(path, force=args.force, flag=flag)
     view = load_view(args.study, args.runs_dir, args.storage)
     fails = view.all_trials[view.all_trials["state"] == "FAIL"]
     n_inf = int((~view.trials["feasible"].astype(bool)).sum()) if len(view.trials) else 0
@@ -256,9 +262,14 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .report import export_trial, load_view, pick_trial
 
+    from .outputs import check_output_file
+
+    if args.out:
+        check_output_file(args.out, force=args.force)
     view = load_view(args.study, args.runs_dir, args.storage)
     n = pick_trial(view, trial=args.trial, pick=args.pick, max_constraints=args.max)
     out = Path(args.out) if args.out else _run_dir(args.runs_dir, view.name) / "export" / f"trial{n}.json"
+    check_output_file(out, force=args.force)
     doc = export_trial(view, n, out)
     print(f"exported trial {n} ({doc['spec_id']}): {out}")
     print(f"retrain it: {doc['retrain_command']}")
@@ -268,12 +279,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     from .retrain import retrain
 
+    from .outputs import check_output_dir
+
     spec, doc = _load_arch_doc(args.arch)
+    # each arch file its own folder: two exports retrained side by side never share one
+    out = check_output_dir(args.out or Path(args.arch).parent / f"retrain_{Path(args.arch).stem}", RETRAIN_FILES,
+                           force=args.force)
     dataset = _dataset_arg(args.dataset)
     if dataset is None:  # the dataset the export was searched on, else MNIST
         dataset = ((doc or {}).get("provenance") or {}).get("dataset") or "mnist"
     report = retrain(spec, epochs=args.epochs, dataset=dataset, data_root=args.data_root,
-                     out=Path(args.out) if args.out else Path(args.arch).with_suffix("").parent / "retrain",
+                     out=out,
                      teacher=args.teacher, distill_weight=args.distill_weight, seed=args.seed, lr=args.lr,
                      batch_size=args.batch_size, iwae_k=args.iwae_k, device=args.device, n_train=args.n_train,
                      lr_warmup_steps=args.lr_warmup_steps)
@@ -316,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--iwae-k", type=int, default=0, help="also report the IWAE-k NLL (0: skip)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda")
     t.add_argument("--out", default="runs/train", help="output folder")
+    t.add_argument("--force", action="store_true", help="replace the outputs of an earlier run in --out")
     t.set_defaults(func=cmd_train)
 
     def study_args(p, study=True):
@@ -348,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sh = sub.add_parser("show", help="a study's Pareto front as a table; --csv/--json export every trial")
     study_args(sh)
-    sh.add_argument("--csv")
-    sh.add_argument("--json")
+    sh.add_argument("--csv", help="write every trial as CSV to this file")
+    sh.add_argument("--json", help="write every trial as JSON to this file")
+    sh.add_argument("--force", action="store_true", help="replace an existing --csv/--json file of yours")
     sh.set_defaults(func=cmd_show)
 
     pa = sub.add_parser("pareto", help="PNG plots: 2-D fronts, hypervolume vs trials, knee reconstructions")
@@ -364,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--trial", type=int)
     ex.add_argument("--pick", help="knee (default) | best:OBJECTIVE")
     ex.add_argument("--max", action="append", help="OBJECTIVE=VALUE upper limit, e.g. size_bytes=20000")
-    ex.add_argument("--out")
+    ex.add_argument("--out", help="export file (default runs/<study>/export/trial<N>.json)")
+    ex.add_argument("--force", action="store_true", help="replace an earlier export at --out")
     ex.set_defaults(func=cmd_export)
 
     rt = sub.add_parser("retrain", help="train an exported architecture from scratch (QAT), optionally distilled")
@@ -383,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--seed", type=int, default=0)
     rt.add_argument("--iwae-k", type=int, default=100)
     rt.add_argument("--device", default="auto")
-    rt.add_argument("--out", help="output folder (default: retrain/ beside the arch file)")
+    rt.add_argument("--out", help="output folder (default: retrain_<arch file name>/ beside the arch file)")
+    rt.add_argument("--force", action="store_true", help="replace the outputs of an earlier retrain in --out")
     rt.set_defaults(func=cmd_retrain)
 
     s = sub.add_parser("space", help="describe a search-space YAML: its size, and optionally sampled specs")

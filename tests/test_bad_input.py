@@ -85,6 +85,20 @@ CASES = [
     ("missing-trial", {}, ["export", "ok", "--trial", "99", "--runs-dir", "RUNS"], "has no completed trial 99"),
     ("name-with-path", {}, ["show", "../etc", "--runs-dir", "RUNS"], "not a valid study name"),
     ("missing-study", {}, ["show", "nosuch", "--runs-dir", "RUNS"], "study 'nosuch'"),
+    # an output flag never destroys a study (issue 16.1)
+    ("export-over-study-db", {}, ["export", "ok", "--runs-dir", "RUNS", "--out", "RUNS/ok/study.db"],
+     "is an SQLite database"),
+    ("csv-over-study-db", {}, ["show", "ok", "--runs-dir", "RUNS", "--csv", "RUNS/ok/study.db"], "is an SQLite database"),
+    ("json-over-checkpoint", {}, ["show", "ok", "--runs-dir", "RUNS", "--json", "RUNS/ok/trials/0/model.pt"],
+     "is a PyTorch checkpoint"),
+    ("train-into-a-trial", {}, ["train", "--epochs", "1", "--data-root", "nowhere", "--out", "RUNS/ok/trials/0"],
+     "is inside study folder"),
+    ("export-inside-study", {}, ["export", "ok", "--runs-dir", "RUNS", "--out", "RUNS/ok/trials/x.json"],
+     "is inside study folder"),
+    ("export-over-own-file", {"mine.json": "{}"}, ["export", "ok", "--runs-dir", "RUNS", "--out", "mine.json"],
+     "already exists; pass --force"),
+    ("retrain-over-earlier-run", {"report.json": "{}"},
+     ["retrain", "ARCH", "--epochs", "1", "--data-root", "nowhere", "--out", "."], "report.json from an earlier run; pass --force"),
 ]
 
 
@@ -108,7 +122,8 @@ def test_bad_input(case, tmp_path, data_root, study_runs, request):
         from search_space import ArchSpec
 
         arch.write_text(ArchSpec.mlp((16,), 4, bits=4).to_json())
-    argv = [str(arch) if a == "ARCH" else str(study_runs) if a == "RUNS" else a for a in argv]
+    argv = [str(arch) if a == "ARCH" else a.replace("RUNS", str(study_runs), 1) if a.startswith("RUNS") else a
+            for a in argv]
     if argv[0] in ("retrain", "train") and "--data-root" not in argv:
         argv += ["--data-root", str(data_root), "--out", "out"]
     before = _tree(tmp_path)

@@ -1,0 +1,89 @@
+"""Hardening: what a command may write over (studies/outputs.py), and the rest of issue 16's cases
+that need more than one command line."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import torch
+
+from studies.outputs import OutputRefused, check_output_dir, check_output_file, protected_kind
+
+
+def test_protected_files_are_recognised_by_content_wherever_they_are(tmp_path):
+    db = tmp_path / "anything.csv"
+    optuna.create_study(storage=f"sqlite:///{db}")
+    assert "SQLite" in protected_kind(db)
+    ck = tmp_path / "weights.bin"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, ck)
+    assert "checkpoint" in protected_kind(ck)
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    log = tmp_path / "my-study.log"
+    optuna.create_study(storage=JournalStorage(JournalFileBackend(str(log))))
+    assert "journal" in protected_kind(log)
+    (tmp_path / "mine.json").write_text(json.dumps({"a": 1}))
+    assert protected_kind(tmp_path / "mine.json") is None
+    for p in (db, ck, log):
+        with pytest.raises(OutputRefused, match="never writes over it"):
+            check_output_file(p, force=True)  # not even with --force
+    with pytest.raises(OutputRefused, match="pass --force"):
+        check_output_file(tmp_path / "mine.json")
+    assert check_output_file(tmp_path / "mine.json", force=True) == tmp_path / "mine.json"
+    assert check_output_file(tmp_path / "new.json") == tmp_path / "new.json"
+
+
+def test_study_folders_are_closed_except_export_and_plots(tmp_path):
+    study = tmp_path / "runs" / "s"
+    (study / "trials" / "0").mkdir(parents=True)
+    (study / "study.db").write_bytes(b"SQLite format 3\x00")
+    for p in (study / "notes.txt", study / "trials" / "0" / "x.json", study / "trials" / "t.csv"):
+        with pytest.raises(OutputRefused, match="inside study folder"):
+            check_output_file(p, force=True)
+    assert check_output_file(study / "export" / "a.json")
+    assert check_output_file(study / "plots" / "p.png")
+    with pytest.raises(OutputRefused, match="inside study folder"):
+        check_output_dir(study / "trials" / "0", ["model.pt"], force=True)
+    with pytest.raises(OutputRefused, match="inside study folder"):
+        check_output_dir(study, ["model.pt"], force=True)
+    assert check_output_dir(study / "export" / "retrain_knee", ["model.pt"])
+    # a study on a journal storage has no study.db: its trials/ folder of checkpoints marks it
+    other = tmp_path / "runs" / "j"
+    (other / "trials" / "3").mkdir(parents=True)
+    with pytest.raises(OutputRefused, match="inside study folder"):
+        check_output_dir(other / "trials" / "3", ["model.pt"])
+
+
+def test_force_replaces_a_users_own_export(tmp_path, study_runs_small, capsys):
+    from studies.cli import main
+
+    out = tmp_path / "mine.json"
+    out.write_text("{}")
+    assert main(["export", "hard", "--runs-dir", str(study_runs_small), "--out", str(out)]) == 2
+    assert out.read_text() == "{}"
+    assert main(["export", "hard", "--runs-dir", str(study_runs_small), "--out", str(out), "--force"]) == 0
+    assert json.loads(out.read_text())["type"] == "vaenas.Export"
+    capsys.readouterr()
+    # the default export path is the study's export/ folder; a second export there needs --force too
+    assert main(["export", "hard", "--runs-dir", str(study_runs_small)]) == 0
+    assert main(["export", "hard", "--runs-dir", str(study_runs_small)]) == 2
+    assert "pass --force" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def study_runs_small(tmp_path_factory, data_root):
+    import yaml
+
+    from studies.cli import main
+
+    d = tmp_path_factory.mktemp("hard")
+    cfg = {"name": "hard", "dataset": "mnist", "data_root": str(data_root), "n_train": 300,
+           "space": {"latent_dim": [4], "mlp": {"depth": [1], "width": [8]}, "weight_bits": [4, 32]},
+           "objectives": ["neg_elbo", "size_bytes"], "bounds": {"neg_elbo": [50, 600], "size_bytes": [100, 1e7]},
+           "budget": {"trials": 1}, "train": {"epochs": 1, "batch_size": 100}, "latency": {"repeats": 3, "warmup": 1}}
+    (d / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["search", str(d / "c.yaml"), "--runs-dir", str(d / "runs"), "--quiet"]) == 0
+    return d / "runs"
