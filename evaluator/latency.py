@@ -37,6 +37,14 @@ class LatencyConfig:
     device: str = "cpu"
     int8: bool = True  # use the int8 dynamic path when every layer is <= 8 bits (CPU only)
 
+    def __post_init__(self) -> None:
+        from search_space import VaenasInputError
+
+        for k, lo, hi in (("repeats", 2, 100_000), ("warmup", 0, 100_000), ("threads", 1, 1024), ("batch_size", 1, 65536)):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise VaenasInputError(f"latency.{k}: must be a whole number from {lo} to {hi}, got {v!r}")
+
 
 @dataclass(frozen=True)
 class LatencyResult:

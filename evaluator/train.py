@@ -34,6 +34,20 @@ class TrainingDiverged(RuntimeError):
     """The loss became non-finite or exploded; ``str(e)`` says when."""
 
 
+def check_device(device, key: str = "device") -> None:
+    """One line if ``device`` is not ``auto``, ``cpu`` or an available ``cuda[:N]``."""
+    d = str(device)
+    if d in ("auto", "cpu"):
+        return
+    if d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise VaenasInputError(f"{key}: {d!r} asked for a GPU but none is available here; use auto or cpu")
+        if ":" in d and int(d[5:]) >= torch.cuda.device_count():
+            raise VaenasInputError(f"{key}: {d!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+        return
+    raise VaenasInputError(f"{key}: {d!r} is not a device; use auto, cpu, cuda or cuda:N")
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -67,6 +81,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not (self.epochs > 0 or (self.max_steps or 0) > 0):
             raise VaenasInputError(f"epochs: must be > 0 (or set max_steps), got {self.epochs}")
+        if not math.isfinite(self.epochs) or self.epochs > 1e6:
+            raise VaenasInputError(f"epochs: must be a finite number of at most 1e6, got {self.epochs}")
+        if self.max_steps is not None and not 1 <= self.max_steps <= 10**9:
+            raise VaenasInputError(f"max_steps: must be between 1 and 1e9 (or null), got {self.max_steps}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise VaenasInputError(f"seed: must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
+        check_device(self.device, "device")
         if self.batch_size < 1:
             raise VaenasInputError(f"batch_size: must be >= 1, got {self.batch_size}")
         if not self.lr > 0:

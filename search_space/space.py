@@ -37,6 +37,38 @@ from .likelihood import LIKELIHOODS
 from .spec import ACTIVATIONS, ALLOWED_ACT_BITS, ALLOWED_BITS, FAMILIES, ArchSpec, conv_out
 
 Choose = Callable[[str, tuple], Any]
+MAX_CHOICES = 10_000  # values one decision may list or a range may span
+MAX_PARAMS = 100_000_000  # parameters of the space's largest spec (Adam's training state is ~16 B each)
+MAX_YAML_NODES = 100_000  # values a config may expand to (YAML aliases included): no alias bombs
+
+
+def safe_yaml(text: str, what: str, error=None) -> Any:
+    """``yaml.safe_load`` plus a bound on what the document expands to: anchors and aliases let 1 KB
+    name a billion values, which any later traversal would build; refused with one line instead."""
+    error = error or SpaceError
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise error(f"{what}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    budget = [MAX_YAML_NODES]
+
+    def walk(v: Any) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise error(f"{what}: the YAML expands to more than {MAX_YAML_NODES:,} values (aliases repeated?); "
+                        "write the config out plainly")
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(k)
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(d)
+    return d
 Rng = random.Random | int | None
 
 _TOP_KEYS = {"name", "family", "input_shape", "likelihood", "latent_dim", "activation", "mlp", "conv", "decoder",
@@ -60,6 +92,8 @@ def _choices(path: str, value: Any, *, minimum: int | None = 1, allow_null: bool
             raise SpaceError(f"{path}: a range needs integer min and max, got {value!r}")
         if lo > hi:
             raise SpaceError(f"{path}: min ({lo}) is greater than max ({hi}); swap them")
+        if value.get("log2") and hi > 2**62:
+            raise SpaceError(f"{path}: max {hi} is too large")
         if value.get("log2"):
             out, v = [], 1
             while v <= hi:
@@ -71,8 +105,12 @@ def _choices(path: str, value: Any, *, minimum: int | None = 1, allow_null: bool
             vals: tuple = tuple(out)
         else:
             step = value.get("step", 1)
-            if not isinstance(step, int) or step < 1:
+            if not isinstance(step, int) or isinstance(step, bool) or step < 1:
                 raise SpaceError(f"{path}: step must be a positive integer, got {step!r}")
+            n = (hi - lo) // step + 1
+            if n > MAX_CHOICES:  # counted before the range is built
+                raise SpaceError(f"{path}: the range {lo}..{hi} step {step} has {n:,} values, over {MAX_CHOICES:,}; "
+                                 "use a larger step or log2: true")
             vals = tuple(range(lo, hi + 1, step))
     elif isinstance(value, list):
         vals = tuple(value)
@@ -82,6 +120,8 @@ def _choices(path: str, value: Any, *, minimum: int | None = 1, allow_null: bool
         raise SpaceError(f"{path}: expected a list of choices or a {{min, max}} range, got {value!r}")
     if not vals:
         raise SpaceError(f"{path}: the list of choices is empty; give at least one value")
+    if len(vals) > MAX_CHOICES:
+        raise SpaceError(f"{path}: {len(vals):,} choices, over {MAX_CHOICES:,}")
     if len(set(vals)) != len(vals):
         raise SpaceError(f"{path}: duplicate choices in {list(vals)}")
     for v in vals:
@@ -194,6 +234,8 @@ class SearchSpace:
         if lik not in LIKELIHOODS:
             raise SpaceError(f"likelihood: {lik!r} is unknown; use one of {sorted(LIKELIHOODS)}")
         name = d.get("name", "space")
+        if not isinstance(name, (str, int)) or isinstance(name, bool) or len(str(name)) > 200:
+            raise SpaceError(f"name: expected a short string (at most 200 characters), got a {type(name).__name__}")
         space = cls(
             latent_dim=_choices("latent_dim", d["latent_dim"]),
             family=fam,
@@ -235,20 +277,18 @@ class SearchSpace:
 
     @classmethod
     def from_yaml(cls, text: str) -> "SearchSpace":
-        try:
-            d = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise SpaceError(f"search space: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(safe_yaml(text, "search space"))
 
     @classmethod
     def load(cls, path: str | Path) -> "SearchSpace":
         p = Path(path)
         if not p.is_file():
             raise SpaceError(f"search space file {str(p)!r} does not exist; check the path")
-        return cls.from_yaml(p.read_text())
+        try:
+            text = p.read_text()
+        except (UnicodeDecodeError, OSError) as e:
+            raise SpaceError(f"search space file {str(p)!r} is not readable text ({type(e).__name__})") from None
+        return cls.from_yaml(text)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -269,7 +309,9 @@ class SearchSpace:
         return d
 
     def _check_buildable(self) -> None:
-        """Every conv geometry the space allows must fit the input (no layer shrinks it to nothing)."""
+        """Every conv geometry the space allows must fit the input (no layer shrinks it to nothing), and
+        its largest spec must stay under :data:`MAX_PARAMS` (counted on the meta device: no memory)."""
+        self._check_size()
         if "conv" not in self.family:
             return
         if len(self.input_shape) != 3:
@@ -286,6 +328,32 @@ class SearchSpace:
                     f"conv: {layer + 1} conv layers can shrink a {list(self.input_shape[1:])} input to nothing; "
                     "lower conv.depth or the strides"
                 )
+
+    def _check_size(self) -> None:
+        import torch
+
+        from .builder import build_vae
+
+        def largest(fam: str):
+            def choose(name: str, choices: tuple) -> Any:
+                if name == "family":
+                    return fam
+                nums = [c for c in choices if isinstance(c, int) and not isinstance(c, bool)]
+                return max(nums) if nums else choices[0]
+            return self.define(choose)
+
+        for fam in self.family:
+            if fam == "conv" and len(self.input_shape) != 3:
+                continue  # refused by the caller with its own message
+            try:
+                spec = largest(fam)
+            except SpecError:
+                continue  # e.g. a conv geometry that does not fit: reported by the caller
+            with torch.device("meta"):
+                n = build_vae(spec).num_params()
+            if n > MAX_PARAMS:
+                raise SpaceError(f"{fam}: the largest spec of this space has {n:,} parameters, over the "
+                                 f"{MAX_PARAMS:,} vaenas builds; lower the widths, channels or latent_dim")
 
     # ------------------------------------------------------------------ the define-by-run program
     def define(self, choose: Choose) -> ArchSpec:

@@ -38,17 +38,18 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from evaluator import OBJECTIVES, Bound, LatencyConfig, TrainConfig, check_objectives
 from evaluator.data import DatasetSpec, Splits
 from evaluator.supernet import SupernetConfig
 from search_space import ArchSpec, SearchSpace, VaenasInputError
+from search_space.space import safe_yaml
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _KEYS = {"name", "dataset", "data_root", "n_train", "space", "strategy", "objectives", "bounds", "budget", "train",
@@ -66,7 +67,7 @@ class ConfigError(VaenasInputError):
 
 
 def check_name(name: Any, what: str = "name") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ConfigError(f"{what}: {name!r} is not a valid study name; use letters, digits, '-' and '_' "
                           "(no path characters), at most 64")
     return name
@@ -180,6 +181,8 @@ class StudyConfig:
         if trials < 1:
             raise ConfigError(f"budget.trials: must be >= 1, got {trials}")
         timeout = _typed("budget.timeout_s", budget.get("timeout_s"), (int, float), allow_none=True)
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise ConfigError(f"budget.timeout_s: must be a positive number of seconds (or null), got {timeout}")
         tr = _block("train", d.get("train"), _TRAIN_KEYS)
         seed = _typed("seed", d.get("seed", 0), int)
         for k, t in (("epochs", (int, float)), ("batch_size", int), ("lr", (int, float)), ("lr_schedule", str),
@@ -188,12 +191,19 @@ class StudyConfig:
                 _typed(f"train.{k}", tr[k], t)
         if "max_steps" in tr:
             _typed("train.max_steps", tr["max_steps"], int, allow_none=True)
-        train = TrainConfig(**tr, seed=seed)
+        if "epochs" in tr and isinstance(tr["epochs"], float) and not math.isfinite(tr["epochs"]):
+            raise ConfigError(f"train.epochs: must be finite, got {tr['epochs']}")
+        try:
+            train = TrainConfig(**tr, seed=seed)
+        except VaenasInputError as e:
+            raise ConfigError(str(e) if str(e).startswith("seed") else f"train.{e}") from None
         lat = _block("latency", d.get("latency"), _LATENCY_KEYS)
         for k in lat:
             _typed(f"latency.{k}", lat[k], int)
         storage = _typed("storage", d.get("storage"), str, allow_none=True)
         n_train = _typed("n_train", d.get("n_train"), int, allow_none=True)
+        if n_train is not None and n_train < 1:
+            raise ConfigError(f"n_train: must be >= 1 (the number of training examples each trial uses), got {n_train}")
         from strategies import REGISTRY
 
         sname = _typed("strategy.name", strat.get("name", "random"), str)
@@ -259,7 +269,7 @@ class StudyConfig:
             name=name, space=space, objectives=objectives, bounds=bounds, dataset=dataset,
             data_root=_typed("data_root", d.get("data_root"), str, allow_none=True), n_train=n_train,
             strategy=sname, strategy_options=_typed("strategy.options", strat.get("options") or {}, dict),
-            trials=trials, timeout_s=timeout, train=train, latency=LatencyConfig(**lat), seed=seed,
+            trials=trials, timeout_s=timeout, train=train, latency=_latency(lat), seed=seed,
             storage=storage, constraints=constraints, heartbeat=(interval, grace), supernet=supernet, darts=darts,
             enqueue=enqueue, raw=d,
         )
@@ -284,12 +294,18 @@ class StudyConfig:
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; check the path")
         try:
-            d = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{p.name}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
-        return cls.from_dict(d, base_dir=p.parent)
+            text = p.read_text()
+        except (UnicodeDecodeError, OSError) as e:
+            raise ConfigError(f"{p.name}: not a readable text file ({type(e).__name__}); give a YAML study config") \
+                from None
+        return cls.from_dict(safe_yaml(text, p.name, ConfigError), base_dir=p.parent)
+
+
+def _latency(lat: dict) -> LatencyConfig:
+    try:
+        return LatencyConfig(**lat)
+    except VaenasInputError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _bound(key: str, v: Any) -> Bound:

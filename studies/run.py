@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import socket
 import time
@@ -262,6 +263,8 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     if budget < 1:
         raise VaenasInputError(f"--n-trials: must be >= 1, got {budget}")
     timeout = timeout_s if timeout_s is not None else cfg.timeout_s
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise VaenasInputError(f"--timeout: must be a positive number of seconds, got {timeout}")
     storage = None
     if not local or (sdir / "study.db").exists():
         storage = open_storage(url, cfg.heartbeat)

@@ -36,6 +36,11 @@ def study_runs(tmp_path_factory, data_root):
     return d / "runs"
 
 
+# 9^8 (43 million) values from 72 aliases, in space.name (a billion-laughs document of about 600 bytes)
+BOMB = "name: [" + ", ".join(
+    f"&{c} [" + ", ".join(["l"] * 9 if c == "a" else [f"*{chr(ord(c) - 1)}"] * 9) + "]" for c in "abcdefgh") + "]"
+
+
 def _space(**over):
     return {**SPACE, **over}
 
@@ -85,6 +90,35 @@ CASES = [
     ("missing-trial", {}, ["export", "ok", "--trial", "99", "--runs-dir", "RUNS"], "has no completed trial 99"),
     ("name-with-path", {}, ["show", "../etc", "--runs-dir", "RUNS"], "not a valid study name"),
     ("missing-study", {}, ["show", "nosuch", "--runs-dir", "RUNS"], "study 'nosuch'"),
+    # values checked before the first write (issue 16.4)
+    ("device-banana", {"c.yaml": lambda d, u: good(d, train={"epochs": 1, "device": "banana"})}, ["search", "c.yaml"],
+     "train.device: 'banana' is not a device"),
+    ("seed-2-to-70", {"c.yaml": lambda d, u: good(d, seed=2**70)}, ["search", "c.yaml"], "seed: must be a whole number"),
+    ("latency-repeats-0", {"c.yaml": lambda d, u: good(d, latency={"repeats": 0})}, ["search", "c.yaml"],
+     "latency.repeats: must be a whole number"),
+    ("latency-threads-0", {"c.yaml": lambda d, u: good(d, latency={"threads": 0})}, ["search", "c.yaml"],
+     "latency.threads: must be a whole number"),
+    ("epochs-inf", {"c.yaml": lambda d, u: good(d, train={"epochs": float("inf")})}, ["search", "c.yaml"],
+     "train.epochs: must be finite"),
+    ("n-train-0", {"c.yaml": lambda d, u: good(d, n_train=0)}, ["search", "c.yaml"], "n_train: must be >= 1"),
+    ("n-train-negative", {"c.yaml": lambda d, u: good(d, n_train=-5)}, ["search", "c.yaml"], "n_train: must be >= 1"),
+    ("timeout-negative", {"c.yaml": lambda d, u: good(d)}, ["search", "c.yaml", "--timeout", "-1"],
+     "--timeout: must be a positive number"),
+    ("timeout-nan", {"c.yaml": lambda d, u: good(d)}, ["search", "c.yaml", "--timeout", "nan"],
+     "--timeout: must be a positive number"),
+    ("name-trailing-newline", {"c.yaml": lambda d, u: good(d, name="ok\n")}, ["search", "c.yaml"],
+     "not a valid study name"),
+    ("retrain-iwae-k-0", {}, ["retrain", "ARCH", "--epochs", "1", "--iwae-k", "0"], "--iwae-k: must be"),
+    ("binary-config", {"c.yaml": b"\xff\xfe\x00\x01\x89PNG"}, ["search", "c.yaml"], "not a readable text file"),
+    # memory bombs refused before anything is built (issue 16.5)
+    ("latent-1e9", {"c.yaml": lambda d, u: good(d, space=_space(latent_dim=[10**9]))}, ["search", "c.yaml"],
+     "parameters, over the 100,000,000"),
+    ("width-2e6", {"c.yaml": lambda d, u: good(d, space=_space(mlp={"depth": [1], "width": [2_000_000]}))},
+     ["search", "c.yaml"], "parameters, over the 100,000,000"),
+    ("width-range-1e9", {"c.yaml": lambda d, u: good(d, space=_space(mlp={"depth": [1], "width": {"min": 1, "max": 10**9}}))},
+     ["search", "c.yaml"], "has 1,000,000,000 values, over 10,000"),
+    ("yaml-alias-bomb", {"c.yaml": lambda d, u: yaml.safe_dump(good(d)).replace("space:\n", "space:\n  " + BOMB + "\n")},
+     ["search", "c.yaml"], "expands to more than 100,000 values"),
     # an output flag never destroys a study (issue 16.1)
     ("export-over-study-db", {}, ["export", "ok", "--runs-dir", "RUNS", "--out", "RUNS/ok/study.db"],
      "is an SQLite database"),
@@ -112,8 +146,11 @@ def test_bad_input(case, tmp_path, data_root, study_runs, request):
     url = request.getfixturevalue("pg_url") if cid == "wrong-password" else ""
     for name, content in files.items():
         if callable(content):
-            content = yaml.safe_dump(content(data_root, url))
-        if content == "torch-dict":
+            content = content(data_root, url)
+            content = content if isinstance(content, str) else yaml.safe_dump(content)
+        if isinstance(content, bytes):
+            (tmp_path / name).write_bytes(content)
+        elif content == "torch-dict":
             torch.save({"weights": torch.zeros(3)}, tmp_path / name)  # a real torch file, not a vaenas checkpoint
         else:
             (tmp_path / name).write_text(content)

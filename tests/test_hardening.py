@@ -87,3 +87,36 @@ def study_runs_small(tmp_path_factory, data_root):
     (d / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["search", str(d / "c.yaml"), "--runs-dir", str(d / "runs"), "--quiet"]) == 0
     return d / "runs"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_line_before_anything_is_written(tmp_path, capsys):
+    import yaml
+
+    from studies.cli import main
+
+    cfg = {"name": "g", "space": {"latent_dim": [4], "mlp": {"depth": [1], "width": [8]}},
+           "objectives": ["neg_elbo", "size_bytes"], "bounds": {"neg_elbo": [50, 600], "size_bytes": [100, 1e7]},
+           "train": {"epochs": 1, "device": "cuda"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["search", str(tmp_path / "c.yaml"), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "asked for a GPU but none is available" in err[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ranges_are_counted_not_built_and_sizes_bounded():
+    import tracemalloc
+
+    from search_space import SearchSpace, SpaceError
+
+    tracemalloc.start()
+    with pytest.raises(SpaceError, match="1,000,000,000 values"):
+        SearchSpace.from_dict({"latent_dim": [4], "mlp": {"depth": [1], "width": {"min": 1, "max": 10**9}}})
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50 * 2**20  # refused before a billion-element list exists (it would need ~36 GB)
+    # the bound is on the largest spec: a wide space below it is fine
+    s = SearchSpace.from_dict({"latent_dim": [4, 64], "mlp": {"depth": [1, 3], "width": {"min": 64, "max": 4096,
+                                                                                           "step": 64}}})
+    assert len(s.mlp["width"]) == 64
