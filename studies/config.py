@@ -38,6 +38,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -287,6 +288,24 @@ class StudyConfig:
             if not v:
                 raise ConfigError(f"enqueue[{i}]: spec {spec.id} is not in the study's space ({v.reason}); "
                                   "widen the space or remove it from enqueue")
+
+    def fingerprint(self) -> dict[str, str]:
+        """Everything that changes what a trial measures, one canonical JSON string per key: a study
+        resumed or joined with a different value would mix incomparable trials in one front.
+        (Not in it: the strategy, the budget, the storage, the training device - they change how or
+        where trials run, not what they measure.) Call after :meth:`bind_data`."""
+        import json
+
+        train = {k: v for k, v in self.train.to_dict().items() if k != "device"}
+        parts = {
+            "space": self.space.to_dict(), "dataset": self.dataset.to_config(), "n_train": self.n_train,
+            "train": train, "seed": self.seed, "latency": dataclasses.asdict(self.latency),
+            "objectives": self.objectives, "bounds": [[b.lo, b.hi, b.log] for b in self.bounds],
+            "constraints": self.constraints,
+            "supernet": dataclasses.asdict(self.supernet) if self.supernet is not None else None,
+            "darts": self.darts,
+        }
+        return {k: json.dumps(v, sort_keys=True, default=str) for k, v in parts.items()}
 
     @classmethod
     def load(cls, path: str | Path) -> "StudyConfig":

@@ -36,6 +36,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import os
 import socket
 import time
@@ -219,11 +220,14 @@ def open_storage(url: str, heartbeat: tuple[int, int] | None = (30, 120)):
                                    "check the URL, that the server is up, the user and the password") from None
 
 
-def redact(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    import re
+_PASSWORD_IN_USERINFO = re.compile(r"(://[^/@?#]*?:)[^@/?#]*@")  # scheme://user:PASSWORD@ (user may be empty)
+_PASSWORD_IN_QUERY = re.compile(r"([?&;](?:password|passwd|pwd|pass)=)[^&;#]*", re.IGNORECASE)
 
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+def redact(url: str) -> str:
+    """The URL with every password replaced by ***: ``user:pw@``, ``:pw@`` (empty user) and
+    ``?password=`` / ``passwd=`` / ``pwd=`` / ``pass=`` query parameters, in any case."""
+    return _PASSWORD_IN_QUERY.sub(r"\1***", _PASSWORD_IN_USERINFO.sub(r"\1***@", url))
 
 
 def _study_names(storage) -> list[str]:
@@ -234,16 +238,44 @@ def _init_study_attrs(study: optuna.Study, cfg: StudyConfig) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(cfg.objectives)
-    study.set_user_attr("config", json.loads(json.dumps(cfg.raw, default=str)))
+    raw = json.loads(json.dumps(cfg.raw, default=str))
+    if isinstance(raw.get("storage"), str):
+        raw["storage"] = redact(raw["storage"])  # the study is readable by anyone who can read the storage
+    study.set_user_attr("config", raw)
     study.set_user_attr("objectives", cfg.objectives)
     study.set_user_attr("bounds", [[b.lo, b.hi, b.log] for b in cfg.bounds])
     study.set_user_attr("space", cfg.space.to_dict())
+    study.set_user_attr("fingerprint", cfg.fingerprint())
 
 
 def _check_same_study(study: optuna.Study, cfg: StudyConfig) -> None:
-    if study.user_attrs.get("objectives") not in (None, cfg.objectives):
-        raise VaenasInputError(f"study {cfg.name!r} in the storage optimises {study.user_attrs['objectives']}, "
-                               f"this config {cfg.objectives}; use another study name")
+    """Refuse to resume or join a study whose trials measured something else (its stored fingerprint,
+    :meth:`StudyConfig.fingerprint`, differs from this config's), naming the first key that differs."""
+    stored = study.user_attrs.get("fingerprint")
+    if stored is None:  # a study made before fingerprints: only its objectives were recorded
+        if study.user_attrs.get("objectives") not in (None, cfg.objectives):
+            raise VaenasInputError(f"study {cfg.name!r} in the storage optimises {study.user_attrs['objectives']}, "
+                                   f"this config {cfg.objectives}; use another study name")
+        return
+    now = cfg.fingerprint()
+    for key in now:
+        if stored.get(key) != now[key]:
+            where, was, new = _first_difference(key, stored.get(key), now[key])
+            raise VaenasInputError(
+                f"study {cfg.name!r} was run with {where} = {was}, this config has {new}: its trials would not be "
+                f"comparable; restore {where} to resume it, or start a new study under another name: in the config")
+
+
+def _first_difference(key: str, a: str | None, b: str) -> tuple[str, str, str]:
+    """The first (dotted) key at which two fingerprint values differ, and the two values, shortened."""
+    va, vb = json.loads(a) if a is not None else None, json.loads(b)
+    while isinstance(va, dict) and isinstance(vb, dict):
+        sub = next((k for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)), None)
+        if sub is None:
+            break
+        key, va, vb = f"{key}.{sub}", va.get(sub), vb.get(sub)
+    short = lambda v: (t if len(t := json.dumps(v)) <= 60 else t[:57] + "...")  # noqa: E731
+    return key, short(va), short(vb)
 
 
 def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool = False, n_trials: int | None = None,

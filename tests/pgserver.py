@@ -75,13 +75,17 @@ def start(base: str | None = None) -> tuple[str, Path]:
     os.chmod(root, 0o755)
     data, sock = root / "data", root / "sock"
     sock.mkdir(exist_ok=True)
-    (root / "pw").write_text(PASSWORD + "\n")
+    pw = root / "pw"
+    pw.touch(mode=0o600)  # readable by its owner only (the server's user, below), removed after initdb
+    os.chmod(pw, 0o600)
+    pw.write_text(PASSWORD + "\n")
     if user:
         info = pwd.getpwnam(user)
         for p in (root, sock, root / "pw"):
             os.chown(p, info.pw_uid, info.pw_gid)
     r = _run(prefix, [str(bindir / "initdb"), "-D", str(data), "-U", USER, "--auth=scram-sha-256",
-                      f"--pwfile={root / 'pw'}", "-E", "UTF8", "--no-instructions"])
+                      f"--pwfile={pw}", "-E", "UTF8", "--no-instructions"])
+    pw.unlink(missing_ok=True)
     if r.returncode != 0:
         raise PgUnavailable(f"initdb failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
     port = _free_port()

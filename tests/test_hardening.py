@@ -120,3 +120,68 @@ def test_ranges_are_counted_not_built_and_sizes_bounded():
     s = SearchSpace.from_dict({"latent_dim": [4, 64], "mlp": {"depth": [1, 3], "width": {"min": 64, "max": 4096,
                                                                                            "step": 64}}})
     assert len(s.mlp["width"]) == 64
+
+
+@pytest.mark.parametrize("change, where", [
+    ({"train": {"epochs": 2, "batch_size": 100}}, "train.epochs"),
+    ({"space": {"latent_dim": [4, 8], "mlp": {"depth": [1], "width": [8]}, "weight_bits": [4, 32]}},
+     "space.latent_dim"),
+    ({"latency": {"repeats": 5, "warmup": 1}}, "latency.repeats"),
+    ({"dataset": "fashion_mnist"}, "dataset"),
+])
+def test_resume_and_worker_refuse_a_different_study(change, where, study_runs_small, tmp_path, capsys):
+    import yaml
+
+    from studies.cli import main
+
+    cfg = yaml.safe_load((study_runs_small.parent / "c.yaml").read_text())
+    db = study_runs_small / "hard" / "study.db"
+    before = db.read_bytes()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**cfg, **change}))
+    for cmd in (["search", str(tmp_path / "c.yaml"), "--resume", "--n-trials", "2"],
+                ["worker", str(tmp_path / "c.yaml"), "--n-trials", "2"]):
+        assert main([*cmd, "--runs-dir", str(study_runs_small), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"was run with {where} = " in err[0] and "another name" in err[0], err
+    assert db.read_bytes() == before  # nothing written: no trial started, none left RUNNING
+    # the unchanged config still resumes
+    assert main(["search", str(study_runs_small.parent / "c.yaml"), "--resume", "--runs-dir", str(study_runs_small),
+                 "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:s3cret@h/db", "postgresql+psycopg2://u:s3cret@h:5432/db?sslmode=require",
+    "postgresql://h/db?user=u&password=s3cret", "postgresql://:s3cret@h/db?user=u",
+    "mysql://u:s3:cret@h/db", "postgresql://u@h/db?PASSWORD=s3cret&x=1", "postgresql://u@h/db?x=1;pwd=s3cret",
+    "postgresql://u@h/db?passwd=s3cret", "postgresql://u@h/db?pass=s3cret#frag",
+])
+def test_passwords_are_redacted_in_every_url_spelling(url):
+    from studies.run import redact
+
+    out = redact(url)
+    assert "s3" not in out and "cret" not in out and "***" in out
+    assert out.split("//")[0] == url.split("//")[0]  # the rest of the URL stays readable
+
+
+def test_a_storage_password_in_the_yaml_is_not_stored_in_the_study(data_root):
+    from evaluator import load_data
+    from studies.config import StudyConfig
+    from studies.run import _init_study_attrs  # the one place the config is stored in a study
+
+    class Study:  # records what would be written to the storage
+        attrs: dict = {}
+
+        def set_metric_names(self, names):
+            pass
+
+        def set_user_attr(self, k, v):
+            self.attrs[k] = v
+
+    raw = {"name": "pw", "space": {"latent_dim": [4], "mlp": {"depth": [1], "width": [8]}},
+           "objectives": ["neg_elbo", "size_bytes"], "bounds": {"neg_elbo": [50, 600], "size_bytes": [100, 1e7]},
+           "storage": "postgresql://u:s3cret@h/db?password=s3cret"}
+    c = StudyConfig.from_dict(raw)
+    c.bind_data(load_data("mnist", data_root, n_train=10))
+    study = Study()
+    _init_study_attrs(study, c)
+    assert "s3cret" not in json.dumps(study.attrs) and "***" in study.attrs["config"]["storage"]
