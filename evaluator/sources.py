@@ -110,6 +110,12 @@ def read_torchvision(name: str, root: Path, options: dict, label: str) -> RawDat
         what = ("copy the four IDX .gz files into " + str(raw)) if name in MNIST_LIKE else \
             f"put torchvision's files for {name} under {root}"
         first = str(e).splitlines()[0] if str(e) else ""
+        present = sorted(p.name for p in raw.glob("*.gz")) if name in MNIST_LIKE and raw.is_dir() else []
+        wanted = {u.rsplit("/", 1)[-1] for u, _ in getattr(cls, "resources", [])}
+        if present and wanted and wanted <= set(present):
+            raise DataUnavailableError(
+                f"dataset {label}: the files under {raw} are there but corrupt or incomplete (their checksums do not "
+                f"match: {type(e).__name__}); replace them with intact copies (check them with md5sum)") from None
         raise DataUnavailableError(f"dataset {label}: not found under {raw} and could not be downloaded "
                                    f"({type(e).__name__}: {first}); {what} or go online") from None
     return RawData(_to_nchw_uint8(tr), _to_nchw_uint8(te))

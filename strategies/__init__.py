@@ -96,7 +96,7 @@ def create_sampler(name: str, space: SearchSpace, seed: int, options: dict[str, 
         raise VaenasInputError(f"strategy: {name!r} is unknown; registered strategies are {sorted(REGISTRY)}")
     try:
         return REGISTRY[name](space, seed, feasible=feasible, **(options or {}))
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise VaenasInputError(f"strategy.options: invalid for {name!r} ({e})") from None
 
 

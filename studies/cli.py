@@ -29,7 +29,10 @@ def _load_arch_doc(path: str) -> tuple[ArchSpec, dict | None]:
     p = Path(path)
     if not p.is_file():
         raise CliError(f"--arch: file {path!r} does not exist")
-    text = p.read_text()
+    try:
+        text = p.read_text()
+    except (UnicodeDecodeError, OSError) as e:
+        raise CliError(f"--arch: {path!r} is not a readable text file ({type(e).__name__}); give an arch JSON") from None
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:
@@ -221,14 +224,22 @@ def cmd_show(args: argparse.Namespace) -> int:
         if path:
             check_output_file(path, force=args.force, flag=flag)
     view = load_view(args.study, args.runs_dir, args.storage)
-    fails = view.all_trials[view.all_trials["state"] == "FAIL"]
+    states = view.all_trials["state"] if len(view.all_trials) else []
+    fails = view.all_trials[states == "FAIL"] if len(view.all_trials) else view.all_trials
+    running = view.all_trials[states == "RUNNING"] if len(view.all_trials) else view.all_trials
     n_inf = int((~view.trials["feasible"].astype(bool)).sum()) if len(view.trials) else 0
-    n_rej = int((view.all_trials["state"] == "PRUNED").sum()) if len(view.all_trials) else 0
+    n_rej = int((states == "PRUNED").sum()) if len(view.all_trials) else 0
     extra = f" ({n_inf} infeasible)" if n_inf else ""
     extra += f"; {n_rej} proposals rejected untrained (over a static limit)" if n_rej else ""
-    print(f"study {view.name} ({view.storage}): {len(view.trials)} complete{extra}, {len(fails)} failed; objectives "
-          f"{view.objectives}; hypervolume {study_hypervolume(view):.4f}; front size {len(view.front)}")
-    _print_front(view)
+    print(f"study {view.name} ({view.storage}): {len(view.trials)} complete{extra}, {len(fails)} failed, "
+          f"{len(running)} running; objectives {view.objectives}; hypervolume {study_hypervolume(view):.4f}; "
+          f"front size {len(view.front) if len(view.trials) else 0}")
+    if len(view.trials):
+        _print_front(view)
+    else:
+        print("no completed trial yet" + (": the failures below say why" if len(fails) else ""))
+    for _, r in running.iterrows():
+        print(f"  trial {r['number']} RUNNING" + (f" on {r['worker']}" if r.get("worker") else ""))
     for _, r in fails.iterrows():
         print(f"  trial {r['number']} FAIL: {r['fail_reason']}")
     if args.csv:
@@ -414,8 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (kill, a scheduler's stop) is handled like Ctrl-C: the trial is marked interrupted
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)
     try:
         return args.func(args)
     except VaenasInputError as e:

@@ -50,14 +50,15 @@ def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = No
     from .run import open_storage, redact
 
     try:
-        study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=None))
+        study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=None, readonly=True))
     except KeyError:
         raise VaenasInputError(f"study {name!r} is not in {redact(url)}; run `vaenas list` to see studies") from None
     objectives = study.user_attrs.get("objectives") or study.metric_names
     bounds = [Bound(*b) for b in study.user_attrs["bounds"]]
     rows, all_rows = [], []
     for t in study.get_trials(deepcopy=False):
-        all_rows.append({"number": t.number, "state": t.state.name, "fail_reason": t.user_attrs.get("fail_reason", "")})
+        all_rows.append({"number": t.number, "state": t.state.name, "fail_reason": t.user_attrs.get("fail_reason", ""),
+                         "worker": t.user_attrs.get("worker", "")})
         if t.state != optuna.trial.TrialState.COMPLETE:
             continue
         spec = ArchSpec.from_json(t.user_attrs["spec"])
@@ -83,7 +84,8 @@ def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = No
     else:
         df = pd.DataFrame(columns=["trial", "spec_id", *objectives, "feasible", "on_front", "neg_elbo_is_estimate",
                                    "phase"])
-    return StudyView(name, redact(url), study, objectives, bounds, df, pd.DataFrame(all_rows))
+    return StudyView(name, redact(url), study, objectives, bounds, df,
+                     pd.DataFrame(all_rows, columns=["number", "state", "fail_reason", "worker"]))
 
 
 def list_studies(runs_dir: str | Path = "runs", storage: str | None = None) -> pd.DataFrame:
@@ -92,7 +94,7 @@ def list_studies(runs_dir: str | Path = "runs", storage: str | None = None) -> p
     from .run import open_storage, redact
 
     for url in urls:
-        storage = open_storage(url, heartbeat=None)
+        storage = open_storage(url, heartbeat=None, readonly=True)
         for s in optuna.get_all_study_summaries(storage):
             states = [t.state for t in optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False)]
             rows.append({"study": s.study_name, "complete": sum(x.name == "COMPLETE" for x in states),

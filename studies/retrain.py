@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -92,7 +93,7 @@ def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset="mnist", data_r
     check_spec_fits(spec, data)
     print(data.describe(), flush=True)
     model = seeded_model(spec, seed, device)
-    res = train(model, data.train, cfg, extra_loss=extra, progress=True)
+    res = train(model, data.train, cfg, extra_loss=extra, progress=sys.stderr.isatty())
     test = evaluate_neg_elbo(model, data.test)
     costs = static_costs(spec)
     packed = pack_model(model)

@@ -39,6 +39,7 @@ import math
 import re
 import os
 import socket
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -69,15 +70,45 @@ def study_dir(runs_dir: str | Path, name: str) -> Path:
     return Path(runs_dir) / name
 
 
+def check_runs_dir(runs_dir: str | Path) -> None:
+    """``--runs-dir`` must be a folder vaenas can write in (or one it can create)."""
+    d = Path(runs_dir)
+    anc = next((p for p in (d, *d.parents) if p.exists()), Path("."))
+    if not anc.is_dir():
+        raise VaenasInputError(f"--runs-dir: {str(anc)!r} is a file, not a folder; choose a folder for the studies")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise VaenasInputError(f"--runs-dir: {str(anc)!r} is not writable; choose a folder you can write to")
+
+
 def storage_url(cfg: StudyConfig, runs_dir: str | Path) -> str:
     return cfg.storage or f"sqlite:///{study_dir(runs_dir, cfg.name) / 'study.db'}"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a temporary file renamed over it). The temporary file is
+    removed when the write or the rename fails (full disk), and those of dead processes are cleaned."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    for old in path.parent.glob(f".{path.name}.tmp*"):  # left by a killed process
+        pid = old.name.rsplit(".tmp", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            old.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def save_checkpoint(path: Path, model, spec: ArchSpec, extra: dict | None = None) -> None:
@@ -177,12 +208,38 @@ def _store_objectives(trial: optuna.Trial, obj: Objectives) -> None:
         trial.set_user_attr(k, v)
 
 
-def open_storage(url: str, heartbeat: tuple[int, int] | None = (30, 120)):
+def _check_file_storage(url: str, readonly: bool) -> None:
+    """SQLite and journal files: a read-only command never creates one, and a file that is not what
+    the URL says is one line (not Optuna's or SQLAlchemy's errors about servers and passwords)."""
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:"):])
+        if not url[len("journal:"):] or path.is_dir():
+            raise VaenasInputError(f"storage: {url!r} needs a file path, e.g. journal:runs/my-study.log")
+    elif url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url[len("sqlite:///"):].split("?")[0])
+        if path.is_dir():
+            raise VaenasInputError(f"storage: {str(path)!r} is a folder, not an SQLite database file")
+    else:
+        return
+    if readonly and (not path.is_file() or path.stat().st_size == 0):
+        raise VaenasInputError(f"storage: {str(path)!r} does not exist or is empty; check the path (`vaenas list` "
+                               "shows the studies under runs/)")
+    if url.startswith("sqlite:///") and path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise VaenasInputError(f"storage: {str(path)!r} is not an SQLite database (corrupt, or another kind of "
+                                       "file); restore it from a backup or point --storage at the study's study.db")
+
+
+def open_storage(url: str, heartbeat: tuple[int, int] | None = (30, 120), readonly: bool = False):
     """An Optuna storage for ``url``, with heartbeats where Optuna supports them (RDB storages).
 
     ``journal:PATH`` is Optuna's journal file storage (a few local workers, no server, no
     heartbeats). Connection problems become one-line :class:`VaenasInputError` messages.
+    ``readonly``: for commands that only read a study - a missing or empty file is an error, never
+    created.
     """
+    _check_file_storage(url, readonly)
     if url.startswith("journal:"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -216,8 +273,10 @@ def open_storage(url: str, heartbeat: tuple[int, int] | None = (30, 120)):
             time.sleep(0.5 + attempt)  # another worker is creating Optuna's tables right now: retry
         except Exception as e:  # sqlalchemy errors: unreachable host, wrong password, bad URL
             msg = str(getattr(e, "orig", None) or e).strip().splitlines()
-            raise VaenasInputError(f"storage: cannot open {redact(url)}: {msg[0] if msg else type(e).__name__}; "
-                                   "check the URL, that the server is up, the user and the password") from None
+            hint = "check the path and that the file is a study database" if url.startswith("sqlite") else \
+                "check the URL, that the server is up, the user and the password"
+            raise VaenasInputError(f"storage: cannot open {redact(url)}: {msg[0] if msg else type(e).__name__}; {hint}") \
+                from None
 
 
 _PASSWORD_IN_USERINFO = re.compile(r"(://[^/@?#]*?:)[^@/?#]*@")  # scheme://user:PASSWORD@ (user may be empty)
@@ -289,6 +348,7 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     failed by the heartbeat after the grace period and retried once; the budget is shared.
     """
     sdir = study_dir(runs_dir, cfg.name)
+    check_runs_dir(runs_dir)
     url = storage_url(cfg, runs_dir)
     local = url.startswith("sqlite:///") and cfg.storage is None
     budget = n_trials if n_trials is not None else cfg.trials
@@ -375,7 +435,7 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
         return sum(is_finished(t) for t in trials), running
 
     bar = None
-    if progress:
+    if progress and sys.stderr.isatty():  # a bar on a pipe or a log would bury the one error line
         from tqdm import tqdm
 
         bar = tqdm(total=budget, initial=min(counts()[0], budget), desc=f"search {cfg.name}", unit="trial")

@@ -12,6 +12,8 @@ import pytest
 import torch
 import yaml
 
+from search_space import ArchSpec
+
 REPO = Path(__file__).resolve().parents[1]
 SPACE = {"latent_dim": [4], "mlp": {"depth": [1], "width": [16]}, "weight_bits": [4, 32]}
 
@@ -110,6 +112,21 @@ CASES = [
      "not a valid study name"),
     ("retrain-iwae-k-0", {}, ["retrain", "ARCH", "--epochs", "1", "--iwae-k", "0"], "--iwae-k: must be"),
     ("binary-config", {"c.yaml": b"\xff\xfe\x00\x01\x89PNG"}, ["search", "c.yaml"], "not a readable text file"),
+    # the rest of issue 16.8
+    ("show-mistyped-storage", {}, ["show", "ok", "--storage", "sqlite:///typo.db"], "'typo.db' does not exist or is empty"),
+    ("list-mistyped-storage", {}, ["list", "--storage", "sqlite:///typo.db"], "'typo.db' does not exist or is empty"),
+    ("show-zero-byte-db", {"z.db": ""}, ["show", "ok", "--storage", "sqlite:///z.db"], "does not exist or is empty"),
+    ("corrupt-sqlite", {"c.db": "garbage " * 500}, ["show", "ok", "--storage", "sqlite:///c.db"],
+     "'c.db' is not an SQLite database (corrupt"),
+    ("binary-arch", {"a.json": b"\x89PNG\x00\xff\xfe"}, ["retrain", "a.json", "--epochs", "1"], "not a readable text file"),
+    ("runs-dir-is-a-file", {"rf": "x", "c.yaml": lambda d, u: good(d)}, ["search", "c.yaml", "--runs-dir", "rf"],
+     "--runs-dir: 'rf' is a file, not a folder"),
+    ("journal-empty-path", {"c.yaml": lambda d, u: good(d, storage="journal:")}, ["search", "c.yaml"],
+     "needs a file path, e.g. journal:"),
+    ("nsga2-population-1", {"c.yaml": lambda d, u: good(d, strategy={"name": "nsga2", "options": {"population_size": 1}})},
+     ["search", "c.yaml"], "strategy.options: invalid for 'nsga2'"),
+    ("rgb-spec-on-mnist", {"a.json": ArchSpec.mlp((8,), 2, input_shape=(3, 32, 32)).to_json()},
+     ["retrain", "a.json", "--epochs", "1"], "takes input [3, 32, 32]"),
     # memory bombs refused before anything is built (issue 16.5)
     ("latent-1e9", {"c.yaml": lambda d, u: good(d, space=_space(latent_dim=[10**9]))}, ["search", "c.yaml"],
      "parameters, over the 100,000,000"),

@@ -185,3 +185,100 @@ def test_a_storage_password_in_the_yaml_is_not_stored_in_the_study(data_root):
     study = Study()
     _init_study_attrs(study, c)
     assert "s3cret" not in json.dumps(study.attrs) and "***" in study.attrs["config"]["storage"]
+
+
+def test_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import os
+
+    from studies import run
+
+    target = tmp_path / "a.json"
+    stale = tmp_path / ".a.json.tmp999999999"  # a killed process's leftover (no such PID)
+    stale.write_bytes(b"half")
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run.os, "replace", full_disk)
+    with pytest.raises(OSError):
+        run.atomic_write(target, b"data")
+    assert not target.exists() and not (tmp_path / f".a.json.tmp{os.getpid()}").exists()
+    monkeypatch.undo()
+    run.atomic_write(target, b"data")
+    assert target.read_bytes() == b"data" and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_corrupt_gz_is_not_reported_as_missing(tmp_path, data_root):
+    import shutil
+
+    from evaluator import load_data
+    from evaluator.sources import DataUnavailableError
+
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copytree(data_root / "MNIST" / "raw", raw, ignore=shutil.ignore_patterns("*ubyte"))
+    gz = raw / "t10k-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:1000])  # truncated
+    with pytest.raises(DataUnavailableError, match="there but corrupt or incomplete"):
+        load_data("mnist", tmp_path)
+
+
+def test_show_on_an_all_failed_study_lists_the_reasons(tmp_path, capsys):
+    from studies.cli import main
+
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    s = optuna.create_study(study_name="f", storage=url, directions=["minimize", "minimize"])
+    s.set_user_attr("objectives", ["neg_elbo", "size_bytes"])
+    s.set_user_attr("bounds", [[0, 1, False], [0, 1, False]])
+    t = s.ask()
+    t.set_user_attr("fail_reason", "training diverged: mean loss nan")
+    s.tell(t, state=optuna.trial.TrialState.FAIL)
+    s.ask().set_user_attr("worker", "host:42")  # left RUNNING
+    assert main(["show", "f", "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert "0 complete, 1 failed, 1 running" in out and "trial 0 FAIL: training diverged" in out
+    assert "trial 1 RUNNING on host:42" in out
+
+
+def test_sigterm_is_handled_like_ctrl_c_and_stderr_stays_one_line_off_a_terminal(tmp_path, data_root):
+    """SIGTERM mid-trial: the trial is marked interrupted, exit 1, one stderr line (no progress bar on a
+    pipe); --resume then finishes the budget."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = {"name": "term", "dataset": "mnist", "data_root": str(data_root), "n_train": 20000,
+           "space": {"latent_dim": [4], "mlp": {"depth": [1], "width": [64, 128]}},
+           "objectives": ["neg_elbo", "size_bytes"], "bounds": {"neg_elbo": [50, 600], "size_bytes": [100, 1e7]},
+           "budget": {"trials": 2}, "train": {"epochs": 3, "batch_size": 50}, "latency": {"repeats": 3, "warmup": 1}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "studies.cli", "search", "c.yaml", "--runs-dir", "runs"]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "runs" / "term" / "study.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until a trial is running
+        if db.exists():
+            try:
+                st = optuna.load_study(study_name="term", storage=f"sqlite:///{db}")
+                if any(t.state == optuna.trial.TrialState.RUNNING for t in st.trials):
+                    break
+            except Exception:
+                pass
+        time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err
+    assert err == "" and "interrupted" in out and "resume with" in out, (out, err)  # no bar on a pipe
+    st = optuna.load_study(study_name="term", storage=f"sqlite:///{db}")
+    assert not [t for t in st.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert any(t.user_attrs.get("fail_reason") == "interrupted" for t in st.trials)
+    r = subprocess.run(cmd + ["--resume", "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
