@@ -90,16 +90,56 @@ def _to_nchw_uint8(ds) -> torch.Tensor:
     return torch.stack(out)
 
 
+class _unpack_lock:
+    """An exclusive OS lock on ``<root>/.<name>.vaenas-lock`` while torchvision checks and unpacks a
+    dataset: several processes starting on a fresh data root (workers) would otherwise read each
+    other's half-written files. Where the root cannot be written (a read-only shared copy), no lock."""
+
+    def __init__(self, root: Path, name: str):
+        self.path, self.f, self.created = root / f".{name}.vaenas-lock", None, False
+
+    def __enter__(self):
+        import fcntl
+
+        if not self.path.parent.is_dir():
+            return self  # nothing there to unpack: nothing to lock, and nothing is created here
+        try:
+            self.created = not self.path.exists()
+            self.f = open(self.path, "a")
+        except OSError:
+            return self
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if self.f is not None:
+            self.f.close()  # releases the lock
+            if exc_type is not None and self.created:
+                self.path.unlink(missing_ok=True)  # a failed load leaves nothing behind
+
+
+def _checksum_mismatch(cls, raw: Path) -> bool:
+    """True when every archive the dataset needs is present and one of them fails its MD5 (corrupt or
+    truncated), as opposed to files that are simply missing."""
+    from torchvision.datasets.utils import check_integrity
+
+    resources = [(u.rsplit("/", 1)[-1], md5) for u, md5 in getattr(cls, "resources", [])]
+    if not resources or not raw.is_dir() or not all((raw / f).is_file() for f, _ in resources):
+        return False
+    return any(not check_integrity(str(raw / f), md5) for f, md5 in resources)
+
+
 def read_torchvision(name: str, root: Path, options: dict, label: str) -> RawData:
     cls = torchvision_class(name)
     params = inspect.signature(cls.__init__).parameters
     raw = root / name / "raw" if name in MNIST_LIKE else root
     existed = {p for p in (root, root / name, root / name / "raw") if p.exists()}
     try:
-        if "train" in params:
-            tr, te = (cls(str(root), train=flag, download=True, **options) for flag in (True, False))
-        else:
-            tr, te = (cls(str(root), split=s, download=True, **options) for s in ("train", "test"))
+        with _unpack_lock(root, name):  # one process unpacks a fresh root; the others wait, then read
+            if "train" in params:
+                tr, te = (cls(str(root), train=flag, download=True, **options) for flag in (True, False))
+            else:
+                tr, te = (cls(str(root), split=s, download=True, **options) for s in ("train", "test"))
     except TypeError as e:
         raise VaenasInputError(f"dataset.options: torchvision.datasets.{name} refused its arguments ({e}); pass what it "
                                "needs in options, e.g. EMNIST: options: {split: balanced}") from None
@@ -110,9 +150,7 @@ def read_torchvision(name: str, root: Path, options: dict, label: str) -> RawDat
         what = ("copy the four IDX .gz files into " + str(raw)) if name in MNIST_LIKE else \
             f"put torchvision's files for {name} under {root}"
         first = str(e).splitlines()[0] if str(e) else ""
-        present = sorted(p.name for p in raw.glob("*.gz")) if name in MNIST_LIKE and raw.is_dir() else []
-        wanted = {u.rsplit("/", 1)[-1] for u, _ in getattr(cls, "resources", [])}
-        if present and wanted and wanted <= set(present):
+        if _checksum_mismatch(cls, raw):
             raise DataUnavailableError(
                 f"dataset {label}: the files under {raw} are there but corrupt or incomplete (their checksums do not "
                 f"match: {type(e).__name__}); replace them with intact copies (check them with md5sum)") from None

@@ -70,6 +70,33 @@ def study_dir(runs_dir: str | Path, name: str) -> Path:
     return Path(runs_dir) / name
 
 
+def lock_study(url: str, exclusive: bool):
+    """An OS lock beside a file storage (SQLite file, journal) while this process uses the study: shared
+    for ``search`` and ``worker`` (several may run), exclusive for ``--resume``, which fails the trials
+    left RUNNING and so must be the study's only process. The kernel drops the lock when the process
+    dies (even ``kill -9``), so a killed run never blocks a resume. Server storages: no lock (``--resume``
+    there is documented as the only process). Returns the open lock file (keep it) or None."""
+    import fcntl
+
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:"):])
+    elif url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url[len("sqlite:///"):].split("?")[0])
+    else:
+        return None
+    f = open(path.with_name(f".{path.name}.lock"), "a")
+    try:
+        fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        if exclusive:
+            raise VaenasInputError(f"--resume: the study in {redact(url)} is in use by another vaenas process (a search "
+                                   "or worker still running); wait for it to finish or stop it, then resume") from None
+        raise VaenasInputError(f"the study in {redact(url)} is being resumed by another vaenas process; wait for it "
+                               "to finish") from None
+    return f
+
+
 def check_runs_dir(runs_dir: str | Path) -> None:
     """``--runs-dir`` must be a folder vaenas can write in (or one it can create)."""
     d = Path(runs_dir)
@@ -406,6 +433,7 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     else:
         study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
     _check_same_study(study, cfg)
+    lock = lock_study(url, exclusive=resume)  # held until this function returns (the process ends)
     if resume:
         state = study.user_attrs.get("strategy_state")
         if state is not None and hasattr(sampler, "load_state_dict"):
@@ -539,6 +567,8 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
         except KeyboardInterrupt:
             interrupted = True
     size, hv = front_stats(study, cfg)
+    if lock is not None:
+        lock.close()
     return SearchSummary(cfg.name, redact(url), counts()[0], new, size, hv, interrupted, time.perf_counter() - t_start,
                          remeasured, cfg.supernet is not None)
 

@@ -282,3 +282,59 @@ def test_sigterm_is_handled_like_ctrl_c_and_stderr_stays_one_line_off_a_terminal
     r = subprocess.run(cmd + ["--resume", "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_resume_while_another_process_runs_the_study_is_refused(tmp_path, data_root, capsys):
+    """--resume fails the trials left RUNNING, so it must be the study's only process: while a search or
+    worker holds the study (its shared lock), resume is one line and the running trial is untouched."""
+    import yaml
+
+    from studies.cli import main
+    from studies.run import lock_study
+
+    cfg = {"name": "busy", "dataset": "mnist", "data_root": str(data_root), "n_train": 300,
+           "space": {"latent_dim": [4], "mlp": {"depth": [1], "width": [8, 16]}},
+           "objectives": ["neg_elbo", "size_bytes"], "bounds": {"neg_elbo": [50, 600], "size_bytes": [100, 1e7]},
+           "budget": {"trials": 1}, "train": {"epochs": 1}, "latency": {"repeats": 3, "warmup": 1}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    runs = tmp_path / "runs"
+    assert main(["search", str(tmp_path / "c.yaml"), "--runs-dir", str(runs), "--quiet"]) == 0
+    url = f"sqlite:///{runs / 'busy' / 'study.db'}"
+    study = optuna.load_study(study_name="busy", storage=url)
+    running = study.ask()  # another process's trial in progress
+    held = lock_study(url, exclusive=False)  # ... and that process holds the study
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "c.yaml"), "--runs-dir", str(runs), "--resume", "--n-trials", "2",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is in use by another vaenas process" in err[0]
+    assert study.trials[running.number].state == optuna.trial.TrialState.RUNNING  # untouched
+    held.close()  # that process ended (the kernel drops its lock, even on kill -9)
+    assert main(["search", str(tmp_path / "c.yaml"), "--runs-dir", str(runs), "--resume", "--n-trials", "2",
+                 "--quiet"]) == 0
+    t = optuna.load_study(study_name="busy", storage=url).trials[running.number]
+    assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["fail_reason"] == "interrupted"
+
+
+def test_three_processes_unpacking_a_fresh_data_root_do_not_race(tmp_path, data_root):
+    """Workers starting together on a new machine all unpack the same IDX files: 3 processes on a fresh
+    data root, 10 times - every process loads the data (torchvision's unpack runs under a file lock)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    code = "import sys; from evaluator import load_data; d = load_data('mnist', sys.argv[1], n_train=10); print(len(d.test))"
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    for round_ in range(10):
+        root = tmp_path / f"root{round_}"
+        shutil.copytree(data_root / "MNIST" / "raw", root / "MNIST" / "raw", ignore=shutil.ignore_patterns("*ubyte"))
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(root)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], (round_, [o[1][-500:] for o in outs])
+        assert all(o[0].strip() == "10000" for o in outs)
+        shutil.rmtree(root)
