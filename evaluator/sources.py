@@ -297,10 +297,10 @@ def read_array(path: Path, key: str | None, limit_mb: float, label: str) -> RawD
     except (ValueError, OSError, zipfile.BadZipFile, KeyError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise VaenasInputError(f"dataset.path: {path.name} cannot be read as a numeric array ({first})") from None
-    return RawData(*_as_rows(arr, path.name), feature_names=names)
+    return RawData(_as_rows(arr, path.name), feature_names=names)
 
 
-def _as_rows(arr: np.ndarray, what: str) -> tuple[torch.Tensor]:
+def _as_rows(arr: np.ndarray, what: str) -> torch.Tensor:
     if arr.dtype.kind not in "biuf":
         raise VaenasInputError(f"dataset: {what} holds {arr.dtype} values, not numbers; save a numeric array")
     if arr.ndim < 2:
@@ -312,7 +312,7 @@ def _as_rows(arr: np.ndarray, what: str) -> tuple[torch.Tensor]:
         r, c = (int(v) for v in np.argwhere(bad)[0])
         raise VaenasInputError(f"dataset: {what} has {int(bad.sum())} NaN/inf values (first at row {r + 1}, column "
                                f"{c + 1}); remove or impute them first")
-    return (torch.from_numpy(np.array(arr, dtype=np.float64)),)  # a copy: writable, owned
+    return torch.from_numpy(np.array(arr, dtype=np.float64))  # a copy: writable, owned
 
 
 def read_sklearn(name: str, label: str) -> RawData:
@@ -327,4 +327,4 @@ def read_sklearn(name: str, label: str) -> RawData:
                                "`pip install scikit-learn` (or the extra `pip install -e '.[tabular]'`)") from None
     bunch = getattr(skd, f"load_{name}")()
     names = [str(n) for n in getattr(bunch, "feature_names", [])] or None
-    return RawData(*_as_rows(np.asarray(bunch.data), f"sklearn {name}"), feature_names=names)
+    return RawData(_as_rows(np.asarray(bunch.data), f"sklearn {name}"), feature_names=names)

@@ -78,11 +78,8 @@ def lock_study(url: str, exclusive: bool):
     there is documented as the only process). Returns the open lock file (keep it) or None."""
     import fcntl
 
-    if url.startswith("journal:"):
-        path = Path(url[len("journal:"):])
-    elif url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url[len("sqlite:///"):].split("?")[0])
-    else:
+    path = storage_file(url)
+    if path is None:
         return None
     f = open(path.with_name(f".{path.name}.lock"), "a")
     try:
@@ -235,19 +232,26 @@ def _store_objectives(trial: optuna.Trial, obj: Objectives) -> None:
         trial.set_user_attr(k, v)
 
 
+def storage_file(url: str) -> Path | None:
+    """The file a file storage lives in (``journal:PATH``, ``sqlite:///PATH``); None for servers."""
+    if url.startswith("journal:"):
+        return Path(url[len("journal:"):])
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url[len("sqlite:///"):].split("?")[0])
+    return None
+
+
 def _check_file_storage(url: str, readonly: bool) -> None:
     """SQLite and journal files: a read-only command never creates one, and a file that is not what
     the URL says is one line (not Optuna's or SQLAlchemy's errors about servers and passwords)."""
+    path = storage_file(url)
+    if path is None:
+        return
     if url.startswith("journal:"):
-        path = Path(url[len("journal:"):])
         if not url[len("journal:"):] or path.is_dir():
             raise VaenasInputError(f"storage: {url!r} needs a file path, e.g. journal:runs/my-study.log")
-    elif url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url[len("sqlite:///"):].split("?")[0])
-        if path.is_dir():
-            raise VaenasInputError(f"storage: {str(path)!r} is a folder, not an SQLite database file")
-    else:
-        return
+    elif path.is_dir():
+        raise VaenasInputError(f"storage: {str(path)!r} is a folder, not an SQLite database file")
     if readonly and (not path.is_file() or path.stat().st_size == 0):
         raise VaenasInputError(f"storage: {str(path)!r} does not exist or is empty; check the path (`vaenas list` "
                                "shows the studies under runs/)")
@@ -271,7 +275,7 @@ def open_storage(url: str, heartbeat: tuple[int, int] | None = (30, 120), readon
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        path = Path(url[len("journal:"):])
+        path = storage_file(url)
         if not path.parent.is_dir():
             raise VaenasInputError(f"storage: folder {str(path.parent)!r} of {url!r} does not exist; create it first")
         return JournalStorage(JournalFileBackend(str(path)))
