@@ -147,7 +147,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                                   f"{sorted(REGISTRY)}")
         cfg.strategy, cfg.strategy_options = args.strategy, {}  # the YAML's options belong to its own strategy
     summary = run_search(cfg, runs_dir=args.runs_dir, resume=args.resume, n_trials=args.n_trials,
-                         timeout_s=args.timeout, progress=not args.quiet)
+                         timeout_s=args.timeout, progress=not args.quiet, jobs=args.jobs)
     state = "interrupted" if summary.interrupted else "done"
     print(f"study {summary.study_name}: {state}, {summary.finished} finished trials ({summary.new_trials} this run, "
           f"{summary.seconds:.0f}s), front size {summary.front_size}, hypervolume {summary.hypervolume:.4f}"
@@ -358,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--n-trials", type=int, help="override budget.trials")
     se.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     se.add_argument("--quiet", action="store_true", help="no progress bar")
+    se.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="run N worker processes on this machine (this one and N-1 more; default 1); they share the "
+                         "cores, so measured latencies are taken under load")
     se.add_argument("--strategy", help="override the config's strategy (its YAML options are then dropped)")
     study_args(se, study=False)
     se.set_defaults(func=cmd_search)
@@ -445,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         print("vaenas: interrupted", file=sys.stderr)
         return 1
     except Exception as e:  # a failure, not bad input: one line, exit 1
-        print(f"vaenas: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        plain = getattr(e, "plain", False)  # a failure that names itself (e.g. "database unreachable: ...")
+        print(f"vaenas: {e}" if plain else f"vaenas: failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
 
 

@@ -22,7 +22,9 @@
     seed: 0
     storage: null                    # any Optuna storage URL (sqlite:///..., postgresql://...) or journal:PATH;
                                      # default sqlite:///runs/<name>/study.db
-    heartbeat: {interval_s: 30, grace_s: 120}  # RDB storages: a trial silent for grace_s is failed, retried once
+    heartbeat: {interval_s: 30, grace_s: 120, outage_s: 60}  # server storages: a trial silent for grace_s is
+                                     # failed and retried once; a worker rides out a database outage of up to
+                                     # outage_s (retrying with backoff), then stops: "database unreachable"
     supernet: {epochs: 10, n_random: 2, kd_weight: 1.0, finetune_steps: 0, n_val: 2000, remeasure: 10,
                calibrate: true}  # calibrate: anchor the estimates per depth on standalone-trained extremes
                                      # optional (one-family spaces): score trials on one trained weight-sharing
@@ -113,6 +115,7 @@ class StudyConfig:
     storage: str | None = None
     constraints: dict[str, float] = field(default_factory=dict)  # objective -> max allowed value
     heartbeat: tuple[int, int] = (30, 120)  # (interval_s, grace_s)
+    outage_s: float = 60.0  # server storages: how long a database outage is waited out
     supernet: SupernetConfig | None = None  # set: trials are scored on a supernet (estimates)
     darts: dict[str, Any] | None = None  # set: a DARTS lambda sweep proposes the first trials
     enqueue: list[ArchSpec] = field(default_factory=list)  # specs evaluated first (e.g. a baseline)
@@ -168,11 +171,14 @@ class StudyConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ConfigError(f"constraints.{k}: expected a positive number (the maximum allowed), got {v!r}")
             constraints[k] = float(v)
-        hb = _block("heartbeat", d.get("heartbeat"), {"interval_s", "grace_s"})
+        hb = _block("heartbeat", d.get("heartbeat"), {"interval_s", "grace_s", "outage_s"})
         interval = _typed("heartbeat.interval_s", hb.get("interval_s", 30), int)
         grace = _typed("heartbeat.grace_s", hb.get("grace_s", 120), int)
         if interval < 1 or grace <= interval:
             raise ConfigError(f"heartbeat: need interval_s >= 1 and grace_s > interval_s, got {interval} and {grace}")
+        outage = _typed("heartbeat.outage_s", hb.get("outage_s", 60), (int, float))
+        if not (math.isfinite(outage) and outage >= 0):
+            raise ConfigError(f"heartbeat.outage_s: expected a number of seconds >= 0, got {outage!r}")
         strat = d.get("strategy", {"name": "random"})
         if isinstance(strat, str):
             strat = {"name": strat}
@@ -271,7 +277,7 @@ class StudyConfig:
             data_root=_typed("data_root", d.get("data_root"), str, allow_none=True), n_train=n_train,
             strategy=sname, strategy_options=_typed("strategy.options", strat.get("options") or {}, dict),
             trials=trials, timeout_s=timeout, train=train, latency=_latency(lat), seed=seed,
-            storage=storage, constraints=constraints, heartbeat=(interval, grace), supernet=supernet, darts=darts,
+            storage=storage, constraints=constraints, heartbeat=(interval, grace), outage_s=float(outage), supernet=supernet, darts=darts,
             enqueue=enqueue, raw=d,
         )
 

@@ -27,16 +27,22 @@ scored on its inherited weights: costs exact, latency measured, −ELBO an ESTIM
 report's front, hypervolume and export use those measured trials. Workers never re-measure:
 run ``vaenas search CONFIG --resume`` once they are done.
 
+Workers (``vaenas worker``, ``search --jobs N``): several processes share one study and its
+budget; which RUNNING trials belong to dead workers is decided in :mod:`studies.liveness` (lock
+files on one machine, heartbeats on a server), and a dead worker's trial is retried once.
+:func:`run_search` is small named steps: open or create the study (:func:`_open_study`), then
+:func:`_trial_loop` asks for a trial under the liveness claim and :func:`_run_trial` runs it.
+
 Strategy state: after every trial the sampler's ``state_dict()`` is stored in the study
 (``strategy_state``), and ``--resume`` loads it, so the strategy continues where it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
-import re
 import os
 import socket
 import sys
@@ -54,10 +60,12 @@ from search_space import ArchSpec, VaenasInputError
 from strategies import SpecSampler, create_sampler, suggest_spec
 
 from .config import STATIC_CONSTRAINTS, StudyConfig
+from .liveness import WORKER_DIED, claim_lock, claim_path, liveness_for
+from .storage import StorageUnreachable, _check_file_storage, _study_names, lock_study, open_storage, redact, storage_file  # noqa: F401
 
 INTERRUPTED = "interrupted"  # cut off (Ctrl-C, killed worker): does not use up budget, is replaced
 SURPLUS = "surplus"  # asked by a worker that lost the race for the last budget slot: not counted
-NOT_COUNTED = {INTERRUPTED, SURPLUS}
+NOT_COUNTED = {INTERRUPTED, SURPLUS, WORKER_DIED}
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"  # stored on each trial: which process ran it
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -68,30 +76,6 @@ class StudyExistsError(VaenasInputError):
 
 def study_dir(runs_dir: str | Path, name: str) -> Path:
     return Path(runs_dir) / name
-
-
-def lock_study(url: str, exclusive: bool):
-    """An OS lock beside a file storage (SQLite file, journal) while this process uses the study: shared
-    for ``search`` and ``worker`` (several may run), exclusive for ``--resume``, which fails the trials
-    left RUNNING and so must be the study's only process. The kernel drops the lock when the process
-    dies (even ``kill -9``), so a killed run never blocks a resume. Server storages: no lock (``--resume``
-    there is documented as the only process). Returns the open lock file (keep it) or None."""
-    import fcntl
-
-    path = storage_file(url)
-    if path is None:
-        return None
-    f = open(path.with_name(f".{path.name}.lock"), "a")
-    try:
-        fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        if exclusive:
-            raise VaenasInputError(f"--resume: the study in {redact(url)} is in use by another vaenas process (a search "
-                                   "or worker still running); wait for it to finish or stop it, then resume") from None
-        raise VaenasInputError(f"the study in {redact(url)} is being resumed by another vaenas process; wait for it "
-                               "to finish") from None
-    return f
 
 
 def check_runs_dir(runs_dir: str | Path) -> None:
@@ -232,98 +216,6 @@ def _store_objectives(trial: optuna.Trial, obj: Objectives) -> None:
         trial.set_user_attr(k, v)
 
 
-def storage_file(url: str) -> Path | None:
-    """The file a file storage lives in (``journal:PATH``, ``sqlite:///PATH``); None for servers."""
-    if url.startswith("journal:"):
-        return Path(url[len("journal:"):])
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return Path(url[len("sqlite:///"):].split("?")[0])
-    return None
-
-
-def _check_file_storage(url: str, readonly: bool) -> None:
-    """SQLite and journal files: a read-only command never creates one, and a file that is not what
-    the URL says is one line (not Optuna's or SQLAlchemy's errors about servers and passwords)."""
-    path = storage_file(url)
-    if path is None:
-        return
-    if url.startswith("journal:"):
-        if not url[len("journal:"):] or path.is_dir():
-            raise VaenasInputError(f"storage: {url!r} needs a file path, e.g. journal:runs/my-study.log")
-    elif path.is_dir():
-        raise VaenasInputError(f"storage: {str(path)!r} is a folder, not an SQLite database file")
-    if readonly and (not path.is_file() or path.stat().st_size == 0):
-        raise VaenasInputError(f"storage: {str(path)!r} does not exist or is empty; check the path (`vaenas list` "
-                               "shows the studies under runs/)")
-    if url.startswith("sqlite:///") and path.is_file() and path.stat().st_size > 0:
-        with open(path, "rb") as f:
-            if f.read(16) != b"SQLite format 3\x00":
-                raise VaenasInputError(f"storage: {str(path)!r} is not an SQLite database (corrupt, or another kind of "
-                                       "file); restore it from a backup or point --storage at the study's study.db")
-
-
-def open_storage(url: str, heartbeat: tuple[int, int] | None = (30, 120), readonly: bool = False):
-    """An Optuna storage for ``url``, with heartbeats where Optuna supports them (RDB storages).
-
-    ``journal:PATH`` is Optuna's journal file storage (a few local workers, no server, no
-    heartbeats). Connection problems become one-line :class:`VaenasInputError` messages.
-    ``readonly``: for commands that only read a study - a missing or empty file is an error, never
-    created.
-    """
-    _check_file_storage(url, readonly)
-    if url.startswith("journal:"):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        path = storage_file(url)
-        if not path.parent.is_dir():
-            raise VaenasInputError(f"storage: folder {str(path.parent)!r} of {url!r} does not exist; create it first")
-        return JournalStorage(JournalFileBackend(str(path)))
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-    kw = {}
-    if heartbeat is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            kw = {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1],
-                  "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1)}
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
-    for attempt in range(8):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-                                  **kw)
-        except ImportError as e:
-            raise VaenasInputError(f"storage: {redact(url)} needs a database driver ({e}); for PostgreSQL install "
-                                   "the extra with `pip install -e '.[postgres]'`") from None
-        except (IntegrityError, ProgrammingError):
-            if attempt == 7:
-                raise
-            time.sleep(0.5 + attempt)  # another worker is creating Optuna's tables right now: retry
-        except Exception as e:  # sqlalchemy errors: unreachable host, wrong password, bad URL
-            msg = str(getattr(e, "orig", None) or e).strip().splitlines()
-            hint = "check the path and that the file is a study database" if url.startswith("sqlite") else \
-                "check the URL, that the server is up, the user and the password"
-            raise VaenasInputError(f"storage: cannot open {redact(url)}: {msg[0] if msg else type(e).__name__}; {hint}") \
-                from None
-
-
-_PASSWORD_IN_USERINFO = re.compile(r"(://[^/@?#]*?:)[^@/?#]*@")  # scheme://user:PASSWORD@ (user may be empty)
-_PASSWORD_IN_QUERY = re.compile(r"([?&;](?:password|passwd|pwd|pass)=)[^&;#]*", re.IGNORECASE)
-
-
-def redact(url: str) -> str:
-    """The URL with every password replaced by ***: ``user:pw@``, ``:pw@`` (empty user) and
-    ``?password=`` / ``passwd=`` / ``pwd=`` / ``pass=`` query parameters, in any case."""
-    return _PASSWORD_IN_QUERY.sub(r"\1***", _PASSWORD_IN_USERINFO.sub(r"\1***@", url))
-
-
-def _study_names(storage) -> list[str]:
-    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-
-
 def _init_study_attrs(study: optuna.Study, cfg: StudyConfig) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -370,30 +262,29 @@ def _first_difference(key: str, a: str | None, b: str) -> tuple[str, str, str]:
 
 def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool = False, n_trials: int | None = None,
                timeout_s: float | None = None, progress: bool = True, worker: bool = False,
-               poll_s: float = 2.0) -> SearchSummary:
+               poll_s: float = 2.0, jobs: int = 1, _child: bool = False) -> SearchSummary:
     """Run a study to its budget of finished trials.
 
     ``resume``: continue an existing study as its only process (trials left RUNNING by a killed
     process are marked interrupted and replaced). ``worker``: join the study, creating it if it
-    does not exist yet, next to other workers on the same storage: a trial of a killed worker is
-    failed by the heartbeat after the grace period and retried once; the budget is shared.
+    does not exist yet, next to other workers on the same storage; the budget is shared, and a
+    killed worker's trial is failed and retried once (:mod:`studies.liveness`: at once on a file
+    storage, after the heartbeat's grace period on a server). ``jobs``: this process and ``jobs - 1``
+    worker processes it starts run the study together (one machine).
     """
     sdir = study_dir(runs_dir, cfg.name)
     check_runs_dir(runs_dir)
     url = storage_url(cfg, runs_dir)
-    local = url.startswith("sqlite:///") and cfg.storage is None
     budget = n_trials if n_trials is not None else cfg.trials
     if budget < 1:
         raise VaenasInputError(f"--n-trials: must be >= 1, got {budget}")
     timeout = timeout_s if timeout_s is not None else cfg.timeout_s
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise VaenasInputError(f"--timeout: must be a positive number of seconds, got {timeout}")
-    storage = None
-    if not local or (sdir / "study.db").exists():
-        storage = open_storage(url, cfg.heartbeat)
-        names = _study_names(storage)
-    else:
-        names = []
+    check_jobs(jobs)
+    path = storage_file(url)
+    heartbeat = cfg.heartbeat if path is None else None  # file storages: lock files tell the living (liveness.py)
+    names = _existing_studies(url, heartbeat, path)
     if cfg.name in names and not (resume or worker):
         raise StudyExistsError(f"study {cfg.name!r} already exists in {redact(url)}; pass --resume to continue it, "
                                "run `vaenas worker` to add a worker, or choose another name")
@@ -403,20 +294,6 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     cfg.bind_data(data)  # the space takes the data's input shape and likelihood
     if progress:
         print(data.describe(), flush=True)
-    standalone = Evaluator(data, cfg.train, cfg.latency)
-    evaluators: dict[str, object] = {}
-
-    def evaluator():  # the supernet is trained (or loaded) only when a trial needs it
-        if cfg.supernet is None:
-            return standalone
-        if "supernet" not in evaluators:
-            ev = evaluators["supernet"] = supernet_evaluator(cfg, data, sdir, progress)
-            if ev.calibration is not None and "supernet_calibration" not in study.user_attrs:
-                study.set_user_attr("supernet_calibration", ev.calibration.to_dict())
-            if ev.train_seconds and "supernet_train_seconds" not in study.user_attrs:
-                study.set_user_attr("supernet_train_seconds", ev.train_seconds)
-        return evaluators["supernet"]
-
     feasible = static_feasibility(cfg.constraints)
     # Whole-spec strategies draw from (seed, trial number), so workers need no seed of their own;
     # Optuna's samplers keep a random state, which must differ between workers.
@@ -424,11 +301,88 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     if worker and not isinstance(sampler, SpecSampler):
         sampler = create_sampler(cfg.strategy, cfg.space, cfg.seed + os.getpid(), cfg.strategy_options,
                                  feasible=feasible)
-    if local:
+    if cfg.storage is None:  # the default storage lives in runs/<study>/
         sdir.mkdir(parents=True, exist_ok=True)
-    if storage is None:
-        storage = open_storage(url, cfg.heartbeat)
-    if cfg.name not in names:
+    with claim_lock(claim_path(path)) if path is not None else contextlib.nullcontext():
+        # one process at a time creates the storage and the study (no race on a fresh SQLite file)
+        study = _open_study(cfg, url, heartbeat, sampler, data, create=cfg.name not in names, worker=worker)
+        lock = None if _child else lock_study(url, exclusive=resume)  # held while this function runs
+        if resume:
+            _resume(study, sampler, path is not None)
+        if cfg.enqueue and "config_enqueued" not in study.user_attrs:
+            for spec in cfg.enqueue:  # once per study: a resumed study does not enqueue them again
+                study.enqueue_trial(cfg.space.to_params(spec), user_attrs={"proposed_by": "config"},
+                                    skip_if_exists=True)
+            study.set_user_attr("config_enqueued", [s.id for s in cfg.enqueue])
+    if cfg.darts is not None and "darts_sweep" not in study.user_attrs:
+        if worker:
+            raise VaenasInputError(f"darts: study {cfg.name!r} has not run its lambda sweep yet; start it with "
+                                   "`vaenas search CONFIG` before adding workers")
+        darts_enqueue(study, cfg, data, progress)
+
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    live = liveness_for(path, is_heartbeat_enabled(study._storage))
+    evaluators = _Evaluators(cfg, data, sdir, study, progress)
+    finished_before = _counts(study)[0]
+    t_start = time.perf_counter()
+    children: list = []
+    interrupted = False
+    bar = _progress_bar(study, cfg, budget) if progress and sys.stderr.isatty() else None
+    try:
+        if jobs > 1:
+            if cfg.supernet is not None:
+                evaluators.get()  # trained once here; the workers load runs/<study>/supernet.pt
+            _share_cores(jobs)
+            children = _start_workers(cfg, runs_dir, jobs - 1, budget, timeout, poll_s)
+        interrupted = _trial_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout, poll_s, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+        lost = _join_workers(children, stop=interrupted or sys.exc_info()[0] is not None)
+        live.close()
+    for pid, code in lost:
+        print(f"worker process {pid} ended with {'signal ' + str(-code) if code < 0 else 'exit code ' + str(code)}; "
+              "its trial, if it had one, was retried by the others", file=sys.stderr, flush=True)
+    remeasured = 0
+    if cfg.supernet is not None and not worker and not interrupted and _counts(study)[0] >= budget:
+        try:
+            remeasured = remeasure_front(study, cfg, evaluators.standalone, sdir, progress)
+        except KeyboardInterrupt:
+            interrupted = True
+    size, hv = front_stats(study, cfg)
+    if lock is not None:
+        lock.close()
+    finished = _counts(study)[0]
+    return SearchSummary(cfg.name, redact(url), finished, finished - finished_before, size, hv, interrupted,
+                         time.perf_counter() - t_start, remeasured, cfg.supernet is not None)
+
+
+MAX_JOBS = 64
+
+
+def _existing_studies(url: str, heartbeat, path: Path | None) -> list[str]:
+    """The study names in the storage; none (and nothing created) when a file storage does not exist.
+    An existing file is opened under the claim lock (another process may be creating its tables)."""
+    if path is None:
+        return _study_names(open_storage(url, heartbeat))
+    _check_file_storage(url, readonly=False)
+    if not path.exists():
+        return []
+    with claim_lock(claim_path(path)):
+        return _study_names(open_storage(url, heartbeat))
+
+
+def check_jobs(jobs) -> None:
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= MAX_JOBS:
+        raise VaenasInputError(f"--jobs: must be a whole number from 1 to {MAX_JOBS} (worker processes on this "
+                               f"machine), got {jobs!r}")
+
+
+def _open_study(cfg: StudyConfig, url: str, heartbeat, sampler, data, *, create: bool, worker: bool) -> optuna.Study:
+    """Create the study (with its attributes) or load it; refuse one that measured something else."""
+    storage = open_storage(url, heartbeat, outage_s=cfg.outage_s)
+    if create:
         study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, load_if_exists=worker,
                                     directions=["minimize"] * len(cfg.objectives))
         if "objectives" not in study.user_attrs:
@@ -437,144 +391,222 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     else:
         study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
     _check_same_study(study, cfg)
-    lock = lock_study(url, exclusive=resume)  # held until this function returns (the process ends)
-    if resume:
-        state = study.user_attrs.get("strategy_state")
-        if state is not None and hasattr(sampler, "load_state_dict"):
-            sampler.load_state_dict(state)
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            # a trial left RUNNING by a killed process (resume = the study's only process): replace it
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    return study
 
-    if cfg.enqueue and "config_enqueued" not in study.user_attrs:
-        for spec in cfg.enqueue:  # once per study: a resumed study does not enqueue them again
-            study.enqueue_trial(cfg.space.to_params(spec), user_attrs={"proposed_by": "config"}, skip_if_exists=True)
-        study.set_user_attr("config_enqueued", [s.id for s in cfg.enqueue])
-    if cfg.darts is not None and "darts_sweep" not in study.user_attrs:
-        if worker:
-            raise VaenasInputError(f"darts: study {cfg.name!r} has not run its lambda sweep yet; start it with "
-                                   "`vaenas search CONFIG` before adding workers")
-        darts_enqueue(study, cfg, data, progress)
 
-    from optuna.storages._heartbeat import fail_stale_trials, get_heartbeat_thread, is_heartbeat_enabled
+def _resume(study: optuna.Study, sampler, file_storage: bool) -> None:
+    """Load the strategy's state; mark trials left RUNNING by a killed process as interrupted. On a
+    file storage this process holds the study alone (``lock_study``), so every RUNNING trial is dead;
+    on a server other workers may be alive: their trials are left to the heartbeats."""
+    state = study.user_attrs.get("strategy_state")
+    if state is not None and hasattr(sampler, "load_state_dict"):
+        sampler.load_state_dict(state)
+    from optuna.storages._heartbeat import is_heartbeat_enabled
 
-    heartbeats = is_heartbeat_enabled(study._storage)
+    if not file_storage and is_heartbeat_enabled(study._storage):
+        return
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
-    def counts() -> tuple[int, list[int]]:
-        trials = study.get_trials(deepcopy=False)
-        running = sorted(t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING)
-        return sum(is_finished(t) for t in trials), running
 
-    bar = None
-    if progress and sys.stderr.isatty():  # a bar on a pipe or a log would bury the one error line
-        from tqdm import tqdm
+class _Evaluators:
+    """The standalone evaluator, and the supernet one, trained (or loaded) only when first needed."""
 
-        bar = tqdm(total=budget, initial=min(counts()[0], budget), desc=f"search {cfg.name}", unit="trial")
+    def __init__(self, cfg: StudyConfig, data, sdir: Path, study: optuna.Study, progress: bool):
+        self.cfg, self.data, self.sdir, self.study, self.progress = cfg, data, sdir, study, progress
+        self.standalone = Evaluator(data, cfg.train, cfg.latency)
+        self._supernet = None
+
+    def get(self):
+        if self.cfg.supernet is None:
+            return self.standalone
+        if self._supernet is None:
+            ev = self._supernet = supernet_evaluator(self.cfg, self.data, self.sdir, self.progress)
+            attrs = self.study.user_attrs
+            if ev.calibration is not None and "supernet_calibration" not in attrs:
+                self.study.set_user_attr("supernet_calibration", ev.calibration.to_dict())
+            if ev.train_seconds and "supernet_train_seconds" not in attrs:
+                self.study.set_user_attr("supernet_train_seconds", ev.train_seconds)
+        return self._supernet
+
+
+def _counts(study: optuna.Study) -> tuple[int, list[int]]:
+    """(finished trials that count toward the budget, numbers of the RUNNING ones)."""
+    trials = study.get_trials(deepcopy=False)
+    running = sorted(t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING)
+    return sum(is_finished(t) for t in trials), running
+
+
+def _progress_bar(study: optuna.Study, cfg: StudyConfig, budget: int):
+    from tqdm import tqdm
+
+    return tqdm(total=budget, initial=min(_counts(study)[0], budget), desc=f"search {cfg.name}", unit="trial")
+
+
+def _trial_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout, poll_s, bar) -> bool:
+    """Ask, run and tell trials until the study has ``budget`` finished ones (or ``timeout``).
+    Returns whether it was interrupted (Ctrl-C, SIGTERM): the trial in hand is then marked so."""
     t_start = time.perf_counter()
-    interrupted = False
-    new = 0
     trial = None
     rejected_in_a_row = 0
     try:
         while True:
-            if heartbeats:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    fail_stale_trials(study)  # a dead worker's trial: FAIL, retried once (enqueued)
-            n_fin, running = counts()
-            if n_fin >= budget:
-                break
-            if timeout is not None and time.perf_counter() - t_start > timeout:
-                break
-            if heartbeats and n_fin + len(running) >= budget:
+            with live.claim():  # file storages: one worker at a time counts and asks
+                live.fail_dead(study)
+                n_fin, running = _counts(study)
+                if n_fin >= budget or (timeout is not None and time.perf_counter() - t_start > timeout):
+                    return False
+                if not (live.can_wait and n_fin + len(running) >= budget):
+                    with warnings.catch_warnings():  # heartbeats are run here, not by Study.optimize: on purpose
+                        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                        trial = study.ask()
+                    trial.set_user_attr("worker", WORKER_ID)
+                    live.tag(trial)
+            if trial is None:
                 time.sleep(poll_s)  # other workers hold the last slots; one may die and need a retry
                 continue
-            with warnings.catch_warnings():  # heartbeats are run here, not by Study.optimize: on purpose
-                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-                trial = study.ask()
-            n_fin, running = counts()
-            if trial.number in running and running.index(trial.number) >= budget - n_fin:
-                # lost a race for the last slot to an earlier trial of another worker
-                study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", SURPLUS)
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            if not live.exact and _surplus(study, trial, budget):
                 trial = None
                 continue
-            with get_heartbeat_thread(trial._trial_id, study._storage):
-                trial.set_user_attr("worker", WORKER_ID)
-                spec = suggest_spec(cfg.space, trial)
-                trial.set_user_attr("spec", spec.to_json())
-                trial.set_user_attr("spec_id", spec.id)
-                trial.set_user_attr("seed", cfg.seed)
-                if feasible is not None and not feasible(spec):
-                    # provably over a static limit: record it for the sampler, never train it
-                    c = static_costs(spec)
-                    vals = {k: getattr(c, k) for k in STATIC_CONSTRAINTS}
-                    cons = [(vals[k] - lim) / lim if k in vals else 0.0 for k, lim in cfg.constraints.items()]
-                    _set_constraints(trial, cfg.constraints, cons)
-                    trial.set_user_attr("fail_reason", "infeasible: " + ", ".join(
-                        f"{k} {vals[k]} > {lim:g}" for k, lim in cfg.constraints.items() if k in vals and vals[k] > lim))
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                    trial = None
-                    rejected_in_a_row += 1
-                    if rejected_in_a_row >= 1000:
-                        raise VaenasInputError(f"constraints: {cfg.strategy!r} proposed 1000 specs in a row that "
-                                               f"break {cfg.constraints}; loosen the limits or narrow the space")
-                    continue
-                rejected_in_a_row = 0
-                reuse = next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                              if t.user_attrs.get("spec_id") == spec.id and t.user_attrs.get("phase") != REMEASURE
-                              and is_estimate(t) == (cfg.supernet is not None)), None)
-                if reuse is not None:
-                    for k, v in reuse.user_attrs.items():
-                        if k not in ("spec", "spec_id", "seed"):
-                            trial.set_user_attr(k, v)
-                    trial.set_user_attr("reused_from_trial", reuse.number)
-                    for k, v in reuse.constraints.items():
-                        trial.set_constraint(k, v)
-                    study.tell(trial, reuse.values)
-                else:
-                    result, model = evaluator().evaluate_with_model(spec, cfg.seed)
-                    if isinstance(result, Objectives):
-                        _store_objectives(trial, result)
-                        if cfg.constraints:
-                            _set_constraints(trial, cfg.constraints,
-                                             constraint_values(result.to_dict(), cfg.constraints))
-                        if not result.neg_elbo_is_estimate:  # an estimate's weights are the supernet's
-                            save_checkpoint(sdir / "trials" / str(trial.number) / "model.pt", model, spec,
-                                            data_meta(data))
-                        study.tell(trial, list(result.values(cfg.objectives)))
-                    else:
-                        trial.set_user_attr("fail_reason", result.reason)
-                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            with live.running(trial):
+                outcome = _run_trial(study, cfg, trial, evaluators, feasible)
             trial = None
-            new += 1
+            if outcome == "rejected":
+                rejected_in_a_row += 1
+                if rejected_in_a_row >= 1000:
+                    raise VaenasInputError(f"constraints: {cfg.strategy!r} proposed 1000 specs in a row that "
+                                           f"break {cfg.constraints}; loosen the limits or narrow the space")
+                continue
+            rejected_in_a_row = 0
             if hasattr(sampler, "state_dict"):
                 study.set_user_attr("strategy_state", sampler.state_dict())
             if bar is not None:
                 size, hv = front_stats(study, cfg)
-                bar.n = min(counts()[0], budget)
+                bar.n = min(_counts(study)[0], budget)
                 bar.set_postfix(front=size, hv=f"{hv:.4f}")
                 bar.refresh()
     except KeyboardInterrupt:
-        interrupted = True
         if trial is not None:
             study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    finally:
-        if bar is not None:
-            bar.close()
-    remeasured = 0
-    if cfg.supernet is not None and not worker and not interrupted and counts()[0] >= budget:
-        try:
-            remeasured = remeasure_front(study, cfg, standalone, sdir, progress)
-        except KeyboardInterrupt:
-            interrupted = True
-    size, hv = front_stats(study, cfg)
-    if lock is not None:
-        lock.close()
-    return SearchSummary(cfg.name, redact(url), counts()[0], new, size, hv, interrupted, time.perf_counter() - t_start,
-                         remeasured, cfg.supernet is not None)
+        return True
+
+
+def _surplus(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
+    """Server storages: did this trial lose a race for the last slot to an earlier trial of another
+    worker? Then it is failed as "surplus" (not counted)."""
+    n_fin, running = _counts(study)
+    if trial.number in running and running.index(trial.number) >= budget - n_fin:
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", SURPLUS)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return True
+    return False
+
+
+def _run_trial(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, evaluators: _Evaluators,
+               feasible) -> str:
+    """Suggest a spec, then: record it as infeasible ("rejected"), reuse an earlier trial's result
+    of the same spec ("reused"), or train and measure it ("evaluated"); the trial is told."""
+    spec = suggest_spec(cfg.space, trial)
+    trial.set_user_attr("spec", spec.to_json())
+    trial.set_user_attr("spec_id", spec.id)
+    trial.set_user_attr("seed", cfg.seed)
+    if feasible is not None and not feasible(spec):
+        _reject(study, cfg, trial, spec)
+        return "rejected"
+    reuse = next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                  if t.user_attrs.get("spec_id") == spec.id and t.user_attrs.get("phase") != REMEASURE
+                  and is_estimate(t) == (cfg.supernet is not None)), None)
+    if reuse is not None:
+        for k, v in reuse.user_attrs.items():
+            if k not in ("spec", "spec_id", "seed", "worker", "worker_lock"):
+                trial.set_user_attr(k, v)
+        trial.set_user_attr("reused_from_trial", reuse.number)
+        for k, v in reuse.constraints.items():
+            trial.set_constraint(k, v)
+        study.tell(trial, reuse.values)
+        return "reused"
+    evaluator = evaluators.get()
+    result, model = evaluator.evaluate_with_model(spec, cfg.seed)
+    if not isinstance(result, Objectives):
+        trial.set_user_attr("fail_reason", result.reason)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return "evaluated"
+    _store_objectives(trial, result)
+    if cfg.constraints:
+        _set_constraints(trial, cfg.constraints, constraint_values(result.to_dict(), cfg.constraints))
+    if not result.neg_elbo_is_estimate:  # an estimate's weights are the supernet's
+        sdir = evaluators.sdir
+        save_checkpoint(sdir / "trials" / str(trial.number) / "model.pt", model, spec, data_meta(evaluators.data))
+    study.tell(trial, list(result.values(cfg.objectives)))
+    return "evaluated"
+
+
+def _reject(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, spec: ArchSpec) -> None:
+    """A spec provably over a static limit: recorded (PRUNED) for the sampler, never trained."""
+    c = static_costs(spec)
+    vals = {k: getattr(c, k) for k in STATIC_CONSTRAINTS}
+    cons = [(vals[k] - lim) / lim if k in vals else 0.0 for k, lim in cfg.constraints.items()]
+    _set_constraints(trial, cfg.constraints, cons)
+    trial.set_user_attr("fail_reason", "infeasible: " + ", ".join(
+        f"{k} {vals[k]} > {lim:g}" for k, lim in cfg.constraints.items() if k in vals and vals[k] > lim))
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+
+
+def _share_cores(jobs: int) -> None:
+    """``jobs`` processes share this machine's cores: torch gets its share in each (this one too)."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+
+
+def _start_workers(cfg: StudyConfig, runs_dir, n: int, budget: int, timeout, poll_s: float) -> list:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # never fork a process that has torch threads (or CUDA) running
+    procs = [ctx.Process(target=_worker_process, args=(cfg, str(runs_dir), budget, timeout, poll_s, n + 1),
+                         name=f"vaenas-worker-{i + 1}", daemon=False) for i in range(n)]
+    for p in procs:
+        p.start()
+    return procs
+
+
+def _worker_process(cfg: StudyConfig, runs_dir: str, budget: int, timeout, poll_s: float, jobs: int) -> None:
+    """One of ``search --jobs N``'s worker processes: ``run_search(worker=True)`` without output;
+    SIGTERM (sent by the parent on Ctrl-C) marks its trial interrupted, like Ctrl-C."""
+    import signal
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    _share_cores(jobs)
+    try:
+        s = run_search(cfg, runs_dir=runs_dir, worker=True, n_trials=budget, timeout_s=timeout, progress=False,
+                       poll_s=poll_s, _child=True)
+    except VaenasInputError as e:
+        print(f"vaenas: error: worker process {os.getpid()}: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except StorageUnreachable as e:
+        print(f"vaenas: worker process {os.getpid()}: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(1)
+    sys.exit(1 if s.interrupted else 0)
+
+
+def _join_workers(procs: list, stop: bool) -> list[tuple[int, int]]:
+    """Wait for the worker processes (after SIGTERM when ``stop``); the (pid, exit code) of each that
+    did not end cleanly. Exit code 2 (bad input) and 1 (a failure) are raised here as errors."""
+    if stop:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: the worker marks its trial interrupted and exits
+    for p in procs:
+        p.join()
+    lost = [(p.pid, p.exitcode) for p in procs if p.exitcode not in (0, None)]
+    if not stop and any(code == 2 for _, code in lost):
+        raise VaenasInputError("a worker process stopped on bad input (its message is above)")
+    return [(pid, code) for pid, code in lost if not (stop and code == 1)]
 
 
 def darts_enqueue(study: optuna.Study, cfg: StudyConfig, data, progress: bool = False) -> list[dict]:

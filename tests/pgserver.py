@@ -89,12 +89,8 @@ def start(base: str | None = None) -> tuple[str, Path]:
     if r.returncode != 0:
         raise PgUnavailable(f"initdb failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
     port = _free_port()
-    r = _run(prefix, [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-t", "30",
-                      "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=off", "start"])
-    if r.returncode != 0:
-        log = (root / "log").read_text() if (root / "log").exists() else ""
-        raise PgUnavailable(f"pg_ctl start failed: {(r.stderr or r.stdout or log).strip().splitlines()[-1:]}")
     (root / "port").write_text(str(port))
+    _pg_ctl_start(root)
     url = f"postgresql+psycopg2://{USER}:{PASSWORD}@127.0.0.1:{port}/{DB}"
     try:
         import psycopg2
@@ -114,6 +110,29 @@ def start(base: str | None = None) -> tuple[str, Path]:
         stop(root)
         raise
     return url, root
+
+
+def _pg_ctl_start(root: Path) -> None:
+    prefix, _ = _as_user()
+    port = int((root / "port").read_text())
+    r = _run(prefix, [str(_bindir() / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log"), "-w", "-t", "30",
+                      "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {root / 'sock'} -c fsync=off", "start"])
+    if r.returncode != 0:
+        log = (root / "log").read_text() if (root / "log").exists() else ""
+        raise PgUnavailable(f"pg_ctl start failed: {(r.stderr or r.stdout or log).strip().splitlines()[-1:]}")
+
+
+def halt(root: str | Path) -> None:
+    """Stop the server (an outage: clients are disconnected), keeping its data for :func:`restart`."""
+    prefix, _ = _as_user()
+    r = _run(prefix, [str(_bindir() / "pg_ctl"), "-D", str(Path(root) / "data"), "-m", "fast", "-w", "stop"])
+    if r.returncode != 0:
+        raise PgUnavailable(f"pg_ctl stop failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+
+
+def restart(root: str | Path) -> None:
+    """Start a server stopped by :func:`halt` again, on the same port."""
+    _pg_ctl_start(Path(root))
 
 
 def stop(root: str | Path) -> None:

@@ -112,3 +112,117 @@ def test_wrong_password_is_one_line_and_writes_nothing(tmp_path, data_root, pg_u
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot open" in err and "password" in err and "wrong" not in err
     assert set(tmp_path.rglob("*")) == before
+
+
+@pytest.fixture
+def own_pg():
+    """A server of this test's own, which the test may stop and start (an outage)."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    import pgserver
+
+    try:
+        url, root = pgserver.start()
+    except (pgserver.PgUnavailable, ImportError, OSError) as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL outage tests need a server: {e}")
+        pytest.skip(f"PostgreSQL outage tests need a server and none could be started: {e}")
+    yield url, root, pgserver
+    pgserver.stop(root)
+
+
+def outage_config(tmp_path, data_root, url, name, trials, outage_s):
+    p = config(tmp_path, data_root, url, name, trials)
+    cfg = yaml.safe_load(p.read_text())
+    cfg["heartbeat"] = {"interval_s": 1, "grace_s": 30, "outage_s": outage_s}
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def start_worker(cfgp, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "studies.cli", "worker", str(cfgp), "--runs-dir", str(tmp_path / "runs"), "--quiet"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_complete(url, name, n, proc, deadline_s=300):
+    """Wait until the study has ``n`` complete trials (while ``proc`` runs)."""
+    storage = optuna.storages.RDBStorage(url)
+    deadline = time.time() + deadline_s
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+            if sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= n:
+                storage.engine.dispose()
+                return True
+        except KeyError:
+            pass
+        time.sleep(0.2)
+    storage.engine.dispose()
+    return False
+
+
+def test_worker_rides_out_an_8s_database_outage(tmp_path, data_root, own_pg):
+    """16.7: the server goes away for 8 s mid-study; the worker waits it out and ends at the budget."""
+    url, root, pgserver = own_pg
+    name, budget = "outage", 8
+    cfgp = outage_config(tmp_path, data_root, url, name, budget, outage_s=60)
+    w = start_worker(cfgp, tmp_path)
+    assert wait_complete(url, name, 2, w), w.communicate()
+    pgserver.halt(root)
+    time.sleep(8)
+    pgserver.restart(root)
+    out, err = w.communicate(timeout=600)
+    assert w.returncode == 0, err
+    study = optuna.load_study(study_name=name, storage=url)
+    trials = study.get_trials(deepcopy=False)
+    assert sum(is_finished(t) for t in trials) == budget
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+def test_a_longer_outage_stops_the_worker_with_one_line(tmp_path, data_root, own_pg):
+    """An outage longer than heartbeat.outage_s: one line that says the database is unreachable
+    (not Optuna's "invalid data in the commit"), no password, exit 1; what finished is kept."""
+    url, root, pgserver = own_pg
+    name = "down"
+    cfgp = outage_config(tmp_path, data_root, url, name, 200, outage_s=3)
+    w = start_worker(cfgp, tmp_path)
+    assert wait_complete(url, name, 2, w), w.communicate()
+    pgserver.halt(root)
+    try:
+        out, err = w.communicate(timeout=120)
+    finally:
+        pgserver.restart(root)
+    lines = err.strip().splitlines()
+    assert w.returncode == 1 and len(lines) == 1, err
+    assert lines[0].startswith("vaenas: database unreachable:") and "vaenas-test" not in err
+    study = optuna.load_study(study_name=name, storage=url)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) >= 2
+
+
+def test_resume_on_a_server_leaves_live_workers_trials_alone(tmp_path, data_root, pg_url):
+    """16.8: `search --resume` on PostgreSQL must not fail the RUNNING trials of workers that are alive
+    (their heartbeats are fresh); only stale ones are failed (and retried)."""
+    name = f"res-{uuid.uuid4().hex[:8]}"
+    cfgp = config(tmp_path, data_root, pg_url, name, 3)
+    cfg = yaml.safe_load(cfgp.read_text())
+    cfg.update(n_train=20000, train={**cfg["train"], "epochs": 3})  # trials of ~10 s: still running at resume
+    cfgp.write_text(yaml.safe_dump(cfg))
+    w = subprocess.Popen([sys.executable, "-m", "studies.cli", "worker", str(cfgp), "--runs-dir",
+                          str(tmp_path / "runs"), "--quiet"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    storage = optuna.storages.RDBStorage(pg_url)
+    live = None
+    deadline = time.time() + 300
+    while live is None and time.time() < deadline and w.poll() is None:
+        time.sleep(0.1)
+        try:
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        except KeyError:
+            continue
+        live = next((t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING), None)
+    assert live is not None, w.communicate()[0][-2000:]
+    assert main(["search", str(cfgp), "--runs-dir", str(tmp_path / "runs"), "--resume", "--quiet"]) == 0
+    assert optuna.load_study(study_name=name, storage=storage).trials[live].datetime_complete is not None
+    assert w.wait(timeout=600) == 0
+    t = optuna.load_study(study_name=name, storage=storage).trials[live]
+    assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("fail_reason")

@@ -338,3 +338,60 @@ def test_three_processes_unpacking_a_fresh_data_root_do_not_race(tmp_path, data_
         assert [p.returncode for p in procs] == [0, 0, 0], (round_, [o[1][-500:] for o in outs])
         assert all(o[0].strip() == "10000" for o in outs)
         shutil.rmtree(root)
+
+
+def test_every_storage_call_optuna_makes_rides_out_an_outage():
+    """ResilientRDBStorage retries what Optuna calls on RDBStorage - its _CachedStorage calls private
+    methods too; a method Optuna renames would silently lose its retries, so the list is checked."""
+    import inspect
+    import re
+
+    from optuna.storages import RDBStorage
+    from optuna.storages import _cached_storage
+
+    from studies.storage import _RETRIED, _rdb_class
+
+    called = set(re.findall(r"_backend\.(\w+)\(", inspect.getsource(_cached_storage)))
+    touches_db = called - {"get_heartbeat_interval", "get_heartbeat_stale_trial_callback"}
+    assert touches_db <= set(_RETRIED), touches_db - set(_RETRIED)
+    assert all(hasattr(RDBStorage, n) for n in _RETRIED), [n for n in _RETRIED if not hasattr(RDBStorage, n)]
+    cls = _rdb_class()
+    assert all(getattr(cls, n) is not getattr(RDBStorage, n) for n in _RETRIED)
+
+
+def test_read_only_runs_dir_is_one_line_exit_2(tmp_path):
+    """--runs-dir in a folder the user cannot write: one line, exit 2, nothing written. Root may write
+    anywhere chmod forbids, so as root the folder is a read-only tmpfs mount (a read-only disk)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = {"name": "ro", "space": {"latent_dim": [4], "mlp": {"depth": [1], "width": [8]}},
+           "objectives": ["neg_elbo", "size_bytes"], "bounds": {"neg_elbo": [50, 600], "size_bytes": [100, 1e7]}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = False
+    if os.geteuid() == 0:
+        m = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True, text=True)
+        if m.returncode != 0:
+            pytest.skip(f"running as root without the right to mount a read-only folder: {m.stderr.strip()}")
+        mounted = True
+    else:
+        os.chmod(ro, 0o555)
+    try:
+        before = sorted(str(p) for p in tmp_path.rglob("*"))
+        for runs in ("ro", "ro/runs"):
+            r = subprocess.run([sys.executable, "-m", "studies.cli", "search", "c.yaml", "--runs-dir", runs],
+                               cwd=tmp_path, capture_output=True, text=True)
+            assert r.returncode == 2, r.stderr
+            err = r.stderr.strip().splitlines()
+            assert len(err) == 1 and "--runs-dir" in err[0] and "not writable" in err[0], err
+        assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(ro)])
+        else:
+            os.chmod(ro, 0o755)
