@@ -61,6 +61,17 @@ def packed_layout(spec: ArchSpec) -> list[LayerLayout]:
     ]
 
 
+_MEAN_BITS: dict[str, float] = {}
+
+
+def weighted_mean_bits(spec: ArchSpec) -> float:
+    """Weight bits per weight over the whole model: sum(n_w * bits) / sum(n_w) (cached by spec id)."""
+    if spec.id not in _MEAN_BITS:
+        layers = packed_layout(spec)
+        _MEAN_BITS[spec.id] = sum(x.n_weights * x.bits for x in layers) / sum(x.n_weights for x in layers)
+    return _MEAN_BITS[spec.id]
+
+
 def packed_size_bytes(spec: ArchSpec) -> int:
     return sum(layer.nbytes for layer in packed_layout(spec))
 

@@ -193,6 +193,15 @@ class ArchSpec:
 
     @property
     def mean_bits(self) -> float:
+        """Mean weight bit-width weighted by each layer's weight count (packed weight bits / weights):
+        a model whose weights are 97 % 2-bit reads ~2.6 bits, not its layers' plain average."""
+        from .packing import weighted_mean_bits
+
+        return weighted_mean_bits(self)
+
+    @property
+    def layer_mean_bits(self) -> float:
+        """The layers' plain (unweighted) average bit-width."""
         return sum(self.weight_bits) / len(self.weight_bits)
 
     # ----------------------------------------------------------------- (de)serialisation

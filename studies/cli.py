@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 from pathlib import Path
 
 from search_space import ArchSpec, SearchSpace, VaenasInputError
+
+from .invocation import prog
 
 SEED_MLP = ArchSpec.mlp((400, 400), 20)
 TRAIN_FILES = ["model.pt", "weights.packed.bin", "arch.json", "report.json"]
@@ -111,7 +114,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_front(view, limit: int | None = None) -> None:
+# how `show` prints each column: −ELBO in nats to 2 decimals, bits/dim to 4, counts whole
+_FORMATS = {"neg_elbo": "{:.2f}", "estimate_neg_elbo": "{:.2f}", "bits_per_dim": "{:.4f}", "mean_bits": "{:.2f}",
+            "size_bytes": "{:,.0f}", "params": "{:,.0f}", "flops": "{:,.0f}", "bitops": "{:,.0f}",
+            "latency_ms": "{:.4f}"}
+
+
+def _fmt(col: str):
+    import numpy as np
+
+    f = _FORMATS.get(col, "{:.4g}")
+    def fmt(v) -> str:
+        if v is None or v != v:  # missing, NaN
+            return ""
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)):
+            return str(bool(v)) if isinstance(v, np.bool_) else str(v)
+        return f.format(v)
+
+    return fmt
+
+
+def _print_front(view, limit: int | None = None, every: bool = False) -> None:
+    """The Pareto front as a table (``every``: all complete trials, sorted by the first objective,
+    with an ``on_front`` column). mean_bits is weighted by each layer's parameter count."""
     import pandas as pd
 
     cols = ["trial", "spec_id", "family", "latent_dim", "mean_bits", *view.objectives]
@@ -127,8 +152,15 @@ def _print_front(view, limit: int | None = None) -> None:
         print(f"front re-measured by standalone training ({int((view.trials['phase'] == 'remeasure').sum())} specs); "
               f"the {n_est} search trials' −ELBO were supernet ESTIMATES")
         cols += ["estimate_neg_elbo"]
-    with pd.option_context("display.max_columns", 20, "display.width", 200):
-        print(view.front[cols].head(limit).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if every:
+        table = view.trials.sort_values([view.objectives[0], "trial"])
+        cols.append("on_front")
+        print(f"all {len(table)} complete trials (on_front: on the Pareto front):")
+    else:
+        table = front
+        print(f"Pareto front: {len(front)} of {len(view.trials)} complete trials (`show --all` lists every trial):")
+    with pd.option_context("display.max_columns", 30, "display.width", 220):
+        print(table[cols].head(limit).to_string(index=False, formatters={c: _fmt(c) for c in cols}))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -153,7 +185,7 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"{summary.seconds:.0f}s), front size {summary.front_size}, hypervolume {summary.hypervolume:.4f}"
           + (f"; {summary.remeasured} front specs re-measured standalone" if summary.estimated else ""))
     if summary.interrupted:
-        print(f"resume with: vaenas search {args.config} --resume")
+        print(f"resume with: {prog()} search {args.config} --resume")
         return 1
     view = load_view(cfg.name, args.runs_dir, cfg.storage)
     if len(view.trials) == 0 or not view.trials["feasible"].astype(bool).any():
@@ -185,7 +217,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     print(f"worker on study {summary.study_name} ({summary.storage}): {state}; {summary.new_trials} trials run here, "
           f"{summary.finished} finished in the study, front size {summary.front_size}, "
           f"hypervolume {summary.hypervolume:.4f}")
-    print(f"inspect: vaenas show {cfg.name}" + (f" --storage '{summary.storage}'" if cfg.storage else ""))
+    print(f"inspect: {prog()} show {cfg.name}" + (f" --storage '{summary.storage}'" if cfg.storage else ""))
     return 1 if summary.interrupted else 0
 
 
@@ -235,7 +267,7 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"{len(running)} running; objectives {view.objectives}; hypervolume {study_hypervolume(view):.4f}; "
           f"front size {len(view.front) if len(view.trials) else 0}")
     if len(view.trials):
-        _print_front(view)
+        _print_front(view, every=args.all)
     else:
         print("no completed trial yet" + (": the failures below say why" if len(fails) else ""))
     for _, r in running.iterrows():
@@ -252,6 +284,60 @@ def cmd_show(args: argparse.Namespace) -> int:
 
         atomic_write(Path(args.json), view.trials.to_json(orient="records", indent=2).encode())
         print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """One self-contained HTML page of the study (studies/html_report.py)."""
+    from .html_report import build_report
+    from .outputs import check_output_file
+    from .report import load_view
+    from .run import atomic_write
+
+    if args.out:
+        check_output_file(args.out, force=args.force)
+    view = load_view(args.study, args.runs_dir, args.storage)
+    out = Path(args.out) if args.out else _run_dir(args.runs_dir, view.name) / "report.html"
+    tdir = _run_dir(args.runs_dir, view.name) / "trials"
+    front = view.front["trial"].tolist() if len(view.trials) else []
+    images = None
+    if any(not (tdir / str(n) / "samples.png").is_file() and (tdir / str(n) / "model.pt").is_file() for n in front):
+        from evaluator import load_data
+
+        from .report import study_data
+
+        cfg = view.study.user_attrs.get("config", {})
+        images = load_data(study_data(view)["dataset"], args.data_root or cfg.get("data_root"), n_train=1,
+                           n_eval=16).val
+    atomic_write(out, build_report(view, args.runs_dir, images).encode())
+    print(f"wrote {out} ({out.stat().st_size:,} bytes; self-contained, opens offline in any browser)")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard on the study, with its artifact store: every trial's arch.json, model.pt and
+    samples.png are listed (and images shown) on the trial's page."""
+    from .artifacts import open_store
+    from .report import load_view
+
+    view = load_view(args.study, args.runs_dir, args.storage)
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise CliError("dashboard: optuna-dashboard is not installed; install it with "
+                       "`pip install -e '.[dashboard]'`") from None
+    desc = view.study.user_attrs.get("artifact_store")
+    store = open_store(desc, create=False) if desc else None
+    where = desc.get("path") or desc.get("bucket") if desc else "none (a study made before artifacts, or artifacts: false)"
+    print(f"optuna-dashboard: http://{args.host}:{args.port}/dashboard/studies/{view.study._study_id} "
+          f"(study {view.name}, {view.storage}; artifacts: {where}); Ctrl-C stops it", flush=True)
+    try:
+        optuna_dashboard.run_server(view.study._storage, host=args.host, port=args.port, artifact_store=store)
+    except OSError as e:
+        raise CliError(f"dashboard: cannot serve on {args.host}:{args.port} ({e.strerror or e}); choose another "
+                       "--port") from None
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a dashboard is stopped
     return 0
 
 
@@ -279,12 +365,26 @@ def cmd_export(args: argparse.Namespace) -> int:
         check_output_file(args.out, force=args.force)
     view = load_view(args.study, args.runs_dir, args.storage)
     n = pick_trial(view, trial=args.trial, pick=args.pick, max_constraints=args.max)
-    out = Path(args.out) if args.out else _run_dir(args.runs_dir, view.name) / "export" / f"trial{n}.json"
+    out = Path(args.out) if args.out else _run_dir(args.runs_dir, view.name) / "export" / _export_name(args, n)
     check_output_file(out, force=args.force)
     doc = export_trial(view, n, out)
     print(f"exported trial {n} ({doc['spec_id']}): {out}")
     print(f"retrain it: {doc['retrain_command']}")
     return 0
+
+
+def _export_name(args: argparse.Namespace, n: int) -> str:
+    """The default export file, named after what was asked: ``knee.json`` (as ``search`` writes),
+    ``best_neg_elbo.json``, ``trial7.json``; ``--max`` limits are part of the name."""
+    import re
+
+    if args.trial is not None:
+        stem = f"trial{n}"
+    else:
+        stem = (args.pick or "knee").replace(":", "_")
+    for m in (args.max or []) if args.trial is None else []:
+        stem += "_max_" + m.replace("=", "-")
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) + ".json"
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
@@ -323,9 +423,23 @@ def cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Every option's help ends with its default (when it has one that says something)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if (action.option_strings and "%(default)" not in h and "default" not in h
+                and not any(action.default is v for v in (None, False, argparse.SUPPRESS))):
+            h += " (default: %(default)s)"
+        return h
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vaenas", description="Search for small, fast, low-bit VAEs.")
+    ap = argparse.ArgumentParser(prog="vaenas", description="Search for small, fast, low-bit VAEs.",
+                                 formatter_class=_HelpWithDefaults)
     sub = ap.add_subparsers(dest="command", required=True)
+    _add = sub.add_parser
+    sub.add_parser = lambda *a, **kw: _add(*a, formatter_class=_HelpWithDefaults, **kw)  # type: ignore[method-assign]
 
     t = sub.add_parser("train", help="train one architecture (default: the seed MLP VAE 784-400-400-20) and report")
     t.add_argument("--arch", help="arch spec JSON (or an exported arch file); default the seed MLP VAE")
@@ -334,11 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mnist | fashion_mnist | a dataset block as YAML, e.g. '{source: array, path: x.npy, "
                         "likelihood: gaussian}'")
     t.add_argument("--data-root", help="dataset folder (default $VAENAS_DATA or ~/.cache/vaenas/data)")
-    t.add_argument("--epochs", type=float, default=1.0)
-    t.add_argument("--batch-size", type=int, default=100)
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--epochs", type=float, default=1.0, help="training epochs (fractions allowed)")
+    t.add_argument("--batch-size", type=int, default=100, help="training batch size")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     t.add_argument("--lr-schedule", default="constant", help="constant | cosine")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and binarisation")
     t.add_argument("--n-train", type=int, help="train on the first N training images only")
     t.add_argument("--iwae-k", type=int, default=0, help="also report the IWAE-k NLL (0: skip)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -382,7 +496,21 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--csv", help="write every trial as CSV to this file")
     sh.add_argument("--json", help="write every trial as JSON to this file")
     sh.add_argument("--force", action="store_true", help="replace an existing --csv/--json file of yours")
+    sh.add_argument("--all", action="store_true", help="list every complete trial, not only the Pareto front")
     sh.set_defaults(func=cmd_show)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page: interactive front, hypervolume, every trial")
+    study_args(rp)
+    rp.add_argument("--out", help="HTML file (default runs/<study>/report.html)")
+    rp.add_argument("--force", action="store_true", help="replace an existing --out file of yours")
+    rp.add_argument("--data-root", help="dataset folder, to draw pictures missing from older studies")
+    rp.set_defaults(func=cmd_report)
+
+    db = sub.add_parser("dashboard", help="optuna-dashboard on a study, with every trial's files (artifacts)")
+    study_args(db)
+    db.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: reachable from other machines)")
+    db.add_argument("--port", type=int, default=8080, help="port to serve on")
+    db.set_defaults(func=cmd_dashboard)
 
     pa = sub.add_parser("pareto", help="PNG plots: 2-D fronts, hypervolume vs trials, knee reconstructions")
     study_args(pa)
@@ -393,29 +521,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="write a self-contained arch JSON and the retrain command")
     study_args(ex)
-    ex.add_argument("--trial", type=int)
+    ex.add_argument("--trial", type=int, help="export this trial number")
     ex.add_argument("--pick", help="knee (default) | best:OBJECTIVE")
     ex.add_argument("--max", action="append", help="OBJECTIVE=VALUE upper limit, e.g. size_bytes=20000")
-    ex.add_argument("--out", help="export file (default runs/<study>/export/trial<N>.json)")
+    ex.add_argument("--out", help="export file (default runs/<study>/export/ named after the pick: knee.json, best_neg_elbo.json, "
+                         "trial<N>.json)")
     ex.add_argument("--force", action="store_true", help="replace an earlier export at --out")
     ex.set_defaults(func=cmd_export)
 
     rt = sub.add_parser("retrain", help="train an exported architecture from scratch (QAT), optionally distilled")
     rt.add_argument("arch", help="exported arch JSON (or a bare spec JSON)")
-    rt.add_argument("--epochs", type=float, required=True)
+    rt.add_argument("--epochs", type=float, required=True, help="training epochs (required; the README uses 30)")
     rt.add_argument("--teacher", help="teacher VAE checkpoint (model.pt) for knowledge distillation")
-    rt.add_argument("--distill-weight", type=float, default=1.0)
+    rt.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation term (with --teacher)")
     rt.add_argument("--dataset", help="mnist | fashion_mnist | a dataset block as YAML (default: the dataset "
                                       "recorded in the exported arch file, else mnist)")
-    rt.add_argument("--data-root")
-    rt.add_argument("--n-train", type=int)
-    rt.add_argument("--batch-size", type=int, default=100)
-    rt.add_argument("--lr", type=float, default=1e-3)
+    rt.add_argument("--data-root", help="dataset folder (default $VAENAS_DATA or ~/.cache/vaenas/data)")
+    rt.add_argument("--n-train", type=int, help="train on the first N training examples only (default: all)")
+    rt.add_argument("--batch-size", type=int, default=100, help="training batch size")
+    rt.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine schedule)")
     rt.add_argument("--lr-warmup-steps", type=int, default=100,
-                    help="linear lr warm-up (default 100; keeps the first Adam steps from killing a ReLU layer)")
-    rt.add_argument("--seed", type=int, default=0)
-    rt.add_argument("--iwae-k", type=int, default=100)
-    rt.add_argument("--device", default="auto")
+                    help="linear lr warm-up steps; keeps the first Adam steps from killing a ReLU layer")
+    rt.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and binarisation")
+    rt.add_argument("--iwae-k", type=int, default=100, help="importance samples of the test IWAE NLL")
+    rt.add_argument("--device", default="auto", help="auto | cpu | cuda")
     rt.add_argument("--out", help="output folder (default: retrain_<arch file name>/ beside the arch file)")
     rt.add_argument("--force", action="store_true", help="replace the outputs of an earlier retrain in --out")
     rt.set_defaults(func=cmd_retrain)
@@ -447,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vaenas: interrupted", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `vaenas show ... | head`: the reader left; nothing to report
+        sys.stderr = open(os.devnull, "w")
+        return 0
     except Exception as e:  # a failure, not bad input: one line, exit 1
         plain = getattr(e, "plain", False)  # a failure that names itself (e.g. "database unreachable: ...")
         print(f"vaenas: {e}" if plain else f"vaenas: failed: {type(e).__name__}: {e}", file=sys.stderr)

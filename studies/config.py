@@ -22,6 +22,9 @@
     seed: 0
     storage: null                    # any Optuna storage URL (sqlite:///..., postgresql://...) or journal:PATH;
                                      # default sqlite:///runs/<name>/study.db
+    artifacts: null                  # each trial's arch.json, model.pt and samples.png as Optuna artifacts (seen in
+                                     # `vaenas dashboard`): default runs/<name>/artifacts; a folder; false: off;
+                                     # {backend: boto3, bucket: NAME} (S3) or {backend: gcs, bucket: NAME}
     heartbeat: {interval_s: 30, grace_s: 120, outage_s: 60}  # server storages: a trial silent for grace_s is
                                      # failed and retried once; a worker rides out a database outage of up to
                                      # outage_s (retrying with backoff), then stops: "database unreachable"
@@ -56,7 +59,8 @@ from search_space.space import safe_yaml
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _KEYS = {"name", "dataset", "data_root", "n_train", "space", "strategy", "objectives", "bounds", "budget", "train",
-         "latency", "seed", "storage", "constraints", "heartbeat", "supernet", "darts", "enqueue"}
+         "latency", "seed", "storage", "constraints", "heartbeat", "supernet", "darts", "enqueue",
+         "artifacts"}
 # constraints the spec alone decides (no training): strategies can rule specs out before proposing them
 STATIC_CONSTRAINTS = ("flops", "bitops", "params", "size_bytes")
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_steps", "lr_schedule", "kl_warmup_steps", "lr_warmup_steps", "device"}
@@ -119,6 +123,7 @@ class StudyConfig:
     supernet: SupernetConfig | None = None  # set: trials are scored on a supernet (estimates)
     darts: dict[str, Any] | None = None  # set: a DARTS lambda sweep proposes the first trials
     enqueue: list[ArchSpec] = field(default_factory=list)  # specs evaluated first (e.g. a baseline)
+    artifacts: Any = None  # where trial files go as Optuna artifacts (studies/artifacts.py); False: nowhere
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -263,6 +268,9 @@ class StudyConfig:
                 raise ConfigError(f"{e}; remove the darts block or use an MLP space with a mirrored decoder") \
                     from None
         enqueue = []
+        from .artifacts import check_artifacts_config
+
+        artifacts = check_artifacts_config(d.get("artifacts"))
         raw_q = d.get("enqueue") or []
         if not isinstance(raw_q, list):
             raise ConfigError(f"enqueue: expected a list of arch specs (as in an exported arch.json), got {raw_q!r}")
@@ -278,7 +286,7 @@ class StudyConfig:
             strategy=sname, strategy_options=_typed("strategy.options", strat.get("options") or {}, dict),
             trials=trials, timeout_s=timeout, train=train, latency=_latency(lat), seed=seed,
             storage=storage, constraints=constraints, heartbeat=(interval, grace), outage_s=float(outage), supernet=supernet, darts=darts,
-            enqueue=enqueue, raw=d,
+            enqueue=enqueue, artifacts=artifacts, raw=d,
         )
 
     def bind_data(self, data: Splits) -> None:

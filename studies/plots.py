@@ -26,6 +26,28 @@ LABELS = {
 }
 
 
+# Colour = parameter-weighted mean weight bits (ArchSpec.mean_bits), one distinct colour per usual
+# bit-width: 2, 3, 4, 6, 8, 16, 32 bits each get their own band (a 2-32 gradient made them all alike).
+BIT_LEVELS = (2, 3, 4, 6, 8, 16, 32)
+BIT_EDGES = (1.0, 2.5, 3.5, 5.0, 7.0, 12.0, 24.0, 33.0)
+BIT_COLOURS = ("#1f77b4", "#17becf", "#2ca02c", "#bcbd22", "#ff7f0e", "#d62728", "#7f7f7f")
+BITS_CMAP = matplotlib.colors.ListedColormap(BIT_COLOURS)
+BITS_NORM = matplotlib.colors.BoundaryNorm(BIT_EDGES, BITS_CMAP.N)
+BITS_LABEL = "mean weight bits, weighted by parameters"
+
+
+def bits_colour(bits: float) -> str:
+    """The colour of a parameter-weighted mean bit-width (the same bands as the PNG plots)."""
+    i = int(np.searchsorted(BIT_EDGES, bits, side="right")) - 1
+    return BIT_COLOURS[min(max(i, 0), len(BIT_COLOURS) - 1)]
+
+
+def _bits_colorbar(fig, mappable, ax) -> None:
+    cb = fig.colorbar(mappable, ax=ax, label=BITS_LABEL)
+    cb.set_ticks([(a + b) / 2 for a, b in zip(BIT_EDGES[:-1], BIT_EDGES[1:])])
+    cb.set_ticklabels([f"≈{b}" for b in BIT_LEVELS])
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
@@ -64,11 +86,10 @@ def front_plot(view: StudyView, x: str, y: str, path: Path) -> Path:
                     ax.annotate("", xy=(r[x], r[y]), xytext=(e[x], e[y]),
                                 arrowprops={"arrowstyle": "->", "color": "tab:red", "alpha": 0.5, "lw": 0.8})
     dom = ~on2d & base
-    norm = matplotlib.colors.Normalize(vmin=2, vmax=32)
     kind = "estimated" if (base & est).any() else "measured"
-    ax.scatter(xs[dom], ys[dom], c=bits[dom], cmap="viridis", norm=norm, alpha=0.3, s=30,
+    ax.scatter(xs[dom], ys[dom], c=bits[dom], cmap=BITS_CMAP, norm=BITS_NORM, alpha=0.3, s=30,
                label=f"dominated, {kind} ({int(dom.sum())})")
-    sc = ax.scatter(xs[on2d], ys[on2d], c=bits[on2d], cmap="viridis", norm=norm, s=70, edgecolors="black",
+    sc = ax.scatter(xs[on2d], ys[on2d], c=bits[on2d], cmap=BITS_CMAP, norm=BITS_NORM, s=70, edgecolors="black",
                     label=f"Pareto front, {kind} −ELBO ({int(on2d.sum())})", zorder=3)
     ax.step(xs[on2d][order], ys[on2d][order], where="post", color="black", lw=1, alpha=0.7, zorder=2)
     if len(xs) and xs.min() > 0 and xs.max() / xs.min() > 30:
@@ -78,7 +99,7 @@ def front_plot(view: StudyView, x: str, y: str, path: Path) -> Path:
     tag = " [−ELBO ESTIMATED on a supernet]" if kind == "estimated" else \
         (" [front re-measured; arrows: estimate → measured]" if aside.any() else "")
     ax.set_title(f"{view.name}: {y} vs {x} ({len(df)} trials){tag}", fontsize=10)
-    fig.colorbar(sc, ax=ax, label="mean weight bit-width")
+    _bits_colorbar(fig, sc, ax)
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -102,7 +123,8 @@ def estimate_plot(view: StudyView, path: Path) -> Path | None:
     r = df[(df["phase"] == "remeasure") & df["estimate_neg_elbo"].notna()]
     meas, est = r["neg_elbo"].to_numpy(float), r["estimate_neg_elbo"].to_numpy(float)
     fig, ax = plt.subplots(figsize=(6, 5))
-    ax.scatter(meas, est, s=50, edgecolors="black", c=r["mean_bits"].to_numpy(float), cmap="viridis", vmin=2, vmax=32)
+    sc = ax.scatter(meas, est, s=50, edgecolors="black", c=r["mean_bits"].to_numpy(float), cmap=BITS_CMAP, norm=BITS_NORM)
+    _bits_colorbar(fig, sc, ax)
     lo, hi = float(min(meas.min(), est.min())), float(max(meas.max(), est.max()))
     ax.plot([lo, hi], [lo, hi], ls="--", color="grey", lw=1, label="estimate = measured")
     ax.set_xlabel("standalone-trained validation −ELBO (MEASURED)")
@@ -167,6 +189,32 @@ def recon_plot(checkpoint: Path, images: torch.Tensor, path: Path, title: str, n
     return _save(fig, path)
 
 
+def samples_png(model, x: torch.Tensor, path: Path, standardised: bool = False, seed: int = 0) -> Path:
+    """A trial's picture, cheap enough for every trial: inputs, reconstructions (means) and prior
+    samples (means) as one image grid (rows; torchvision's ``save_image``), or per-feature curves for
+    vector models. ``x``: a few validation examples in model space."""
+    model.eval()
+    lik = model.likelihood
+    x = x.float().to(next(model.parameters()).device)
+    with torch.no_grad():
+        mu, _ = model.encode(x)
+        recon = lik.mean(model.decode(mu))
+        z = torch.randn((len(x), model.spec.latent_dim), generator=torch.Generator().manual_seed(seed)).to(x.device)
+        samples = lik.mean(model.decode(z))
+    x, recon, samples = x.cpu(), recon.cpu(), samples.cpu()
+    if not model.spec.is_image:
+        return _vector_plot(x, recon, samples, path, f"{model.spec.id}: inputs, reconstructions, samples",
+                            standardised=standardised)
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid = torch.cat([lik.to_unit(x), lik.to_unit(recon), lik.to_unit(samples)]).clamp(0, 1)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    save_image(grid, str(tmp), nrow=len(x), padding=1, pad_value=0.5)
+    tmp.replace(path)
+    return path
+
+
 def _vector_plot(x: torch.Tensor, recon: torch.Tensor, samples: torch.Tensor, path: Path, title: str,
                  standardised: bool, k: int = 4) -> Path:
     """Vector data: for ``k`` test examples, each feature's value and its reconstruction; below, the
@@ -213,6 +261,6 @@ def make_plots(view: StudyView, out_dir: Path, images: torch.Tensor | None, knee
         bpd = t.get("bits_per_dim")
         bpd = f" ({bpd:.3f} bits/dim)" if bpd is not None and bpd == bpd else ""
         title = (f"{view.name}: knee trial {knee_trial} ({t['spec_id']}), −ELBO {t['neg_elbo']:.1f} nats{bpd}, "
-                 f"{int(t['size_bytes']):,} bytes, mean {t['mean_bits']:.1f} bits")
+                 f"{int(t['size_bytes']):,} bytes, {t['mean_bits']:.1f} bits/weight")
         paths.append(recon_plot(checkpoint, images, out_dir / "knee_reconstructions.png", title))
     return paths

@@ -15,6 +15,7 @@ from evaluator import OBJECTIVES, Bound, hypervolume, knee_point, non_dominated_
 from search_space import ArchSpec, VaenasInputError
 
 from .config import check_name
+from .invocation import prog
 from .run import atomic_write, study_dir
 
 COST_COLUMNS = ["flops", "bitops", "params", "size_bytes", "latency_ms"]
@@ -188,7 +189,7 @@ def export_trial(view: StudyView, number: int, out: Path, runs_dir: str | Path =
         "provenance": {"study": view.name, "storage": view.storage, "trial": number, "dataset": dataset,
                        "seed": t.user_attrs.get("seed"), "train": cfg.get("train", {}),
                        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-        "retrain_command": f"vaenas retrain {arch_path} --epochs 30{flag}",
+        "retrain_command": f"{prog()} retrain {arch_path} --epochs 30{flag}",
     }
     atomic_write(out, json.dumps(doc, indent=2).encode())
     return doc

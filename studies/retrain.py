@@ -9,9 +9,11 @@ teacher's pixel probabilities).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -72,6 +74,15 @@ def check_spec_fits(spec: ArchSpec, data, what: str = "arch") -> None:
             "searched on (--dataset)")
 
 
+@contextlib.contextmanager
+def _step(what: str):
+    """Say what is being computed (these steps take seconds to minutes), then how long it took."""
+    print(f"{what} ...", end="", flush=True)
+    t0 = time.perf_counter()
+    yield
+    print(f" {time.perf_counter() - t0:.1f} s", flush=True)
+
+
 def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset="mnist", data_root: str | None = None,
             teacher: str | None = None, distill_weight: float = 1.0, seed: int = 0, lr: float = 1e-3,
             batch_size: int = 100, iwae_k: int = 100, device: str = "auto", n_train: int | None = None,
@@ -94,12 +105,17 @@ def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset="mnist", data_r
     print(data.describe(), flush=True)
     model = seeded_model(spec, seed, device)
     res = train(model, data.train, cfg, extra_loss=extra, progress=sys.stderr.isatty())
-    test = evaluate_neg_elbo(model, data.test)
+    meta = data_meta(data)
+    save_checkpoint(out / "model.pt", model, spec, meta)  # first: whatever follows, the trained model is kept
+    n_test = len(data.test)
+    with _step(f"[1/4] trained in {res.seconds:.0f} s, saved {out / 'model.pt'}; test −ELBO on {n_test:,} examples"):
+        test = evaluate_neg_elbo(model, data.test)
     costs = static_costs(spec)
     packed = pack_model(model)
-    lat = measure_latency(model, LatencyConfig())
-    iwae = iwae_nll(model, data.test, k=iwae_k)
-    meta = data_meta(data)
+    with _step("[2/4] latency (batch 1, median)"):
+        lat = measure_latency(model, LatencyConfig())
+    with _step(f"[3/4] IWAE-{iwae_k} NLL on {n_test:,} test examples ({iwae_k} importance samples each)"):
+        iwae = iwae_nll(model, data.test, k=iwae_k)
     report = {
         "spec": spec.to_dict(), "spec_id": spec.id, **meta, "train": cfg.to_dict(),
         "teacher": teacher, "distill_weight": distill_weight if teacher else None, "train_seconds": res.seconds,
@@ -112,7 +128,7 @@ def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset="mnist", data_r
     if spec.is_image:  # the unit published image results use
         report["test_bits_per_dim"] = bits_per_dim(test["neg_elbo"], spec.n_inputs)
         report["test_iwae_bits_per_dim"] = bits_per_dim(iwae, spec.n_inputs)
-    save_checkpoint(out / "model.pt", model, spec, meta)
+    print("[4/4] writing the packed weights, reconstructions, ONNX graph and report", flush=True)
     atomic_write(out / "weights.packed.bin", packed)
     atomic_write(out / "arch.json", spec.to_json(indent=2).encode())
     files = ["model.pt", "weights.packed.bin", "arch.json"]

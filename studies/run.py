@@ -60,6 +60,9 @@ from search_space import ArchSpec, VaenasInputError
 from strategies import SpecSampler, create_sampler, suggest_spec
 
 from .config import STATIC_CONSTRAINTS, StudyConfig
+from .artifacts import describe as describe_artifacts
+from .artifacts import open_store as open_artifact_store
+from .artifacts import upload as upload_artifacts
 from .liveness import WORKER_DIED, claim_lock, claim_path, liveness_for
 from .storage import StorageUnreachable, _check_file_storage, _study_names, lock_study, open_storage, redact, storage_file  # noqa: F401
 
@@ -322,6 +325,7 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
 
     from optuna.storages._heartbeat import is_heartbeat_enabled
 
+    store = _artifact_store(study, cfg, sdir)
     live = liveness_for(path, is_heartbeat_enabled(study._storage))
     evaluators = _Evaluators(cfg, data, sdir, study, progress)
     finished_before = _counts(study)[0]
@@ -335,7 +339,7 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
                 evaluators.get()  # trained once here; the workers load runs/<study>/supernet.pt
             _share_cores(jobs)
             children = _start_workers(cfg, runs_dir, jobs - 1, budget, timeout, poll_s)
-        interrupted = _trial_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout, poll_s, bar)
+        interrupted = _trial_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout, poll_s, bar, store)
     finally:
         if bar is not None:
             bar.close()
@@ -444,7 +448,7 @@ def _progress_bar(study: optuna.Study, cfg: StudyConfig, budget: int):
     return tqdm(total=budget, initial=min(_counts(study)[0], budget), desc=f"search {cfg.name}", unit="trial")
 
 
-def _trial_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout, poll_s, bar) -> bool:
+def _trial_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout, poll_s, bar, store=None) -> bool:
     """Ask, run and tell trials until the study has ``budget`` finished ones (or ``timeout``).
     Returns whether it was interrupted (Ctrl-C, SIGTERM): the trial in hand is then marked so."""
     t_start = time.perf_counter()
@@ -470,7 +474,7 @@ def _trial_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout
                 trial = None
                 continue
             with live.running(trial):
-                outcome = _run_trial(study, cfg, trial, evaluators, feasible)
+                outcome = _run_trial(study, cfg, trial, evaluators, feasible, store)
             trial = None
             if outcome == "rejected":
                 rejected_in_a_row += 1
@@ -505,7 +509,7 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
 
 
 def _run_trial(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, evaluators: _Evaluators,
-               feasible) -> str:
+               feasible, store=None) -> str:
     """Suggest a spec, then: record it as infeasible ("rejected"), reuse an earlier trial's result
     of the same spec ("reused"), or train and measure it ("evaluated"); the trial is told."""
     spec = suggest_spec(cfg.space, trial)
@@ -536,11 +540,35 @@ def _run_trial(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, evalu
     _store_objectives(trial, result)
     if cfg.constraints:
         _set_constraints(trial, cfg.constraints, constraint_values(result.to_dict(), cfg.constraints))
-    if not result.neg_elbo_is_estimate:  # an estimate's weights are the supernet's
-        sdir = evaluators.sdir
-        save_checkpoint(sdir / "trials" / str(trial.number) / "model.pt", model, spec, data_meta(evaluators.data))
+    _save_trial_files(trial, spec, None if result.neg_elbo_is_estimate else model, evaluators, store)
     study.tell(trial, list(result.values(cfg.objectives)))
     return "evaluated"
+
+
+def _save_trial_files(trial: optuna.Trial, spec: ArchSpec, model, evaluators: _Evaluators, store) -> None:
+    """``trials/<n>/``: arch.json, and for a trained model (not a supernet estimate, whose weights are
+    the supernet's) model.pt and samples.png; each uploaded as an artifact of the trial."""
+    tdir = evaluators.sdir / "trials" / str(trial.number)
+    files = [tdir / "arch.json"]
+    atomic_write(files[0], spec.to_json(indent=2).encode())
+    if model is not None:
+        meta = data_meta(evaluators.data)
+        save_checkpoint(tdir / "model.pt", model, spec, meta)
+        files.append(tdir / "model.pt")
+        if store is not None:
+            from .plots import samples_png
+
+            files.append(samples_png(model, evaluators.data.val[:8], tdir / "samples.png",
+                                     standardised=meta.get("normalization") is not None, seed=trial.number))
+    upload_artifacts(store, trial, files)
+
+
+def _artifact_store(study: optuna.Study, cfg: StudyConfig, sdir: Path):
+    """The study's artifact store: the one recorded in the study (set by its first process from the
+    config's ``artifacts:``), so every worker writes to the same place."""
+    if "artifact_store" not in study.user_attrs:
+        study.set_user_attr("artifact_store", describe_artifacts(cfg.artifacts, sdir))
+    return open_artifact_store(study.user_attrs["artifact_store"])
 
 
 def _reject(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, spec: ArchSpec) -> None:

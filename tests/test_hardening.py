@@ -395,3 +395,18 @@ def test_read_only_runs_dir_is_one_line_exit_2(tmp_path):
             subprocess.run(["umount", str(ro)])
         else:
             os.chmod(ro, 0o755)
+
+
+def test_tests_take_mnist_from_vaenas_data(tmp_path, monkeypatch):
+    """The README tells users to set $VAENAS_DATA; the tests' data comes from there too (packed or
+    unpacked IDX files), ahead of ../shared/data."""
+    import conftest
+
+    monkeypatch.delenv("VAENAS_SHARED_DATA", raising=False)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte").write_bytes(b"\0")  # unpacked by torchvision, .gz gone
+    monkeypatch.setenv("VAENAS_DATA", str(tmp_path))
+    assert conftest.shared_data_dir() == tmp_path
+    monkeypatch.setenv("VAENAS_DATA", str(tmp_path / "empty"))
+    assert conftest.shared_data_dir() != tmp_path / "empty"
