@@ -2,7 +2,7 @@
 
 A trained trial leaves ``runs/<study>/trials/<n>/`` with ``model.pt`` (the checkpoint),
 ``arch.json`` (its spec) and ``samples.png`` (validation inputs, reconstructions and prior samples);
-a supernet estimate leaves ``arch.json`` only. Each file is uploaded with
+a supernet estimate leaves nothing (its spec is a trial attribute). Each file is uploaded with
 ``optuna.artifacts.upload_artifact`` to the study's artifact store, so optuna-dashboard lists and
 shows them per trial (``vaenas dashboard STUDY``). The store is chosen by the config's
 ``artifacts:`` - absent: a filesystem store in ``runs/<study>/artifacts``; a folder; ``false``: none;

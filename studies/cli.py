@@ -366,11 +366,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     view = load_view(args.study, args.runs_dir, args.storage)
     n = pick_trial(view, trial=args.trial, pick=args.pick, max_constraints=args.max)
     out = Path(args.out) if args.out else _run_dir(args.runs_dir, view.name) / "export" / _export_name(args, n)
-    check_output_file(out, force=args.force)
+    check_output_file(out, force=args.force or (not args.out and _same_export(out, view.name, n)))
     doc = export_trial(view, n, out)
     print(f"exported trial {n} ({doc['spec_id']}): {out}")
     print(f"retrain it: {doc['retrain_command']}")
     return 0
+
+
+def _same_export(path: Path, study: str, trial: int) -> bool:
+    """Is ``path`` an export of this very trial (e.g. the knee.json `search` wrote)? Rewriting it loses
+    nothing, so it needs no --force."""
+    try:
+        prov = json.loads(path.read_text()).get("provenance") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return prov.get("study") == study and prov.get("trial") == trial
 
 
 def _export_name(args: argparse.Namespace, n: int) -> str:

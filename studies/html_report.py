@@ -281,7 +281,7 @@ function drawTable() {
       const c = (x === undefined || x === null) - (y === undefined || y === null) || (x < y ? -1 : x > y ? 1 : 0);
       return asc ? c : -c; });
     t.innerHTML = "<tr>" + cols.map(c => `<th data-k="${c}">${c}${c === key ? (asc ? " ▲" : " ▼") : ""}</th>`).join("") + "</tr>" +
-      rows.map(r => "<tr>" + cols.map(c => { const v = r[c];
+      rows.map(r => "<tr data-row=\"" + r.trial + "\">" + cols.map(c => { const v = r[c];
         const s = typeof v === "number" ? fmt(v, 6) : (v === undefined || v === null ? "" : String(v));
         return `<td class="${typeof v === "number" ? "" : "l"}">${s.replace(/[&<>]/g, m => ({"&": "&amp;", "<": "&lt;", ">": "&gt;"}[m]))}</td>`; }).join("") + "</tr>").join("");
     for (const th of t.querySelectorAll("th")) th.onclick = () => { const k = th.dataset.k; asc = k === key ? !asc : true; key = k; render(); };

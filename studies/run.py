@@ -546,21 +546,22 @@ def _run_trial(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, evalu
 
 
 def _save_trial_files(trial: optuna.Trial, spec: ArchSpec, model, evaluators: _Evaluators, store) -> None:
-    """``trials/<n>/``: arch.json, and for a trained model (not a supernet estimate, whose weights are
-    the supernet's) model.pt and samples.png; each uploaded as an artifact of the trial."""
+    """``trials/<n>/``: model.pt, arch.json and samples.png of a trained model, each uploaded as an
+    artifact of the trial. A supernet estimate (``model`` None: its weights are the supernet's) writes
+    nothing: its spec is in the trial's attributes, and estimates must stay cheap."""
+    if model is None:
+        return
     tdir = evaluators.sdir / "trials" / str(trial.number)
-    files = [tdir / "arch.json"]
-    atomic_write(files[0], spec.to_json(indent=2).encode())
-    if model is not None:
-        meta = data_meta(evaluators.data)
-        save_checkpoint(tdir / "model.pt", model, spec, meta)
-        files.append(tdir / "model.pt")
-        if store is not None:
-            from .plots import samples_png
+    meta = data_meta(evaluators.data)
+    save_checkpoint(tdir / "model.pt", model, spec, meta)
+    files = [tdir / "model.pt", tdir / "arch.json"]
+    if store is not None:
+        from .plots import samples_png
 
-            files.append(samples_png(model, evaluators.data.val[:8], tdir / "samples.png",
-                                     standardised=meta.get("normalization") is not None, seed=trial.number))
-    upload_artifacts(store, trial, files)
+        atomic_write(files[1], spec.to_json(indent=2).encode())
+        files.append(samples_png(model, evaluators.data.val[:8], tdir / "samples.png",
+                                 standardised=meta.get("normalization") is not None, seed=trial.number))
+        upload_artifacts(store, trial, files)
 
 
 def _artifact_store(study: optuna.Study, cfg: StudyConfig, sdir: Path):

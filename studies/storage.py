@@ -148,10 +148,14 @@ def _connection_lost(e: BaseException) -> bool:
     """Is ``e`` (or what Optuna wrapped in its StorageInternalError) a lost or refused connection?"""
     from sqlalchemy import exc
 
-    cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) else e
-    if isinstance(cause, exc.DBAPIError) and cause.connection_invalidated:
-        return True
-    return isinstance(cause, (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError))
+    seen = 0
+    while e is not None and seen < 6:  # Optuna and SQLAlchemy wrap the driver's error one or more times
+        if isinstance(e, exc.DBAPIError) and e.connection_invalidated:
+            return True
+        if isinstance(e, (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.PendingRollbackError)):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 # every RDBStorage method that talks to the database, the private ones Optuna's _CachedStorage calls

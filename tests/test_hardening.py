@@ -67,10 +67,16 @@ def test_force_replaces_a_users_own_export(tmp_path, study_runs_small, capsys):
     assert main(["export", "hard", "--runs-dir", str(study_runs_small), "--out", str(out), "--force"]) == 0
     assert json.loads(out.read_text())["type"] == "vaenas.Export"
     capsys.readouterr()
-    # the default export path is the study's export/ folder; a second export there needs --force too
+    # the default export path is the study's export/ folder, named after the pick: the knee.json that
+    # search wrote is rewritten (same trial, nothing lost); an export of another trial there needs --force
     assert main(["export", "hard", "--runs-dir", str(study_runs_small)]) == 0
+    knee = study_runs_small / "hard" / "export" / "knee.json"
+    doc = json.loads(knee.read_text())
+    doc["provenance"]["trial"] = 99  # as if the knee had been another trial
+    knee.write_text(json.dumps(doc))
     assert main(["export", "hard", "--runs-dir", str(study_runs_small)]) == 2
     assert "pass --force" in capsys.readouterr().err
+    assert main(["export", "hard", "--runs-dir", str(study_runs_small), "--force"]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -316,6 +322,7 @@ def test_resume_while_another_process_runs_the_study_is_refused(tmp_path, data_r
     assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["fail_reason"] == "interrupted"
 
 
+@pytest.mark.slow  # ~70 s: 10 rounds of 3 processes; `.ci/run` runs it (pytest -m slow)
 def test_three_processes_unpacking_a_fresh_data_root_do_not_race(tmp_path, data_root):
     """Workers starting together on a new machine all unpack the same IDX files: 3 processes on a fresh
     data root, 10 times - every process loads the data (torchvision's unpack runs under a file lock)."""

@@ -1,0 +1,210 @@
+"""Seeing a search (issue 19): trial artifacts, optuna-dashboard, the HTML report in a real
+headless browser, and the newcomer's frictions (export names, show, hints, --help, mean bits)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from studies.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def seen(tmp_path_factory, data_root):
+    """A finished 6-trial study (mixed bit-widths, so the front has several colours)."""
+    d = tmp_path_factory.mktemp("see")
+    cfg = {"name": "see", "dataset": "mnist", "data_root": str(data_root), "n_train": 500,
+           "space": {"latent_dim": [4, 8], "mlp": {"depth": [1], "width": [16, 32, 64]}, "weight_bits": [2, 4, 8, 32]},
+           "objectives": ["neg_elbo", "size_bytes"], "bounds": {"neg_elbo": [50, 600], "size_bytes": [100, 1e7]},
+           "budget": {"trials": 6}, "train": {"epochs": 1, "batch_size": 100}, "latency": {"repeats": 3, "warmup": 1}}
+    (d / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["search", str(d / "c.yaml"), "--runs-dir", str(d / "runs"), "--quiet"]) == 0
+    return d
+
+
+def _study(seen):
+    return optuna.load_study(study_name="see", storage=f"sqlite:///{seen / 'runs' / 'see' / 'study.db'}")
+
+
+def test_every_trained_trial_has_its_files_as_optuna_artifacts(seen):
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact
+
+    from studies.artifacts import trial_artifacts
+
+    study = _study(seen)
+    store = FileSystemArtifactStore(study.user_attrs["artifact_store"]["path"])
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "reused_from_trial" not in t.user_attrs]
+    assert done
+    for t in done:
+        arts = {a["filename"]: a for a in trial_artifacts(study, t.number)}
+        assert set(arts) == {"arch.json", "model.pt", "samples.png"}
+        assert arts["samples.png"]["mimetype"] == "image/png" and arts["arch.json"]["mimetype"] == "application/json"
+        tdir = seen / "runs" / "see" / "trials" / str(t.number)
+        for name, a in arts.items():
+            got = seen / f"dl-{t.number}-{name}"
+            download_artifact(artifact_store=store, file_path=str(got), artifact_id=a["artifact_id"])
+            assert got.read_bytes() == (tdir / name).read_bytes()
+        assert json.loads((tdir / "arch.json").read_text())["type"] == "vaenas.ArchSpec"
+        from PIL import Image
+
+        im = Image.open(tdir / "samples.png")  # 3 rows (inputs, reconstructions, samples) of 8 images
+        assert im.size == (8 * 29 + 1, 3 * 29 + 1)
+
+
+def test_artifacts_false_stores_none(tmp_path, data_root):
+    cfg = {"name": "noart", "dataset": "mnist", "data_root": str(data_root), "n_train": 300, "artifacts": False,
+           "space": {"latent_dim": [4], "mlp": {"depth": [1], "width": [8]}},
+           "objectives": ["neg_elbo", "size_bytes"], "bounds": {"neg_elbo": [50, 600], "size_bytes": [100, 1e7]},
+           "budget": {"trials": 1}, "train": {"epochs": 1}, "latency": {"repeats": 3, "warmup": 1}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["search", str(tmp_path / "c.yaml"), "--runs-dir", str(tmp_path / "runs"), "--quiet"]) == 0
+    assert not (tmp_path / "runs" / "noart" / "artifacts").exists()
+    assert (tmp_path / "runs" / "noart" / "trials" / "0" / "model.pt").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_serves_the_study_with_its_artifacts(seen):
+    pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is in the test extra")
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "studies.cli", "dashboard", "see", "--runs-dir", str(seen / "runs"),
+                          "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        study = _study(seen)
+        base = f"http://127.0.0.1:{port}"
+        detail = None
+        for _ in range(150):
+            try:
+                with urllib.request.urlopen(f"{base}/api/studies/{study._study_id}", timeout=5) as r:
+                    detail = json.load(r)
+                break
+            except OSError:
+                if p.poll() is not None:
+                    pytest.fail(f"the dashboard stopped: {p.communicate()}")
+                time.sleep(0.2)
+        assert detail is not None, "the dashboard never answered"
+        trial = next(t for t in detail["trials"] if t["state"] == "Complete" and t["artifacts"])
+        names = {a["filename"]: a for a in trial["artifacts"]}
+        assert {"arch.json", "model.pt", "samples.png"} <= set(names)
+        a = names["arch.json"]
+        with urllib.request.urlopen(f"{base}/artifacts/{study._study_id}/{trial['trial_id']}/{a['artifact_id']}") as r:
+            body = r.read()
+        assert body == (seen / "runs" / "see" / "trials" / str(trial["number"]) / "arch.json").read_bytes()
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
+
+
+def test_html_report_renders_in_a_headless_browser(seen, tmp_path):
+    """The report is one self-contained file (nothing fetched) whose script draws the front: one SVG
+    circle per complete trial, the front's points marked; a screenshot is kept for a person."""
+    assert main(["report", "see", "--runs-dir", str(seen / "runs")]) == 0
+    page = seen / "runs" / "see" / "report.html"
+    text = page.read_text()
+    assert "src=\"http" not in text and "href=\"http" not in text and "@import" not in text  # offline
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("no chromium here: install Debian's chromium to run the browser check")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path}/prof"]
+    dom = subprocess.run([browser, *flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    study = _study(seen)
+    n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert 'data-rendered="yes"' in dom  # the script ran to its end
+    assert dom.count('class="pt') == n_complete
+    n_front = dom.count('class="pt front"')
+    assert n_front >= 1
+    assert dom.count('class="hv"') == 2  # hypervolume over trials and over wall time
+    import re
+
+    assert len(re.findall(r'<tr data-row="\d+">', dom)) == len(study.trials)  # every trial in the table
+    shot = Path(os.environ.get("VAENAS_SCREENSHOT_DIR", tmp_path)) / "report.png"
+    subprocess.run([browser, *flags, "--window-size=1300,2200", "--virtual-time-budget=5000", f"--screenshot={shot}",
+                    page.as_uri()], capture_output=True, timeout=120)
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_export_is_named_after_the_pick_and_hints_can_be_pasted(seen, capsys):
+    runs = str(seen / "runs")
+    assert main(["export", "see", "--runs-dir", runs, "--pick", "knee", "--force"]) == 0
+    assert main(["export", "see", "--runs-dir", runs, "--pick", "best:size_bytes"]) == 0
+    out = capsys.readouterr().out
+    exp = seen / "runs" / "see" / "export"
+    assert (exp / "knee.json").is_file() and (exp / "best_size_bytes.json").is_file()
+    assert not list(exp.glob("trial*.json"))
+    # a console script run by its path (the README's .venv/bin/vaenas, not on PATH) is quoted as typed
+    script = Path(sys.executable).parent / "vaenas"
+    if script.is_file():
+        env = {**os.environ, "PATH": "/usr/bin:/bin"}
+        r = subprocess.run([str(script), "export", "see", "--runs-dir", runs, "--trial", "0"], capture_output=True,
+                           text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        assert f"retrain it: {script} retrain" in r.stdout
+        assert (exp / "trial0.json").is_file()
+    assert "retrain it: vaenas retrain" in out  # called in-process: the documented name
+
+
+def test_show_prints_the_front_with_its_header_and_all_trials_on_request(seen, capsys):
+    runs = str(seen / "runs")
+    assert main(["show", "see", "--runs-dir", runs]) == 0
+    out = capsys.readouterr().out
+    study = _study(seen)
+    n = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert f"of {n} complete trials" in out and "show --all" in out
+    assert main(["show", "see", "--runs-dir", runs, "--all"]) == 0
+    out = capsys.readouterr().out
+    assert f"all {n} complete trials" in out
+    body = out.split("complete trials (on_front", 1)[1].splitlines()[2:]
+    assert len(body) == n
+    t = study.best_trials[0]
+    assert f"{t.user_attrs['neg_elbo']:.2f}" in out  # nats to 2 decimals, not 4 significant digits
+
+
+def test_help_shows_defaults(capsys):
+    for cmd in ("train", "retrain"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        out = capsys.readouterr().out
+        assert "(default: 100)" in out and "(default: 0.001)" in out and "(default: 0)" in out
+
+
+def test_mean_bits_is_weighted_by_parameters():
+    import dataclasses
+
+    from search_space import ArchSpec, packed_layout
+
+    spec = ArchSpec.mlp((400, 400), 20)
+    bits = [2] * len(spec.weight_bits)
+    bits[-1] = 32  # the 400x784 output layer at 32 bits, the rest at 2
+    s = dataclasses.replace(spec, weight_bits=tuple(bits))
+    layers = packed_layout(s)
+    want = sum(x.n_weights * x.bits for x in layers) / sum(x.n_weights for x in layers)
+    assert s.mean_bits == pytest.approx(want) and s.layer_mean_bits == pytest.approx(sum(bits) / len(bits))
+    # by hand: 784x400, 400x400, 400x40 (head), 20x400, 400x400, 400x784 (out, 32 bits): 971,200 weights
+    assert s.mean_bits == pytest.approx((313_600 * 32 + (971_200 - 313_600) * 2) / 971_200)  # 11.69; plain mean 7.0
+    from studies.plots import bits_colour
+
+    assert len({bits_colour(b) for b in (2, 3, 4, 6, 8)}) == 5  # the usual widths get colours of their own
