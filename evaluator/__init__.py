@@ -6,12 +6,16 @@ Imports only ``search_space``.
 from .data import DATASETS, DataUnavailableError, DatasetSpec, Splits, binarize, default_data_root, load_data
 from .costs import Costs, FlopReport, count_bitops, count_flops, count_params, static_costs
 from .elbo import bits_per_dim, evaluate_neg_elbo, iwae_nll, neg_elbo_terms, reconstruction_error
-from .latency import LatencyConfig, LatencyResult, deployable_model, float_model, measure_latency
+from .latency import (
+    BACKENDS, LatencyConfig, LatencyError, LatencyResult, build_c, check_latency_backend, deployable_model, float_model,
+    measure_latency,
+)
 from .objectives import DIRECTIONS, OBJECTIVES, EvalFailure, Evaluator, Objectives, check_objectives
 from .pareto import Bound, hypervolume, knee_point, non_dominated_mask, normalise
 from .train import TrainConfig, TrainingDiverged, TrainResult, lr_at, resolve_device, seeded_model, train
 
 __all__ = [
+    "BACKENDS", "LatencyError", "build_c", "check_latency_backend",
     "Bound", "Costs", "DIRECTIONS", "EvalFailure", "Evaluator", "FlopReport", "LatencyConfig", "LatencyResult",
     "OBJECTIVES", "Objectives", "check_objectives", "count_bitops", "count_flops", "count_params",
     "deployable_model", "float_model", "hypervolume", "knee_point", "measure_latency", "non_dominated_mask",

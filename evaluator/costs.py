@@ -7,6 +7,9 @@ A multiply-accumulate counts as 2 FLOPs. Ops the counter has no formula for are 
 ``uncounted`` (e.g. ``relu``, ``exp``, ``add``) - they are reported, never silently counted as 0.
 
 BitOps = sum over weight layers of MACs x weight bits x activation bits (32 for float).
+
+``ram_bytes`` (peak activation memory of the exported C inference, exact for that build) and
+``flash_bytes`` (packed weights + an *estimate* of the code) come from ``search_space.deploy.memory``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from search_space import ArchSpec, build_vae, packed_size_bytes
+from search_space.deploy.memory import flash_bytes, ram_bytes
 
 # ops that move or view data and do no arithmetic: not worth listing as "uncounted"
 _NO_ARITHMETIC = {
@@ -86,10 +90,13 @@ class Costs:
     params: int
     size_bytes: int
     uncounted_ops: tuple[str, ...]
+    ram_bytes: int = 0
+    flash_bytes: int = 0  # an estimate (code size estimated; weights exact)
 
 
 def static_costs(spec: ArchSpec) -> Costs:
     """Every cost that depends on the spec alone (no training, no weights): microseconds to compute."""
     fr = count_flops(spec)
     return Costs(flops=fr.total, bitops=count_bitops(spec, fr), params=count_params(spec),
-                 size_bytes=packed_size_bytes(spec), uncounted_ops=fr.uncounted)
+                 size_bytes=packed_size_bytes(spec), uncounted_ops=fr.uncounted, ram_bytes=ram_bytes(spec),
+                 flash_bytes=flash_bytes(spec))

@@ -1,49 +1,96 @@
-"""Measured latency of a VAE in its deployable form.
+"""Latency measured on what ships: the exported artifact itself, run by its own runtime.
 
 What the number means: the wall time of one *reconstruction pass* - encode, take ``z = mu``,
-decode to logits - for a batch of ``batch_size`` images (default 1), under ``inference_mode``,
-with ``threads`` intra-op threads (default 1, recorded), after ``warmup`` untimed runs; the median
-over ``repeats`` timed runs, with the inter-quartile range. On CUDA each run is synchronised.
+decode to the likelihood's parameters - for a batch of ``batch_size`` examples (default 1), with
+``threads`` intra-op threads (default 1, recorded), after ``warmup`` untimed runs; the median over
+``repeats`` timed runs, with the inter-quartile range.
 
-Deployable form (``deployable_model``): the fake-quant layers are replaced by plain PyTorch
-layers carrying the dequantised weights (what a packed model unpacks to). If no layer is 32-bit
-(every weight <= 8 bits), the Linear layers then run through PyTorch's real int8 path,
-``torch.ao.quantization.quantize_dynamic`` (per-channel int8 weights, int8 GEMM, activations
-quantised per batch), on CPU. Conv layers have no dynamic int8 kernel in PyTorch and stay float32;
-``LatencyResult.path`` says which path ran. Sub-8-bit weights are stored packed on disk but
-execute as int8: PyTorch has no sub-byte GEMM.
+Backends (``latency: {backend: ...}`` in a study config):
+
+``onnxruntime`` (default)
+    The ONNX export (``search_space.deploy``: INT4/INT8 weight initializers + per-channel scales
+    through ``DequantizeLinear``) in an onnxruntime CPU session with every graph optimisation on;
+    one timed run is ``encoder.onnx`` then ``decoder.onnx``. The default because it is what a
+    user deploying to a CPU (a server, a phone, a Raspberry Pi) most often ships, it runs the
+    quantised artifact vaenas writes, and its timing is repeatable (benchmarks/deploy_latency.py).
+``c``
+    The C99 export compiled with ``cc -std=c99 -O2`` and timed by its own driver (``vae_demo
+    bench``, ``clock_gettime``): the microcontroller-style reference inference, single-threaded,
+    unpacking sub-byte weights on the fly. A proxy for an MCU's *ranking*, not its milliseconds.
+``executorch``
+    The ``.pte`` (XNNPACK partitioner) run by ExecuTorch's Python runtime (``executorch`` extra).
+``torch``
+    PyTorch eager on float32 layers holding the dequantised weights, on ``device`` (CPU or CUDA,
+    synchronised). No integer kernels: the float baseline.
+``command``
+    A user's program: ``command`` with the exported artifact's path (``format``: the C folder, the
+    ONNX folder or the ``.pte`` file) in place of ``{artifact}`` (appended if absent); it must
+    print the latency in milliseconds (the last number on stdout is taken) - e.g. a script that
+    copies the artifact to a board over ssh/adb and times it there. Run once per measurement.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import os
+import re
+import shlex
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
-import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from search_space import VAE
+from search_space import VAE, ArchSpec, VaenasInputError, pack_model
+
+BACKENDS = ("onnxruntime", "c", "executorch", "torch", "command")
+COMMAND_FORMATS = ("c", "onnx", "executorch")
+COMMAND_TIMEOUT_S = 600
+
+
+class LatencyError(VaenasInputError):
+    """A latency backend cannot measure (missing compiler or package, a user command that fails)."""
 
 
 @dataclass(frozen=True)
 class LatencyConfig:
+    backend: str = "onnxruntime"
     batch_size: int = 1
     threads: int = 1
     warmup: int = 10
     repeats: int = 100
-    device: str = "cpu"
-    int8: bool = True  # use the int8 dynamic path when every layer is <= 8 bits (CPU only)
+    device: str = "cpu"  # the torch backend only
+    command: str | None = None  # backend "command": the program to run ({artifact} = the export's path)
+    format: str = "c"  # backend "command": which export the command receives
 
     def __post_init__(self) -> None:
-        from search_space import VaenasInputError
-
         for k, lo, hi in (("repeats", 2, 100_000), ("warmup", 0, 100_000), ("threads", 1, 1024), ("batch_size", 1, 65536)):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise VaenasInputError(f"latency.{k}: must be a whole number from {lo} to {hi}, got {v!r}")
+        if self.backend not in BACKENDS:
+            raise VaenasInputError(f"latency.backend: {self.backend!r} is unknown; choose from {', '.join(BACKENDS)}")
+        if self.backend == "command":
+            if not isinstance(self.command, str) or not self.command.strip():
+                raise VaenasInputError("latency.command: backend 'command' needs the program to run, e.g. "
+                                       "command: './time_on_board.sh {artifact}' (it must print milliseconds)")
+            try:
+                shlex.split(self.command)
+            except ValueError as e:
+                raise VaenasInputError(f"latency.command: cannot be split into words ({e})") from None
+        elif self.command is not None:
+            raise VaenasInputError(f"latency.command: only backend 'command' runs a command (backend is {self.backend!r})")
+        if self.format not in COMMAND_FORMATS:
+            raise VaenasInputError(f"latency.format: {self.format!r} is unknown; choose from {', '.join(COMMAND_FORMATS)}")
+        if self.device != "cpu" and self.backend != "torch":
+            raise VaenasInputError(f"latency.device: {self.device!r} is only for backend 'torch'; "
+                                   f"{self.backend!r} runs on the CPU")
 
 
 @dataclass(frozen=True)
@@ -56,7 +103,7 @@ class LatencyResult:
     threads: int
     repeats: int
     device: str
-    path: str  # "fp32" | "int8-dynamic-linear" | "int8-dynamic-linear+fp32-conv"
+    path: str  # the backend and what it ran, e.g. "onnxruntime 1.32.0 (QDQ int4/int8 weights)"
 
 
 def _plain(layer: nn.Module) -> nn.Module:
@@ -96,46 +143,194 @@ class _Recon(nn.Module):
         return self.vae.decode(mu)
 
 
-def deployable_model(model: VAE, cfg: LatencyConfig = LatencyConfig()) -> tuple[nn.Module, str]:
-    """The reconstruction pass in the form that would ship, and the name of its execution path."""
-    fm = float_model(model)
-    spec = model.spec
-    if not (cfg.int8 and cfg.device == "cpu" and max(spec.weight_bits) <= 8):
-        return _Recon(fm).eval(), "fp32"
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        qm = quantize_dynamic(copy.deepcopy(fm).cpu(), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
-    path = "int8-dynamic-linear" + ("+fp32-conv" if spec.family == "conv" else "")
-    return _Recon(qm).eval(), path
+def deployable_model(model: VAE) -> nn.Module:
+    """The reconstruction pass in PyTorch eager form (float layers, dequantised weights)."""
+    return _Recon(float_model(model)).eval()
 
 
-def measure_latency(model: VAE, cfg: LatencyConfig = LatencyConfig()) -> LatencyResult:
-    deploy, path = deployable_model(model, cfg)
+def _input(spec: ArchSpec, batch: int) -> torch.Tensor:
+    return (torch.rand((batch, *spec.input_shape), generator=torch.Generator().manual_seed(0)) > 0.5).float()
+
+
+def _timed(run, warmup: int, repeats: int, sync=lambda: None) -> list[float]:
+    for _ in range(warmup):
+        run()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        run()
+        sync()
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    return times
+
+
+# ----------------------------------------------------------------------------- backends
+def _torch(model: VAE, cfg: LatencyConfig, workdir: Path) -> tuple[list[float], str]:
     device = torch.device(cfg.device)
-    deploy = deploy.to(device) if path == "fp32" else deploy
-    x = (torch.rand((cfg.batch_size, *model.spec.input_shape), generator=torch.Generator().manual_seed(0)) > 0.5).float()
-    x = x.to(device)
+    deploy = deployable_model(model).to(device)
+    x = _input(model.spec, cfg.batch_size).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    prev_threads = torch.get_num_threads()
+    prev = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
         with torch.inference_mode():
-            for _ in range(cfg.warmup):
-                deploy(x)
-            sync()
-            times = []
-            for _ in range(cfg.repeats):
-                t0 = time.perf_counter_ns()
-                deploy(x)
-                sync()
-                times.append((time.perf_counter_ns() - t0) / 1e6)
+            times = _timed(lambda: deploy(x), cfg.warmup, cfg.repeats, sync)
     finally:
-        torch.set_num_threads(prev_threads)
+        torch.set_num_threads(prev)
+    return times, f"torch {torch.__version__.split('+')[0]} eager fp32 (dequantised weights, {device.type})"
+
+
+def _onnxruntime(model: VAE, cfg: LatencyConfig, workdir: Path) -> tuple[list[float], str]:
+    import onnxruntime as ort
+
+    from search_space.deploy import write_onnx
+
+    spec = model.spec
+    write_onnx(spec, pack_model(model), workdir)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cfg.threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    enc = ort.InferenceSession(str(workdir / "encoder.onnx"), so, providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(workdir / "decoder.onnx"), so, providers=["CPUExecutionProvider"])
+    x = _input(spec, cfg.batch_size).numpy()
+
+    def run():
+        mu = enc.run(["mu"], {"x": x})[0]
+        dec.run(None, {"z": mu})
+
+    return _timed(run, cfg.warmup, cfg.repeats), f"onnxruntime {ort.__version__} CPU (QDQ int4/int8 weights)"
+
+
+def c_compiler() -> str | None:
+    return os.environ.get("CC") if os.environ.get("CC") and shutil.which(os.environ["CC"]) else shutil.which("cc")
+
+
+def build_c(folder: Path, what: str = "vae_demo") -> Path:
+    """Compile the C export in ``folder`` (``cc -std=c99 -O2 -Wall -Wextra -Werror``); one line if no compiler."""
+    from search_space.deploy.c_lib import CFLAGS
+
+    cc = c_compiler()
+    if cc is None:
+        raise LatencyError("no C compiler: cc (or $CC) is not on PATH; install one (apt-get install gcc) "
+                           "or choose another latency backend")
+    r = subprocess.run([cc, *CFLAGS.split(), "-o", what, "main.c", "vae_model.c", "-lm"], cwd=folder,
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise LatencyError(f"the C export did not compile ({cc}): {(r.stderr.strip().splitlines() or ['?'])[0]}")
+    return folder / what
+
+
+def _c(model: VAE, cfg: LatencyConfig, workdir: Path) -> tuple[list[float], str]:
+    from search_space.deploy import write_c
+
+    spec = model.spec
+    write_c(spec, pack_model(model), workdir)
+    exe = build_c(workdir)
+    x = _input(spec, 1)[0].reshape(-1).tolist()
+    r = subprocess.run([str(exe), "bench", str(cfg.repeats), str(cfg.warmup), str(cfg.batch_size)],
+                       input=" ".join(f"{v:.9g}" for v in x), capture_output=True, text=True)
+    if r.returncode:
+        raise LatencyError(f"the C export's benchmark failed: {r.stderr.strip()[:200]}")
+    return [float(v) for v in r.stdout.split()], "C99 reference (cc -O2, 1 thread, sub-byte weights unpacked on the fly)"
+
+
+def _executorch(model: VAE, cfg: LatencyConfig, workdir: Path) -> tuple[list[float], str]:
+    from search_space.deploy import executorch_available, write_pte
+
+    missing = executorch_available()
+    if missing:
+        raise LatencyError(f"latency.backend executorch: {missing}")
+    import executorch
+    from executorch.runtime import Runtime
+
+    spec = model.spec
+    write_pte(spec, pack_model(model), workdir)
+    program = Runtime.get().load_program(str(workdir / "model.pte"))
+    enc, dec = program.load_method("encode"), program.load_method("decode")
+    xs = [_input(spec, 1) for _ in range(cfg.batch_size)]  # the program is exported at batch 1
+
+    def run():
+        for x in xs:
+            dec.execute([enc.execute([x])[0]])
+
+    version = getattr(executorch, "__version__", "")
+    return _timed(run, cfg.warmup, cfg.repeats), f"executorch {version} (XNNPACK partitioner, int8 codes)".replace("  ", " ")
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def command_artifact(model: VAE, fmt: str, workdir: Path) -> Path:
+    from search_space.deploy import write_c, write_onnx, write_pte
+
+    packed = pack_model(model)
+    if fmt == "c":
+        write_c(model.spec, packed, workdir)
+        return workdir
+    if fmt == "onnx":
+        write_onnx(model.spec, packed, workdir)
+        return workdir
+    write_pte(model.spec, packed, workdir)
+    return workdir / "model.pte"
+
+
+def run_command(command: str, artifact: Path) -> float:
+    """Run the user's latency command on ``artifact``; the last number it prints, in ms (one line if not)."""
+    words = shlex.split(command)
+    args = [w.replace("{artifact}", str(artifact)) for w in words]
+    if not any("{artifact}" in w for w in words):
+        args.append(str(artifact))
+    try:
+        r = subprocess.run(args, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    except FileNotFoundError:
+        raise LatencyError(f"latency.command: {words[0]!r} was not found; give a program on PATH or a path to one") from None
+    except PermissionError:
+        raise LatencyError(f"latency.command: {words[0]!r} is not executable (chmod +x it)") from None
+    except subprocess.TimeoutExpired:
+        raise LatencyError(f"latency.command: {command!r} ran over {COMMAND_TIMEOUT_S} s") from None
+    if r.returncode:
+        last = (r.stderr.strip().splitlines() or r.stdout.strip().splitlines() or [""])[-1][:200]
+        raise LatencyError(f"latency.command: {command!r} exited with status {r.returncode}" + (f": {last}" if last else ""))
+    nums = _NUMBER.findall(r.stdout)
+    if not nums:
+        raise LatencyError(f"latency.command: {command!r} printed no number; it must print the latency in milliseconds")
+    ms = float(nums[-1])
+    if not math.isfinite(ms) or ms < 0:
+        raise LatencyError(f"latency.command: {command!r} printed {nums[-1]}, not a latency in milliseconds")
+    return ms
+
+
+def _command(model: VAE, cfg: LatencyConfig, workdir: Path) -> tuple[list[float], str]:
+    ms = run_command(cfg.command or "", command_artifact(model, cfg.format, workdir))
+    return [ms, ms], f"command ({cfg.format} export): {cfg.command}"
+
+
+_RUN = {"torch": _torch, "onnxruntime": _onnxruntime, "c": _c, "executorch": _executorch, "command": _command}
+
+
+def measure_latency(model: VAE, cfg: LatencyConfig = LatencyConfig()) -> LatencyResult:
+    """Export ``model`` for ``cfg.backend`` into a temporary folder and time a reconstruction pass there."""
+    model = model.eval()
+    with tempfile.TemporaryDirectory(prefix="vaenas-latency-") as tmp:
+        times, path = _RUN[cfg.backend](model, cfg, Path(tmp))
     q = statistics.quantiles(times, n=20, method="inclusive")  # 5% steps
     q1, q3 = statistics.quantiles(times, n=4, method="inclusive")[0::2]
+    threads = cfg.threads if cfg.backend in ("torch", "onnxruntime") else 1
     return LatencyResult(
         median_ms=statistics.median(times), iqr_ms=q3 - q1, p10_ms=q[1], p90_ms=q[17], batch_size=cfg.batch_size,
-        threads=cfg.threads, repeats=cfg.repeats, device=str(device), path=path,
+        threads=threads, repeats=len(times), device=cfg.device if cfg.backend == "torch" else "cpu", path=path,
     )
+
+
+def check_latency_backend(cfg: LatencyConfig, spec: ArchSpec) -> None:
+    """Measure once on an untrained model of ``spec`` so a backend that cannot work (no compiler, a
+    user command that fails or prints no number, a missing package) is one line before a study starts."""
+    from search_space import build_vae
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_vae(spec)
+    measure_latency(model, LatencyConfig(**{**cfg.__dict__, "warmup": 0, "repeats": 2}))

@@ -24,7 +24,9 @@ OBJECTIVES: dict[str, str] = {
     "bitops": "MACs x weight bits x activation bits",
     "params": "parameters",
     "size_bytes": "packed model size, bytes",
-    "latency_ms": "median reconstruction-pass latency, ms (deployable form)",
+    "latency_ms": "median reconstruction-pass latency, ms, of the exported artifact (latency.backend)",
+    "ram_bytes": "peak activation RAM of the exported C inference, bytes",
+    "flash_bytes": "flash of the C export: packed weights + estimated code, bytes (an estimate)",
 }
 DIRECTIONS: dict[str, str] = {name: "minimize" for name in OBJECTIVES}
 
@@ -48,6 +50,8 @@ class Objectives:
     size_bytes: int
     latency_ms: float
     latency_iqr_ms: float = float("nan")
+    ram_bytes: int = 0  # 0 in records written before these objectives existed
+    flash_bytes: int = 0
     latency_path: str = ""
     latency_threads: int = 1
     train_seconds: float = 0.0
@@ -124,7 +128,7 @@ def score_model(model, spec: ArchSpec, val_data, latency_cfg: LatencyConfig, *, 
     lat = measure_latency(model, latency_cfg)
     return Objectives(
         spec_id=spec.id, neg_elbo=val, flops=costs.flops, bitops=costs.bitops, params=costs.params,
-        size_bytes=costs.size_bytes, latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, latency_path=lat.path,
+        size_bytes=costs.size_bytes, ram_bytes=costs.ram_bytes, flash_bytes=costs.flash_bytes, latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, latency_path=lat.path,
         latency_threads=lat.threads, train_seconds=train_seconds, eval_seconds=time.perf_counter() - t0,
         epochs=epochs, seed=seed, neg_elbo_is_estimate=estimate, uncounted_ops=costs.uncounted_ops,
         bits_per_dim=image_bits_per_dim(spec, val),

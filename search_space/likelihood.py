@@ -59,6 +59,8 @@ class Likelihood:
     n_params: int = 1
     discrete: bool = False  # a probability mass over discrete values (bits/dim is a code length)
     requirement: str = ""  # what the stored data must be, for error messages
+    input_doc: str = ""  # what a deployed model's input x must be (model space), for export manifests
+    param_docs: tuple[str, ...] = ()  # what each stacked decoder output parameter means, for manifests
 
     # ------------------------------------------------------------------ data
     def check_data(self, raw: torch.Tensor) -> str | None:
@@ -105,6 +107,8 @@ class Bernoulli(Likelihood):
     n_params = 1
     discrete = True
     requirement = "values in [0, 1] (or 8-bit grey levels)"
+    input_doc = "values in [0, 1] (grey level / 255; the model was trained on binarised values)"
+    param_docs = ("logit: p(x = 1) = sigmoid(logit)",)
 
     def check_data(self, raw: torch.Tensor) -> str | None:
         if raw.dtype == torch.uint8:
@@ -163,6 +167,9 @@ class DiscretizedLogistic(_LocScale):
     discrete = True
     log_scale_floor = -7.0
     requirement = "8-bit data: integers 0..255"
+    input_doc = "x = 2 * v / 255 - 1 for 8-bit values v (0..255), in [-1, 1]"
+    param_docs = ("loc: the logistic's location, model space [-1, 1]",
+                  "raw log-scale: log s = -7 + softplus(raw + 7)")
     HALF_BIN = 1.0 / 255.0  # half the width of one of the 256 bins of [-1, 1]
 
     def check_data(self, raw: torch.Tensor) -> str | None:
@@ -220,6 +227,8 @@ class Gaussian(_LocScale):
     name = "gaussian"
     log_scale_floor = math.log(1e-3)
     requirement = "finite real values"
+    input_doc = "real values: arrays standardised with the manifest's normalization ((x - mean) / std), images / 255"
+    param_docs = ("mean", "raw log-std: log sigma = ln(1e-3) + softplus(raw - ln(1e-3))")
 
     def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         p = self.params(out)

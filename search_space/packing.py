@@ -97,6 +97,15 @@ def pack_model(model: VAE) -> bytes:
     return b"".join(chunks)
 
 
+def unpack_bits_np(packed, bits: int, n: int):
+    """NumPy twin of :func:`search_space.quant.unpack_bits` (fast, for exporters): ``n`` unsigned
+    ``bits``-bit fields, LSB first, from a uint8 array, as uint8 (bits <= 8)."""
+    import numpy as np
+
+    stream = np.unpackbits(np.asarray(packed, dtype=np.uint8), bitorder="little")[: n * bits].reshape(n, bits)
+    return (stream.astype(np.uint16) << np.arange(bits, dtype=np.uint16)).sum(1).astype(np.uint8)
+
+
 def _take_f32(buf: memoryview, offset: int, n: int) -> tuple[torch.Tensor, int]:
     t = torch.frombuffer(bytearray(buf[offset : offset + 4 * n]), dtype=torch.float32) if n else torch.empty(0)
     return t.clone(), offset + 4 * n

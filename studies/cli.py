@@ -15,7 +15,7 @@ from .invocation import prog
 
 SEED_MLP = ArchSpec.mlp((400, 400), 20)
 TRAIN_FILES = ["model.pt", "weights.packed.bin", "arch.json", "report.json"]
-RETRAIN_FILES = TRAIN_FILES + ["reconstructions.png", "model.onnx"]
+RETRAIN_FILES = TRAIN_FILES + ["reconstructions.png"]
 
 
 class CliError(VaenasInputError):
@@ -200,8 +200,47 @@ def cmd_search(args: argparse.Namespace) -> int:
     doc = export_trial(view, knee, out / "export" / "knee.json")
     print(f"plots: {', '.join(str(p) for p in plots)}")
     print(f"exported winner (knee, trial {knee}): {out / 'export' / 'knee.json'}")
+    _deploy_knee(view, knee, args.runs_dir, out / "export" / "knee", cfg.data_root, doc)
     print(f"retrain it: {doc['retrain_command']}")
     return 0
+
+
+def _deploy_knee(view, knee: int, runs_dir: str, out: Path, data_root: str | None, arch_doc: dict) -> None:
+    """The end of a search: the knee as ONNX and C (with input.txt, the first validation example in
+    model space) in export/knee/, the C one built; a knee without weights of its own is said, not failed."""
+    from .deploy import NotBuilt, build_and_size, export_weights, how_to_run, temp_dir, trial_checkpoint
+    from .retrain import load_checkpoint
+
+    formats = ("arch", "onnx", "c")
+    with temp_dir() as tmp:
+        try:
+            model, meta = load_checkpoint(trial_checkpoint(view, knee, runs_dir, Path(tmp)), f"trial {knee}",
+                                          with_meta=True)
+        except VaenasInputError as e:
+            print(f"deployable export skipped: {e}")
+            return
+    meta.update({"study": view.name, "trial": knee})
+    arch_doc = {**arch_doc, "retrain_command": arch_doc["retrain_command"].replace("knee.json", "knee/arch.json")}
+    doc = export_weights(model, out, formats, meta, arch_doc)
+    try:
+        from evaluator import load_data
+
+        from .report import study_data
+
+        x = load_data(study_data(view)["dataset"], data_root, n_train=1, n_eval=1).val[0]
+        (out / "input.txt").write_text(" ".join(f"{v:.9g}" for v in x.reshape(-1).tolist()) + "\n")
+    except Exception:  # the example input is a convenience
+        pass
+    built = ""
+    try:
+        sz = build_and_size(out)
+        built = f"; C built: size text+data {sz['flash_bytes_measured']:,} bytes, bss {sz['bss']:,} bytes" if sz else ""
+    except NotBuilt as e:
+        built = f"; {e}"
+    print(f"deployable winner (arch, onnx, c): {out} - packed {doc['weights']['packed_bytes']:,} bytes, "
+          f"RAM {doc['ram_bytes']:,} bytes{built}")
+    for line in how_to_run(out, formats, model.spec):
+        print("  " + line)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -361,6 +400,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from .outputs import check_output_file
 
+    if args.model or args.format is not None:
+        return _export_formats(args)
+    if not args.study:
+        raise CliError("export: name a STUDY (or --model RUN_DIR/model.pt with --format)")
     if args.out:
         check_output_file(args.out, force=args.force)
     view = load_view(args.study, args.runs_dir, args.storage)
@@ -370,6 +413,82 @@ def cmd_export(args: argparse.Namespace) -> int:
     doc = export_trial(view, n, out)
     print(f"exported trial {n} ({doc['spec_id']}): {out}")
     print(f"retrain it: {doc['retrain_command']}")
+    return 0
+
+
+def _export_formats(args: argparse.Namespace) -> int:
+    """``--format``: a folder with the chosen deployable formats and manifest.json, from a study's
+    trial (its trained weights) or a checkpoint (``--model``)."""
+    from .deploy import NotBuilt, build_and_size, export_weights, how_to_run, parse_formats, temp_dir, trial_checkpoint
+    from .outputs import check_output_dir
+    from .retrain import load_checkpoint
+    from search_space.deploy import check_formats_available, files_for
+
+    formats = parse_formats(args.format or ["arch"])
+    check_formats_available(formats)
+    if bool(args.model) == bool(args.study):
+        raise CliError("export: give either a STUDY or --model RUN_DIR/model.pt, not both" if args.model
+                       else "export: name a STUDY or --model RUN_DIR/model.pt")
+    with temp_dir() as tmp:
+        arch_doc, meta = None, {}
+        if args.model:
+            if args.trial is not None or args.pick or args.max:
+                raise CliError("--trial/--pick/--max choose a study's trial; --model exports that checkpoint itself")
+            ck = Path(args.model)
+            out = Path(args.out) if args.out else ck.parent / "deploy"
+            out = check_output_dir(out, files_for(formats), force=args.force)
+            model, meta = load_checkpoint(ck, "--model", with_meta=True)
+            meta["source"] = str(ck)
+            what = f"{ck}"
+        else:
+            from .report import export_trial, load_view, pick_trial
+
+            view = load_view(args.study, args.runs_dir, args.storage)
+            n = pick_trial(view, trial=args.trial, pick=args.pick, max_constraints=args.max)
+            stem = _export_name(args, n)[:-len(".json")]
+            out = Path(args.out) if args.out else _run_dir(args.runs_dir, view.name) / "export" / stem
+            out = check_output_dir(out, files_for(formats), force=args.force or (not args.out and _same_export(
+                out / "arch.json", view.name, n)))
+            if formats != ("arch",):
+                model, meta = load_checkpoint(trial_checkpoint(view, n, args.runs_dir, Path(tmp)), f"trial {n}",
+                                              with_meta=True)
+            else:
+                model = None
+            arch_doc = export_trial(view, n, Path(tmp) / "arch.json")
+            arch_doc["retrain_command"] = arch_doc["retrain_command"].replace(str(Path(tmp) / "arch.json"),
+                                                                              str(out / "arch.json"))
+            meta.update({"study": view.name, "trial": n})
+            what = f"trial {n} of {view.name}"
+        if model is None:  # arch only: the spec and its export document
+            spec = ArchSpec.from_dict(arch_doc["spec"])
+            out.mkdir(parents=True, exist_ok=True)
+            from .run import atomic_write
+
+            atomic_write(out / "arch.json", json.dumps(arch_doc, indent=2).encode())
+            atomic_write(out / "manifest.json", json.dumps({
+                "format": "vaenas.export", "version": 1, "spec_id": spec.id, "spec": spec.to_dict(),
+                "formats": {"arch": ["arch.json"]}, "files": {"arch.json": (out / "arch.json").stat().st_size},
+                **{k: meta[k] for k in ("study", "trial") if k in meta}}, indent=2).encode())
+            print(f"exported {what} ({spec.id}) as arch: {out}")
+            print(f"retrain it: {arch_doc['retrain_command']}")
+            return 0
+        doc = export_weights(model, out, formats, meta, arch_doc)
+    spec = model.spec
+    print(f"exported {what} ({spec.id}) as {', '.join(formats)}: {out}")
+    print(f"  packed weights {doc['weights']['packed_bytes']:,} bytes | RAM (C arena) {doc['ram_bytes']:,} bytes | "
+          f"flash {doc['flash_bytes']:,} bytes (estimate)")
+    if "c" in formats:
+        try:
+            sz = build_and_size(out)
+            if sz:
+                print(f"  built {out / 'vae_demo'}: size vae_model.o text+data {sz['flash_bytes_measured']:,} bytes "
+                      f"(flash), bss {sz['bss']:,} bytes (RAM)")
+        except NotBuilt as e:
+            for line in how_to_run(out, formats, spec):
+                print("  " + line)
+            raise e
+    for line in how_to_run(out, formats, spec):
+        print("  " + line)
     return 0
 
 
@@ -402,10 +521,15 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     from .outputs import check_output_dir
 
+    from search_space.deploy import check_formats_available, files_for, parse_formats
+
+    formats = () if args.formats.strip() == "none" else tuple(
+        f for f in parse_formats(args.formats, "--formats") if f != "arch")  # arch.json is always written
+    check_formats_available(formats)
     spec, doc = _load_arch_doc(args.arch)
     # each arch file its own folder: two exports retrained side by side never share one
-    out = check_output_dir(args.out or Path(args.arch).parent / f"retrain_{Path(args.arch).stem}", RETRAIN_FILES,
-                           force=args.force)
+    out = check_output_dir(args.out or Path(args.arch).parent / f"retrain_{Path(args.arch).stem}",
+                           RETRAIN_FILES + (files_for(formats) if formats else []), force=args.force)
     dataset = _dataset_arg(args.dataset)
     if dataset is None:  # the dataset the export was searched on, else MNIST
         dataset = ((doc or {}).get("provenance") or {}).get("dataset") or "mnist"
@@ -413,12 +537,20 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                      out=out,
                      teacher=args.teacher, distill_weight=args.distill_weight, seed=args.seed, lr=args.lr,
                      batch_size=args.batch_size, iwae_k=args.iwae_k, device=args.device, n_train=args.n_train,
-                     lr_warmup_steps=args.lr_warmup_steps)
+                     lr_warmup_steps=args.lr_warmup_steps, formats=formats)
     bpd = (f" ({report['test_bits_per_dim']:.4f} bits/dim)" if "test_bits_per_dim" in report else "")
     print(f"test -ELBO {report['test_neg_elbo']:.2f} nats{bpd} | IWAE-{report['iwae_k']} NLL {report['test_iwae_nll']:.2f} | "
           f"params {report['params']:,} | {report['size_bytes']:,} bytes | {report['flops']:,} FLOPs | "
           f"latency {report['latency_ms']:.4f} ms")
     print(f"wrote {report['out_dir']}: " + ", ".join(report["files"]))
+    if isinstance(report.get("c_size"), dict):
+        sz = report["c_size"]
+        print(f"C build: size vae_model.o text+data {sz['flash_bytes_measured']:,} bytes (flash), bss {sz['bss']:,} "
+              "bytes (RAM)")
+    elif report.get("c_size"):
+        print(report["c_size"])
+    for line in report.get("how_to_run", []):
+        print(line)
     return 0
 
 
@@ -529,13 +661,20 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--data-root")
     pa.set_defaults(func=cmd_pareto)
 
-    ex = sub.add_parser("export", help="write a self-contained arch JSON and the retrain command")
-    study_args(ex)
+    ex = sub.add_parser("export", help="write a trial (or a checkpoint) as an arch JSON or as deployable formats "
+                                       "(ONNX, C, ExecuTorch) with a manifest")
+    study_args(ex, study=False)
+    ex.add_argument("study", metavar="STUDY", nargs="?", help="study name (or use --model)")
+    ex.add_argument("--model", help="a checkpoint (e.g. RUN_DIR/model.pt from retrain) to export instead of a trial")
+    ex.add_argument("--format", action="append",
+                    help="arch | onnx | c | executorch | all, comma-separated or repeated; with --format, --out is a "
+                         "folder (default runs/<study>/export/<pick>/, or deploy/ beside --model). Without it: the "
+                         "arch JSON file alone")
     ex.add_argument("--trial", type=int, help="export this trial number")
     ex.add_argument("--pick", help="knee (default) | best:OBJECTIVE")
     ex.add_argument("--max", action="append", help="OBJECTIVE=VALUE upper limit, e.g. size_bytes=20000")
-    ex.add_argument("--out", help="export file (default runs/<study>/export/ named after the pick: knee.json, best_neg_elbo.json, "
-                         "trial<N>.json)")
+    ex.add_argument("--out", help="export file, or folder with --format (default runs/<study>/export/ named after the "
+                         "pick: knee.json, best_neg_elbo.json, trial<N>.json; knee/ etc. with --format)")
     ex.add_argument("--force", action="store_true", help="replace an earlier export at --out")
     ex.set_defaults(func=cmd_export)
 
@@ -555,6 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and binarisation")
     rt.add_argument("--iwae-k", type=int, default=100, help="importance samples of the test IWAE NLL")
     rt.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    rt.add_argument("--formats", default="onnx,c",
+                    help="deployable formats written beside the checkpoint: onnx, c, executorch, all, or none")
     rt.add_argument("--out", help="output folder (default: retrain_<arch file name>/ beside the arch file)")
     rt.add_argument("--force", action="store_true", help="replace the outputs of an earlier retrain in --out")
     rt.set_defaults(func=cmd_retrain)

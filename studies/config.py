@@ -18,7 +18,8 @@
     budget: {trials: 12, timeout_s: null}
     train: {epochs: 1, batch_size: 100, lr: 0.001, max_steps: null, lr_schedule: constant, device: auto,
             kl_warmup_steps: 0, lr_warmup_steps: 0}   # warm-ups: linear ramps over the first N steps
-    latency: {repeats: 50, threads: 1, batch_size: 1}
+    latency: {backend: onnxruntime, repeats: 50, threads: 1, batch_size: 1}  # onnxruntime | c | executorch |
+                                     # torch | command (+ command: './time.sh {artifact}', format: c|onnx|executorch)
     seed: 0
     storage: null                    # any Optuna storage URL (sqlite:///..., postgresql://...) or journal:PATH;
                                      # default sqlite:///runs/<name>/study.db
@@ -62,9 +63,9 @@ _KEYS = {"name", "dataset", "data_root", "n_train", "space", "strategy", "object
          "latency", "seed", "storage", "constraints", "heartbeat", "supernet", "darts", "enqueue",
          "artifacts"}
 # constraints the spec alone decides (no training): strategies can rule specs out before proposing them
-STATIC_CONSTRAINTS = ("flops", "bitops", "params", "size_bytes")
+STATIC_CONSTRAINTS = ("flops", "bitops", "params", "size_bytes", "ram_bytes", "flash_bytes")
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_steps", "lr_schedule", "kl_warmup_steps", "lr_warmup_steps", "device"}
-_LATENCY_KEYS = {"repeats", "threads", "batch_size", "warmup"}
+_LATENCY_KEYS = {"backend", "repeats", "threads", "batch_size", "warmup", "command", "format"}
 _DARTS_KEYS = {"lambdas", "steps", "depth", "arch_lr", "warmup_steps", "batch_size"}
 _SUPERNET_KEYS = {"epochs", "n_random", "kd_weight", "finetune_steps", "n_val", "remeasure", "calibrate"}
 
@@ -211,7 +212,7 @@ class StudyConfig:
             raise ConfigError(str(e) if str(e).startswith("seed") else f"train.{e}") from None
         lat = _block("latency", d.get("latency"), _LATENCY_KEYS)
         for k in lat:
-            _typed(f"latency.{k}", lat[k], int)
+            _typed(f"latency.{k}", lat[k], str if k in ("backend", "command", "format") else int)
         storage = _typed("storage", d.get("storage"), str, allow_none=True)
         n_train = _typed("n_train", d.get("n_train"), int, allow_none=True)
         if n_train is not None and n_train < 1:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,8 @@ from search_space import ArchSpec, VaenasInputError, build_vae, pack_model
 from .run import atomic_write, data_meta, save_checkpoint
 
 
-def load_checkpoint(path: str | Path, what: str = "checkpoint"):
+def load_checkpoint(path: str | Path, what: str = "checkpoint", with_meta: bool = False):
+    """The model of a vaenas checkpoint (and, with ``with_meta``, what it records of its data)."""
     p = Path(path)
     if not p.is_file():
         raise VaenasInputError(f"{what}: file {str(p)!r} does not exist")
@@ -43,6 +43,8 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint"):
         model.load_state_dict(ck["state_dict"])
     except (RuntimeError, KeyError) as e:
         raise VaenasInputError(f"{what}: weights in {str(p)!r} do not match its spec ({str(e).splitlines()[0]})") from None
+    if with_meta:
+        return model, {k: ck[k] for k in ("dataset", "likelihood", "input_shape", "normalization") if k in ck}
     return model
 
 
@@ -86,7 +88,7 @@ def _step(what: str):
 def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset="mnist", data_root: str | None = None,
             teacher: str | None = None, distill_weight: float = 1.0, seed: int = 0, lr: float = 1e-3,
             batch_size: int = 100, iwae_k: int = 100, device: str = "auto", n_train: int | None = None,
-            lr_warmup_steps: int = 100) -> dict:
+            lr_warmup_steps: int = 100, formats: tuple[str, ...] = ("onnx", "c")) -> dict:
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, lr_schedule="cosine",
                       lr_warmup_steps=lr_warmup_steps)
     if isinstance(iwae_k, bool) or not isinstance(iwae_k, int) or iwae_k < 1:
@@ -128,7 +130,8 @@ def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset="mnist", data_r
     if spec.is_image:  # the unit published image results use
         report["test_bits_per_dim"] = bits_per_dim(test["neg_elbo"], spec.n_inputs)
         report["test_iwae_bits_per_dim"] = bits_per_dim(iwae, spec.n_inputs)
-    print("[4/4] writing the packed weights, reconstructions, ONNX graph and report", flush=True)
+    print(f"[4/4] writing the packed weights, reconstructions, {', '.join(formats) or 'no'} export(s) and report",
+          flush=True)
     atomic_write(out / "weights.packed.bin", packed)
     atomic_write(out / "arch.json", spec.to_json(indent=2).encode())
     files = ["model.pt", "weights.packed.bin", "arch.json"]
@@ -137,22 +140,19 @@ def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset="mnist", data_r
     recon_plot(out / "model.pt", data.test[:16], out / "reconstructions.png",
                f"retrained {spec.id}: test −ELBO {test['neg_elbo']:.1f} nats, {len(packed):,} bytes")
     files.append("reconstructions.png")
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        report["onnx"] = "skipped: the onnx package is not installed"
-    else:
-        from evaluator import float_model
+    report["formats"] = list(formats)
+    if formats:
+        from .deploy import NotBuilt, build_and_size, export_weights, how_to_run
 
-        try:
-            fm = float_model(model).cpu()
-            tmp_onnx = out / f".model.onnx.tmp{os.getpid()}"
-            torch.onnx.export(fm, (data.test[:1], torch.zeros(1, spec.latent_dim)), str(tmp_onnx))
-            os.replace(tmp_onnx, out / "model.onnx")
-            files.append("model.onnx")
-            report["onnx"] = "model.onnx (float graph with dequantised weights)"
-        except Exception as e:  # the export is a convenience; its failure must not lose the retrained model
-            report["onnx"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        manifest = export_weights(model.cpu(), out, formats, meta)
+        files += [f for f in manifest["files"]] + ["manifest.json"]
+        report["ram_bytes"], report["flash_bytes_estimate"] = manifest["ram_bytes"], manifest["flash_bytes"]
+        if "c" in formats:
+            try:
+                report["c_size"] = build_and_size(out)
+            except NotBuilt as e:
+                report["c_size"] = f"not built: {e}"
+        report["how_to_run"] = how_to_run(out, formats, spec)
     files.append("report.json")
     report["files"] = files
     atomic_write(out / "report.json", json.dumps(report, indent=2).encode())

@@ -44,6 +44,7 @@ import io
 import json
 import math
 import os
+import random
 import socket
 import sys
 import time
@@ -55,7 +56,7 @@ import numpy as np
 import optuna
 import torch
 
-from evaluator import Evaluator, Objectives, hypervolume, load_data, non_dominated_mask, static_costs
+from evaluator import Evaluator, Objectives, check_latency_backend, hypervolume, load_data, non_dominated_mask, static_costs
 from search_space import ArchSpec, VaenasInputError
 from strategies import SpecSampler, create_sampler, suggest_spec
 
@@ -295,6 +296,8 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
         raise VaenasInputError(f"--resume: no study {cfg.name!r} in {redact(url)}; run without --resume to start it")
     data = load_data(cfg.dataset, cfg.data_root, n_train=cfg.n_train)  # bad input fails here, before any write
     cfg.bind_data(data)  # the space takes the data's input shape and likelihood
+    if cfg.latency.backend in ("c", "executorch", "command"):
+        check_latency_backend(cfg.latency, cfg.space.sample(random.Random(cfg.seed)))  # one line before any write
     if progress:
         print(data.describe(), flush=True)
     feasible = static_feasibility(cfg.constraints)

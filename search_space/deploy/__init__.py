@@ -1,0 +1,140 @@
+"""Deployable exports of a packed VAE: ONNX (QDQ), a C99 library, an ExecuTorch program.
+
+Every format is written from the same two things - the spec and :func:`search_space.pack_model`'s
+bytes - and runs the one inference program of :mod:`.program` (encode -> mu, logvar; decode ->
+the likelihood's parameters). :func:`export_model` writes the chosen formats and a
+``manifest.json`` into a folder, all or nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..errors import VaenasInputError
+from ..likelihood import get_likelihood
+from ..spec import ArchSpec
+from .c_lib import C_FILES, c_sources, write_c
+from .memory import code_bytes_estimate, flash_bytes, ram_bytes
+from .onnx_graph import ONNX_FILES, write_onnx
+from .program import decoder_steps, encoder_steps, tensor_sizes
+from .pte import PTE_FILES, PackedVAE, executorch_available, write_pte
+
+FORMATS = ("arch", "onnx", "c", "executorch")
+FILES = {"arch": ("arch.json",), "onnx": ONNX_FILES, "c": C_FILES, "executorch": PTE_FILES}
+MANIFEST = "manifest.json"
+
+__all__ = ["FORMATS", "FILES", "MANIFEST", "PackedVAE", "c_sources", "code_bytes_estimate", "decoder_steps",
+           "encoder_steps", "executorch_available", "export_model", "files_for", "flash_bytes", "parse_formats",
+           "ram_bytes", "tensor_sizes", "write_c", "write_onnx", "write_pte"]
+
+
+def parse_formats(values: str | list[str] | tuple[str, ...], flag: str = "--format") -> tuple[str, ...]:
+    """``"c,onnx"``, ``["c", "onnx"]`` or ``"all"`` -> the formats in canonical order; one line if unknown."""
+    items = [values] if isinstance(values, str) else list(values)
+    names = [n.strip() for v in items for n in str(v).split(",") if n.strip()]
+    if not names:
+        raise VaenasInputError(f"{flag}: name at least one format of {', '.join(FORMATS)} or all")
+    out: set[str] = set()
+    for n in names:
+        if n == "all":
+            out.update(FORMATS)
+        elif n in FORMATS:
+            out.add(n)
+        else:
+            raise VaenasInputError(f"{flag}: {n!r} is not a format; choose from {', '.join(FORMATS)} or all "
+                                   "(comma-separated for several)")
+    return tuple(f for f in FORMATS if f in out)
+
+
+def files_for(formats: tuple[str, ...]) -> list[str]:
+    return [f for fmt in formats for f in FILES[fmt]] + [MANIFEST]
+
+
+def check_formats_available(formats: tuple[str, ...]) -> None:
+    """One line if a format's package is missing (before anything is written)."""
+    if "executorch" in formats:
+        missing = executorch_available()
+        if missing:
+            raise VaenasInputError(f"--format executorch: {missing}")
+
+
+def _outputs_doc(spec: ArchSpec) -> dict:
+    lik = get_likelihood(spec.likelihood)
+    c0 = spec.input_shape[0]
+    axis = "channels" if spec.is_image else "features"
+    params = [f"{axis} [{p * c0}, {(p + 1) * c0}): {doc}" for p, doc in enumerate(lik.param_docs)]
+    return {
+        "mu": f"(N, {spec.latent_dim}) mean of q(z|x)",
+        "logvar": f"(N, {spec.latent_dim}) log-variance of q(z|x)",
+        "out": {"shape": ["N", *spec.output_shape], "likelihood": spec.likelihood, "parameters": params,
+                "note": "a reconstruction pass is decode(mu)"},
+    }
+
+
+def manifest(spec: ArchSpec, packed: bytes, formats: tuple[str, ...], sizes: dict[str, int],
+             meta: dict | None = None) -> dict:
+    meta = meta or {}
+    lik = get_likelihood(spec.likelihood)
+    doc = {
+        "format": "vaenas.export", "version": 1, "spec_id": spec.id, "spec": spec.to_dict(),
+        "formats": {f: list(FILES[f]) for f in formats}, "files": sizes,
+        "weights": {"packed_bytes": len(packed), "sha256": hashlib.sha256(packed).hexdigest(),
+                    "bits": dict(zip(spec.layer_names(), spec.weight_bits))},
+        "input": {"name": "x", "shape": ["N", *spec.input_shape], "dtype": "float32", "model_space": lik.input_doc,
+                  "normalization": meta.get("normalization")},
+        "outputs": _outputs_doc(spec),
+        "ram_bytes": ram_bytes(spec),
+        "flash_bytes": flash_bytes(spec), "flash_bytes_is_estimate": True,
+        "code_bytes_estimate": code_bytes_estimate(spec),
+    }
+    for k in ("dataset", "trial", "study", "source"):
+        if k in meta:
+            doc[k] = meta[k]
+    if "onnx" in formats:
+        doc["onnx"] = {"opset": 21, "encoder": "encoder.onnx: x -> mu, logvar", "decoder": "decoder.onnx: z -> out",
+                       "weights": "INT4 (2-4 bits) / INT8 (5-8 bits) initializers -> DequantizeLinear (per channel); "
+                                  "float32 for 32-bit layers"}
+    if "c" in formats:
+        doc["c"] = {"build": "make", "run": "./vae_demo reconstruct < input.txt",
+                    "api": ["vae_encode(x, mu, logvar)", "vae_decode(z, out)", "vae_reconstruct(x, out)"],
+                    "packed_array": "vae_packed[] in vae_model.c = weights.packed.bin byte for byte",
+                    "ram_bytes": ram_bytes(spec)}
+    if "executorch" in formats:
+        doc["executorch"] = {"file": "model.pte", "methods": {"encode": "x (1, ...) -> mu, logvar",
+                                                               "decode": "z (1, latent) -> out"},
+                             "weights": "int8 codes + float32 scales, dequantised in the graph (XNNPACK)"}
+    return doc
+
+
+def export_model(spec: ArchSpec, packed: bytes, out: str | Path, formats: tuple[str, ...],
+                 meta: dict | None = None) -> dict:
+    """Write ``formats`` and ``manifest.json`` into ``out``; all or nothing (built in a temporary
+    folder beside ``out``, then moved in). Returns the manifest."""
+    out = Path(out)
+    check_formats_available(formats)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".vaenas-export-", dir=out))
+    try:
+        written: list[str] = []
+        if "arch" in formats:
+            (tmp / "arch.json").write_text(spec.to_json(indent=2))
+            written.append("arch.json")
+        if "onnx" in formats:
+            written += write_onnx(spec, packed, tmp)
+        if "c" in formats:
+            written += write_c(spec, packed, tmp)
+        if "executorch" in formats:
+            written += write_pte(spec, packed, tmp)
+        sizes = {f: (tmp / f).stat().st_size for f in written}
+        doc = manifest(spec, packed, formats, sizes, meta)
+        (tmp / MANIFEST).write_text(json.dumps(doc, indent=2))
+        for f in written + [MANIFEST]:
+            os.replace(tmp / f, out / f)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return doc

@@ -1,0 +1,446 @@
+"""The C99 library export: ``vae_model.h``/``vae_model.c`` (packed weights + reference inference),
+``main.c`` (a command-line driver) and a ``Makefile``.
+
+``vae_model.c`` holds the model as **one** ``const uint8_t vae_packed[]`` array, byte for byte
+the ``weights.packed.bin`` that :func:`search_space.pack_model` writes (layout in
+``search_space/packing.py``), and reads everything from it: sub-byte weight codes are unpacked on
+the fly (LSB first; weight ``= (code - qmax) * scale``, the channel's float32 scale), float32
+scales, biases and 32-bit weights are read little-endian byte by byte (any host). No malloc, no
+dependency beyond ``libm``; one static float arena sized at export (``VAE_RAM_BYTES``, see
+:mod:`.memory`). Inference is per example (a batch is a loop).
+
+API (``vae_model.h``)::
+
+    void vae_encode(const float *x, float *mu, float *logvar);   /* x: VAE_N_INPUT floats */
+    void vae_decode(const float *z, float *out);                  /* out: VAE_N_OUTPUT floats */
+    void vae_reconstruct(const float *x, float *out);             /* decode(mu) */
+
+``main.c``: ``./vae_demo encode|decode|reconstruct [FILE]`` reads whitespace-separated floats
+(one example after another) from FILE or stdin and prints each result on one line;
+``./vae_demo bench REPEATS WARMUP BATCH [FILE]`` times ``BATCH`` reconstruction passes of one example
+``REPEATS`` times and prints each time in milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..packing import packed_layout
+from ..spec import ArchSpec
+from .memory import arena_floats, ram_bytes
+from .program import Step, decoder_steps, encoder_steps, tensor_sizes
+
+C_FILES = ("vae_model.h", "vae_model.c", "main.c", "Makefile")
+CFLAGS = "-std=c99 -O2 -Wall -Wextra -Werror"
+
+_ACT_C = {
+    "relu": "x[i] = x[i] > 0.0f ? x[i] : 0.0f;",
+    "leaky_relu": "x[i] = x[i] > 0.0f ? x[i] : x[i] * 0.1f;",
+    "elu": "x[i] = x[i] > 0.0f ? x[i] : expm1f(x[i]);",
+    "silu": "x[i] = x[i] / (1.0f + expf(-x[i]));",
+    "gelu": "x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));",
+    "tanh": "x[i] = tanhf(x[i]);",
+    "sigmoid": "x[i] = 1.0f / (1.0f + expf(-x[i]));",
+}
+
+_KERNELS = {
+    "common": r"""
+static float rd_f32(uint32_t off)
+{
+    const uint8_t *p = vae_packed + off;
+    uint32_t u = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Weight i of a layer: a float32 (bits == 32) or its bits-bit code, unpacked, times the channel's scale. */
+static float weight(uint32_t w_off, int bits, uint32_t i, float scale)
+{
+    uint32_t bit, byte, sh, v;
+    if (bits == 32)
+        return rd_f32(w_off + 4u * i);
+    bit = i * (uint32_t)bits;
+    byte = w_off + (bit >> 3);
+    sh = bit & 7u;
+    v = (uint32_t)vae_packed[byte] >> sh;
+    if (sh + (uint32_t)bits > 8u)
+        v |= (uint32_t)vae_packed[byte + 1] << (8u - sh);
+    v &= (1u << bits) - 1u;
+    return (float)((int32_t)v - ((1 << (bits - 1)) - 1)) * scale;
+}
+
+static float channel_scale(int bits, uint32_t s_off, int ch)
+{
+    return bits == 32 ? 1.0f : rd_f32(s_off + 4u * (uint32_t)ch);
+}
+
+static float channel_bias(int32_t b_off, int ch)
+{
+    return b_off < 0 ? 0.0f : rd_f32((uint32_t)b_off + 4u * (uint32_t)ch);
+}
+""",
+    "linear": r"""
+static void linear(const float *in, float *out, int n_in, int n_out, uint32_t w_off, int bits, uint32_t s_off,
+                   int32_t b_off)
+{
+    int o, i;
+    for (o = 0; o < n_out; o++) {
+        float s = channel_scale(bits, s_off, o), acc = 0.0f;
+        uint32_t row = (uint32_t)o * (uint32_t)n_in;
+        for (i = 0; i < n_in; i++)
+            acc += in[i] * weight(w_off, bits, row + (uint32_t)i, s);
+        out[o] = acc + channel_bias(b_off, o);
+    }
+}
+""",
+    "conv": r"""
+/* Conv2d, weight (O, C, k, k), zero padding p, stride s (PyTorch's layout and arithmetic). */
+static void conv2d(const float *in, float *out, int C, int H, int W, int O, int OH, int OW, int k, int s, int p,
+                   uint32_t w_off, int bits, uint32_t s_off, int32_t b_off)
+{
+    int o, oy, ox, c, ky, kx;
+    for (o = 0; o < O; o++) {
+        float sc = channel_scale(bits, s_off, o), b = channel_bias(b_off, o);
+        for (oy = 0; oy < OH; oy++)
+            for (ox = 0; ox < OW; ox++) {
+                float acc = 0.0f;
+                for (c = 0; c < C; c++)
+                    for (ky = 0; ky < k; ky++) {
+                        int iy = oy * s - p + ky;
+                        if (iy < 0 || iy >= H)
+                            continue;
+                        for (kx = 0; kx < k; kx++) {
+                            int ix = ox * s - p + kx;
+                            if (ix < 0 || ix >= W)
+                                continue;
+                            acc += in[(c * H + iy) * W + ix] *
+                                   weight(w_off, bits, (uint32_t)(((o * C + c) * k + ky) * k + kx), sc);
+                        }
+                    }
+                out[(o * OH + oy) * OW + ox] = acc + b;
+            }
+    }
+}
+""",
+    "tconv": r"""
+/* ConvTranspose2d, weight (C, O, k, k), padding p, stride s, output size OH x OW (output_padding
+   included), written as a gather: out[o][y][x] sums in[c][iy][ix] * w[c][o][ky][kx], y = iy*s - p + ky. */
+static void tconv2d(const float *in, float *out, int C, int H, int W, int O, int OH, int OW, int k, int s, int p,
+                    uint32_t w_off, int bits, uint32_t s_off, int32_t b_off)
+{
+    int o, y, x, c, ky, kx;
+    for (o = 0; o < O; o++) {
+        float sc = channel_scale(bits, s_off, o), b = channel_bias(b_off, o);
+        for (y = 0; y < OH; y++)
+            for (x = 0; x < OW; x++) {
+                float acc = 0.0f;
+                for (c = 0; c < C; c++)
+                    for (ky = 0; ky < k; ky++) {
+                        int ty = y + p - ky, iy;
+                        if (ty < 0 || ty % s)
+                            continue;
+                        iy = ty / s;
+                        if (iy >= H)
+                            continue;
+                        for (kx = 0; kx < k; kx++) {
+                            int tx = x + p - kx, ix;
+                            if (tx < 0 || tx % s)
+                                continue;
+                            ix = tx / s;
+                            if (ix >= W)
+                                continue;
+                            acc += in[(c * H + iy) * W + ix] *
+                                   weight(w_off, bits, (uint32_t)(((c * O + o) * k + ky) * k + kx), sc);
+                        }
+                    }
+                out[(o * OH + y) * OW + x] = acc + b;
+            }
+    }
+}
+""",
+    "actq": r"""
+/* Activation quantisation of one example: 2^bits levels over its own [min, max] (as in training). */
+static void act_quant(float *x, int n, int levels)
+{
+    int i;
+    float lo = x[0], hi = x[0], scale;
+    for (i = 1; i < n; i++) {
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+    }
+    scale = hi > lo ? (hi - lo) / (float)levels : 1.0f;
+    for (i = 0; i < n; i++) {
+        float q = nearbyintf((x[i] - lo) / scale);
+        q = q < 0.0f ? 0.0f : (q > (float)levels ? (float)levels : q);
+        x[i] = q * scale + lo;
+    }
+}
+""",
+}
+
+
+def _hex_rows(data: bytes, per_row: int = 16) -> str:
+    return "\n".join("    " + ", ".join(f"0x{b:02x}" for b in data[i:i + per_row]) + ","
+                     for i in range(0, len(data), per_row)) or "    0x00,"
+
+
+def _layer_offsets(spec: ArchSpec) -> dict[str, tuple[int, int, int]]:
+    """name -> (weights offset, scales offset, bias offset or -1) in the packed bytes."""
+    out, off = {}, 0
+    for layer in packed_layout(spec):
+        w_off = off
+        s_off = w_off + layer.weight_bytes
+        b_off = s_off + 4 * layer.n_scales
+        out[layer.name] = (w_off, s_off, b_off if layer.n_bias else -1)
+        off = b_off + 4 * layer.n_bias
+    return out
+
+
+def _call(step: Step, src: str, dst: str, offs: tuple[int, int, int], act_bits: int | None) -> list[str]:
+    w, s, b = offs
+    lines = [f"    /* {step.name}: {step.kind} {list(step.in_shape)} -> {list(step.out_shape)}, "
+             f"{step.bits}-bit weights */"]
+    if act_bits:
+        lines.append(f"    act_quant({src}, {step.in_size}, {2 ** act_bits - 1});")
+    if step.kind == "linear":
+        lines.append(f"    linear({src}, {dst}, {step.in_size}, {step.out_size}, {w}u, {step.bits}, {s}u, {b});")
+    else:
+        (c, h, wd), (o, oh, ow) = step.in_shape, step.out_shape
+        fn = "conv2d" if step.kind == "conv" else "tconv2d"
+        lines.append(f"    {fn}({src}, {dst}, {c}, {h}, {wd}, {o}, {oh}, {ow}, {step.kernel}, {step.stride}, "
+                     f"{step.padding}, {w}u, {step.bits}, {s}u, {b});")
+    if step.act_after:
+        lines.append(f"    activation({dst}, {step.out_size});")
+    return lines
+
+
+def _placements(spec: ArchSpec) -> list[str]:
+    """Arena pointer of each tensor of the chain: even ones at the start, odd ones at the end."""
+    n = arena_floats(spec)
+    return [f"vae_arena + {0 if j % 2 == 0 else n - size}" for j, size in enumerate(tensor_sizes(spec))]
+
+
+def model_source(spec: ArchSpec, packed: bytes) -> str:
+    enc, dec = encoder_steps(spec), decoder_steps(spec)
+    offs = _layer_offsets(spec)
+    place = _placements(spec)
+    kinds = {s.kind for s in enc + dec}
+    kernels = [_KERNELS["common"]] + [_KERNELS[k] for k in ("linear", "conv", "tconv") if k in kinds]
+    if spec.act_bits:
+        kernels.append(_KERNELS["actq"])
+    act = ("\nstatic void activation(float *x, int n)\n{\n    int i;\n    for (i = 0; i < n; i++)\n        "
+           f"{_ACT_C[spec.activation]}\n}}\n") if any(s.act_after for s in enc + dec) else ""
+    enc_body, dec_body = [], []
+    for j, st in enumerate(enc):
+        enc_body += _call(st, place[j], place[j + 1], offs[st.name], spec.act_bits)
+    h = len(enc)  # index of the head's output tensor: the decoder reads z = its first latent_dim floats
+    for i, st in enumerate(dec):
+        dec_body += _call(st, place[h + i], place[h + i + 1], offs[st.name], spec.act_bits)
+    L, last = spec.latent_dim, place[-1]
+    return f"""/* vaenas export of spec {spec.id}: a {spec.family} VAE, {spec.likelihood} likelihood.
+   Generated by vaenas; the weights are weights.packed.bin byte for byte. C99, no malloc. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "vae_model.h"
+
+/* The packed model (search_space/packing.py's layout): per layer, weight codes or float32 weights,
+   float32 per-channel scales (quantised layers), float32 bias. {len(packed)} bytes. */
+const uint8_t vae_packed[VAE_PACKED_BYTES] = {{
+{_hex_rows(packed)}
+}};
+
+/* The only RAM the inference uses: {ram_bytes(spec)} bytes. */
+static float vae_arena[VAE_ARENA_FLOATS];
+{''.join(kernels)}{act}
+static void run_encoder(void)
+{{
+{chr(10).join(enc_body)}
+}}
+
+static void run_decoder(void)
+{{
+{chr(10).join(dec_body)}
+}}
+
+void vae_encode(const float *x, float *mu, float *logvar)
+{{
+    memcpy({place[0]}, x, sizeof(float) * VAE_N_INPUT);
+    run_encoder();
+    memcpy(mu, {place[h]}, sizeof(float) * VAE_LATENT);
+    memcpy(logvar, {place[h]} + VAE_LATENT, sizeof(float) * VAE_LATENT);
+}}
+
+void vae_decode(const float *z, float *out)
+{{
+    memcpy({place[h]}, z, sizeof(float) * VAE_LATENT);
+    run_decoder();
+    memcpy(out, {last}, sizeof(float) * VAE_N_OUTPUT);
+}}
+
+void vae_reconstruct(const float *x, float *out)
+{{
+    memcpy({place[0]}, x, sizeof(float) * VAE_N_INPUT);
+    run_encoder(); /* z = mu: the decoder reads the first {L} floats of the head's output in place */
+    run_decoder();
+    memcpy(out, {last}, sizeof(float) * VAE_N_OUTPUT);
+}}
+"""
+
+
+def header_source(spec: ArchSpec, packed: bytes) -> str:
+    n_out = 1
+    for d in spec.output_shape:
+        n_out *= d
+    guard = "VAE_MODEL_H"
+    return f"""/* vaenas export of spec {spec.id}. Inputs are in model space (see manifest.json: normalisation). */
+#ifndef {guard}
+#define {guard}
+
+#include <stdint.h>
+
+#define VAE_SPEC_ID "{spec.id}"
+#define VAE_N_INPUT {spec.n_inputs}        /* input shape {list(spec.input_shape)} */
+#define VAE_LATENT {spec.latent_dim}
+#define VAE_N_OUTPUT {n_out}       /* decoder output shape {list(spec.output_shape)}: the {spec.likelihood} likelihood's parameters */
+#define VAE_PACKED_BYTES {len(packed)}
+#define VAE_ARENA_FLOATS {arena_floats(spec)}
+#define VAE_RAM_BYTES {ram_bytes(spec)}
+
+extern const uint8_t vae_packed[VAE_PACKED_BYTES];
+
+void vae_encode(const float *x, float *mu, float *logvar);
+void vae_decode(const float *z, float *out);
+void vae_reconstruct(const float *x, float *out); /* decode(mu) */
+
+#endif
+"""
+
+
+MAIN_C = r"""/* Command-line driver for the vaenas C export (POSIX clock for `bench`).
+   ./vae_demo encode|decode|reconstruct [FILE]     floats in (one example after another), a line out each
+   ./vae_demo bench REPEATS WARMUP BATCH [FILE]    ms per BATCH reconstruction passes, REPEATS lines */
+#define _POSIX_C_SOURCE 199309L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "vae_model.h"
+
+static float in_buf[VAE_N_INPUT > VAE_LATENT ? VAE_N_INPUT : VAE_LATENT];
+static float out_buf[VAE_N_OUTPUT > 2 * VAE_LATENT ? VAE_N_OUTPUT : 2 * VAE_LATENT];
+
+static int read_example(FILE *f, float *x, int n)
+{
+    int i;
+    for (i = 0; i < n; i++)
+        if (fscanf(f, "%f", &x[i]) != 1)
+            return i == 0 ? 0 : -1;
+    return 1;
+}
+
+static void print_row(const float *y, int n)
+{
+    int i;
+    for (i = 0; i < n; i++)
+        printf(i ? " %.9g" : "%.9g", (double)y[i]);
+    printf("\n");
+}
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: vae_demo encode|decode|reconstruct [FILE] | bench REPEATS WARMUP BATCH [FILE]\n");
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    FILE *f = stdin;
+    int bench, n_in, r, file_arg;
+    if (argc < 2)
+        return usage();
+    bench = strcmp(argv[1], "bench") == 0;
+    if (!bench && strcmp(argv[1], "encode") && strcmp(argv[1], "decode") && strcmp(argv[1], "reconstruct"))
+        return usage();
+    if (bench && argc < 5)
+        return usage();
+    file_arg = bench ? 5 : 2;
+    if (argc > file_arg && !(f = fopen(argv[file_arg], "r"))) {
+        fprintf(stderr, "vae_demo: cannot open %s\n", argv[file_arg]);
+        return 2;
+    }
+    n_in = strcmp(argv[1], "decode") == 0 ? VAE_LATENT : VAE_N_INPUT;
+    if (bench) {
+        int repeats = atoi(argv[2]), warmup = atoi(argv[3]), batch = atoi(argv[4]), i, b;
+        if (read_example(f, in_buf, n_in) != 1) {
+            fprintf(stderr, "vae_demo: expected %d input floats\n", n_in);
+            return 2;
+        }
+        for (i = 0; i < warmup; i++)
+            vae_reconstruct(in_buf, out_buf);
+        for (i = 0; i < repeats; i++) {
+            double t0 = now_ms();
+            for (b = 0; b < batch; b++)
+                vae_reconstruct(in_buf, out_buf);
+            printf("%.6f\n", now_ms() - t0);
+        }
+        return 0;
+    }
+    while ((r = read_example(f, in_buf, n_in)) == 1) {
+        if (strcmp(argv[1], "encode") == 0) {
+            vae_encode(in_buf, out_buf, out_buf + VAE_LATENT);
+            print_row(out_buf, 2 * VAE_LATENT);
+        } else if (strcmp(argv[1], "decode") == 0) {
+            vae_decode(in_buf, out_buf);
+            print_row(out_buf, VAE_N_OUTPUT);
+        } else {
+            vae_reconstruct(in_buf, out_buf);
+            print_row(out_buf, VAE_N_OUTPUT);
+        }
+    }
+    if (r < 0) {
+        fprintf(stderr, "vae_demo: input ended inside an example (%d floats each)\n", n_in);
+        return 2;
+    }
+    return 0;
+}
+"""
+
+MAKEFILE = f"""# Build the vaenas C export: `make`, then `./vae_demo reconstruct < input.txt`
+CC ?= cc
+CFLAGS ?= {CFLAGS}
+
+vae_demo: main.c vae_model.c vae_model.h
+\t$(CC) $(CFLAGS) -o $@ main.c vae_model.c -lm
+
+vae_model.o: vae_model.c vae_model.h
+\t$(CC) $(CFLAGS) -c -o $@ vae_model.c
+
+clean:
+\trm -f vae_demo vae_model.o
+
+.PHONY: clean
+"""
+
+
+def c_sources(spec: ArchSpec, packed: bytes) -> dict[str, str]:
+    """File name -> text of the C library export."""
+    return {"vae_model.h": header_source(spec, packed), "vae_model.c": model_source(spec, packed),
+            "main.c": MAIN_C, "Makefile": MAKEFILE}
+
+
+def write_c(spec: ArchSpec, packed: bytes, out: Path) -> list[str]:
+    files = c_sources(spec, packed)
+    for name, text in files.items():
+        (out / name).write_text(text)
+    return list(files)

@@ -1,0 +1,57 @@
+"""RAM and flash of the exported C inference, from the spec alone.
+
+``ram_bytes``: the C library's one static activation arena (its ``.bss``). Tensor ``j`` of the
+reconstruction chain (:func:`.program.tensor_sizes`) lies at the arena's start for even ``j`` and
+at its end for odd ``j``, so a layer never overwrites its own input; the arena is therefore
+``max_j (size_j + size_{j+1})`` floats - the peak activation memory of a sequential network
+(input and output of the widest step live together, MCUNet's definition), input and output
+tensors of the pass included. Activations and activation quantisation work in place.
+
+``flash_bytes``: the packed weights (exact, ``packed_size_bytes``) plus an **estimate** of the
+inference code (:func:`code_bytes_estimate`: a per-layer call, the conv kernels, the activation
+quantiser), fitted by least squares to ``size``'s text+data of ``vae_model.o`` built with
+``cc -std=c99 -O2`` (gcc, x86-64) over 60 random specs (largest miss 1.0 KB).
+tests/test_deploy.py checks every round-trip spec is within ``FLASH_MARGIN * size + FLASH_SLACK``
+of ``size``'s figure. Code for another instruction set (Thumb-2 is denser) differs; the weights
+do not.
+"""
+
+from __future__ import annotations
+
+from ..packing import packed_size_bytes
+from ..spec import ArchSpec
+from .program import tensor_sizes
+
+FLOAT_BYTES = 4
+# fitted code-size model, bytes (see the module docstring): an estimate, not a measurement
+CODE_BASE = 100
+CODE_PER_LAYER = 330
+CODE_CONV = 820  # conv + transposed-conv kernels
+CODE_ACT_QUANT = 500  # the activation quantiser ...
+CODE_ACT_QUANT_PER_LAYER = 180  # ... and its call before every layer
+FLASH_MARGIN = 0.10  # |estimate - size(text+data)| <= FLASH_MARGIN * size + FLASH_SLACK
+FLASH_SLACK = 1024
+
+
+def arena_floats(spec: ArchSpec) -> int:
+    sizes = tensor_sizes(spec)
+    return max(a + b for a, b in zip(sizes, sizes[1:]))
+
+
+def ram_bytes(spec: ArchSpec) -> int:
+    """Peak activation memory of the exported C inference (its static arena), bytes."""
+    return FLOAT_BYTES * arena_floats(spec)
+
+
+def code_bytes_estimate(spec: ArchSpec) -> int:
+    """Bytes of inference code (estimated, see the module docstring)."""
+    n = len(spec.layer_names())
+    code = CODE_BASE + CODE_PER_LAYER * n + (CODE_CONV if spec.family == "conv" else 0)
+    if spec.act_bits:
+        code += CODE_ACT_QUANT + CODE_ACT_QUANT_PER_LAYER * n
+    return code
+
+
+def flash_bytes(spec: ArchSpec) -> int:
+    """Packed weights (exact) + inference code (estimated): what the C library puts in flash."""
+    return packed_size_bytes(spec) + code_bytes_estimate(spec)

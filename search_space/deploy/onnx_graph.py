@@ -1,0 +1,199 @@
+"""The ONNX export: two quantised graphs built from the packed model, runnable in onnxruntime.
+
+``encoder.onnx``: ``x`` ``(N, *input_shape)`` -> ``mu``, ``logvar`` ``(N, latent_dim)``;
+``decoder.onnx``: ``z`` ``(N, latent_dim)`` -> ``out`` ``(N, *output_shape)`` (the likelihood's
+parameters). A quantised layer's weight is an **integer initializer** - INT4 for 2-4 bits, INT8
+for 5-8 bits, the codes ``q`` of the packed model - with its float32 per-channel scales, fed
+through ``DequantizeLinear`` (QDQ, zero point 0, ``axis`` the output channel) into
+``Gemm``/``Conv``/``ConvTranspose``; a 32-bit layer's weight is a float32 initializer. Activation
+quantisation (``act_bits``) is written out as the per-example min/max quantiser the model was
+trained with. Opset 21 (the first with INT4).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..packing import packed_layout, unpack_bits_np
+from ..spec import ArchSpec
+from .program import Step, decoder_steps, encoder_steps
+
+OPSET = 21
+ONNX_FILES = ("encoder.onnx", "decoder.onnx")
+
+
+def int_type(bits: int) -> str:
+    """The ONNX integer type a ``bits``-bit weight is stored as ("" for a float layer)."""
+    return "" if bits >= 32 else ("INT4" if bits <= 4 else "INT8")
+
+
+def layer_tensors(spec: ArchSpec, packed: bytes) -> dict[str, dict[str, np.ndarray]]:
+    """Per layer, from the packed bytes: ``q`` (int codes) and ``scale``, or ``w`` (float32); ``b``."""
+    out, off = {}, 0
+    buf = np.frombuffer(packed, dtype=np.uint8)
+    for layer in packed_layout(spec):
+        t: dict[str, np.ndarray] = {}
+        if layer.bits >= 32:
+            t["w"] = buf[off:off + layer.weight_bytes].view("<f4").astype(np.float32).reshape(layer.weight_shape)
+        else:
+            qmax = 2 ** (layer.bits - 1) - 1
+            codes = unpack_bits_np(buf[off:off + layer.weight_bytes], layer.bits, layer.n_weights)
+            t["q"] = (codes.astype(np.int32) - qmax).reshape(layer.weight_shape)
+        off += layer.weight_bytes
+        if layer.n_scales:
+            t["scale"] = buf[off:off + 4 * layer.n_scales].view("<f4").astype(np.float32)
+            off += 4 * layer.n_scales
+        if layer.n_bias:
+            t["b"] = buf[off:off + 4 * layer.n_bias].view("<f4").astype(np.float32)
+            off += 4 * layer.n_bias
+        out[layer.name] = t
+    return out
+
+
+class _Graph:
+    def __init__(self) -> None:
+        self.nodes: list = []
+        self.inits: list = []
+        self._n = 0
+
+    def name(self, base: str) -> str:
+        self._n += 1
+        return f"{base}_{self._n}"
+
+    def const(self, base: str, arr: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        n = self.name(base)
+        self.inits.append(numpy_helper.from_array(np.asarray(arr), n))
+        return n
+
+    def op(self, op_type: str, inputs: list[str], base: str, n_out: int = 1, **attrs) -> list[str] | str:
+        from onnx import helper
+
+        outs = [self.name(base) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.name(op_type), **attrs))
+        return outs if n_out > 1 else outs[0]
+
+
+def _int_weight(g: _Graph, name: str, q: np.ndarray, bits: int) -> str:
+    from onnx import TensorProto, helper
+
+    kind = int_type(bits)
+    n = g.name(f"{name}.weight_q")
+    dtype = TensorProto.INT4 if kind == "INT4" else TensorProto.INT8
+    g.inits.append(helper.make_tensor(n, dtype, list(q.shape), q.reshape(-1).astype(np.int32).tolist()))
+    return n
+
+
+def _weight(g: _Graph, step: Step, t: dict[str, np.ndarray]) -> str:
+    if "w" in t:
+        return g.const(f"{step.name}.weight", t["w"])
+    q = _int_weight(g, step.name, t["q"], step.bits)
+    s = g.const(f"{step.name}.weight_scale", t["scale"])
+    return g.op("DequantizeLinear", [q, s], f"{step.name}.weight", axis=step.ch_axis)
+
+
+def _act_quant(g: _Graph, x: str, rank: int, bits: int) -> str:
+    axes = g.const("axes", np.arange(1, rank, dtype=np.int64))
+    lo = g.op("ReduceMin", [x, axes], "lo", keepdims=1)
+    hi = g.op("ReduceMax", [x, axes], "hi", keepdims=1)
+    levels = float(2 ** bits - 1)
+    step = g.op("Div", [g.op("Sub", [hi, lo], "range"), g.const("levels", np.array(levels, np.float32))], "step")
+    scale = g.op("Where", [g.op("Greater", [hi, lo], "spread"), step, g.const("one", np.array(1.0, np.float32))],
+                 "scale")
+    q = g.op("Round", [g.op("Div", [g.op("Sub", [x, lo], "shifted"), scale], "ratio")], "round")
+    q = g.op("Clip", [q, g.const("zero", np.array(0.0, np.float32)), g.const("lmax", np.array(levels, np.float32))],
+             "q")
+    return g.op("Add", [g.op("Mul", [q, scale], "qs"), lo], "xq")
+
+
+def _activation(g: _Graph, x: str, act: str) -> str:
+    if act == "relu":
+        return g.op("Relu", [x], "relu")
+    if act == "leaky_relu":
+        return g.op("LeakyRelu", [x], "leaky", alpha=0.1)
+    if act == "elu":
+        return g.op("Elu", [x], "elu", alpha=1.0)
+    if act == "silu":
+        return g.op("Mul", [x, g.op("Sigmoid", [x], "sig")], "silu")
+    if act == "gelu":
+        return g.op("Gelu", [x], "gelu")
+    if act == "tanh":
+        return g.op("Tanh", [x], "tanh")
+    return g.op("Sigmoid", [x], "sigmoid")
+
+
+def _layer(g: _Graph, spec: ArchSpec, step: Step, x: str, t: dict[str, np.ndarray]) -> str:
+    if spec.act_bits:
+        x = _act_quant(g, x, 1 + len(step.in_shape), spec.act_bits)
+    w = _weight(g, step, t)
+    ins = [x, w] + ([g.const(f"{step.name}.bias", t["b"])] if "b" in t else [])
+    p, k, s = step.padding, step.kernel, step.stride
+    if step.kind == "linear":
+        y = g.op("Gemm", ins, step.name, transB=1)
+    elif step.kind == "conv":
+        y = g.op("Conv", ins, step.name, kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p])
+    else:
+        y = g.op("ConvTranspose", ins, step.name, kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p],
+                 output_padding=list(step.output_padding))
+    return _activation(g, y, spec.activation) if step.act_after else y
+
+
+def _model(g: _Graph, inputs, outputs, doc: str):
+    from onnx import checker, helper
+
+    graph = helper.make_graph(g.nodes, "vaenas", inputs, outputs, initializer=g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="vaenas",
+                              doc_string=doc)
+    model.ir_version = 10  # opset 21's IR; onnxruntime reads it
+    checker.check_model(model, full_check=True)
+    return model
+
+
+def encoder_model(spec: ArchSpec, packed: bytes):
+    from onnx import TensorProto, helper
+
+    tensors = layer_tensors(spec, packed)
+    g = _Graph()
+    x, rank = "x", 1 + len(spec.input_shape)
+    for st in encoder_steps(spec):
+        if st.kind == "linear" and rank > 2:
+            x, rank = g.op("Flatten", [x], "flat", axis=1), 2
+        x = _layer(g, spec, st, x, tensors[st.name])
+        rank = 2 if st.kind == "linear" else 4
+    L = spec.latent_dim
+    g.op("Split", [x, g.const("split", np.array([L, L], np.int64))], "head", n_out=2, axis=1)
+    g.nodes[-1].output[:] = ["mu", "logvar"]
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *spec.input_shape])]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", L]) for n in ("mu", "logvar")]
+    return _model(g, ins, outs, f"vaenas {spec.id} encoder: x -> mu, logvar")
+
+
+def decoder_model(spec: ArchSpec, packed: bytes):
+    from onnx import TensorProto, helper
+
+    tensors = layer_tensors(spec, packed)
+    g = _Graph()
+    x, rank = "z", 2
+    for st in decoder_steps(spec):
+        if st.kind != "linear" and rank == 2:
+            x = g.op("Reshape", [x, g.const("shape", np.array([-1, *st.in_shape], np.int64))], "map")
+        x = _layer(g, spec, st, x, tensors[st.name])
+        rank = 2 if st.kind == "linear" else 4
+    if len(spec.output_shape) > 1 and rank == 2:
+        x = g.op("Reshape", [x, g.const("shape", np.array([-1, *spec.output_shape], np.int64))], "out_map")
+    g.op("Identity", [x], "out")
+    g.nodes[-1].output[:] = ["out"]
+    ins = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", spec.latent_dim])]
+    outs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", *spec.output_shape])]
+    return _model(g, ins, outs, f"vaenas {spec.id} decoder: z -> {spec.likelihood} parameters")
+
+
+def write_onnx(spec: ArchSpec, packed: bytes, out: Path) -> list[str]:
+    import onnx
+
+    onnx.save(encoder_model(spec, packed), str(out / "encoder.onnx"))
+    onnx.save(decoder_model(spec, packed), str(out / "decoder.onnx"))
+    return list(ONNX_FILES)
