@@ -43,6 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -166,22 +167,33 @@ def _timed(run, warmup: int, repeats: int, sync=lambda: None) -> list[float]:
 
 
 # ----------------------------------------------------------------------------- backends
-def _torch(model: VAE, cfg: LatencyConfig, workdir: Path) -> tuple[list[float], str]:
+@dataclass(frozen=True)
+class Prepared:
+    """An exported, loaded artifact: ``times(warmup, repeats)`` -> milliseconds per timed run."""
+
+    times: Callable[[int, int], list[float]]
+    path: str
+
+
+def _torch(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
     device = torch.device(cfg.device)
     deploy = deployable_model(model).to(device)
     x = _input(model.spec, cfg.batch_size).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    prev = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        with torch.inference_mode():
-            times = _timed(lambda: deploy(x), cfg.warmup, cfg.repeats, sync)
-    finally:
-        torch.set_num_threads(prev)
-    return times, f"torch {torch.__version__.split('+')[0]} eager fp32 (dequantised weights, {device.type})"
+
+    def times(warmup: int, repeats: int) -> list[float]:
+        prev = torch.get_num_threads()
+        torch.set_num_threads(cfg.threads)
+        try:
+            with torch.inference_mode():
+                return _timed(lambda: deploy(x), warmup, repeats, sync)
+        finally:
+            torch.set_num_threads(prev)
+
+    return Prepared(times, f"torch {torch.__version__.split('+')[0]} eager fp32 (dequantised weights, {device.type})")
 
 
-def _onnxruntime(model: VAE, cfg: LatencyConfig, workdir: Path) -> tuple[list[float], str]:
+def _onnxruntime(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
     import onnxruntime as ort
 
     from search_space.deploy import write_onnx
@@ -201,7 +213,7 @@ def _onnxruntime(model: VAE, cfg: LatencyConfig, workdir: Path) -> tuple[list[fl
         mu = enc.run(["mu"], {"x": x})[0]
         dec.run(None, {"z": mu})
 
-    return _timed(run, cfg.warmup, cfg.repeats), f"onnxruntime {ort.__version__} CPU (QDQ int4/int8 weights)"
+    return Prepared(lambda w, r: _timed(run, w, r), f"onnxruntime {ort.__version__} CPU (QDQ int4/int8 weights)")
 
 
 def c_compiler() -> str | None:
@@ -223,21 +235,25 @@ def build_c(folder: Path, what: str = "vae_demo") -> Path:
     return folder / what
 
 
-def _c(model: VAE, cfg: LatencyConfig, workdir: Path) -> tuple[list[float], str]:
+def _c(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
     from search_space.deploy import write_c
 
     spec = model.spec
     write_c(spec, pack_model(model), workdir)
     exe = build_c(workdir)
-    x = _input(spec, 1)[0].reshape(-1).tolist()
-    r = subprocess.run([str(exe), "bench", str(cfg.repeats), str(cfg.warmup), str(cfg.batch_size)],
-                       input=" ".join(f"{v:.9g}" for v in x), capture_output=True, text=True)
-    if r.returncode:
-        raise LatencyError(f"the C export's benchmark failed: {r.stderr.strip()[:200]}")
-    return [float(v) for v in r.stdout.split()], "C99 reference (cc -O2, 1 thread, sub-byte weights unpacked on the fly)"
+    x = " ".join(f"{v:.9g}" for v in _input(spec, 1)[0].reshape(-1).tolist())
+
+    def times(warmup: int, repeats: int) -> list[float]:
+        r = subprocess.run([str(exe), "bench", str(repeats), str(warmup), str(cfg.batch_size)], input=x,
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise LatencyError(f"the C export's benchmark failed: {r.stderr.strip()[:200]}")
+        return [float(v) for v in r.stdout.split()]
+
+    return Prepared(times, "C99 reference (cc -O2, 1 thread, sub-byte weights unpacked on the fly)")
 
 
-def _executorch(model: VAE, cfg: LatencyConfig, workdir: Path) -> tuple[list[float], str]:
+def _executorch(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
     from search_space.deploy import executorch_available, write_pte
 
     missing = executorch_available()
@@ -257,7 +273,8 @@ def _executorch(model: VAE, cfg: LatencyConfig, workdir: Path) -> tuple[list[flo
             dec.execute([enc.execute([x])[0]])
 
     version = getattr(executorch, "__version__", "")
-    return _timed(run, cfg.warmup, cfg.repeats), f"executorch {version} (XNNPACK partitioner, int8 codes)".replace("  ", " ")
+    return Prepared(lambda w, r: _timed(run, w, r),
+                    f"executorch {version} (XNNPACK partitioner, int8 codes)".replace("  ", " "))
 
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -303,19 +320,32 @@ def run_command(command: str, artifact: Path) -> float:
     return ms
 
 
-def _command(model: VAE, cfg: LatencyConfig, workdir: Path) -> tuple[list[float], str]:
-    ms = run_command(cfg.command or "", command_artifact(model, cfg.format, workdir))
-    return [ms, ms], f"command ({cfg.format} export): {cfg.command}"
+def _command(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
+    artifact = command_artifact(model, cfg.format, workdir)
+
+    def times(warmup: int, repeats: int) -> list[float]:
+        ms = run_command(cfg.command or "", artifact)  # the user's program does its own repeats
+        return [ms, ms]
+
+    return Prepared(times, f"command ({cfg.format} export): {cfg.command}")
 
 
 _RUN = {"torch": _torch, "onnxruntime": _onnxruntime, "c": _c, "executorch": _executorch, "command": _command}
 
 
+def prepare(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
+    """Export ``model`` for ``cfg.backend`` into ``workdir`` and load it, ready to be timed (repeatedly)."""
+    return _RUN[cfg.backend](model.eval(), cfg, Path(workdir))
+
+
 def measure_latency(model: VAE, cfg: LatencyConfig = LatencyConfig()) -> LatencyResult:
     """Export ``model`` for ``cfg.backend`` into a temporary folder and time a reconstruction pass there."""
-    model = model.eval()
     with tempfile.TemporaryDirectory(prefix="vaenas-latency-") as tmp:
-        times, path = _RUN[cfg.backend](model, cfg, Path(tmp))
+        p = prepare(model, cfg, Path(tmp))
+        return summarise(p.times(cfg.warmup, cfg.repeats), cfg, p.path)
+
+
+def summarise(times: list[float], cfg: LatencyConfig, path: str) -> LatencyResult:
     q = statistics.quantiles(times, n=20, method="inclusive")  # 5% steps
     q1, q3 = statistics.quantiles(times, n=4, method="inclusive")[0::2]
     threads = cfg.threads if cfg.backend in ("torch", "onnxruntime") else 1

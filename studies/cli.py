@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # how `show` prints each column: −ELBO in nats to 2 decimals, bits/dim to 4, counts whole
 _FORMATS = {"neg_elbo": "{:.2f}", "estimate_neg_elbo": "{:.2f}", "bits_per_dim": "{:.4f}", "mean_bits": "{:.2f}",
             "size_bytes": "{:,.0f}", "params": "{:,.0f}", "flops": "{:,.0f}", "bitops": "{:,.0f}",
-            "latency_ms": "{:.4f}"}
+            "latency_ms": "{:.4f}", "ram_bytes": "{:,.0f}", "flash_bytes": "{:,.0f}"}
 
 
 def _fmt(col: str):
@@ -161,6 +161,10 @@ def _print_front(view, limit: int | None = None, every: bool = False) -> None:
         print(f"Pareto front: {len(front)} of {len(view.trials)} complete trials (`show --all` lists every trial):")
     with pd.option_context("display.max_columns", 30, "display.width", 220):
         print(table[cols].head(limit).to_string(index=False, formatters={c: _fmt(c) for c in cols}))
+    if "flash_bytes" in cols:
+        print("flash_bytes is an ESTIMATE: packed weights (exact) + estimated C code (see search_space/deploy/memory.py)")
+    if "latency_ms" in cols and "latency_path" in table and len(table):
+        print(f"latency_ms: {table['latency_path'].iloc[0]}")
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -22,7 +22,9 @@ LABELS = {
     "bitops": "BitOps (MACs × weight bits × activation bits)",
     "params": "parameters",
     "size_bytes": "packed model size (bytes)",
-    "latency_ms": "latency (ms, median, batch 1)",
+    "latency_ms": "latency (ms, median, batch 1, exported artifact)",
+    "ram_bytes": "peak activation RAM of the C export (bytes)",
+    "flash_bytes": "flash of the C export (bytes, ESTIMATE: weights + est. code)",
 }
 
 

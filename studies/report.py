@@ -18,7 +18,7 @@ from .config import check_name
 from .invocation import prog
 from .run import atomic_write, study_dir
 
-COST_COLUMNS = ["flops", "bitops", "params", "size_bytes", "latency_ms"]
+COST_COLUMNS = ["flops", "bitops", "params", "size_bytes", "latency_ms", "ram_bytes", "flash_bytes"]
 
 
 @dataclass

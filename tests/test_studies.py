@@ -62,6 +62,23 @@ def test_end_to_end(tmp_path, data_root, capsys):
             assert k in t.user_attrs, k
         assert list(t.values) == [t.user_attrs["neg_elbo"], t.user_attrs["size_bytes"]]
 
+    # the knee, deployable: arch + ONNX + C (built) + an example input; the C program reproduces the model
+    knee_dir = runs / "e2e" / "export" / "knee"
+    man = json.loads((knee_dir / "manifest.json").read_text())
+    assert set(man["formats"]) == {"arch", "onnx", "c"} and (knee_dir / "vae_demo").exists()
+    assert "cd " in out and "make && ./vae_demo reconstruct < input.txt" in out
+    kn = man["trial"]
+    ck = torch.load(runs / "e2e" / "trials" / str(kn) / "model.pt", weights_only=True)
+    km = build_vae(ArchSpec.from_json(ck["spec"]))
+    km.load_state_dict(ck["state_dict"])
+    xin = torch.tensor([float(v) for v in (knee_dir / "input.txt").read_text().split()]).view(1, 1, 28, 28)
+    c_out = subprocess.run(["./vae_demo", "reconstruct", "input.txt"], cwd=knee_dir, capture_output=True, text=True,
+                           check=True).stdout.split()
+    with torch.no_grad():
+        ref = km.decode(km.encode(xin)[0]).reshape(-1)
+    assert torch.allclose(torch.tensor([float(v) for v in c_out]), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    assert man["c"]["size"]["bss"] == man["ram_bytes"]
+
     # show: the front is truly non-dominated and every dominated trial is dominated by a front member
     assert main(["show", "e2e", "--runs-dir", str(runs), "--csv", str(tmp_path / "t.csv"),
                  "--json", str(tmp_path / "t.json")]) == 0
@@ -114,6 +131,11 @@ def test_end_to_end(tmp_path, data_root, capsys):
     test = load_data("mnist", data_root).test
     assert evaluate_neg_elbo(m2, test)["neg_elbo"] == pytest.approx(report["test_neg_elbo"], abs=1e-3)
     assert report["size_bytes"] == (rdir / "weights.packed.bin").stat().st_size
+    assert {"encoder.onnx", "decoder.onnx", "vae_model.c", "manifest.json"} <= set(report["files"])
+    assert report["c_size"]["bss"] == report["ram_bytes"] and report["latency_path"].startswith("onnxruntime")
+    c_src = (rdir / "vae_model.c").read_text()
+    assert (rdir / "weights.packed.bin").read_bytes().hex()[:32] in c_src.replace("0x", "").replace(", ", "").replace(
+        ",\n    ", "").replace("\n    ", "")
     assert report["params"] == m2.num_params() == sum(m.weight.numel() + m.bias.numel() for m in m2.weight_layers().values())
     _png_ok(rdir / "reconstructions.png")
 
@@ -321,6 +343,13 @@ def test_supernet_mode_estimates_then_remeasures_the_front(tmp_path, data_root, 
     assert view.trials.set_index("trial").loc[knee, "phase"] == "remeasure"
     doc = json.loads((runs / "sn" / "export" / "knee.json").read_text())
     assert doc["neg_elbo_is_estimate"] is False
+    # an estimated trial has no weights of its own: a deployable export of it is refused, nothing written
+    est = next(t.number for t in search if t.state == optuna.trial.TrialState.COMPLETE)
+    r = subprocess.run([sys.executable, "-m", "studies.cli", "export", "sn", "--runs-dir", str(runs), "--trial",
+                        str(est), "--format", "c", "--out", str(tmp_path / "est")], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "supernet estimate" in r.stderr and "retrain it" in r.stderr and "re-measure" in r.stderr
+    assert not (tmp_path / "est").exists()
     for name in ("front_size_bytes.png", "estimate_vs_measured.png", "hypervolume.png"):
         _png_ok(runs / "sn" / "plots" / name)
     # resume with the budget met: supernet file reused, nothing re-measured twice

@@ -78,12 +78,17 @@ class _Graph:
 
 
 def _int_weight(g: _Graph, name: str, q: np.ndarray, bits: int) -> str:
-    from onnx import TensorProto, helper
+    """The codes as a packed INT4 (two per byte) or INT8 initializer, stored as raw bytes."""
+    from onnx import numpy_helper
 
-    kind = int_type(bits)
+    if int_type(bits) == "INT4":
+        import ml_dtypes  # onnx's own dependency: numpy's int4 type
+
+        arr = q.astype(ml_dtypes.int4)
+    else:
+        arr = q.astype(np.int8)
     n = g.name(f"{name}.weight_q")
-    dtype = TensorProto.INT4 if kind == "INT4" else TensorProto.INT8
-    g.inits.append(helper.make_tensor(n, dtype, list(q.shape), q.reshape(-1).astype(np.int32).tolist()))
+    g.inits.append(numpy_helper.from_array(arr, n))
     return n
 
 
