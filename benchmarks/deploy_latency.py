@@ -2,7 +2,9 @@
 
 Every model is exported once per backend (ONNX in onnxruntime, the C library compiled with
 ``cc -std=c99 -O2``, the ExecuTorch ``.pte`` with XNNPACK, PyTorch eager fp32) and timed twice: pass 1
-over the models in order, pass 2 in reverse order (so drift cannot pass for agreement); Spearman's
+over the models in order, pass 2 in reverse order (so drift cannot pass for agreement), each pass in
+``--rounds`` rounds that visit every model (so a transient stall of the machine hits all models
+alike; a model's latency in a pass is the median of all its timed runs); Spearman's
 rank correlation between the passes per backend (target >= 0.95). Each model also has a float twin
 (the same architecture with every layer at 32 bits) exported and timed the same way, which gives
 the int-vs-float verdict per backend: the median over models of quantised / float latency.
@@ -12,7 +14,7 @@ Sizes: ``onnx`` = encoder.onnx + decoder.onnx bytes; ``c`` = ``size``'s text+dat
 weights alone); ``fp32`` = 4 bytes per parameter. Models are untrained (latency and size do not
 depend on weight values; all models run with one thread).
 
-    python benchmarks/deploy_latency.py [--n 20] [--repeats 50] [--backends onnxruntime,c,executorch,torch]
+    python benchmarks/deploy_latency.py [--n 20] [--repeats 200] [--rounds 5] [--backends onnxruntime,c,executorch,torch]
 """
 
 from __future__ import annotations
@@ -77,8 +79,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=50)
-    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=200, help="timed runs per model, backend and pass")
+    ap.add_argument("--warmup", type=int, default=10, help="untimed runs before each round's timed runs")
+    ap.add_argument("--rounds", type=int, default=5, help="a pass visits every model this many times")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--out", default=str(HERE / "results" / "deploy_latency.json"))
     args = ap.parse_args(argv)
@@ -110,10 +113,15 @@ def main(argv=None) -> int:
         print(f"prepared {i + 1}/{len(models)} ({kind} {spec.family} {spec.id}) {time.perf_counter() - t0:.0f} s",
               flush=True)
     order = list(range(len(models)))
+    per_round = max(2, args.repeats // args.rounds)
     for p, seq in (("pass1", order), ("pass2", order[::-1])):
-        for i in seq:
-            for b in backends:
-                rows[i].setdefault(p, {})[b] = statistics.median(prepared[(i, b)].times(args.warmup, args.repeats))
+        runs: dict = {}
+        for _ in range(args.rounds):  # each model's runs spread over the pass: a transient stall hits all alike
+            for i in seq:
+                for b in backends:
+                    runs.setdefault((i, b), []).extend(prepared[(i, b)].times(args.warmup, per_round))
+        for (i, b), ts in runs.items():
+            rows[i].setdefault(p, {})[b] = statistics.median(ts)
         print(f"{p} done {time.perf_counter() - t0:.0f} s", flush=True)
     paths = {b: prepared[(0, b)].path for b in backends}
     quant = [r for r in rows if r["kind"] == "quant"]
