@@ -155,16 +155,17 @@ def _print_front(view, limit: int | None = None, every: bool = False) -> None:
     if every:
         table = view.trials.sort_values([view.objectives[0], "trial"])
         cols.append("on_front")
-        print(f"all {len(table)} complete trials (on_front: on the Pareto front):")
+        header = f"all {len(table)} complete trials (on_front: on the Pareto front):"
     else:
         table = front
-        print(f"Pareto front: {len(front)} of {len(view.trials)} complete trials (`show --all` lists every trial):")
-    with pd.option_context("display.max_columns", 30, "display.width", 220):
-        print(table[cols].head(limit).to_string(index=False, formatters={c: _fmt(c) for c in cols}))
+        header = f"Pareto front: {len(front)} of {len(view.trials)} complete trials (`show --all` lists every trial):"
     if "flash_bytes" in cols:
         print("flash_bytes is an ESTIMATE: packed weights (exact) + estimated C code (see search_space/deploy/memory.py)")
-    if "latency_ms" in cols and "latency_path" in table and len(table):
-        print(f"latency_ms: {table['latency_path'].iloc[0]}")
+    if "latency_ms" in cols and "latency_path" in table and len(table) and table["latency_path"].iloc[0]:
+        print(f"latency_ms measured on: {table['latency_path'].iloc[0]}")
+    print(header)
+    with pd.option_context("display.max_columns", 30, "display.width", 220):
+        print(table[cols].head(limit).to_string(index=False, formatters={c: _fmt(c) for c in cols}))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
