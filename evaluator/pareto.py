@@ -1,7 +1,7 @@
 """Pareto maths over objective vectors that are all minimised.
 
 Non-dominated sorting and hypervolume come from Optuna (``_is_pareto_front``,
-``compute_hypervolume``; tested against brute force in ``tests/test_pareto.py``). Hypervolume is
+``compute_hypervolume``, private: reached through ``search_space.optuna_private``; tested against brute force in ``tests/test_pareto.py``). Hypervolume is
 computed on objectives normalised with fixed, declared bounds: each objective is mapped by
 ``(v - lo) / (hi - lo)`` (or on a log10 scale when declared, for costs spanning decades), clipped
 to [0, 1], and measured against the reference point (1, ..., 1); so a study's hypervolume lies in
@@ -15,10 +15,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from optuna._hypervolume import compute_hypervolume
-from optuna.study._multi_objective import _is_pareto_front
-
-from search_space import VaenasInputError
+from search_space import VaenasInputError, optuna_private
 
 
 def non_dominated_mask(points: Sequence[Sequence[float]]) -> np.ndarray:
@@ -26,7 +23,7 @@ def non_dominated_mask(points: Sequence[Sequence[float]]) -> np.ndarray:
     pts = np.asarray(points, dtype=float)
     if pts.size == 0:
         return np.zeros(0, dtype=bool)
-    return _is_pareto_front(pts, assume_unique_lexsorted=False)
+    return optuna_private.pareto_front_mask(pts)
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ def hypervolume(points: Sequence[Sequence[float]], bounds: Sequence[Bound]) -> f
     if len(norm) == 0:
         return 0.0
     front = norm[non_dominated_mask(norm)]
-    return float(compute_hypervolume(front, np.ones(len(bounds)), assume_pareto=False))
+    return optuna_private.hypervolume(front, np.ones(len(bounds)), assume_pareto=False)
 
 
 def knee_point(points: Sequence[Sequence[float]], bounds: Sequence[Bound]) -> int:

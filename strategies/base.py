@@ -103,17 +103,11 @@ def _set_rng_state(r: np.random.RandomState, s: list) -> None:
     r.set_state((s[0], np.asarray(s[1], dtype=np.uint32), s[2], s[3], s[4]))
 
 
-def _lazy_rngs(sampler: Any, prefix: str = "") -> dict[str, Any]:
+def _lazy_rngs(sampler: Any) -> dict[str, Any]:
     """Every ``LazyRandomState`` inside an Optuna sampler (its own and its fallback random sampler's)."""
-    from optuna.samplers._lazy_random_state import LazyRandomState
+    from search_space.optuna_private import lazy_random_states
 
-    found = {}
-    for k, v in vars(sampler).items():
-        if isinstance(v, LazyRandomState):
-            found[prefix + k] = v
-        elif isinstance(v, optuna.samplers.BaseSampler):
-            found.update(_lazy_rngs(v, prefix + k + "."))
-    return found
+    return lazy_random_states(sampler)
 
 
 class StatefulMixin:
@@ -215,7 +209,7 @@ class SpecSampler(StatefulMixin, optuna.samplers.BaseSampler):
                 break
         if spec is None:
             spec = self.random_spec(rng, seen)
-        self._proposals[trial._trial_id] = self.space.to_params(spec)
+        self._proposals[trial.number] = self.space.to_params(spec)
         self.on_proposed(study, trial, spec, rng)
 
     def observe(self, history: list[Observation]) -> None:
@@ -225,7 +219,7 @@ class SpecSampler(StatefulMixin, optuna.samplers.BaseSampler):
         """Hook: e.g. store per-trial bookkeeping as system attrs."""
 
     def sample_independent(self, study, trial, param_name: str, param_distribution: BaseDistribution) -> Any:
-        params = self._proposals.get(trial._trial_id, {})
+        params = self._proposals.get(trial.number, {})
         if param_name in params and isinstance(param_distribution, CategoricalDistribution) \
                 and params[param_name] in param_distribution.choices:
             return params[param_name]
@@ -236,7 +230,7 @@ class SpecSampler(StatefulMixin, optuna.samplers.BaseSampler):
         return trial_rng(self.seed, trial.number).choice(list(choices))
 
     def after_trial(self, study, trial, state, values) -> None:
-        self._proposals.pop(trial._trial_id, None)
+        self._proposals.pop(trial.number, None)
 
 
 class RandomSearch(SpecSampler):

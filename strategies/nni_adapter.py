@@ -140,7 +140,7 @@ class _NNIStrategy(SpecSampler):
         self._before_propose(history)
         spec, handle = self._propose_for(trial.number, seen)
         self._handles[trial.number] = (handle, spec.id)
-        self._proposals[trial._trial_id] = self.space.to_params(spec)
+        self._proposals[trial.number] = self.space.to_params(spec)
 
 
 class NNIEvolution(_NNIStrategy):

@@ -9,7 +9,7 @@ import random
 import sys
 from pathlib import Path
 
-from search_space import ArchSpec, SearchSpace, VaenasInputError
+from search_space import ArchSpec, SearchSpace, VaenasInputError, optuna_private
 
 from .invocation import prog
 
@@ -376,7 +376,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     print(f"optuna-dashboard: http://{args.host}:{args.port}/dashboard/studies/{view.study._study_id} "
           f"(study {view.name}, {view.storage}; artifacts: {where}); Ctrl-C stops it", flush=True)
     try:
-        optuna_dashboard.run_server(view.study._storage, host=args.host, port=args.port, artifact_store=store)
+        optuna_dashboard.run_server(optuna_private.storage_of(view.study), host=args.host, port=args.port, artifact_store=store)
     except OSError as e:
         raise CliError(f"dashboard: cannot serve on {args.host}:{args.port} ({e.strerror or e}); choose another "
                        "--port") from None

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import optuna
 
+from search_space import optuna_private
+
 HOST = socket.gethostname()
 WORKER_DIED = "worker died mid-trial (killed or crashed); retried once"
 
@@ -73,17 +75,13 @@ class HeartbeatLiveness(NoLiveness):
     can_wait = True
 
     def fail_dead(self, study: optuna.Study) -> list[int]:
-        from optuna.storages._heartbeat import fail_stale_trials
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            fail_stale_trials(study)  # the storage's callback retries each one once
+            optuna_private.fail_stale_trials(study)  # the storage's callback retries each one once
         return []
 
     def running(self, trial: optuna.Trial):
-        from optuna.storages._heartbeat import get_heartbeat_thread
-
-        return get_heartbeat_thread(trial._trial_id, trial.study._storage)
+        return optuna_private.heartbeat_thread(trial)
 
 
 class FileLiveness(NoLiveness):
@@ -135,9 +133,7 @@ class FileLiveness(NoLiveness):
         dead = []
         for t in study.get_trials(deepcopy=True, states=(optuna.trial.TrialState.RUNNING,)):
             if self.is_dead(t):
-                storage = study._storage
-                storage.set_trial_user_attr(t._trial_id, "fail_reason", WORKER_DIED)
-                storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+                optuna_private.set_trial_failed(study, t, "fail_reason", WORKER_DIED)
                 _retry(study, t)
                 dead.append(t.number)
         return dead

@@ -57,7 +57,7 @@ import optuna
 import torch
 
 from evaluator import Evaluator, Objectives, check_latency_backend, hypervolume, load_data, non_dominated_mask, static_costs
-from search_space import ArchSpec, VaenasInputError
+from search_space import ArchSpec, VaenasInputError, optuna_private
 from strategies import SpecSampler, create_sampler, suggest_spec
 
 from .config import STATIC_CONSTRAINTS, StudyConfig
@@ -326,10 +326,8 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
                                    "`vaenas search CONFIG` before adding workers")
         darts_enqueue(study, cfg, data, progress)
 
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
     store = _artifact_store(study, cfg, sdir)
-    live = liveness_for(path, is_heartbeat_enabled(study._storage))
+    live = liveness_for(path, optuna_private.heartbeat_enabled(study))
     evaluators = _Evaluators(cfg, data, sdir, study, progress)
     finished_before = _counts(study)[0]
     t_start = time.perf_counter()
@@ -408,13 +406,10 @@ def _resume(study: optuna.Study, sampler, file_storage: bool) -> None:
     state = study.user_attrs.get("strategy_state")
     if state is not None and hasattr(sampler, "load_state_dict"):
         sampler.load_state_dict(state)
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    if not file_storage and is_heartbeat_enabled(study._storage):
+    if not file_storage and optuna_private.heartbeat_enabled(study):
         return
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        optuna_private.set_trial_failed(study, t, "fail_reason", INTERRUPTED)
 
 
 class _Evaluators:
@@ -495,7 +490,7 @@ def _trial_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout
                 bar.refresh()
     except KeyboardInterrupt:
         if trial is not None:
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
+            trial.set_user_attr("fail_reason", INTERRUPTED)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return True
 
@@ -505,7 +500,7 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
     worker? Then it is failed as "surplus" (not counted)."""
     n_fin, running = _counts(study)
     if trial.number in running and running.index(trial.number) >= budget - n_fin:
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", SURPLUS)
+        trial.set_user_attr("fail_reason", SURPLUS)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return True
     return False

@@ -417,3 +417,17 @@ def test_tests_take_mnist_from_vaenas_data(tmp_path, monkeypatch):
     assert conftest.shared_data_dir() == tmp_path
     monkeypatch.setenv("VAENAS_DATA", str(tmp_path / "empty"))
     assert conftest.shared_data_dir() != tmp_path / "empty"
+
+
+def test_optuna_private_api_is_reached_through_one_module():
+    """An Optuna upgrade touches one file: search_space/optuna_private.py (plus the RDB method list
+    studies/storage.py checks against Optuna's source)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    private = re.compile(r"optuna\._|optuna\.(storages|samplers|study|trial)\._|\._storage\b|\._trial_id\b")
+    hits = [f"{p.relative_to(root)}:{i}" for d in ("search_space", "evaluator", "strategies", "studies", "benchmarks")
+            for p in (root / d).rglob("*.py") if p.name != "optuna_private.py"
+            for i, line in enumerate(p.read_text().splitlines(), 1) if private.search(line)]
+    assert hits == []
