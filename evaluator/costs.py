@@ -14,6 +14,7 @@ BitOps = sum over weight layers of MACs x weight bits x activation bits (32 for 
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -94,8 +95,10 @@ class Costs:
     flash_bytes: int = 0  # an estimate (code size estimated; weights exact)
 
 
+@functools.lru_cache(maxsize=8192)
 def static_costs(spec: ArchSpec) -> Costs:
-    """Every cost that depends on the spec alone (no training, no weights): microseconds to compute."""
+    """Every cost that depends on the spec alone (no training, no weights); cached per spec (a frozen,
+    hashable value), so a spec scored again - a repeat, a supernet estimate, a re-measurement - costs nothing."""
     fr = count_flops(spec)
     return Costs(flops=fr.total, bitops=count_bitops(spec, fr), params=count_params(spec),
                  size_bytes=packed_size_bytes(spec), uncounted_ops=fr.uncounted, ram_bytes=ram_bytes(spec),

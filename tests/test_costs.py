@@ -49,3 +49,13 @@ def test_params_and_size_match_a_real_model(seed, tmp_path):
     f.write_bytes(pack_model(model))
     assert c.size_bytes == f.stat().st_size
     assert c.flops == count_flops(spec).total > 0
+
+
+def test_static_costs_are_computed_once_per_spec():
+    from evaluator import static_costs
+    from search_space import ArchSpec
+
+    spec = ArchSpec.mlp((24,), 3, bits=4)
+    again = ArchSpec.from_json(spec.to_json())  # an equal spec, another object
+    assert static_costs(spec) is static_costs(again)
+    assert static_costs(spec).ram_bytes > 0 and static_costs(spec).flash_bytes > static_costs(spec).size_bytes
