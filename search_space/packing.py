@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .builder import VAE, build_vae
-from .quant import dequantize_weight, pack_bits, qmax_for, quantize_weight, unpack_bits
+from .quant import dequantize_weight, pack_bits, qmax_for, quantize_weight
 from .spec import ArchSpec
 
 
@@ -98,40 +99,63 @@ def pack_model(model: VAE) -> bytes:
 
 
 def unpack_bits_np(packed, bits: int, n: int):
-    """NumPy twin of :func:`search_space.quant.unpack_bits` (fast, for exporters): ``n`` unsigned
-    ``bits``-bit fields, LSB first, from a uint8 array, as uint8 (bits <= 8)."""
-    import numpy as np
-
+    """NumPy twin of :func:`search_space.quant.unpack_bits` (fast): ``n`` unsigned ``bits``-bit fields,
+    LSB first, from a uint8 array, as uint8 (bits <= 8)."""
     stream = np.unpackbits(np.asarray(packed, dtype=np.uint8), bitorder="little")[: n * bits].reshape(n, bits)
     return (stream.astype(np.uint16) << np.arange(bits, dtype=np.uint16)).sum(1).astype(np.uint8)
 
 
-def _take_f32(buf: memoryview, offset: int, n: int) -> tuple[torch.Tensor, int]:
-    t = torch.frombuffer(bytearray(buf[offset : offset + 4 * n]), dtype=torch.float32) if n else torch.empty(0)
-    return t.clone(), offset + 4 * n
+def layer_offsets(spec: ArchSpec) -> list[tuple[LayerLayout, int, int, int]]:
+    """Each layer's layout and where its weights, its scales and its bias start in the packed bytes
+    (``-1``: the layer has no bias)."""
+    out, off = [], 0
+    for layer in packed_layout(spec):
+        s_off = off + layer.weight_bytes
+        b_off = s_off + 4 * layer.n_scales
+        out.append((layer, off, s_off, b_off if layer.n_bias else -1))
+        off = b_off + 4 * layer.n_bias
+    return out
 
 
-def unpack_state_dict(spec: ArchSpec, data: bytes) -> dict[str, torch.Tensor]:
-    """Decode :func:`pack_model`'s bytes into a float state dict (weights are ``q * scale``)."""
+def unpack_layers(spec: ArchSpec, data: bytes) -> dict[str, dict[str, np.ndarray]]:
+    """The packed bytes per layer, as stored: ``q`` (signed integer codes, int32, weight shape) and
+    ``scale`` (float32 per channel) for a quantised layer, ``w`` (float32) for a 32-bit one; ``b``."""
     layout = packed_layout(spec)
     expected = sum(layer.nbytes for layer in layout)
     if len(data) != expected:
         raise ValueError(f"packed weights: spec {spec.id} needs {expected} bytes, got {len(data)} (wrong spec or file?)")
-    buf, off, state = memoryview(data), 0, {}
-    for layer in layout:
+    buf = np.frombuffer(data, dtype=np.uint8)
+    f32 = lambda off, n: buf[off:off + 4 * n].view("<f4").astype(np.float32)  # noqa: E731
+    out = {}
+    for layer, w_off, s_off, b_off in layer_offsets(spec):
+        t: dict[str, np.ndarray] = {}
         if layer.bits >= 32:
-            w, off = _take_f32(buf, off, layer.n_weights)
-            w = w.view(layer.weight_shape)
+            t["w"] = f32(w_off, layer.n_weights).reshape(layer.weight_shape)
         else:
-            raw = torch.frombuffer(bytearray(buf[off : off + layer.weight_bytes]), dtype=torch.uint8)
-            off += layer.weight_bytes
-            q = (unpack_bits(raw, layer.bits, layer.n_weights) - qmax_for(layer.bits)).view(layer.weight_shape)
-            scale, off = _take_f32(buf, off, layer.n_scales)
-            w = dequantize_weight(q.to(torch.float32), scale, layer.ch_axis)
+            codes = unpack_bits_np(buf[w_off:w_off + layer.weight_bytes], layer.bits, layer.n_weights)
+            t["q"] = (codes.astype(np.int32) - qmax_for(layer.bits)).reshape(layer.weight_shape)
+            t["scale"] = f32(s_off, layer.n_scales)
+        if b_off >= 0:
+            t["b"] = f32(b_off, layer.n_bias)
+        out[layer.name] = t
+    return out
+
+
+def unpack_state_dict(spec: ArchSpec, data: bytes) -> dict[str, torch.Tensor]:
+    """Decode :func:`pack_model`'s bytes into a float state dict (weights are ``q * scale``)."""
+    layers = unpack_layers(spec, data)
+    state = {}
+    for layer in packed_layout(spec):
+        t = layers[layer.name]
+        if "w" in t:
+            state[f"{layer.name}.weight"] = torch.from_numpy(t["w"].copy())
+        else:
+            scale = torch.from_numpy(t["scale"].copy())
+            q = torch.from_numpy(t["q"]).to(torch.float32)
+            state[f"{layer.name}.weight"] = dequantize_weight(q, scale, layer.ch_axis)
             state[f"{layer.name}.weight_scale"] = scale
-        state[f"{layer.name}.weight"] = w
-        if layer.n_bias:
-            state[f"{layer.name}.bias"], off = _take_f32(buf, off, layer.n_bias)
+        if "b" in t:
+            state[f"{layer.name}.bias"] = torch.from_numpy(t["b"].copy())
     return state
 
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from search_space import VaenasInputError, pack_model
-from search_space.deploy import FORMATS, MANIFEST, export_model, files_for, parse_formats
+from search_space.deploy import FORMATS, MANIFEST, export_model, parse_formats
 
 __all__ = ["FORMATS", "build_and_size", "export_weights", "how_to_run", "parse_formats", "trial_checkpoint"]
 
@@ -106,10 +106,6 @@ def how_to_run(out: Path, formats: tuple[str, ...], spec) -> list[str]:
         lines.append(f"ExecuTorch: executorch.runtime.Runtime.get().load_program('{out / 'model.pte'}')"
                      ".load_method('encode').execute([x]) (methods encode, decode; batch 1)")
     return lines
-
-
-def export_files(formats: tuple[str, ...]) -> list[str]:
-    return files_for(formats)
 
 
 def temp_dir():

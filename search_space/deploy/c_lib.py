@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..packing import packed_layout
+from ..packing import layer_offsets
 from ..spec import ArchSpec
 from .memory import arena_floats, ram_bytes
 from .program import Step, decoder_steps, encoder_steps, tensor_sizes
@@ -185,18 +185,6 @@ def _hex_rows(data: bytes, per_row: int = 16) -> str:
                      for i in range(0, len(data), per_row)) or "    0x00,"
 
 
-def _layer_offsets(spec: ArchSpec) -> dict[str, tuple[int, int, int]]:
-    """name -> (weights offset, scales offset, bias offset or -1) in the packed bytes."""
-    out, off = {}, 0
-    for layer in packed_layout(spec):
-        w_off = off
-        s_off = w_off + layer.weight_bytes
-        b_off = s_off + 4 * layer.n_scales
-        out[layer.name] = (w_off, s_off, b_off if layer.n_bias else -1)
-        off = b_off + 4 * layer.n_bias
-    return out
-
-
 def _call(step: Step, src: str, dst: str, offs: tuple[int, int, int], act_bits: int | None) -> list[str]:
     w, s, b = offs
     lines = [f"    /* {step.name}: {step.kind} {list(step.in_shape)} -> {list(step.out_shape)}, "
@@ -223,7 +211,7 @@ def _placements(spec: ArchSpec) -> list[str]:
 
 def model_source(spec: ArchSpec, packed: bytes) -> str:
     enc, dec = encoder_steps(spec), decoder_steps(spec)
-    offs = _layer_offsets(spec)
+    offs = {layer.name: (w, s_, b) for layer, w, s_, b in layer_offsets(spec)}
     place = _placements(spec)
     kinds = {s.kind for s in enc + dec}
     kernels = [_KERNELS["common"]] + [_KERNELS[k] for k in ("linear", "conv", "tconv") if k in kinds]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..packing import packed_layout, unpack_bits_np
+from ..packing import unpack_layers
 from ..spec import ArchSpec
 from .program import Step, decoder_steps, encoder_steps
 
@@ -27,29 +27,6 @@ ONNX_FILES = ("encoder.onnx", "decoder.onnx")
 def int_type(bits: int) -> str:
     """The ONNX integer type a ``bits``-bit weight is stored as ("" for a float layer)."""
     return "" if bits >= 32 else ("INT4" if bits <= 4 else "INT8")
-
-
-def layer_tensors(spec: ArchSpec, packed: bytes) -> dict[str, dict[str, np.ndarray]]:
-    """Per layer, from the packed bytes: ``q`` (int codes) and ``scale``, or ``w`` (float32); ``b``."""
-    out, off = {}, 0
-    buf = np.frombuffer(packed, dtype=np.uint8)
-    for layer in packed_layout(spec):
-        t: dict[str, np.ndarray] = {}
-        if layer.bits >= 32:
-            t["w"] = buf[off:off + layer.weight_bytes].view("<f4").astype(np.float32).reshape(layer.weight_shape)
-        else:
-            qmax = 2 ** (layer.bits - 1) - 1
-            codes = unpack_bits_np(buf[off:off + layer.weight_bytes], layer.bits, layer.n_weights)
-            t["q"] = (codes.astype(np.int32) - qmax).reshape(layer.weight_shape)
-        off += layer.weight_bytes
-        if layer.n_scales:
-            t["scale"] = buf[off:off + 4 * layer.n_scales].view("<f4").astype(np.float32)
-            off += 4 * layer.n_scales
-        if layer.n_bias:
-            t["b"] = buf[off:off + 4 * layer.n_bias].view("<f4").astype(np.float32)
-            off += 4 * layer.n_bias
-        out[layer.name] = t
-    return out
 
 
 class _Graph:
@@ -160,7 +137,7 @@ def _model(g: _Graph, inputs, outputs, doc: str):
 def encoder_model(spec: ArchSpec, packed: bytes):
     from onnx import TensorProto, helper
 
-    tensors = layer_tensors(spec, packed)
+    tensors = unpack_layers(spec, packed)
     g = _Graph()
     x, rank = "x", 1 + len(spec.input_shape)
     for st in encoder_steps(spec):
@@ -179,7 +156,7 @@ def encoder_model(spec: ArchSpec, packed: bytes):
 def decoder_model(spec: ArchSpec, packed: bytes):
     from onnx import TensorProto, helper
 
-    tensors = layer_tensors(spec, packed)
+    tensors = unpack_layers(spec, packed)
     g = _Graph()
     x, rank = "z", 2
     for st in decoder_steps(spec):

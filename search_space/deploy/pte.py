@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..packing import unpack_layers
 from ..quant import fake_quant_act
 from ..spec import ArchSpec
 from .program import Step, decoder_steps, encoder_steps
@@ -60,9 +61,7 @@ class PackedVAE(nn.Module):
 
     def __init__(self, spec: ArchSpec, packed: bytes):
         super().__init__()
-        from .onnx_graph import layer_tensors
-
-        tensors = layer_tensors(spec, packed)
+        tensors = unpack_layers(spec, packed)
         self.spec = spec
         self.enc_steps, self.dec_steps = encoder_steps(spec), decoder_steps(spec)
         self.layers = nn.ModuleDict({s.name.replace(".", "_"): _Layer(s, tensors[s.name])
