@@ -10,16 +10,16 @@ from .latency import (
     BACKENDS, LatencyConfig, LatencyError, LatencyResult, build_c, check_latency_backend, deployable_model, float_model,
     measure_latency,
 )
-from .objectives import DIRECTIONS, OBJECTIVES, EvalFailure, Evaluator, Objectives, check_objectives
-from .pareto import Bound, hypervolume, knee_point, non_dominated_mask, normalise
+from .objectives import DIRECTIONS, OBJECTIVES, EvalFailure, Evaluator, Objectives, RungGate, Stopped, check_objectives
+from .pareto import Bound, hypervolume, knee_point, non_dominated_mask, normalise, promotion_order, promoted
 from .train import TrainConfig, TrainingDiverged, TrainResult, lr_at, resolve_device, seeded_model, train
 
 __all__ = [
     "BACKENDS", "LatencyError", "build_c", "check_latency_backend",
     "Bound", "Costs", "DIRECTIONS", "EvalFailure", "Evaluator", "FlopReport", "LatencyConfig", "LatencyResult",
-    "OBJECTIVES", "Objectives", "check_objectives", "count_bitops", "count_flops", "count_params",
+    "OBJECTIVES", "Objectives", "RungGate", "Stopped", "check_objectives", "count_bitops", "count_flops", "count_params",
     "deployable_model", "float_model", "hypervolume", "knee_point", "measure_latency", "non_dominated_mask",
-    "normalise", "static_costs",
+    "normalise", "promoted", "promotion_order", "static_costs",
     "DATASETS", "DataUnavailableError", "DatasetSpec", "Splits", "bits_per_dim", "TrainConfig", "TrainResult", "TrainingDiverged",
     "binarize", "default_data_root", "evaluate_neg_elbo", "iwae_nll", "load_data", "neg_elbo_terms",
     "lr_at", "reconstruction_error", "resolve_device", "seeded_model", "train",

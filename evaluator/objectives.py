@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 from search_space import ArchSpec, VaenasInputError
 
@@ -90,6 +90,33 @@ class EvalFailure:
     reason: str
 
 
+class RungGate(Protocol):
+    """Multi-fidelity early stopping, asked during training (the run loop's rungs implement it).
+
+    ``fractions``: the fractions of the training budget, each < 1, after which :meth:`decide` is
+    called; ``needs``: the objectives it compares (``latency_ms`` is then measured once, at the
+    first rung). ``decide(rung, fraction, partial)`` gets the figures at the rung (:func:`partial_figures`)
+    and answers whether training continues."""
+
+    fractions: tuple[float, ...]
+    needs: tuple[str, ...]
+
+    def decide(self, rung: int, fraction: float, partial: dict[str, float]) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A trial stopped at a rung: its figures there are PARTIAL (−ELBO after ``fraction`` of the
+    training budget, exact static costs); never a front point."""
+
+    spec_id: str
+    rung: int
+    fraction: float
+    partial: dict[str, float]
+    train_seconds: float
+    epochs: float
+
+
 class Evaluator:
     """Train a spec on ``data.train`` for the budget in ``train_cfg``, then score it on ``data.val``."""
 
@@ -101,17 +128,44 @@ class Evaluator:
     def evaluate(self, spec: ArchSpec, seed: int | None = None) -> Objectives | EvalFailure:
         return self.evaluate_with_model(spec, seed)[0]
 
-    def evaluate_with_model(self, spec: ArchSpec, seed: int | None = None):
-        """Like :meth:`evaluate`, also returning the trained model (``None`` on failure)."""
+    def evaluate_with_model(self, spec: ArchSpec, seed: int | None = None, gate: RungGate | None = None):
+        """Like :meth:`evaluate`, also returning the trained model (``None`` on failure). With a ``gate``,
+        training may end at a rung: the result is then :class:`Stopped` (and the model ``None``)."""
         seed = self.train_cfg.seed if seed is None else seed
         cfg = TrainConfig(**{**self.train_cfg.to_dict(), "seed": seed})
         model = seeded_model(spec, seed, cfg.device)
+        rungs: list[tuple[int, float, dict]] = []
+        at_checkpoint = None
+        if gate is not None:
+            def at_checkpoint(i: int, step: int, total: int) -> bool:
+                partial = partial_figures(model, spec, self.data.val, self.latency_cfg, gate.needs,
+                                          rungs[0][2] if rungs else None)
+                rungs.append((i, gate.fractions[i], partial))
+                return gate.decide(i, gate.fractions[i], partial)
         try:
-            res = train(model, self.data.train, cfg)
+            res = train(model, self.data.train, cfg, checkpoints=gate.fractions if gate else (),
+                        at_checkpoint=at_checkpoint)
         except TrainingDiverged as e:
             return EvalFailure(spec.id, f"training diverged: {e}"), None
+        if res.stopped:
+            i, fraction, partial = rungs[-1]
+            return Stopped(spec.id, i, fraction, partial, res.seconds, res.epochs), None
         return score_model(model, spec, self.data.val, self.latency_cfg, seed=seed, train_seconds=res.seconds,
                            epochs=res.epochs)
+
+
+def partial_figures(model, spec: ArchSpec, val_data, latency_cfg: LatencyConfig, needs, earlier: dict | None) -> dict:
+    """A partly trained model's figures at a rung: validation −ELBO now, exact static costs and, when
+    ``needs`` it, measured latency (taken from ``earlier``, the first rung's figures, when given:
+    the graph, and so its timing, does not change with training)."""
+    val = evaluate_neg_elbo(model, val_data)["neg_elbo"]
+    costs = static_costs(spec)
+    out = {"neg_elbo": val if math.isfinite(val) else float("inf"), "flops": costs.flops, "bitops": costs.bitops,
+           "params": costs.params, "size_bytes": costs.size_bytes, "ram_bytes": costs.ram_bytes,
+           "flash_bytes": costs.flash_bytes}
+    if "latency_ms" in needs:
+        out["latency_ms"] = earlier["latency_ms"] if earlier else measure_latency(model, latency_cfg).median_ms
+    return out
 
 
 def score_model(model, spec: ArchSpec, val_data, latency_cfg: LatencyConfig, *, seed: int, train_seconds: float,

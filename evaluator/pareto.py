@@ -73,3 +73,50 @@ def knee_point(points: Sequence[Sequence[float]], bounds: Sequence[Bound]) -> in
     norm = normalise(pts, bounds)
     dist = np.where(mask, np.linalg.norm(norm, axis=1), np.inf)
     return int(np.argmin(dist))
+
+
+def hv_contributions(points: Sequence[Sequence[float]], bounds: Sequence[Bound]) -> np.ndarray:
+    """Each point's exclusive hypervolume contribution: hypervolume of all minus that of all but it."""
+    total = hypervolume(points, bounds)
+    pts = list(points)
+    return np.array([total - hypervolume(pts[:i] + pts[i + 1:], bounds) for i in range(len(pts))])
+
+
+def promotion_order(points: Sequence[Sequence[float]], bounds: Sequence[Bound]) -> list[int]:
+    """Indices of ``points``, best first: by non-dominated sorting (front 1, then front 2, ...), within
+    a front by hypervolume contribution to that front (largest first; normalised by ``bounds``), then
+    by index (the earlier point first)."""
+    pts = np.asarray(points, dtype=float).reshape(len(points), -1)
+    rest = np.arange(len(pts))
+    order: list[int] = []
+    while len(rest):
+        mask = non_dominated_mask(pts[rest])
+        front = rest[mask]
+        contrib = hv_contributions(pts[front].tolist(), bounds) if len(front) > 1 else np.zeros(1)
+        order += [int(front[j]) for j in sorted(range(len(front)), key=lambda j: (-contrib[j], front[j]))]
+        rest = rest[~mask]
+    return order
+
+
+def promoted(i: int, points: Sequence[Sequence[float]], bounds: Sequence[Bound], keep: float) -> bool:
+    """Successive halving's rule for many objectives: does point ``i`` rank within the best
+    ``ceil(keep * n)`` of the ``n`` points (:func:`promotion_order`)? Fronts wholly above that line are
+    not sorted internally (only the front the line cuts needs hypervolume contributions)."""
+    pts = np.asarray(points, dtype=float).reshape(len(points), -1)
+    k = math.ceil(keep * len(pts) - 1e-9)
+    rest, ahead = np.arange(len(pts)), 0
+    while len(rest):
+        mask = non_dominated_mask(pts[rest])
+        front = rest[mask]
+        if i in front:
+            if ahead + len(front) <= k:
+                return True
+            contrib = hv_contributions(pts[front].tolist(), bounds)
+            mine = contrib[list(front).index(i)]
+            better = sum(1 for j, c in zip(front, contrib) if c > mine or (c == mine and j < i))
+            return ahead + better < k
+        ahead += len(front)
+        if ahead >= k:
+            return False
+        rest = rest[~mask]
+    raise IndexError(f"promoted: no point {i} among {len(pts)}")

@@ -110,6 +110,16 @@ class TrainResult:
     seconds: float
     final_loss: float  # mean −ELBO (with the final KL weight) over the last 50 steps
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since last entry)
+    stopped: bool = False  # ``at_checkpoint`` said stop before the budget was used up
+
+
+# Called at each checkpoint step (``train(checkpoints=...)``): f(index, step, total) -> continue training?
+AtCheckpoint = Callable[[int, int, int], bool]
+
+
+def checkpoint_steps(fractions, total: int) -> list[int]:
+    """The steps at which fractions of a ``total``-step run end: ``ceil(f * total)``, at least 1."""
+    return [max(1, math.ceil(f * total - 1e-9)) for f in fractions]
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -135,9 +145,15 @@ def train(
     step_loss: StepLoss | None = None,
     progress: bool = False,
     log_every: int = 50,
+    checkpoints: tuple[float, ...] = (),
+    at_checkpoint: AtCheckpoint | None = None,
 ) -> TrainResult:
     """Train ``model`` (a VAE or a supernet: anything with ``.likelihood``) in place on the stored training
-    data ``train_u8`` (``Splits.train``: uint8 images or float vectors); raises :class:`TrainingDiverged`."""
+    data ``train_u8`` (``Splits.train``: uint8 images or float vectors); raises :class:`TrainingDiverged`.
+
+    ``checkpoints``: fractions of the run (e.g. rungs 0.1, 0.3) at whose last step
+    ``at_checkpoint(index, step, total)`` is called; it returning False ends training there
+    (``TrainResult.stopped``)."""
     device = resolve_device(cfg.device)
     model.to(device).train()
     data = train_u8.to(device)
@@ -156,6 +172,8 @@ def train(
 
         bar = tqdm(total=total, desc="train", unit="step", leave=False)
     delay_steps = int(cfg.qat_delay * total)
+    stops = dict((s, i) for i, s in reversed(list(enumerate(checkpoint_steps(checkpoints, total)))))
+    stopped = False
     set_fake_quant(model, delay_steps == 0)
     t0 = time.perf_counter()
     history: list[tuple[int, float]] = []
@@ -201,6 +219,12 @@ def train(
                 if bar is not None:
                     bar.update(log_every if step % log_every == 0 else step % log_every)
                     bar.set_postfix(loss=f"{mean:.2f}")
+            if step in stops and step < total and at_checkpoint is not None \
+                    and not at_checkpoint(stops[step], step, total):
+                stopped = True
+                break
+        if stopped:
+            break
     set_fake_quant(model, True)
     if bar is not None:
         bar.close()
@@ -208,4 +232,5 @@ def train(
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     last = recent[-1][1] if recent else float("nan")
-    return TrainResult(steps=step, epochs=step / steps_per_epoch, seconds=seconds, final_loss=last, history=history)
+    return TrainResult(steps=step, epochs=step / steps_per_epoch, seconds=seconds, final_loss=last, history=history,
+                       stopped=stopped)

@@ -47,6 +47,7 @@ class Observation:
     values: tuple[float, ...] | None
     feasible: bool = True
     attrs: dict[str, Any] | None = None  # the trial's system attrs (strategy bookkeeping)
+    stopped_at: float | None = None  # stopped early at a rung after this fraction of its training (values None)
 
 
 @functools.lru_cache(maxsize=100_000)
@@ -60,7 +61,9 @@ NOT_THE_SPECS_FAULT = (None, "interrupted", "surplus")
 
 def observations(study: optuna.Study) -> list[Observation]:
     """Finished trials that carry a spec, in trial-number order: COMPLETE, FAIL of the spec's own
-    (diverged, ...), PRUNED (rejected as infeasible); not trials cut off by a crash or Ctrl-C."""
+    (diverged, ...), PRUNED (rejected as infeasible, or stopped early at a rung: ``stopped_at``, no
+    values - its partial figures are not comparable with finished ones); not trials cut off by a
+    crash or Ctrl-C."""
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
         js = t.user_attrs.get("spec")
@@ -69,7 +72,7 @@ def observations(study: optuna.Study) -> list[Observation]:
         done = t.state == TrialState.COMPLETE
         feasible = t.user_attrs.get("feasible", True) and all(c <= 0 for c in t.constraints.values())
         out.append(Observation(t.number, _spec(js), tuple(t.values) if done else None,
-                               bool(feasible) and done, dict(t.system_attrs)))
+                               bool(feasible) and done, dict(t.system_attrs), t.user_attrs.get("stopped_at_fraction")))
     out.sort(key=lambda o: o.number)
     return out
 

@@ -304,9 +304,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     fails = view.all_trials[states == "FAIL"] if len(view.all_trials) else view.all_trials
     running = view.all_trials[states == "RUNNING"] if len(view.all_trials) else view.all_trials
     n_inf = int((~view.trials["feasible"].astype(bool)).sum()) if len(view.trials) else 0
-    n_rej = int((states == "PRUNED").sum()) if len(view.all_trials) else 0
+    stopped = view.all_trials["stopped_at_rung"].notna().to_numpy() if len(view.all_trials) else []
+    repeats = view.all_trials["reused_from_trial"].notna().to_numpy() if len(view.all_trials) else []
+    n_stop = int(((states == "PRUNED") & stopped & ~repeats).sum()) if len(view.all_trials) else 0
+    n_rej = int(((states == "PRUNED") & ~stopped).sum()) if len(view.all_trials) else 0
+    n_rep = int(repeats.sum()) if len(view.all_trials) else 0
     extra = f" ({n_inf} infeasible)" if n_inf else ""
+    extra += f"; {n_stop} stopped early at a rung (partial figures, never on the front)" if n_stop else ""
     extra += f"; {n_rej} proposals rejected untrained (over a static limit)" if n_rej else ""
+    extra += f"; {n_rep} repeats of a measured spec (reused, not counted)" if n_rep else ""
     print(f"study {view.name} ({view.storage}): {len(view.trials)} complete{extra}, {len(fails)} failed, "
           f"{len(running)} running; objectives {view.objectives}; hypervolume {study_hypervolume(view):.4f}; "
           f"front size {len(view.front) if len(view.trials) else 0}")

@@ -15,7 +15,9 @@
     objectives: [neg_elbo, size_bytes]
     constraints: {size_bytes: 16384}  # optional hard limits, OBJECTIVE: max (any objective name)
     bounds: {neg_elbo: [80, 250], size_bytes: {lo: 1000, hi: 4000000, log: true}}
-    budget: {trials: 12, timeout_s: null}
+    budget: {trials: 12, timeout_s: null}   # + rungs: [0.1, 0.3, 1.0], keep: 0.33 - multi-fidelity early
+                                     # stopping: at each rung (fraction of the trial's training) a trial goes on
+                                     # only if it ranks in the best `keep` fraction of the trials that reached it
     train: {epochs: 1, batch_size: 100, lr: 0.001, max_steps: null, lr_schedule: constant, device: auto,
             kl_warmup_steps: 0, lr_warmup_steps: 0}   # warm-ups: linear ramps over the first N steps
     latency: {backend: onnxruntime, repeats: 50, threads: 1, batch_size: 1}  # onnxruntime | c | executorch |
@@ -114,6 +116,8 @@ class StudyConfig:
     strategy_options: dict[str, Any] = field(default_factory=dict)
     trials: int = 10
     timeout_s: float | None = None
+    rungs: tuple[float, ...] = ()  # decision points (fractions of the training budget, < 1); () = no early stopping
+    keep: float = 1 / 3  # the fraction of the trials at a rung that go on
     train: TrainConfig = field(default_factory=TrainConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     seed: int = 0
@@ -189,13 +193,14 @@ class StudyConfig:
         if isinstance(strat, str):
             strat = {"name": strat}
         strat = _block("strategy", strat, {"name", "options"})
-        budget = _block("budget", d.get("budget"), {"trials", "timeout_s"})
+        budget = _block("budget", d.get("budget"), {"trials", "timeout_s", "rungs", "keep"})
         trials = _typed("budget.trials", budget.get("trials", 10), int)
         if trials < 1:
             raise ConfigError(f"budget.trials: must be >= 1, got {trials}")
         timeout = _typed("budget.timeout_s", budget.get("timeout_s"), (int, float), allow_none=True)
         if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
             raise ConfigError(f"budget.timeout_s: must be a positive number of seconds (or null), got {timeout}")
+        rungs, keep = _rungs(budget)
         tr = _block("train", d.get("train"), _TRAIN_KEYS)
         seed = _typed("seed", d.get("seed", 0), int)
         for k, t in (("epochs", (int, float)), ("batch_size", int), ("lr", (int, float)), ("lr_schedule", str),
@@ -237,6 +242,9 @@ class StudyConfig:
             if "calibrate" in sn:
                 _typed("supernet.calibrate", sn["calibrate"], bool)
             supernet = SupernetConfig(**sn)
+            if rungs:
+                raise ConfigError("budget.rungs: supernet trials are estimates that train nothing, so there is nothing "
+                                  "to stop early; remove budget.rungs or the supernet block")
             for k in ("epochs", "n_val"):
                 v = getattr(supernet, k)
                 if v is not None and not v > 0:
@@ -285,7 +293,7 @@ class StudyConfig:
             name=name, space=space, objectives=objectives, bounds=bounds, dataset=dataset,
             data_root=_typed("data_root", d.get("data_root"), str, allow_none=True), n_train=n_train,
             strategy=sname, strategy_options=_typed("strategy.options", strat.get("options") or {}, dict),
-            trials=trials, timeout_s=timeout, train=train, latency=_latency(lat), seed=seed,
+            trials=trials, timeout_s=timeout, rungs=rungs, keep=keep, train=train, latency=_latency(lat), seed=seed,
             storage=storage, constraints=constraints, heartbeat=(interval, grace), outage_s=float(outage), supernet=supernet, darts=darts,
             enqueue=enqueue, artifacts=artifacts, raw=d,
         )
@@ -320,6 +328,8 @@ class StudyConfig:
             "supernet": dataclasses.asdict(self.supernet) if self.supernet is not None else None,
             "darts": self.darts,
         }
+        if self.rungs:  # only when set, so studies made before rungs existed still resume
+            parts["rungs"] = {"rungs": list(self.rungs), "keep": self.keep}
         return {k: json.dumps(v, sort_keys=True, default=str) for k, v in parts.items()}
 
     @classmethod
@@ -333,6 +343,32 @@ class StudyConfig:
             raise ConfigError(f"{p.name}: not a readable text file ({type(e).__name__}); give a YAML study config") \
                 from None
         return cls.from_dict(safe_yaml(text, p.name, ConfigError), base_dir=p.parent)
+
+
+def _rungs(budget: dict) -> tuple[tuple[float, ...], float]:
+    """``budget.rungs`` (fractions of a trial's training, increasing, in (0, 1]; the final 1.0 may be
+    left out) and ``budget.keep`` -> (the decision fractions below 1, keep)."""
+    raw = budget.get("rungs")
+    if raw is None:
+        if "keep" in budget:
+            raise ConfigError("budget.keep: only means something with budget.rungs; add rungs: [0.1, 0.3, 1.0] or "
+                              "remove keep")
+        return (), 1 / 3
+    if not isinstance(raw, list) or not raw or not all(isinstance(f, (int, float)) and not isinstance(f, bool)
+                                                       for f in raw):
+        raise ConfigError(f"budget.rungs: expected a list of fractions of the training budget, e.g. [0.1, 0.3, 1.0], "
+                          f"got {raw!r}")
+    fr = [float(f) for f in raw]
+    if not all(0 < f <= 1 for f in fr) or any(b <= a for a, b in zip(fr, fr[1:])):
+        raise ConfigError(f"budget.rungs: fractions must increase strictly within (0, 1], e.g. [0.1, 0.3, 1.0]; got {raw}")
+    decisions = tuple(f for f in fr if f < 1)
+    if not decisions:
+        raise ConfigError("budget.rungs: needs at least one fraction below 1 (where a trial may be stopped), e.g. "
+                          "[0.3, 1.0]")
+    keep = _typed("budget.keep", budget.get("keep", 1 / 3), (int, float))
+    if not 0 < keep < 1:
+        raise ConfigError(f"budget.keep: must be a fraction in (0, 1) of the trials at a rung that go on, got {keep}")
+    return decisions, float(keep)
 
 
 def _latency(lat: dict) -> LatencyConfig:

@@ -58,8 +58,12 @@ def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = No
     bounds = [Bound(*b) for b in study.user_attrs["bounds"]]
     rows, all_rows = [], []
     for t in study.get_trials(deepcopy=False):
+        partial = t.user_attrs.get("partial") or {}
         all_rows.append({"number": t.number, "state": t.state.name, "fail_reason": t.user_attrs.get("fail_reason", ""),
-                         "worker": t.user_attrs.get("worker", "")})
+                         "worker": t.user_attrs.get("worker", ""), "stopped_at_rung": t.user_attrs.get("stopped_at_rung"),
+                         "stopped_at_fraction": t.user_attrs.get("stopped_at_fraction"),
+                         "partial_neg_elbo": partial.get("neg_elbo"),
+                         "reused_from_trial": t.user_attrs.get("reused_from_trial")})
         if t.state != optuna.trial.TrialState.COMPLETE:
             continue
         spec = ArchSpec.from_json(t.user_attrs["spec"])
@@ -86,7 +90,11 @@ def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = No
         df = pd.DataFrame(columns=["trial", "spec_id", *objectives, "feasible", "on_front", "neg_elbo_is_estimate",
                                    "phase"])
     return StudyView(name, redact(url), study, objectives, bounds, df,
-                     pd.DataFrame(all_rows, columns=["number", "state", "fail_reason", "worker"]))
+                     pd.DataFrame(all_rows, columns=ALL_TRIAL_COLUMNS))
+
+
+ALL_TRIAL_COLUMNS = ["number", "state", "fail_reason", "worker", "stopped_at_rung", "stopped_at_fraction",
+                     "partial_neg_elbo", "reused_from_trial"]
 
 
 def list_studies(runs_dir: str | Path = "runs", storage: str | None = None) -> pd.DataFrame:
@@ -145,6 +153,12 @@ def pick_trial(view: StudyView, trial: int | None = None, pick: str | None = Non
         raise VaenasInputError(f"study {view.name!r} has no completed trials to export")
     if trial is not None:
         if trial not in set(df["trial"]):
+            row = view.all_trials[view.all_trials["number"] == trial]
+            if len(row) and row["stopped_at_rung"].notna().iloc[0]:
+                f = row["stopped_at_fraction"].iloc[0]
+                raise VaenasInputError(f"--trial: trial {trial} of study {view.name!r} was stopped early at a rung "
+                                       f"(after {f:g} of its training): it has partial figures only and no model; "
+                                       f"export a completed trial, or `vaenas retrain` its spec from `show --all`")
             raise VaenasInputError(f"--trial: study {view.name!r} has no completed trial {trial}; "
                                    f"completed trials are {sorted(df['trial'].tolist())[:20]}")
         return trial

@@ -56,7 +56,7 @@ import numpy as np
 import optuna
 import torch
 
-from evaluator import Evaluator, Objectives, check_latency_backend, hypervolume, load_data, non_dominated_mask, static_costs
+from evaluator import Evaluator, Objectives, Stopped, check_latency_backend, hypervolume, load_data, non_dominated_mask, static_costs
 from search_space import ArchSpec, VaenasInputError, optuna_private
 from strategies import SpecSampler, create_sampler, suggest_spec
 
@@ -64,6 +64,7 @@ from .config import STATIC_CONSTRAINTS, StudyConfig
 from .artifacts import describe as describe_artifacts
 from .artifacts import open_store as open_artifact_store
 from .artifacts import upload as upload_artifacts
+from .rungs import StudyRungs, is_stopped, stopped_attrs
 from .liveness import WORKER_DIED, claim_lock, claim_path, liveness_for
 from .storage import StorageUnreachable, _check_file_storage, _study_names, lock_study, open_storage, redact, storage_file  # noqa: F401
 
@@ -146,9 +147,11 @@ REMEASURE = "remeasure"  # phase of a trial that re-measures an estimated front 
 
 
 def is_finished(t: optuna.trial.FrozenTrial) -> bool:
-    if t.user_attrs.get("phase") == REMEASURE:
+    """Does ``t`` count toward the budget? A COMPLETE trial, a trial stopped at a rung, a FAIL of the
+    spec's own; not a re-measurement, a repeat of a spec already measured, or a trial cut off."""
+    if t.user_attrs.get("phase") == REMEASURE or "reused_from_trial" in t.user_attrs:
         return False  # extra: not part of the search budget
-    if t.state == optuna.trial.TrialState.COMPLETE:
+    if t.state == optuna.trial.TrialState.COMPLETE or is_stopped(t):
         return True
     return t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("fail_reason", INTERRUPTED) not in NOT_COUNTED
 
@@ -364,6 +367,7 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
 
 
 MAX_JOBS = 64
+MAX_REPEATS = 200  # proposals in a row of specs already measured before the search gives up (space exhausted)
 
 
 def _existing_studies(url: str, heartbeat, path: Path | None) -> list[str]:
@@ -451,7 +455,7 @@ def _trial_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout
     Returns whether it was interrupted (Ctrl-C, SIGTERM): the trial in hand is then marked so."""
     t_start = time.perf_counter()
     trial = None
-    rejected_in_a_row = 0
+    rejected_in_a_row = repeats_in_a_row = 0
     try:
         while True:
             with live.claim():  # file storages: one worker at a time counts and asks
@@ -481,6 +485,12 @@ def _trial_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout
                                            f"break {cfg.constraints}; loosen the limits or narrow the space")
                 continue
             rejected_in_a_row = 0
+            repeats_in_a_row = repeats_in_a_row + 1 if outcome == "reused" else 0
+            if repeats_in_a_row >= MAX_REPEATS:
+                print(f"vaenas: {cfg.strategy!r} proposed {MAX_REPEATS} specs in a row that the study had already "
+                      f"measured (repeats cost no budget); stopping with {_counts(study)[0]} of {budget} trials - the "
+                      "space may have few specs left, widen it or lower budget.trials", file=sys.stderr, flush=True)
+                return False
             if hasattr(sampler, "state_dict"):
                 study.set_user_attr("strategy_state", sampler.state_dict())
             if bar is not None:
@@ -509,7 +519,8 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
 def _run_trial(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, evaluators: _Evaluators,
                feasible, store=None) -> str:
     """Suggest a spec, then: record it as infeasible ("rejected"), reuse an earlier trial's result
-    of the same spec ("reused"), or train and measure it ("evaluated"); the trial is told."""
+    of the same spec ("reused": not counted in the budget), or train and measure it ("evaluated",
+    perhaps stopped at a rung); the trial is told."""
     spec = suggest_spec(cfg.space, trial)
     trial.set_user_attr("spec", spec.to_json())
     trial.set_user_attr("spec_id", spec.id)
@@ -517,20 +528,19 @@ def _run_trial(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, evalu
     if feasible is not None and not feasible(spec):
         _reject(study, cfg, trial, spec)
         return "rejected"
-    reuse = next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                  if t.user_attrs.get("spec_id") == spec.id and t.user_attrs.get("phase") != REMEASURE
-                  and is_estimate(t) == (cfg.supernet is not None)), None)
-    if reuse is not None:
-        for k, v in reuse.user_attrs.items():
-            if k not in ("spec", "spec_id", "seed", "worker", "worker_lock"):
-                trial.set_user_attr(k, v)
-        trial.set_user_attr("reused_from_trial", reuse.number)
-        for k, v in reuse.constraints.items():
-            trial.set_constraint(k, v)
-        study.tell(trial, reuse.values)
+    earlier = _earlier_result(study, cfg, spec)
+    if earlier is not None:
+        _reuse(study, trial, earlier)
         return "reused"
     evaluator = evaluators.get()
-    result, model = evaluator.evaluate_with_model(spec, cfg.seed)
+    gate = StudyRungs(study, trial, cfg.rungs, cfg.keep, cfg.objectives, cfg.bounds) if cfg.rungs else None
+    result, model = evaluator.evaluate_with_model(spec, cfg.seed, gate) if gate else \
+        evaluator.evaluate_with_model(spec, cfg.seed)
+    if isinstance(result, Stopped):
+        for k, v in stopped_attrs(result).items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return "evaluated"
     if not isinstance(result, Objectives):
         trial.set_user_attr("fail_reason", result.reason)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -541,6 +551,32 @@ def _run_trial(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, evalu
     _save_trial_files(trial, spec, None if result.neg_elbo_is_estimate else model, evaluators, store)
     study.tell(trial, list(result.values(cfg.objectives)))
     return "evaluated"
+
+
+def _earlier_result(study: optuna.Study, cfg: StudyConfig, spec: ArchSpec):
+    """The search trial that already measured ``spec`` in this study (COMPLETE, or stopped at a rung),
+    of the same kind (estimate or standalone); None if there is none."""
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                      optuna.trial.TrialState.PRUNED)):
+        if t.user_attrs.get("spec_id") == spec.id and t.user_attrs.get("phase") != REMEASURE \
+                and (t.state == optuna.trial.TrialState.COMPLETE or is_stopped(t)) \
+                and is_estimate(t) == (cfg.supernet is not None) and "reused_from_trial" not in t.user_attrs:
+            return t
+    return None
+
+
+def _reuse(study: optuna.Study, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:
+    """Tell ``trial`` what ``earlier`` measured for the same spec (not counted in the budget)."""
+    for k, v in earlier.user_attrs.items():
+        if k not in ("spec", "spec_id", "seed", "worker", "worker_lock", "rungs"):
+            trial.set_user_attr(k, v)
+    trial.set_user_attr("reused_from_trial", earlier.number)
+    for k, v in earlier.constraints.items():
+        trial.set_constraint(k, v)
+    if earlier.state == optuna.trial.TrialState.PRUNED:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+        study.tell(trial, earlier.values)
 
 
 def _save_trial_files(trial: optuna.Trial, spec: ArchSpec, model, evaluators: _Evaluators, store) -> None:
