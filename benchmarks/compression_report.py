@@ -54,6 +54,7 @@ from evaluator import (  # noqa: E402
     reconstruction_error, seeded_model, static_costs, train,
 )
 from search_space import ArchSpec, build_vae, pack_model  # noqa: E402
+from search_space.trial_attrs import trial_attrs  # noqa: E402
 
 SEED_CONV = ArchSpec(family="conv", enc_channels=(32, 64), kernels=(4, 4), strides=(2, 2), enc_hidden=(256,),
                      latent_dim=20, weight_bits=(32,) * 8)
@@ -281,7 +282,7 @@ def find_architectures(args, ds: str) -> dict[str, tuple[ArchSpec, str]]:
         _fail(f"the study has no completed trial of the FP32 MLP {ref_id}; the preset must enqueue it")
     ref_elbo = float(ref["neg_elbo"].min())
     knee = pick_trial(view)
-    spec_of = {t.number: ArchSpec.from_json(t.user_attrs["spec"]) for t in view.study.get_trials(deepcopy=False)
+    spec_of = {t.number: ArchSpec.from_json(trial_attrs(t)["spec"]) for t in view.study.get_trials(deepcopy=False)
                if t.number in set(df["trial"])}
     ok = df[(df["neg_elbo"] <= ref_elbo * (1 + WITHIN)) & df["feasible"]]
     smallest = int(ok.sort_values(["size_bytes", "neg_elbo"])["trial"].iloc[0])

@@ -41,6 +41,7 @@ from strategies.base import observations, trial_rng  # noqa: E402
 from strategies.evolution import RegularizedEvolution  # noqa: E402
 from studies.config import StudyConfig  # noqa: E402
 from studies.run import is_feasible, run_search  # noqa: E402
+from search_space.trial_attrs import trial_attrs  # noqa: E402
 
 _bench = importlib.util.spec_from_file_location("bench_strategies", Path(__file__).with_name("strategies.py"))
 bench = importlib.util.module_from_spec(_bench)
@@ -110,7 +111,7 @@ def analyse(study: optuna.Study, cfg: StudyConfig, name: str, options: dict, war
         tags = [f"{'min' if vals[j, m] == vals[:, m].min() else 'max'}-{cfg.objectives[m]}"
                 for m in range(vals.shape[1]) if vals[j, m] in (vals[:, m].min(), vals[:, m].max())]
         which.extend(tags or ["interior"])
-        child = ArchSpec.from_json(t.user_attrs["spec"])
+        child = ArchSpec.from_json(trial_attrs(t)["spec"])
         ham.append(hamming(space, p.spec, child))
         odist.append(float(np.linalg.norm(normalise([t.values], bounds)[0] - normalise([p.values], bounds)[0])))
     tags, counts = np.unique(which, return_counts=True)

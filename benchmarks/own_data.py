@@ -37,6 +37,7 @@ from compression_report import SEED_CONV, SEED_MLP  # noqa: E402
 from evaluator import TrainConfig, evaluate_neg_elbo, load_data, seeded_model, train  # noqa: E402
 from search_space import ArchSpec, pack_model  # noqa: E402
 from studies.config import StudyConfig  # noqa: E402
+from search_space.trial_attrs import trial_attrs  # noqa: E402
 from studies.report import load_view  # noqa: E402
 from studies.run import run_search  # noqa: E402
 
@@ -61,7 +62,7 @@ def front_specs(view, front) -> list[tuple[int, ArchSpec]]:
     """The front's distinct specs (a spec proposed twice is one reused trial, not two points), by trial."""
     seen, out = set(), []
     for _, t in front.sort_values("trial").iterrows():
-        spec = ArchSpec.from_json(view.study.trials[int(t["trial"])].user_attrs["spec"])
+        spec = ArchSpec.from_json(trial_attrs(view.study.trials[int(t["trial"])])["spec"])
         if spec.id not in seen:
             seen.add(spec.id)
             out.append((int(t["trial"]), spec))

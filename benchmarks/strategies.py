@@ -31,6 +31,7 @@ from evaluator import hypervolume, non_dominated_mask  # noqa: E402
 from strategies import REGISTRY, extra_available  # noqa: E402
 from studies.config import StudyConfig  # noqa: E402
 from studies.run import is_feasible, run_search  # noqa: E402
+from search_space.trial_attrs import trial_attrs  # noqa: E402
 
 SPACE = {
     "family": ["mlp"], "latent_dim": [8, 16, 32], "activation": ["relu"],
@@ -136,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             summary = run_search(cfg, runs_dir=runs, progress=False)
             study = optuna.load_study(study_name=cfg.name, storage=summary.storage)
-            by_id = {t.user_attrs.get("spec_id"): t for t in study.get_trials(deepcopy=False)
-                     if t.user_attrs.get("proposed_by") == "darts" and is_feasible(t)}
+            by_id = {trial_attrs(t).get("spec_id"): t for t in study.get_trials(deepcopy=False)
+                     if trial_attrs(t).get("proposed_by") == "darts" and is_feasible(t)}
             for s in study.user_attrs["darts_sweep"]:
                 t = by_id.get(s["spec_id"])
                 spec = json.loads(s["spec"])

@@ -57,7 +57,14 @@ class FlopReport:
 
 
 def count_flops(spec: ArchSpec, batch_size: int = 1) -> FlopReport:
-    float_spec = spec.replace(weight_bits=(32,) * len(spec.weight_bits), act_bits=None)
+    """FLOPs of the deployed float graph: the same for every bit-width assignment of one structure, so
+    counted once per structure (cached)."""
+    return _count_float_flops(spec.replace(weight_bits=(32,) * len(spec.weight_bits), act_bits=None), batch_size)
+
+
+@functools.lru_cache(maxsize=8192)
+def _count_float_flops(float_spec: ArchSpec, batch_size: int) -> FlopReport:
+    spec = float_spec
     with torch.device("meta"):
         model = build_vae(float_spec).eval()
         x = torch.zeros((batch_size, *spec.input_shape))

@@ -62,6 +62,7 @@ class Objectives:
     neg_elbo_uncalibrated: float | None = None  # supernet estimate before depth calibration (if calibrated)
     uncounted_ops: tuple[str, ...] = field(default=())
     bits_per_dim: float | None = None  # image data: neg_elbo in bits per data dimension (None for vectors)
+    latency_is_estimate: bool = False  # True when latency_ms comes from a latency table, not a measurement
 
     def values(self, names: list[str]) -> tuple[float, ...]:
         return tuple(float(getattr(self, n)) for n in names)
@@ -137,7 +138,7 @@ class Evaluator:
         rungs: list[tuple[int, float, dict]] = []
         at_checkpoint = None
         if gate is not None:
-            def at_checkpoint(i: int, step: int, total: int) -> bool:
+            def at_checkpoint(i: int, step: int, total: int) -> bool:  # noqa: F811
                 partial = partial_figures(model, spec, self.data.val, self.latency_cfg, gate.needs,
                                           rungs[0][2] if rungs else None)
                 rungs.append((i, gate.fractions[i], partial))
@@ -169,21 +170,28 @@ def partial_figures(model, spec: ArchSpec, val_data, latency_cfg: LatencyConfig,
 
 
 def score_model(model, spec: ArchSpec, val_data, latency_cfg: LatencyConfig, *, seed: int, train_seconds: float,
-                epochs: float, estimate: bool = False):
+                epochs: float, estimate: bool = False, latency_table=None):
     """Score a ready model: validation −ELBO, static costs, measured latency -> ``(Objectives, model)``.
 
     ``estimate=True`` marks the −ELBO as inherited from a supernet (an estimate, not a standalone figure).
+    ``latency_table`` (:class:`~evaluator.latency_table.LatencyTable`): latency is its ESTIMATE, not measured.
     """
     t0 = time.perf_counter()
     val = evaluate_neg_elbo(model, val_data)["neg_elbo"]
     if not math.isfinite(val):
         return EvalFailure(spec.id, f"validation −ELBO is {val}"), None
     costs = static_costs(spec)
-    lat = measure_latency(model, latency_cfg)
+    if latency_table is not None:
+        lat_ms, lat_iqr, lat_path, threads = latency_table.estimate_ms(spec), float("nan"), \
+            f"latency table ({latency_table.backend}): ESTIMATE", latency_cfg.threads
+    else:
+        lat = measure_latency(model, latency_cfg)
+        lat_ms, lat_iqr, lat_path, threads = lat.median_ms, lat.iqr_ms, lat.path, lat.threads
     return Objectives(
         spec_id=spec.id, neg_elbo=val, flops=costs.flops, bitops=costs.bitops, params=costs.params,
-        size_bytes=costs.size_bytes, ram_bytes=costs.ram_bytes, flash_bytes=costs.flash_bytes, latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms, latency_path=lat.path,
-        latency_threads=lat.threads, train_seconds=train_seconds, eval_seconds=time.perf_counter() - t0,
-        epochs=epochs, seed=seed, neg_elbo_is_estimate=estimate, uncounted_ops=costs.uncounted_ops,
-        bits_per_dim=image_bits_per_dim(spec, val),
+        size_bytes=costs.size_bytes, ram_bytes=costs.ram_bytes, flash_bytes=costs.flash_bytes, latency_ms=lat_ms,
+        latency_iqr_ms=lat_iqr, latency_path=lat_path, latency_threads=threads, train_seconds=train_seconds,
+        eval_seconds=time.perf_counter() - t0, epochs=epochs, seed=seed, neg_elbo_is_estimate=estimate,
+        uncounted_ops=costs.uncounted_ops, bits_per_dim=image_bits_per_dim(spec, val),
+        latency_is_estimate=latency_table is not None,
     ), model

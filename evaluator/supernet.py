@@ -112,6 +112,7 @@ class SupernetConfig:
     n_val: int | None = 2000  # validation images the estimate is computed on (None: all)
     remeasure: int = 10  # front specs re-measured by standalone training after the search
     calibrate: bool = True  # anchor estimates per depth on standalone-trained extreme specs
+    latency_table: bool = True  # latency of scored specs from a per-layer table fitted once per study (ESTIMATES)
 
     def sandwich(self, seed: int) -> SandwichConfig:
         return SandwichConfig(n_random=self.n_random, kd_weight=self.kd_weight, seed=seed)
@@ -190,6 +191,7 @@ class SupernetEvaluator:
         self.net, self.data, self.train_cfg, self.latency_cfg, self.cfg = net, data, train_cfg, latency_cfg, cfg
         self.val = data.val if cfg.n_val is None else data.val[: cfg.n_val]
         self.calibration = calibration
+        self.latency_table = None  # a LatencyTable: latency estimated from it instead of measured
         self.train_seconds = 0.0  # set by whoever trained the supernet (reporting only)
 
     def evaluate(self, spec: ArchSpec, seed: int | None = None):
@@ -206,7 +208,7 @@ class SupernetEvaluator:
                 return EvalFailure(spec.id, f"fine-tune diverged: {e}"), None
             seconds, epochs = res.seconds, res.epochs
         result, model = score_model(model, spec, self.val, self.latency_cfg, seed=seed, train_seconds=seconds,
-                                    epochs=epochs, estimate=True)
+                                    epochs=epochs, estimate=True, latency_table=self.latency_table)
         if self.calibration is not None and not isinstance(result, EvalFailure):
             from dataclasses import replace
 

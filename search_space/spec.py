@@ -23,6 +23,7 @@ Bernoulli specs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -245,9 +246,10 @@ class ArchSpec:
             raise SpecError(f"arch spec: not valid JSON ({e})") from None
         return cls.from_dict(d)
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
-        """Stable short id: the first 12 hex digits of the SHA-256 of the canonical JSON."""
+        """Stable short id: the first 12 hex digits of the SHA-256 of the canonical JSON (computed once: the
+        spec is frozen)."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     def replace(self, **changes: Any) -> "ArchSpec":

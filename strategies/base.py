@@ -32,6 +32,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from search_space import ArchSpec, SearchSpace
+from search_space.trial_attrs import trial_attrs
 
 Feasible = Callable[[ArchSpec], bool]
 # How many fresh proposals a whole-spec strategy draws before it gives up on novelty/feasibility.
@@ -59,22 +60,36 @@ def _spec(js: str) -> ArchSpec:
 NOT_THE_SPECS_FAULT = (None, "interrupted", "surplus")
 
 
-def observations(study: optuna.Study) -> list[Observation]:
+def observations(study: optuna.Study, cache: dict | None = None) -> list[Observation]:
     """Finished trials that carry a spec, in trial-number order: COMPLETE, FAIL of the spec's own
     (diverged, ...), PRUNED (rejected as infeasible, or stopped early at a rung: ``stopped_at``, no
     values - its partial figures are not comparable with finished ones); not trials cut off by a
-    crash or Ctrl-C."""
+    crash or Ctrl-C. ``cache`` (a dict the caller keeps): a finished trial never changes, so each is
+    read once - the per-proposal cost stays flat as the study grows."""
     out = []
+    key = study.study_name
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
-        js = t.user_attrs.get("spec")
-        if js is None or t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in NOT_THE_SPECS_FAULT:
-            continue
-        done = t.state == TrialState.COMPLETE
-        feasible = t.user_attrs.get("feasible", True) and all(c <= 0 for c in t.constraints.values())
-        out.append(Observation(t.number, _spec(js), tuple(t.values) if done else None,
-                               bool(feasible) and done, dict(t.system_attrs), t.user_attrs.get("stopped_at_fraction")))
+        if cache is not None and (key, t.number) in cache:
+            o = cache[key, t.number]
+        else:
+            o = _observation(t)
+            if cache is not None:
+                cache[key, t.number] = o
+        if o is not None:
+            out.append(o)
     out.sort(key=lambda o: o.number)
     return out
+
+
+def _observation(t: FrozenTrial) -> Observation | None:
+    a = trial_attrs(t)
+    js = a.get("spec")
+    if js is None or t.state == TrialState.FAIL and a.get("fail_reason") in NOT_THE_SPECS_FAULT:
+        return None
+    done = t.state == TrialState.COMPLETE
+    feasible = a.get("feasible", True) and all(c <= 0 for c in t.constraints.values())
+    return Observation(t.number, _spec(js), tuple(t.values) if done else None, bool(feasible) and done,
+                       dict(t.system_attrs), a.get("stopped_at_fraction"))
 
 
 def earlier_feasible_points(o: Observation, history: list[Observation]) -> np.ndarray:
@@ -159,6 +174,7 @@ class SpecSampler(StatefulMixin, optuna.samplers.BaseSampler):
         self.seed = int(seed)
         self.feasible = feasible
         self._proposals: dict[int, dict[str, Any]] = {}
+        self._seen_trials: dict = {}  # observations() cache: finished trials, read once
 
     # -- to implement
     def propose(self, history: list[Observation], rng: random.Random) -> ArchSpec | None:
@@ -198,10 +214,11 @@ class SpecSampler(StatefulMixin, optuna.samplers.BaseSampler):
         return {}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        history = observations(study)
+        history = observations(study, self._seen_trials)
         self.observe(history)
         rng = trial_rng(self.seed, trial.number)
-        seen = {t.user_attrs["spec_id"] for t in study.get_trials(deepcopy=False) if "spec_id" in t.user_attrs}
+        seen = {o.spec.id for o in history} | {trial_attrs(t).get("spec_id") for t in study.get_trials(
+            deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)) if t.number != trial.number}
         spec = None
         for _ in range(MAX_TRIES):
             cand = self.propose(history, rng)

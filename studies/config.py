@@ -32,7 +32,9 @@
                                      # failed and retried once; a worker rides out a database outage of up to
                                      # outage_s (retrying with backoff), then stops: "database unreachable"
     supernet: {epochs: 10, n_random: 2, kd_weight: 1.0, finetune_steps: 0, n_val: 2000, remeasure: 10,
-               calibrate: true}  # calibrate: anchor the estimates per depth on standalone-trained extremes
+               calibrate: true, latency_table: true}  # calibrate: anchor the estimates per depth on
+                                     # standalone-trained extremes; latency_table: scored specs' latency is an
+                                     # ESTIMATE from a per-layer table fitted once (validation printed)
                                      # optional (one-family spaces): score trials on one trained weight-sharing
                                      # supernet - their −ELBO is an ESTIMATE - then re-measure up to
                                      # `remeasure` front specs by standalone training (the reported front)
@@ -69,7 +71,8 @@ STATIC_CONSTRAINTS = ("flops", "bitops", "params", "size_bytes", "ram_bytes", "f
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_steps", "lr_schedule", "kl_warmup_steps", "lr_warmup_steps", "device"}
 _LATENCY_KEYS = {"backend", "repeats", "threads", "batch_size", "warmup", "command", "format"}
 _DARTS_KEYS = {"lambdas", "steps", "depth", "arch_lr", "warmup_steps", "batch_size"}
-_SUPERNET_KEYS = {"epochs", "n_random", "kd_weight", "finetune_steps", "n_val", "remeasure", "calibrate"}
+_SUPERNET_KEYS = {"epochs", "n_random", "kd_weight", "finetune_steps", "n_val", "remeasure", "calibrate",
+                  "latency_table"}
 
 
 class ConfigError(VaenasInputError):
@@ -239,8 +242,9 @@ class StudyConfig:
                     _typed(f"supernet.{k}", sn[k], t)
             if "n_val" in sn:
                 _typed("supernet.n_val", sn["n_val"], int, allow_none=True)
-            if "calibrate" in sn:
-                _typed("supernet.calibrate", sn["calibrate"], bool)
+            for k in ("calibrate", "latency_table"):
+                if k in sn:
+                    _typed(f"supernet.{k}", sn[k], bool)
             supernet = SupernetConfig(**sn)
             if rungs:
                 raise ConfigError("budget.rungs: supernet trials are estimates that train nothing, so there is nothing "
@@ -325,7 +329,7 @@ class StudyConfig:
             "train": train, "seed": self.seed, "latency": dataclasses.asdict(self.latency),
             "objectives": self.objectives, "bounds": [[b.lo, b.hi, b.log] for b in self.bounds],
             "constraints": self.constraints,
-            "supernet": dataclasses.asdict(self.supernet) if self.supernet is not None else None,
+            "supernet": _supernet_fingerprint(self.supernet),
             "darts": self.darts,
         }
         if self.rungs:  # only when set, so studies made before rungs existed still resume
@@ -343,6 +347,17 @@ class StudyConfig:
             raise ConfigError(f"{p.name}: not a readable text file ({type(e).__name__}); give a YAML study config") \
                 from None
         return cls.from_dict(safe_yaml(text, p.name, ConfigError), base_dir=p.parent)
+
+
+def _supernet_fingerprint(sn) -> dict | None:
+    """The supernet block as it changes what trials measure; ``latency_table: false`` (measuring every
+    estimate, as studies did before the table existed) is left out, so those studies still resume."""
+    if sn is None:
+        return None
+    d = dataclasses.asdict(sn)
+    if not d["latency_table"]:
+        del d["latency_table"]
+    return d
 
 
 def _rungs(budget: dict) -> tuple[tuple[float, ...], float]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from search_space import VaenasInputError, pack_model
 from search_space.deploy import FORMATS, MANIFEST, export_model, parse_formats
+from search_space.trial_attrs import trial_attrs
 
 __all__ = ["FORMATS", "build_and_size", "export_weights", "how_to_run", "parse_formats", "trial_checkpoint"]
 
@@ -32,7 +33,7 @@ def trial_checkpoint(view, number: int, runs_dir, tmp: Path) -> Path:
     local = study_dir(runs_dir, view.name) / "trials" / str(number) / "model.pt"
     if local.is_file():
         return local
-    if t.user_attrs.get("neg_elbo_is_estimate"):
+    if trial_attrs(t).get("neg_elbo_is_estimate"):
         raise VaenasInputError(
             f"trial {number}: its −ELBO is a supernet estimate and it has no weights of its own to export; "
             f"retrain it (`vaenas export {view.name} --trial {number}`, then `vaenas retrain` the arch file and "

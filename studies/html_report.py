@@ -26,6 +26,7 @@ from search_space import ArchSpec
 from .plots import BIT_COLOURS, BIT_EDGES, BIT_LEVELS, LABELS, bits_colour
 from .report import StudyView, feasible_trials, hypervolume_curve, reported_mask, study_hypervolume
 from .run import study_dir
+from search_space.trial_attrs import trial_attrs
 
 MAX_THUMBNAILS = 60  # front points (and the knee) get their picture embedded; the page stays small
 
@@ -75,7 +76,7 @@ def _trial_points(view: StudyView, runs_dir, images) -> list[dict]:
     pts = []
     n_pics = 0
     for i, (_, r) in enumerate(df.iterrows()):
-        spec = ArchSpec.from_dict(json.loads(view.study.trials[int(r["trial"])].user_attrs["spec"]))
+        spec = ArchSpec.from_dict(json.loads(trial_attrs(view.study.trials[int(r["trial"])])["spec"]))
         widths = list(spec.enc_channels) + list(spec.enc_hidden)
         p = {"trial": int(r["trial"]), "spec_id": spec.id, "family": spec.family, "latent_dim": spec.latent_dim,
              "layers": [[n, int(b)] for n, b in zip(spec.layer_names(), spec.weight_bits)], "widths": widths,
@@ -115,8 +116,8 @@ def _all_trials(view: StudyView) -> list[dict]:
     rows = view.trials.set_index("trial") if len(view.trials) else None
     out = []
     for t in view.study.trials:
-        d = {"trial": t.number, "state": t.state.name, "fail_reason": t.user_attrs.get("fail_reason", ""),
-             "spec_id": t.user_attrs.get("spec_id", ""), "worker": t.user_attrs.get("worker", "")}
+        d = {"trial": t.number, "state": t.state.name, "fail_reason": trial_attrs(t).get("fail_reason", ""),
+             "spec_id": trial_attrs(t).get("spec_id", ""), "worker": trial_attrs(t).get("worker", "")}
         if rows is not None and t.number in rows.index:
             r = rows.loc[t.number]
             for k in view.objectives + ["mean_bits"]:

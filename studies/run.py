@@ -58,6 +58,7 @@ import torch
 
 from evaluator import Evaluator, Objectives, Stopped, check_latency_backend, hypervolume, load_data, non_dominated_mask, static_costs
 from search_space import ArchSpec, VaenasInputError, optuna_private
+from search_space.trial_attrs import trial_attrs
 from strategies import SpecSampler, create_sampler, suggest_spec
 
 from .config import STATIC_CONSTRAINTS, StudyConfig
@@ -149,15 +150,15 @@ REMEASURE = "remeasure"  # phase of a trial that re-measures an estimated front 
 def is_finished(t: optuna.trial.FrozenTrial) -> bool:
     """Does ``t`` count toward the budget? A COMPLETE trial, a trial stopped at a rung, a FAIL of the
     spec's own; not a re-measurement, a repeat of a spec already measured, or a trial cut off."""
-    if t.user_attrs.get("phase") == REMEASURE or "reused_from_trial" in t.user_attrs:
+    if trial_attrs(t).get("phase") == REMEASURE or "reused_from_trial" in trial_attrs(t):
         return False  # extra: not part of the search budget
     if t.state == optuna.trial.TrialState.COMPLETE or is_stopped(t):
         return True
-    return t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("fail_reason", INTERRUPTED) not in NOT_COUNTED
+    return t.state == optuna.trial.TrialState.FAIL and trial_attrs(t).get("fail_reason", INTERRUPTED) not in NOT_COUNTED
 
 
 def is_feasible(t: optuna.trial.FrozenTrial) -> bool:
-    return t.state == optuna.trial.TrialState.COMPLETE and bool(t.user_attrs.get("feasible", True))
+    return t.state == optuna.trial.TrialState.COMPLETE and bool(trial_attrs(t).get("feasible", True))
 
 
 def constraint_values(values: dict, constraints: dict[str, float]) -> list[float]:
@@ -185,7 +186,7 @@ def _set_constraints(trial: optuna.Trial, names, values) -> None:
 
 
 def is_estimate(t: optuna.trial.FrozenTrial) -> bool:
-    return bool(t.user_attrs.get("neg_elbo_is_estimate", False))
+    return bool(trial_attrs(t).get("neg_elbo_is_estimate", False))
 
 
 def reported_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
@@ -289,6 +290,9 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise VaenasInputError(f"--timeout: must be a positive number of seconds, got {timeout}")
     check_jobs(jobs)
+    if cfg.supernet is not None and (worker or jobs > 1):
+        raise VaenasInputError("supernet: a supernet study scores its specs in one process (milliseconds each, one "
+                               "storage write per trial); run `vaenas search CONFIG` without --jobs, and no workers")
     path = storage_file(url)
     heartbeat = cfg.heartbeat if path is None else None  # file storages: lock files tell the living (liveness.py)
     names = _existing_studies(url, heartbeat, path)
@@ -339,11 +343,13 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     bar = _progress_bar(study, cfg, budget) if progress and sys.stderr.isatty() else None
     try:
         if jobs > 1:
-            if cfg.supernet is not None:
-                evaluators.get()  # trained once here; the workers load runs/<study>/supernet.pt
             _share_cores(jobs)
             children = _start_workers(cfg, runs_dir, jobs - 1, budget, timeout, poll_s)
-        interrupted = _trial_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout, poll_s, bar, store)
+        if cfg.supernet is not None:
+            interrupted = _supernet_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout, poll_s, bar)
+        else:
+            interrupted = _trial_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout, poll_s, bar,
+                                      store)
     finally:
         if bar is not None:
             bar.close()
@@ -434,7 +440,24 @@ class _Evaluators:
                 self.study.set_user_attr("supernet_calibration", ev.calibration.to_dict())
             if ev.train_seconds and "supernet_train_seconds" not in attrs:
                 self.study.set_user_attr("supernet_train_seconds", ev.train_seconds)
+            if self.cfg.supernet.latency_table:
+                ev.latency_table = self._latency_table()
         return self._supernet
+
+    def _latency_table(self):
+        """The study's latency table: fitted once (stored in the study), reused on ``--resume``."""
+        from evaluator.latency_table import LatencyTable, fit_latency_table
+
+        stored = self.study.user_attrs.get("latency_table")
+        if stored is not None:
+            return LatencyTable.from_dict(stored)
+        if self.progress:
+            print(f"fitting the latency table: measuring sampled specs on {self.cfg.latency.backend} ...", flush=True)
+        table = fit_latency_table(self.cfg.space, self.cfg.latency, self.cfg.seed)
+        self.study.set_user_attr("latency_table", table.to_dict())
+        if self.progress:
+            print(table.describe(), flush=True)
+        return table
 
 
 def _counts(study: optuna.Study) -> tuple[int, list[int]]:
@@ -505,6 +528,39 @@ def _trial_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout
         return True
 
 
+def _supernet_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout, poll_s, bar) -> bool:
+    """Supernet mode: enqueued trials first (the ordinary loop), then the estimates against an in-memory
+    mirror, one storage write each (:mod:`studies.estimates`). Returns whether it was interrupted."""
+    from .estimates import estimate_loop, mirror_of
+
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    if waiting and _trial_loop(study, cfg, sampler, live, evaluators, feasible,
+                               min(budget, _counts(study)[0] + len(waiting)), timeout, poll_s, bar):
+        return True
+    evaluators.get()  # the supernet (and latency table) before the first estimate
+    t0 = time.perf_counter()
+
+    def progress(mirror, n_fin):
+        if bar is not None:
+            size, hv = front_stats(mirror, cfg)
+            bar.n = min(n_fin, budget)
+            bar.set_postfix(front=size, hv=f"{hv:.4f}")
+            bar.refresh()
+
+    mirror = mirror_of(study, sampler, cfg.space)
+    index: dict = {}
+    for t in mirror.get_trials(deepcopy=False):
+        index_result(index, t, cfg)
+
+    def run_one(m: optuna.Study, trial: optuna.Trial) -> None:
+        _run_trial(m, cfg, trial, evaluators, feasible, None, index)
+        index_result(index, m.get_trials(deepcopy=False)[trial.number], cfg)
+
+    return estimate_loop(study, mirror, run_one, is_finished, budget,
+                         None if timeout is None else max(0.0, timeout - (time.perf_counter() - t0)), sampler,
+                         WORKER_ID, progress)
+
+
 def _surplus(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
     """Server storages: did this trial lose a race for the last slot to an earlier trial of another
     worker? Then it is failed as "surplus" (not counted)."""
@@ -517,7 +573,7 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
 
 
 def _run_trial(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, evaluators: _Evaluators,
-               feasible, store=None) -> str:
+               feasible, store=None, index: dict | None = None) -> str:
     """Suggest a spec, then: record it as infeasible ("rejected"), reuse an earlier trial's result
     of the same spec ("reused": not counted in the budget), or train and measure it ("evaluated",
     perhaps stopped at a rung); the trial is told."""
@@ -528,7 +584,7 @@ def _run_trial(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, evalu
     if feasible is not None and not feasible(spec):
         _reject(study, cfg, trial, spec)
         return "rejected"
-    earlier = _earlier_result(study, cfg, spec)
+    earlier = _earlier_result(study, cfg, spec, index)
     if earlier is not None:
         _reuse(study, trial, earlier)
         return "reused"
@@ -553,21 +609,35 @@ def _run_trial(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, evalu
     return "evaluated"
 
 
-def _earlier_result(study: optuna.Study, cfg: StudyConfig, spec: ArchSpec):
+def _earlier_result(study: optuna.Study, cfg: StudyConfig, spec: ArchSpec, index: dict | None = None):
     """The search trial that already measured ``spec`` in this study (COMPLETE, or stopped at a rung),
-    of the same kind (estimate or standalone); None if there is none."""
+    of the same kind (estimate or standalone); None if there is none. ``index`` (spec id -> trial,
+    kept by the caller, :func:`index_result`) replaces the scan of the study."""
+    if index is not None:
+        return index.get(spec.id)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                       optuna.trial.TrialState.PRUNED)):
-        if t.user_attrs.get("spec_id") == spec.id and t.user_attrs.get("phase") != REMEASURE \
-                and (t.state == optuna.trial.TrialState.COMPLETE or is_stopped(t)) \
-                and is_estimate(t) == (cfg.supernet is not None) and "reused_from_trial" not in t.user_attrs:
+        if trial_attrs(t).get("spec_id") == spec.id and _is_result(t, cfg):
             return t
     return None
 
 
+def _is_result(t: optuna.trial.FrozenTrial, cfg: StudyConfig) -> bool:
+    """Can later trials of the same spec reuse ``t``'s figures?"""
+    a = trial_attrs(t)
+    return (t.state == optuna.trial.TrialState.COMPLETE or is_stopped(t)) and a.get("phase") != REMEASURE \
+        and is_estimate(t) == (cfg.supernet is not None) and "reused_from_trial" not in a
+
+
+def index_result(index: dict, t: optuna.trial.FrozenTrial, cfg: StudyConfig) -> None:
+    """Add finished trial ``t`` to a spec-id index of reusable results (the first one of a spec wins)."""
+    if _is_result(t, cfg):
+        index.setdefault(trial_attrs(t).get("spec_id"), t)
+
+
 def _reuse(study: optuna.Study, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:
     """Tell ``trial`` what ``earlier`` measured for the same spec (not counted in the budget)."""
-    for k, v in earlier.user_attrs.items():
+    for k, v in trial_attrs(earlier).items():
         if k not in ("spec", "spec_id", "seed", "worker", "worker_lock", "rungs"):
             trial.set_user_attr(k, v)
     trial.set_user_attr("reused_from_trial", earlier.number)
@@ -782,30 +852,30 @@ def remeasure_front(study: optuna.Study, cfg: StudyConfig, evaluator: Evaluator,
     from optuna.distributions import CategoricalDistribution
 
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    est = [t for t in trials if is_estimate(t) and is_feasible(t) and t.user_attrs.get("phase") != REMEASURE]
+    est = [t for t in trials if is_estimate(t) and is_feasible(t) and trial_attrs(t).get("phase") != REMEASURE]
     if not est:
         return 0
     mask = non_dominated_mask([t.values for t in est])
     front = sorted((t for t, m in zip(est, mask) if m), key=lambda t: (t.values[0], t.number))
     seen_ids, picked = set(), []
     for t in front:  # one per spec
-        if t.user_attrs["spec_id"] not in seen_ids:
-            seen_ids.add(t.user_attrs["spec_id"])
+        if trial_attrs(t)["spec_id"] not in seen_ids:
+            seen_ids.add(trial_attrs(t)["spec_id"])
             picked.append(t)
     n = cfg.supernet.remeasure
     if len(picked) > n:  # the n specs whose estimated points cover the most hypervolume (greedy)
         picked = [picked[i] for i in greedy_hv_subset([t.values for t in picked], cfg.bounds, n)]
-    done = {t.user_attrs.get("spec_id") for t in trials if t.user_attrs.get("phase") == REMEASURE}
-    todo = [t for t in picked if t.user_attrs["spec_id"] not in done]
+    done = {trial_attrs(t).get("spec_id") for t in trials if trial_attrs(t).get("phase") == REMEASURE}
+    todo = [t for t in picked if trial_attrs(t)["spec_id"] not in done]
     for i, t in enumerate(todo):
-        spec = ArchSpec.from_json(t.user_attrs["spec"])
+        spec = ArchSpec.from_json(trial_attrs(t)["spec"])
         if progress:
             print(f"re-measuring front spec {i + 1}/{len(todo)} ({spec.id}, estimated −ELBO "
-                  f"{t.user_attrs['neg_elbo']:.2f}) by standalone training ...", flush=True)
+                  f"{trial_attrs(t)['neg_elbo']:.2f}) by standalone training ...", flush=True)
         result, model = evaluator.evaluate_with_model(spec, cfg.seed)
         attrs = {"spec": spec.to_json(), "spec_id": spec.id, "seed": cfg.seed, "phase": REMEASURE,
-                 "remeasure_of": t.number, "estimate_neg_elbo": t.user_attrs["neg_elbo"], "worker": WORKER_ID,
-                 "estimate_neg_elbo_uncalibrated": t.user_attrs.get("neg_elbo_uncalibrated")}
+                 "remeasure_of": t.number, "estimate_neg_elbo": trial_attrs(t)["neg_elbo"], "worker": WORKER_ID,
+                 "estimate_neg_elbo_uncalibrated": trial_attrs(t).get("neg_elbo_uncalibrated")}
         if not isinstance(result, Objectives):
             attrs["fail_reason"] = result.reason
             study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs=attrs))
@@ -822,6 +892,6 @@ def remeasure_front(study: optuna.Study, cfg: StudyConfig, evaluator: Evaluator,
                                                   values=list(result.values(cfg.objectives)),
                                                   user_attrs=attrs, system_attrs=system))
         number = max(x.number for x in study.get_trials(deepcopy=False)
-                     if x.user_attrs.get("remeasure_of") == t.number)
+                     if trial_attrs(x).get("remeasure_of") == t.number)
         save_checkpoint(sdir / "trials" / str(number) / "model.pt", model, spec, data_meta(evaluator.data))
     return len(todo)

@@ -25,6 +25,7 @@ import math
 import optuna
 
 from evaluator import Bound, promoted
+from search_space.trial_attrs import trial_attrs
 
 RUNGS_ATTR = "rungs"  # trial attr: [{rung, fraction, point, compared_with, promoted}, ...]
 STOPPED_ATTR = "stopped_at_rung"  # trial attr of a trial stopped early (PRUNED)
@@ -34,9 +35,9 @@ def rung_points(trials, rung: int, exclude: int | None = None) -> dict[int, list
     """Trial number -> the point each trial recorded at ``rung`` (repeats of a spec record nothing)."""
     out = {}
     for t in trials:
-        if t.number == exclude or "reused_from_trial" in t.user_attrs:
+        if t.number == exclude or "reused_from_trial" in trial_attrs(t):
             continue
-        for rec in t.user_attrs.get(RUNGS_ATTR, ()):
+        for rec in trial_attrs(t).get(RUNGS_ATTR, ()):
             if rec["rung"] == rung:
                 out[t.number] = rec["point"]
     return out
@@ -85,4 +86,4 @@ def stopped_attrs(result) -> dict:
 
 
 def is_stopped(t) -> bool:
-    return t.state == optuna.trial.TrialState.PRUNED and STOPPED_ATTR in t.user_attrs
+    return t.state == optuna.trial.TrialState.PRUNED and STOPPED_ATTR in trial_attrs(t)

@@ -358,9 +358,11 @@ def test_supernet_study_on_an_rgb_folder(tmp_path, capsys):
     r = run_study_end_to_end(tmp_path, cfgp, "sn", capsys)
     import optuna
 
+    from search_space.trial_attrs import trial_attrs
+
     study = optuna.load_study(study_name="sn", storage=f"sqlite:///{r['runs'] / 'sn' / 'study.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert any(t.user_attrs.get("neg_elbo_is_estimate") for t in done)
-    assert any(t.user_attrs.get("phase") == "remeasure" for t in done)
-    assert all(t.user_attrs.get("bits_per_dim") is not None for t in done)
+    assert any(trial_attrs(t).get("neg_elbo_is_estimate") for t in done)
+    assert any(trial_attrs(t).get("phase") == "remeasure" for t in done)
+    assert all(trial_attrs(t).get("bits_per_dim") is not None for t in done)
     assert not r["doc"]["neg_elbo_is_estimate"]  # the exported knee was measured

@@ -19,6 +19,7 @@ from search_space import ArchSpec, build_vae
 from studies.cli import main
 from studies.config import StudyConfig
 from studies.run import is_finished
+from search_space.trial_attrs import trial_attrs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -304,10 +305,15 @@ def test_supernet_mode_estimates_then_remeasures_the_front(tmp_path, data_root, 
     out = capsys.readouterr().out
     assert "front specs re-measured standalone" in out and "search trials' −ELBO were supernet ESTIMATES" in out
     study = optuna.load_study(study_name="sn", storage=f"sqlite:///{runs / 'sn' / 'study.db'}")
-    search = [t for t in study.trials if t.user_attrs.get("phase", "search") == "search"]
-    again = [t for t in study.trials if t.user_attrs.get("phase") == "remeasure"]
+    search = [t for t in study.trials if trial_attrs(t).get("phase", "search") == "search"]
+    again = [t for t in study.trials if trial_attrs(t).get("phase") == "remeasure"]
     assert sum(is_finished(t) for t in study.trials) == 8 == len(search)  # re-measurements are not budget
-    assert all(t.user_attrs["neg_elbo_is_estimate"] for t in search if t.state == optuna.trial.TrialState.COMPLETE)
+    for t in search:  # each estimate was stored with one write: one JSON attribute, no parameters
+        assert set(t.user_attrs) == {"record"} and not t.params
+    assert study.user_attrs["latency_table"]["validation"]["n_check"] > 0
+    assert all(trial_attrs(t)["latency_is_estimate"] for t in search if t.state == optuna.trial.TrialState.COMPLETE)
+    assert not any(trial_attrs(t)["latency_is_estimate"] for t in again)  # the re-measured front: measured
+    assert all(trial_attrs(t)["neg_elbo_is_estimate"] for t in search if t.state == optuna.trial.TrialState.COMPLETE)
     # depth calibration: anchors of both depths, each estimate = raw supernet figure + that depth's offset
     from evaluator.supernet import DepthCalibration
 
@@ -315,18 +321,18 @@ def test_supernet_mode_estimates_then_remeasures_the_front(tmp_path, data_root, 
     assert sorted(cal.anchors) == [1, 2] and all(len(a) == 2 for a in cal.anchors.values())
     for t in search:
         if t.state == optuna.trial.TrialState.COMPLETE:
-            spec = ArchSpec.from_json(t.user_attrs["spec"])
-            assert t.user_attrs["neg_elbo"] == pytest.approx(t.user_attrs["neg_elbo_uncalibrated"] + cal.offset(spec))
+            spec = ArchSpec.from_json(trial_attrs(t)["spec"])
+            assert trial_attrs(t)["neg_elbo"] == pytest.approx(trial_attrs(t)["neg_elbo_uncalibrated"] + cal.offset(spec))
     assert not any((runs / "sn" / "trials" / str(t.number)).exists() for t in search)  # no per-estimate checkpoint
     assert 1 <= len(again) <= 3
     by_number = {t.number: t for t in study.trials}
     for t in again:
-        assert t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs["neg_elbo_is_estimate"]
-        src = by_number[t.user_attrs["remeasure_of"]]
-        assert src.user_attrs["spec_id"] == t.user_attrs["spec_id"]
-        assert t.user_attrs["estimate_neg_elbo"] == src.user_attrs["neg_elbo"]
-        assert t.user_attrs["size_bytes"] == src.user_attrs["size_bytes"]  # costs are exact either way
-        assert t.user_attrs["train_seconds"] > 0 and (runs / "sn" / "trials" / str(t.number) / "model.pt").exists()
+        assert t.state == optuna.trial.TrialState.COMPLETE and not trial_attrs(t)["neg_elbo_is_estimate"]
+        src = by_number[trial_attrs(t)["remeasure_of"]]
+        assert trial_attrs(src)["spec_id"] == trial_attrs(t)["spec_id"]
+        assert trial_attrs(t)["estimate_neg_elbo"] == trial_attrs(src)["neg_elbo"]
+        assert trial_attrs(t)["size_bytes"] == trial_attrs(src)["size_bytes"]  # costs are exact either way
+        assert trial_attrs(t)["train_seconds"] > 0 and (runs / "sn" / "trials" / str(t.number) / "model.pt").exists()
         # the standalone model's −ELBO really is a measurement of that spec
         ck = torch.load(runs / "sn" / "trials" / str(t.number) / "model.pt", weights_only=True)
         model = build_vae(ArchSpec.from_json(ck["spec"]))
@@ -335,7 +341,7 @@ def test_supernet_mode_estimates_then_remeasures_the_front(tmp_path, data_root, 
         from evaluator import resolve_device
 
         model.to(resolve_device("auto"))  # where the study ran: its noise comes from that device's generator
-        assert abs(evaluate_neg_elbo(model, data.val)["neg_elbo"] - t.user_attrs["neg_elbo"]) < 1e-3
+        assert abs(evaluate_neg_elbo(model, data.val)["neg_elbo"] - trial_attrs(t)["neg_elbo"]) < 1e-3
     view = load_view("sn", runs)
     front = view.front
     assert len(front) and not front["neg_elbo_is_estimate"].any()  # the reported front is measured
@@ -356,7 +362,7 @@ def test_supernet_mode_estimates_then_remeasures_the_front(tmp_path, data_root, 
     mtime = (runs / "sn" / "supernet.pt").stat().st_mtime_ns
     assert main(["search", str(cfgp), "--runs-dir", str(runs), "--quiet", "--resume"]) == 0
     study = optuna.load_study(study_name="sn", storage=f"sqlite:///{runs / 'sn' / 'study.db'}")
-    assert len([t for t in study.trials if t.user_attrs.get("phase") == "remeasure"]) == len(again)
+    assert len([t for t in study.trials if trial_attrs(t).get("phase") == "remeasure"]) == len(again)
     assert (runs / "sn" / "supernet.pt").stat().st_mtime_ns == mtime
 
 
@@ -386,11 +392,11 @@ def test_supernet_mode_on_a_conv_space(tmp_path, data_root):
 
     cal = DepthCalibration.from_dict(study.user_attrs["supernet_calibration"])
     assert sorted(cal.anchors) == ["conv1.fc0", "conv1.fc1", "conv2.fc0", "conv2.fc1"]
-    search = [t for t in study.trials if t.user_attrs.get("phase", "search") == "search"]
-    again = [t for t in study.trials if t.user_attrs.get("phase") == "remeasure"]
-    assert len(search) == 5 and all(t.user_attrs["neg_elbo_is_estimate"] for t in search)
-    assert all(ArchSpec.from_json(t.user_attrs["spec"]).family == "conv" for t in search)
-    assert 1 <= len(again) <= 2 and not any(t.user_attrs["neg_elbo_is_estimate"] for t in again)
+    search = [t for t in study.trials if trial_attrs(t).get("phase", "search") == "search"]
+    again = [t for t in study.trials if trial_attrs(t).get("phase") == "remeasure"]
+    assert len(search) == 5 and all(trial_attrs(t)["neg_elbo_is_estimate"] for t in search)
+    assert all(ArchSpec.from_json(trial_attrs(t)["spec"]).family == "conv" for t in search)
+    assert 1 <= len(again) <= 2 and not any(trial_attrs(t)["neg_elbo_is_estimate"] for t in again)
 
 
 def test_darts_sweep_specs_are_enqueued_as_normal_trials(tmp_path, data_root):
