@@ -14,6 +14,8 @@ So ``size = sum(ceil(n_w * b / 8) + 4 * n_scales + 4 * n_bias)`` over the quanti
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,14 +54,15 @@ class LayerLayout:
         return self.weight_bytes + 4 * self.n_scales + 4 * self.n_bias
 
 
-def packed_layout(spec: ArchSpec) -> list[LayerLayout]:
-    """Per-layer sizes of the packed model, computed without allocating weights."""
+@functools.lru_cache(maxsize=4096)
+def packed_layout(spec: ArchSpec) -> tuple[LayerLayout, ...]:
+    """Per-layer sizes of the packed model, computed without allocating weights (once per spec: it is frozen)."""
     with torch.device("meta"):
         model = build_vae(spec)
-    return [
+    return tuple(
         LayerLayout(name, tuple(m.weight.shape), m.ch_axis, m.bits, 0 if m.bias is None else m.bias.numel())
         for name, m in model.weight_layers().items()
-    ]
+    )
 
 
 _MEAN_BITS: dict[str, float] = {}

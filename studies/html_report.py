@@ -116,8 +116,15 @@ def _all_trials(view: StudyView) -> list[dict]:
     rows = view.trials.set_index("trial") if len(view.trials) else None
     out = []
     for t in view.study.trials:
-        d = {"trial": t.number, "state": t.state.name, "fail_reason": trial_attrs(t).get("fail_reason", ""),
-             "spec_id": trial_attrs(t).get("spec_id", ""), "worker": trial_attrs(t).get("worker", "")}
+        a = trial_attrs(t)
+        reason = a.get("fail_reason", "")
+        if "stopped_at_rung" in a:  # early stopping: its figures are partial and never on a front
+            reason = (f"stopped at rung {a['stopped_at_rung']} (after {a['stopped_at_fraction']:g} of its training; "
+                      f"PARTIAL −ELBO {a.get('partial', {}).get('neg_elbo', float('nan')):.2f})")
+        if "reused_from_trial" in a:
+            reason = (reason + "; " if reason else "") + f"repeat of trial {a['reused_from_trial']} (not counted)"
+        d = {"trial": t.number, "state": t.state.name, "fail_reason": reason, "spec_id": a.get("spec_id", ""),
+             "worker": a.get("worker", "")}
         if rows is not None and t.number in rows.index:
             r = rows.loc[t.number]
             for k in view.objectives + ["mean_bits"]:

@@ -2,14 +2,18 @@
 
 Each trial stores, as user attributes: ``spec`` (JSON), ``spec_id``, every objective, ``seed``,
 ``train_seconds``, ``latency_path``, ``uncounted_ops`` and, for a failed trial, ``fail_reason`` -
-so optuna-dashboard and any Optuna tool can read the study. Artifacts of trial ``n`` (checkpoint)
-go under ``runs/<study>/trials/<n>/``.
+so optuna-dashboard and any Optuna tool can read the study. A supernet estimate stores the same
+packed into one JSON attribute ``record`` (one write per trial, :mod:`studies.estimates`); read
+them all through :func:`search_space.trial_attrs.trial_attrs`. Artifacts of trial ``n``
+(checkpoint) go under ``runs/<study>/trials/<n>/``.
+
+Rungs (``budget: {rungs: [...], keep: ...}``): trials may stop early, see :mod:`studies.rungs`.
 
 Budget: ``budget.trials`` *finished* trials - COMPLETE, or FAIL with a reason of the spec's own
 (e.g. diverged). A trial cut off by Ctrl-C or a killed process does not count: ``--resume``
 marks it FAIL ("interrupted") and runs another in its place, so a resumed study ends with
 exactly the budgeted number of finished trials. A spec already finished in the study is not
-trained again: its stored objectives are reused.
+trained again: its stored objectives are reused, and the repeat does not count toward the budget.
 
 Constraints (``constraints: {size_bytes: 16384}``): each trial stores its constraint values with
 Optuna's ``Trial.set_constraint`` (``(value - limit) / limit``, <= 0 is satisfied) and a
