@@ -491,11 +491,11 @@ def _trial_loop(study, cfg, sampler, live, evaluators, feasible, budget, timeout
                 if n_fin >= budget or (timeout is not None and time.perf_counter() - t_start > timeout):
                     return False
                 if not (live.can_wait and n_fin + len(running) >= budget):
-                    with warnings.catch_warnings():  # heartbeats are run here, not by Study.optimize: on purpose
+                    with _signals_deferred(), warnings.catch_warnings():  # heartbeats: run here, on purpose
                         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
                         trial = study.ask()
-                    trial.set_user_attr("worker", WORKER_ID)
-                    live.tag(trial)
+                        trial.set_user_attr("worker", WORKER_ID)
+                        live.tag(trial)
             if trial is None:
                 time.sleep(poll_s)  # other workers hold the last slots; one may die and need a retry
                 continue
@@ -563,6 +563,29 @@ def _supernet_loop(study, cfg, sampler, live, evaluators, feasible, budget, time
     return estimate_loop(study, mirror, run_one, is_finished, budget,
                          None if timeout is None else max(0.0, timeout - (time.perf_counter() - t0)), sampler,
                          WORKER_ID, progress)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Ctrl-C or SIGTERM arriving while a trial is being created is delivered right after, once the
+    trial is in hand - so it is marked interrupted instead of left RUNNING with no owner."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for signum in got:
+            signal.raise_signal(signum)  # as it would have been delivered: the handlers in place decide
 
 
 def _surplus(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
