@@ -135,14 +135,8 @@ class Evaluator:
         seed = self.train_cfg.seed if seed is None else seed
         cfg = TrainConfig(**{**self.train_cfg.to_dict(), "seed": seed})
         model = seeded_model(spec, seed, cfg.device)
-        rungs: list[tuple[int, float, dict]] = []
-        at_checkpoint = None
-        if gate is not None:
-            def at_checkpoint(i: int, step: int, total: int) -> bool:  # noqa: F811
-                partial = partial_figures(model, spec, self.data.val, self.latency_cfg, gate.needs,
-                                          rungs[0][2] if rungs else None)
-                rungs.append((i, gate.fractions[i], partial))
-                return gate.decide(i, gate.fractions[i], partial)
+        rungs: list[tuple[int, float, dict]] = []  # (rung, fraction, partial figures) of each rung reached
+        at_checkpoint = self._rung_hook(gate, model, spec, rungs) if gate is not None else None
         try:
             res = train(model, self.data.train, cfg, checkpoints=gate.fractions if gate else (),
                         at_checkpoint=at_checkpoint)
@@ -154,16 +148,24 @@ class Evaluator:
         return score_model(model, spec, self.data.val, self.latency_cfg, seed=seed, train_seconds=res.seconds,
                            epochs=res.epochs)
 
+    def _rung_hook(self, gate: RungGate, model, spec: ArchSpec, rungs: list):
+        """The training loop's checkpoint hook: figures at the rung, recorded in ``rungs``, then the gate decides."""
+        def at_checkpoint(i: int, step: int, total: int) -> bool:
+            partial = partial_figures(model, spec, self.data.val, self.latency_cfg, gate.needs,
+                                      rungs[0][2] if rungs else None)
+            rungs.append((i, gate.fractions[i], partial))
+            return gate.decide(i, gate.fractions[i], partial)
+
+        return at_checkpoint
+
 
 def partial_figures(model, spec: ArchSpec, val_data, latency_cfg: LatencyConfig, needs, earlier: dict | None) -> dict:
     """A partly trained model's figures at a rung: validation −ELBO now, exact static costs and, when
     ``needs`` it, measured latency (taken from ``earlier``, the first rung's figures, when given:
     the graph, and so its timing, does not change with training)."""
     val = evaluate_neg_elbo(model, val_data)["neg_elbo"]
-    costs = static_costs(spec)
-    out = {"neg_elbo": val if math.isfinite(val) else float("inf"), "flops": costs.flops, "bitops": costs.bitops,
-           "params": costs.params, "size_bytes": costs.size_bytes, "ram_bytes": costs.ram_bytes,
-           "flash_bytes": costs.flash_bytes}
+    costs = {k: v for k, v in asdict(static_costs(spec)).items() if k != "uncounted_ops"}
+    out = {"neg_elbo": val if math.isfinite(val) else float("inf"), **costs}
     if "latency_ms" in needs:
         out["latency_ms"] = earlier["latency_ms"] if earlier else measure_latency(model, latency_cfg).median_ms
     return out

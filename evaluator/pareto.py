@@ -82,41 +82,40 @@ def hv_contributions(points: Sequence[Sequence[float]], bounds: Sequence[Bound])
     return np.array([total - hypervolume(pts[:i] + pts[i + 1:], bounds) for i in range(len(pts))])
 
 
+def _fronts(pts: np.ndarray):
+    """Indices of ``pts`` front by front (non-dominated sorting: front 1, then front 2, ...)."""
+    rest = np.arange(len(pts))
+    while len(rest):
+        mask = non_dominated_mask(pts[rest])
+        yield rest[mask]
+        rest = rest[~mask]
+
+
+def _front_order(front: np.ndarray, pts: np.ndarray, bounds: Sequence[Bound]) -> list[int]:
+    """One front's indices by hypervolume contribution to that front (largest first), then index."""
+    contrib = hv_contributions(pts[front].tolist(), bounds) if len(front) > 1 else np.zeros(1)
+    return [int(front[j]) for j in sorted(range(len(front)), key=lambda j: (-contrib[j], front[j]))]
+
+
 def promotion_order(points: Sequence[Sequence[float]], bounds: Sequence[Bound]) -> list[int]:
     """Indices of ``points``, best first: by non-dominated sorting (front 1, then front 2, ...), within
     a front by hypervolume contribution to that front (largest first; normalised by ``bounds``), then
     by index (the earlier point first)."""
     pts = np.asarray(points, dtype=float).reshape(len(points), -1)
-    rest = np.arange(len(pts))
-    order: list[int] = []
-    while len(rest):
-        mask = non_dominated_mask(pts[rest])
-        front = rest[mask]
-        contrib = hv_contributions(pts[front].tolist(), bounds) if len(front) > 1 else np.zeros(1)
-        order += [int(front[j]) for j in sorted(range(len(front)), key=lambda j: (-contrib[j], front[j]))]
-        rest = rest[~mask]
-    return order
+    return [j for front in _fronts(pts) for j in _front_order(front, pts, bounds)]
 
 
 def promoted(i: int, points: Sequence[Sequence[float]], bounds: Sequence[Bound], keep: float) -> bool:
     """Successive halving's rule for many objectives: does point ``i`` rank within the best
-    ``ceil(keep * n)`` of the ``n`` points (:func:`promotion_order`)? Fronts wholly above that line are
-    not sorted internally (only the front the line cuts needs hypervolume contributions)."""
+    ``ceil(keep * n)`` of the ``n`` points (:func:`promotion_order`)? Only the front the line cuts
+    is ordered by hypervolume contribution; fronts wholly above or below it need none."""
     pts = np.asarray(points, dtype=float).reshape(len(points), -1)
     k = math.ceil(keep * len(pts) - 1e-9)
-    rest, ahead = np.arange(len(pts)), 0
-    while len(rest):
-        mask = non_dominated_mask(pts[rest])
-        front = rest[mask]
+    ahead = 0
+    for front in _fronts(pts):
         if i in front:
-            if ahead + len(front) <= k:
-                return True
-            contrib = hv_contributions(pts[front].tolist(), bounds)
-            mine = contrib[list(front).index(i)]
-            better = sum(1 for j, c in zip(front, contrib) if c > mine or (c == mine and j < i))
-            return ahead + better < k
+            return ahead + len(front) <= k or ahead + _front_order(front, pts, bounds).index(i) < k
         ahead += len(front)
         if ahead >= k:
             return False
-        rest = rest[~mask]
     raise IndexError(f"promoted: no point {i} among {len(pts)}")

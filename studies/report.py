@@ -59,27 +59,28 @@ def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = No
     bounds = [Bound(*b) for b in study.user_attrs["bounds"]]
     rows, all_rows = [], []
     for t in study.get_trials(deepcopy=False):
-        partial = trial_attrs(t).get("partial") or {}
-        all_rows.append({"number": t.number, "state": t.state.name, "fail_reason": trial_attrs(t).get("fail_reason", ""),
-                         "worker": trial_attrs(t).get("worker", ""), "stopped_at_rung": trial_attrs(t).get("stopped_at_rung"),
-                         "stopped_at_fraction": trial_attrs(t).get("stopped_at_fraction"),
+        a = trial_attrs(t)  # once per trial: a packed record is unpacked by each call
+        partial = a.get("partial") or {}
+        all_rows.append({"number": t.number, "state": t.state.name, "fail_reason": a.get("fail_reason", ""),
+                         "worker": a.get("worker", ""), "stopped_at_rung": a.get("stopped_at_rung"),
+                         "stopped_at_fraction": a.get("stopped_at_fraction"),
                          "partial_neg_elbo": partial.get("neg_elbo"),
-                         "reused_from_trial": trial_attrs(t).get("reused_from_trial")})
+                         "reused_from_trial": a.get("reused_from_trial")})
         if t.state != optuna.trial.TrialState.COMPLETE:
             continue
-        spec = ArchSpec.from_json(trial_attrs(t)["spec"])
+        spec = ArchSpec.from_json(a["spec"])
         row = {"trial": t.number, "spec_id": spec.id, "family": spec.family, "latent_dim": spec.latent_dim,
                "enc_hidden": list(spec.enc_hidden), "enc_channels": list(spec.enc_channels),
                "weight_bits": list(spec.weight_bits), "mean_bits": spec.mean_bits}
         for k in ["neg_elbo", "bits_per_dim"] + COST_COLUMNS + ["train_seconds", "latency_path", "neg_elbo_is_estimate"]:
-            row[k] = trial_attrs(t).get(k)
-        row["reused_from_trial"] = trial_attrs(t).get("reused_from_trial")
-        row["feasible"] = bool(trial_attrs(t).get("feasible", True))
+            row[k] = a.get(k)
+        row["reused_from_trial"] = a.get("reused_from_trial")
+        row["feasible"] = bool(a.get("feasible", True))
         row["neg_elbo_is_estimate"] = bool(row["neg_elbo_is_estimate"] or False)
-        row["phase"] = trial_attrs(t).get("phase", "search")
-        row["remeasure_of"] = trial_attrs(t).get("remeasure_of")
-        row["estimate_neg_elbo"] = trial_attrs(t).get("estimate_neg_elbo")
-        row["estimate_neg_elbo_uncalibrated"] = trial_attrs(t).get("estimate_neg_elbo_uncalibrated")
+        row["phase"] = a.get("phase", "search")
+        row["remeasure_of"] = a.get("remeasure_of")
+        row["estimate_neg_elbo"] = a.get("estimate_neg_elbo")
+        row["estimate_neg_elbo_uncalibrated"] = a.get("estimate_neg_elbo_uncalibrated")
         rows.append(row)
     df = pd.DataFrame(rows)
     if len(df):
@@ -188,8 +189,9 @@ def pick_trial(view: StudyView, trial: int | None = None, pick: str | None = Non
 
 def export_trial(view: StudyView, number: int, out: Path, runs_dir: str | Path = "runs") -> dict:
     t = view.study.trials[number]
-    spec = ArchSpec.from_json(trial_attrs(t)["spec"])
-    objectives = {k: trial_attrs(t).get(k) for k in ["neg_elbo"] + COST_COLUMNS}
+    attrs = trial_attrs(t)
+    spec = ArchSpec.from_json(attrs["spec"])
+    objectives = {k: attrs.get(k) for k in ["neg_elbo"] + COST_COLUMNS}
     cfg = view.study.user_attrs.get("config", {})
     data = study_data(view)
     dataset = data["dataset"]
@@ -198,11 +200,11 @@ def export_trial(view: StudyView, number: int, out: Path, runs_dir: str | Path =
     flag = f" --dataset {dataset}" if isinstance(dataset, str) else ""
     doc = {
         "type": "vaenas.Export", "version": 1, "spec": spec.to_dict(), "spec_id": spec.id,
-        "objectives": objectives, "neg_elbo_is_estimate": bool(trial_attrs(t).get("neg_elbo_is_estimate", False)),
+        "objectives": objectives, "neg_elbo_is_estimate": bool(attrs.get("neg_elbo_is_estimate", False)),
         "likelihood": spec.likelihood, "input_shape": list(spec.input_shape),
         "input_normalization": data.get("normalization"),
         "provenance": {"study": view.name, "storage": view.storage, "trial": number, "dataset": dataset,
-                       "seed": trial_attrs(t).get("seed"), "train": cfg.get("train", {}),
+                       "seed": attrs.get("seed"), "train": cfg.get("train", {}),
                        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "retrain_command": f"{prog()} retrain {arch_path} --epochs 30{flag}",
     }

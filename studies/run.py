@@ -154,11 +154,12 @@ REMEASURE = "remeasure"  # phase of a trial that re-measures an estimated front 
 def is_finished(t: optuna.trial.FrozenTrial) -> bool:
     """Does ``t`` count toward the budget? A COMPLETE trial, a trial stopped at a rung, a FAIL of the
     spec's own; not a re-measurement, a repeat of a spec already measured, or a trial cut off."""
-    if trial_attrs(t).get("phase") == REMEASURE or "reused_from_trial" in trial_attrs(t):
+    a = trial_attrs(t)
+    if a.get("phase") == REMEASURE or "reused_from_trial" in a:
         return False  # extra: not part of the search budget
     if t.state == optuna.trial.TrialState.COMPLETE or is_stopped(t):
         return True
-    return t.state == optuna.trial.TrialState.FAIL and trial_attrs(t).get("fail_reason", INTERRUPTED) not in NOT_COUNTED
+    return t.state == optuna.trial.TrialState.FAIL and a.get("fail_reason", INTERRUPTED) not in NOT_COUNTED
 
 
 def is_feasible(t: optuna.trial.FrozenTrial) -> bool:
