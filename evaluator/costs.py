@@ -6,7 +6,13 @@ are a training device and are not part of it), on the meta device, so counting a
 A multiply-accumulate counts as 2 FLOPs. Ops the counter has no formula for are listed in
 ``uncounted`` (e.g. ``relu``, ``exp``, ``add``) - they are reported, never silently counted as 0.
 
-BitOps = sum over weight layers of MACs x weight bits x activation bits (32 for float).
+BitOps = sum over weight layers of MACs x weight bits x activation bits (32 for float); a k-means
+layer's weights are float32 codebook entries once looked up, so it counts 32 weight bits.
+
+Compression (``search_space/compression.py``): a factorised layer's FLOPs are its two factors'
+(counted on the factorised graph); unstructured sparsity does **not** lower FLOPs - every
+deployable form (ONNX, C, ExecuTorch) executes the layer dense, pruned weights as zeros - it
+lowers the packed bytes.
 
 ``ram_bytes`` (peak activation memory of the exported C inference, exact for that build) and
 ``flash_bytes`` (packed weights + an *estimate* of the code) come from ``search_space.deploy.memory``.
@@ -59,7 +65,8 @@ class FlopReport:
 def count_flops(spec: ArchSpec, batch_size: int = 1) -> FlopReport:
     """FLOPs of the deployed float graph: the same for every bit-width assignment of one structure, so
     counted once per structure (cached)."""
-    return _count_float_flops(spec.replace(weight_bits=(32,) * len(spec.weight_bits), act_bits=None), batch_size)
+    float_spec = spec.replace(weight_bits=(32,) * len(spec.weight_bits), act_bits=None, quantizer=None, sparsity=None)
+    return _count_float_flops(float_spec, batch_size)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -83,7 +90,8 @@ def _count_float_flops(float_spec: ArchSpec, batch_size: int) -> FlopReport:
 def count_bitops(spec: ArchSpec, flops: FlopReport | None = None) -> int:
     flops = flops or count_flops(spec)
     a_bits = spec.act_bits or 32
-    return sum((flops.per_layer[n] // 2) * b * a_bits for n, b in zip(spec.layer_names(), spec.weight_bits))
+    w_bits = [32 if spec.layer_quantizer(i) == "kmeans" else b for i, b in enumerate(spec.weight_bits)]
+    return sum((flops.per_layer[n] // 2) * b * a_bits for n, b in zip(spec.layer_names(), w_bits))
 
 
 def count_params(spec: ArchSpec) -> int:

@@ -6,7 +6,9 @@ logistic rescales 8-bit values, the Gaussian takes them as they are). Everything
 (shuffling, binarisation, reparameterisation noise) comes from one
 ``torch.Generator`` seeded from ``TrainConfig.seed``; model initialisation is seeded by
 :func:`seeded_model`. Extra loss terms (e.g. distillation) plug in through ``extra_loss``,
-never through branches in here.
+never through branches in here. A model's own per-step schedule - ``model.after_step(step,
+total)``, the VAE's gradual magnitude pruning - runs after each optimiser step, and training
+ends with ``model.finalize_sparsity()`` (every sparse layer at its exact target).
 """
 
 from __future__ import annotations
@@ -175,6 +177,7 @@ def train(
     stops = dict((s, i) for i, s in reversed(list(enumerate(checkpoint_steps(checkpoints, total)))))
     stopped = False
     set_fake_quant(model, delay_steps == 0)
+    after_step = getattr(model, "after_step", None)  # the model's own per-step schedule (pruning), if any
     t0 = time.perf_counter()
     history: list[tuple[int, float]] = []
     acc, acc_n, recent = torch.zeros((), device=device), 0, []
@@ -207,6 +210,8 @@ def train(
             acc += loss.detach()
             acc_n += 1
             step += 1
+            if after_step is not None:
+                after_step(step, total)
             if acc_n == log_every or step == total:
                 mean = acc.item() / acc_n  # one host sync per log_every steps
                 if not math.isfinite(mean) or mean > cfg.divergence_threshold:
@@ -226,6 +231,8 @@ def train(
         if stopped:
             break
     set_fake_quant(model, True)
+    if hasattr(model, "finalize_sparsity"):
+        model.finalize_sparsity()
     if bar is not None:
         bar.close()
     if device.type == "cuda":

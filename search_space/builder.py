@@ -8,8 +8,9 @@ import math
 import torch
 from torch import nn
 
+from .compression import factor_rank, sparsity_at
 from .likelihood import Likelihood, get_likelihood
-from .quant import QuantConv2d, QuantConvTranspose2d, QuantLinear
+from .quant import QUANT_LAYERS, QuantConv2d, QuantConvTranspose2d, QuantLinear
 from .spec import ArchSpec
 
 ACTIVATION_MODULES = {
@@ -30,6 +31,42 @@ def _tconv_output_padding(in_size: int, target: int, k: int, s: int) -> int:
     return op
 
 
+class LowRank(nn.Module):
+    """A layer trained and shipped as two factors (``search_space/compression.py``): ``u(v(x))``."""
+
+    def __init__(self, v: nn.Module, u: nn.Module):
+        super().__init__()
+        self.v, self.u = v, u
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.u(self.v(x))
+
+
+def _weight_layer(spec: ArchSpec, name: str, kind: str, c_in: int, c_out: int, k: int = 1, s: int = 1,
+                  op: tuple[int, int] = (0, 0)) -> nn.Module:
+    """One weight layer of ``spec`` (a ``LowRank`` pair when the spec factorises it)."""
+    i = spec.layer_names().index(name)
+    q = dict(bits=spec.weight_bits[i], act_bits=spec.act_bits, quantizer=spec.layer_quantizer(i))
+    p = (k - 1) // 2
+    rank = spec.layer_rank(i)
+    if rank is None:
+        sp = spec.layer_sparsity(i)
+        if kind == "linear":
+            return QuantLinear(c_in, c_out, sparsity=sp, **q)
+        if kind == "conv":
+            return QuantConv2d(c_in, c_out, k, stride=s, padding=p, sparsity=sp, **q)
+        return QuantConvTranspose2d(c_in, c_out, k, stride=s, padding=p, output_padding=op, sparsity=sp, **q)
+    if kind == "linear":
+        r = factor_rank(c_out, c_in, rank)
+        return LowRank(QuantLinear(c_in, r, bias=False, **q), QuantLinear(r, c_out, **q))
+    if kind == "conv":
+        r = factor_rank(c_out, c_in * k * k, rank)
+        return LowRank(QuantConv2d(c_in, r, k, stride=s, padding=p, bias=False, **q), QuantConv2d(r, c_out, 1, **q))
+    r = factor_rank(c_in, c_out * k * k, rank)
+    return LowRank(QuantConv2d(c_in, r, 1, bias=False, **q),
+                   QuantConvTranspose2d(r, c_out, k, stride=s, padding=p, output_padding=op, **q))
+
+
 class VAE(nn.Module):
     """A VAE whose weight layers are named as ``spec.layer_names()`` (``enc.fc0``, ``head``, ...).
 
@@ -41,54 +78,74 @@ class VAE(nn.Module):
     def __init__(self, spec: ArchSpec):
         super().__init__()
         self.spec = spec
-        bits = dict(zip(spec.layer_names(), spec.weight_bits))
-        ab = spec.act_bits
         act = ACTIVATION_MODULES[spec.activation]
         self.act = act()
         self.enc, self.dec = nn.Module(), nn.Module()
         shapes = spec.feature_shapes()
 
         for i, (ch, k, s) in enumerate(zip(spec.enc_channels, spec.kernels, spec.strides)):
-            conv = QuantConv2d(shapes[i][0], ch, k, stride=s, padding=(k - 1) // 2, bits=bits[f"enc.conv{i}"], act_bits=ab)
-            setattr(self.enc, f"conv{i}", conv)
+            setattr(self.enc, f"conv{i}", _weight_layer(spec, f"enc.conv{i}", "conv", shapes[i][0], ch, k, s))
         width = math.prod(shapes[-1])
         for i, out in enumerate(spec.enc_hidden):
-            setattr(self.enc, f"fc{i}", QuantLinear(width, out, bits=bits[f"enc.fc{i}"], act_bits=ab))
+            setattr(self.enc, f"fc{i}", _weight_layer(spec, f"enc.fc{i}", "linear", width, out))
             width = out
-        self.head = QuantLinear(width, 2 * spec.latent_dim, bits=bits["head"], act_bits=ab)
+        self.head = _weight_layer(spec, "head", "linear", width, 2 * spec.latent_dim)
 
         width = spec.latent_dim
         for i, out in enumerate(spec.decoder_hidden):
-            setattr(self.dec, f"fc{i}", QuantLinear(width, out, bits=bits[f"dec.fc{i}"], act_bits=ab))
+            setattr(self.dec, f"fc{i}", _weight_layer(spec, f"dec.fc{i}", "linear", width, out))
             width = out
         if spec.family == "mlp":
             n_out = math.prod(spec.output_shape)
-            self.dec.out = QuantLinear(width, n_out, bits=bits["dec.out"], act_bits=ab)
+            self.dec.out = _weight_layer(spec, "dec.out", "linear", width, n_out)
         else:
             n = len(spec.enc_channels)
             dch = spec.decoder_channels
             _, h, w = shapes[-1]
             self._dec_start = (dch[0], h, w)
-            self.dec.proj = QuantLinear(width, dch[0] * h * w, bits=bits["dec.proj"], act_bits=ab)
+            self.dec.proj = _weight_layer(spec, "dec.proj", "linear", width, dch[0] * h * w)
             for i in range(n):
                 j = n - 1 - i  # the encoder layer this one mirrors
                 in_hw, out_shape = shapes[j + 1][1:], shapes[j]
                 out_ch = dch[i + 1] if i + 1 < n else spec.output_shape[0]
                 k, s = spec.kernels[j], spec.strides[j]
                 op = (_tconv_output_padding(in_hw[0], out_shape[1], k, s), _tconv_output_padding(in_hw[1], out_shape[2], k, s))
-                tconv = QuantConvTranspose2d(
-                    dch[i], out_ch, k, stride=s, padding=(k - 1) // 2, output_padding=op, bits=bits[f"dec.tconv{i}"], act_bits=ab
-                )
-                setattr(self.dec, f"tconv{i}", tconv)
+                setattr(self.dec, f"tconv{i}", _weight_layer(spec, f"dec.tconv{i}", "tconv", dch[i], out_ch, k, s, op))
         self._names = spec.layer_names()
+        self._sparse = [m for m in self.modules() if isinstance(m, QUANT_LAYERS) and m.sparsity > 0]
 
     @property
     def likelihood(self) -> Likelihood:
         return get_likelihood(self.spec.likelihood)
 
     def weight_layers(self) -> dict[str, nn.Module]:
-        """The weight layers in ``spec.layer_names()`` order (the order of ``spec.weight_bits``)."""
-        return {name: self.get_submodule(name) for name in self._names}
+        """The quantised weight layers in ``spec.layer_names()`` order (the order of ``spec.weight_bits``);
+        a factorised layer contributes its two factors, ``<name>.v`` then ``<name>.u`` (packing order)."""
+        out: dict[str, nn.Module] = {}
+        for name in self._names:
+            m = self.get_submodule(name)
+            if isinstance(m, LowRank):
+                out[f"{name}.v"], out[f"{name}.u"] = m.v, m.u
+            else:
+                out[name] = m
+        return out
+
+    @torch.no_grad()
+    def after_step(self, step: int, total: int) -> None:
+        """Called by the training loop after each optimiser step (1-based ``step`` of ``total``): moves every
+        sparse layer along its pruning schedule (:func:`~search_space.compression.sparsity_at`), about
+        100 times per run and at the last step; a model without sparse layers does nothing."""
+        every = max(1, total // 100)
+        for m in self._sparse:
+            if step % every and step != total:
+                m.weight.mul_(m.weight_mask)  # pruned weights stay 0 between schedule steps
+            else:
+                m.prune_to(sparsity_at(m.sparsity, step, total))
+
+    def finalize_sparsity(self) -> None:
+        """Every sparse layer at its exact target (the end of training; packing calls it too)."""
+        for m in self._sparse:
+            m.finalize_sparsity()
 
     def num_params(self) -> int:
         """Weights + biases: the model's parameter count (quantisers' learned step sizes are not

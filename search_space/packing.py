@@ -1,15 +1,24 @@
 """Pack a (QAT-trained) VAE's weights into their real bit-widths and unpack them exactly.
 
 The packed form is a flat little-endian byte string; the spec gives its layout, so the bytes
-alone are the model's deployable size. For each weight layer, in ``spec.layer_names()`` order:
+alone are the model's deployable size. For each packed weight layer (``VAE.weight_layers()``:
+``spec.layer_names()`` order, a factorised layer as its two factors ``.v`` then ``.u``), each
+section starting on a byte:
 
-* ``bits < 32``: ``ceil(n_weights * bits / 8)`` bytes of weights (integers ``q + qmax`` as
-  unsigned ``bits``-bit fields, LSB first, in the weight tensor's row-major order), then one
-  float32 scale per output channel, then the float32 bias.
-* ``bits == 32``: the float32 weights, then the float32 bias.
+1. sparse layers only (``sparsity > 0``): the kept weights' positions, as a **bitmap**
+   (``ceil(n / 8)`` bytes, bit ``i`` set = weight ``i`` kept, LSB first) or as an **index list**
+   (``kept`` ascending row-major positions of ``index_bits(n)`` bits each, LSB first), whichever
+   is smaller (``search_space/compression.py``);
+2. the weights (the kept ones of a sparse layer, row-major): ``bits < 32`` - unsigned
+   ``bits``-bit fields, LSB first, ``ceil(m * bits / 8)`` bytes: uniform ``q + qmax``, k-means the
+   codebook index; ``bits == 32`` - float32;
+3. uniform ``bits < 32``: one float32 scale per output channel; k-means: the sorted codebook,
+   ``2**bits`` float32;
+4. the float32 bias.
 
-So ``size = sum(ceil(n_w * b / 8) + 4 * n_scales + 4 * n_bias)`` over the quantised layers plus
-``4 * (n_w + n_bias)`` over the float ones; :func:`packed_layout` returns each term.
+A pruned weight is exactly 0. :func:`packed_layout` gives every term from the spec alone (the
+kept count is exact: ``compression.kept_count``), so ``packed_size_bytes`` is exact before
+training.
 """
 
 from __future__ import annotations
@@ -22,7 +31,8 @@ import numpy as np
 import torch
 
 from .builder import VAE, build_vae
-from .quant import dequantize_weight, pack_bits, qmax_for, quantize_weight
+from .compression import index_bits, kept_count, sparse_format, sparse_index_bytes
+from .quant import dequantize_weight, kmeans_assign, pack_bits, qmax_for, quantize_weight
 from .spec import ArchSpec
 
 
@@ -33,6 +43,8 @@ class LayerLayout:
     ch_axis: int
     bits: int
     n_bias: int
+    quantizer: str = "uniform"
+    sparsity: float = 0.0
 
     @property
     def n_weights(self) -> int:
@@ -42,16 +54,39 @@ class LayerLayout:
         return n
 
     @property
+    def is_kmeans(self) -> bool:
+        return self.bits < 32 and self.quantizer == "kmeans"
+
+    @property
+    def kept(self) -> int:
+        """Weights stored (all of them unless the layer is sparse)."""
+        return kept_count(self.n_weights, self.sparsity) if self.sparsity > 0 else self.n_weights
+
+    @property
+    def index_format(self) -> str:
+        """``""`` (dense), ``"bitmap"`` or ``"indices"``."""
+        return sparse_format(self.n_weights, self.kept) if self.sparsity > 0 else ""
+
+    @property
+    def index_bytes(self) -> int:
+        return sparse_index_bytes(self.n_weights, self.kept) if self.sparsity > 0 else 0
+
+    @property
     def n_scales(self) -> int:
-        return 0 if self.bits >= 32 else self.weight_shape[self.ch_axis]
+        return 0 if self.bits >= 32 or self.is_kmeans else self.weight_shape[self.ch_axis]
+
+    @property
+    def n_codebook(self) -> int:
+        return 2 ** self.bits if self.is_kmeans else 0
 
     @property
     def weight_bytes(self) -> int:
-        return 4 * self.n_weights if self.bits >= 32 else (self.n_weights * self.bits + 7) // 8
+        m = self.kept
+        return 4 * m if self.bits >= 32 else (m * self.bits + 7) // 8
 
     @property
     def nbytes(self) -> int:
-        return self.weight_bytes + 4 * self.n_scales + 4 * self.n_bias
+        return self.index_bytes + self.weight_bytes + 4 * (self.n_scales + self.n_codebook + self.n_bias)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -60,7 +95,8 @@ def packed_layout(spec: ArchSpec) -> tuple[LayerLayout, ...]:
     with torch.device("meta"):
         model = build_vae(spec)
     return tuple(
-        LayerLayout(name, tuple(m.weight.shape), m.ch_axis, m.bits, 0 if m.bias is None else m.bias.numel())
+        LayerLayout(name, tuple(m.weight.shape), m.ch_axis, m.bits, 0 if m.bias is None else m.bias.numel(),
+                    m.quantizer if m.bits < 32 else "uniform", m.sparsity)
         for name, m in model.weight_layers().items()
     )
 
@@ -69,10 +105,11 @@ _MEAN_BITS: dict[str, float] = {}
 
 
 def weighted_mean_bits(spec: ArchSpec) -> float:
-    """Weight bits per weight over the whole model: sum(n_w * bits) / sum(n_w) (cached by spec id)."""
+    """Weight bits per stored weight over the whole model: sum(kept * bits) / sum(kept) (cached by spec id;
+    a sparse layer's position record is not a weight bit - it is in the packed bytes)."""
     if spec.id not in _MEAN_BITS:
         layers = packed_layout(spec)
-        _MEAN_BITS[spec.id] = sum(x.n_weights * x.bits for x in layers) / sum(x.n_weights for x in layers)
+        _MEAN_BITS[spec.id] = sum(x.kept * x.bits for x in layers) / sum(x.kept for x in layers)
     return _MEAN_BITS[spec.id]
 
 
@@ -84,21 +121,44 @@ def _f32_bytes(t: torch.Tensor) -> bytes:
     return t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes()
 
 
+def _positions_bytes(mask: torch.Tensor, layout: LayerLayout) -> bytes:
+    flat = mask.reshape(-1).to(torch.int64)
+    if layout.index_format == "bitmap":
+        return pack_bits(flat, 1).numpy().tobytes()
+    return pack_bits(torch.nonzero(flat).reshape(-1), index_bits(layout.n_weights)).numpy().tobytes()
+
+
+def _layer_bytes(m, layout: LayerLayout) -> list[bytes]:
+    w = m.weight.detach().cpu().float()
+    keep = m.weight_mask.detach().cpu().reshape(-1).bool() if layout.sparsity > 0 else None
+    chunks = [_positions_bytes(keep, layout)] if keep is not None else []
+    kept = (lambda t: t.reshape(-1)[keep]) if keep is not None else (lambda t: t.reshape(-1))  # noqa: E731
+    if layout.bits >= 32:
+        chunks.append(_f32_bytes(kept(w)))
+    elif layout.is_kmeans:
+        cb = torch.sort(m.step_size().detach().cpu().float()).values
+        chunks.append(pack_bits(kept(kmeans_assign(w, cb)), layout.bits).numpy().tobytes())
+        chunks.append(_f32_bytes(cb))
+    else:
+        q, scale = quantize_weight(w, layout.bits, layout.ch_axis, m.step_size().detach().cpu().float())
+        chunks.append(pack_bits(kept(q.to(torch.int64) + qmax_for(layout.bits)), layout.bits).numpy().tobytes())
+        chunks.append(_f32_bytes(scale))
+    if m.bias is not None:
+        chunks.append(_f32_bytes(m.bias))
+    return chunks
+
+
 def pack_model(model: VAE) -> bytes:
-    """The model's weights at their spec bit-widths, as the byte string described above."""
+    """The model's weights at their spec bit-widths, as the byte string described above (sparse layers are
+    first brought to their exact target, which training already did)."""
+    model.finalize_sparsity()
+    layout = packed_layout(model.spec)
     chunks: list[bytes] = []
-    for m in model.weight_layers().values():
-        w = m.weight.detach().cpu()
-        if m.bits >= 32:
-            chunks.append(_f32_bytes(w))
-        else:
-            q, scale = quantize_weight(w.float(), m.bits, m.ch_axis, m.step_size().detach().cpu().float())
-            u = (q.to(torch.int64) + qmax_for(m.bits)).reshape(-1)
-            chunks.append(pack_bits(u, m.bits).numpy().tobytes())
-            chunks.append(_f32_bytes(scale))
-        if m.bias is not None:
-            chunks.append(_f32_bytes(m.bias))
-    return b"".join(chunks)
+    for lay, m in zip(layout, model.weight_layers().values()):
+        chunks += _layer_bytes(m, lay)
+    data = b"".join(chunks)
+    assert len(data) == sum(x.nbytes for x in layout), "packed bytes disagree with packed_layout"
+    return data
 
 
 def unpack_bits_np(packed, bits: int, n: int):
@@ -108,21 +168,45 @@ def unpack_bits_np(packed, bits: int, n: int):
     return (stream.astype(np.uint16) << np.arange(bits, dtype=np.uint16)).sum(1).astype(np.uint8)
 
 
-def layer_offsets(spec: ArchSpec) -> list[tuple[LayerLayout, int, int, int]]:
-    """Each layer's layout and where its weights, its scales and its bias start in the packed bytes
-    (``-1``: the layer has no bias)."""
+def unpack_wide_np(packed, bits: int, n: int):
+    """:func:`unpack_bits_np` for fields of any width up to 32 bits (index lists), as int64."""
+    stream = np.unpackbits(np.asarray(packed, dtype=np.uint8), bitorder="little")[: n * bits].reshape(n, bits)
+    return (stream.astype(np.int64) << np.arange(bits, dtype=np.int64)).sum(1)
+
+
+@dataclass(frozen=True)
+class LayerOffsets:
+    """Where one layer's sections start in the packed bytes (``-1``: the layer has none)."""
+
+    layout: LayerLayout
+    index: int  # positions record (sparse layers)
+    weights: int
+    params: int  # scales (uniform) or codebook (k-means)
+    bias: int
+
+
+def layer_offsets(spec: ArchSpec) -> list[LayerOffsets]:
+    """Each packed layer's layout and section offsets."""
     out, off = [], 0
-    for layer in packed_layout(spec):
-        s_off = off + layer.weight_bytes
-        b_off = s_off + 4 * layer.n_scales
-        out.append((layer, off, s_off, b_off if layer.n_bias else -1))
-        off = b_off + 4 * layer.n_bias
+    for lay in packed_layout(spec):
+        idx = off if lay.index_bytes else -1
+        w_off = off + lay.index_bytes
+        p_off = w_off + lay.weight_bytes
+        n_params = lay.n_scales + lay.n_codebook
+        b_off = p_off + 4 * n_params
+        out.append(LayerOffsets(lay, idx, w_off, p_off if n_params else -1, b_off if lay.n_bias else -1))
+        off = b_off + 4 * lay.n_bias
     return out
 
 
 def unpack_layers(spec: ArchSpec, data: bytes) -> dict[str, dict[str, np.ndarray]]:
-    """The packed bytes per layer, as stored: ``q`` (signed integer codes, int32, weight shape) and
-    ``scale`` (float32 per channel) for a quantised layer, ``w`` (float32) for a 32-bit one; ``b``."""
+    """The packed bytes per packed layer, densified (weight shape, pruned positions filled in):
+
+    * uniform ``bits < 32``: ``q`` (signed integer codes, int32; 0 where pruned) and ``scale`` (per channel);
+    * k-means: ``codes`` (codebook indices, int32; -1 where pruned) and ``codebook`` (sorted, float32);
+    * 32-bit: ``w`` (float32; 0 where pruned);
+    * ``mask`` (bool, weight shape) for a sparse layer; ``b`` the bias if any.
+    """
     layout = packed_layout(spec)
     expected = sum(layer.nbytes for layer in layout)
     if len(data) != expected:
@@ -130,33 +214,75 @@ def unpack_layers(spec: ArchSpec, data: bytes) -> dict[str, dict[str, np.ndarray
     buf = np.frombuffer(data, dtype=np.uint8)
     f32 = lambda off, n: buf[off:off + 4 * n].view("<f4").astype(np.float32)  # noqa: E731
     out = {}
-    for layer, w_off, s_off, b_off in layer_offsets(spec):
-        t: dict[str, np.ndarray] = {}
-        if layer.bits >= 32:
-            t["w"] = f32(w_off, layer.n_weights).reshape(layer.weight_shape)
+    for o in layer_offsets(spec):
+        lay = o.layout
+        n = lay.n_weights
+        if lay.index_format == "bitmap":
+            mask = unpack_bits_np(buf[o.index:o.index + lay.index_bytes], 1, n).astype(bool)
+        elif lay.index_format == "indices":
+            pos = unpack_wide_np(buf[o.index:o.index + lay.index_bytes], index_bits(n), lay.kept)
+            if pos.size and (pos.max() >= n or np.any(np.diff(pos) <= 0)):
+                raise ValueError(f"packed weights: layer {lay.name}'s index list is corrupt")
+            mask = np.zeros(n, dtype=bool)
+            mask[pos] = True
         else:
-            codes = unpack_bits_np(buf[w_off:w_off + layer.weight_bytes], layer.bits, layer.n_weights)
-            t["q"] = (codes.astype(np.int32) - qmax_for(layer.bits)).reshape(layer.weight_shape)
-            t["scale"] = f32(s_off, layer.n_scales)
-        if b_off >= 0:
-            t["b"] = f32(b_off, layer.n_bias)
-        out[layer.name] = t
+            mask = None
+        if mask is not None and int(mask.sum()) != lay.kept:
+            raise ValueError(f"packed weights: layer {lay.name} marks {int(mask.sum())} weights kept, "
+                             f"its spec says {lay.kept}")
+
+        def dense(vals: np.ndarray, fill) -> np.ndarray:
+            if mask is None:
+                return vals.reshape(lay.weight_shape)
+            full = np.full(n, fill, dtype=vals.dtype)
+            full[mask] = vals
+            return full.reshape(lay.weight_shape)
+
+        t: dict[str, np.ndarray] = {}
+        w_end = o.weights + lay.weight_bytes
+        if lay.bits >= 32:
+            t["w"] = dense(f32(o.weights, lay.kept), 0.0)
+        else:
+            codes = unpack_bits_np(buf[o.weights:w_end], lay.bits, lay.kept).astype(np.int32)
+            if lay.is_kmeans:
+                t["codes"] = dense(codes, -1)
+                t["codebook"] = f32(o.params, lay.n_codebook)
+            else:
+                t["q"] = dense(codes - qmax_for(lay.bits), 0)
+                t["scale"] = f32(o.params, lay.n_scales)
+        if mask is not None:
+            t["mask"] = mask.reshape(lay.weight_shape)
+        if o.bias >= 0:
+            t["b"] = f32(o.bias, lay.n_bias)
+        out[lay.name] = t
     return out
 
 
+def dense_weight(t: dict[str, np.ndarray], ch_axis: int) -> np.ndarray:
+    """The float32 weights one :func:`unpack_layers` entry describes (pruned positions 0)."""
+    if "w" in t:
+        return t["w"]
+    if "codes" in t:
+        cb = np.append(t["codebook"], np.float32(0.0))  # index -1 -> the appended 0 (pruned)
+        return cb[t["codes"]].astype(np.float32)
+    shape = [1] * t["q"].ndim
+    shape[ch_axis] = -1
+    return (t["q"].astype(np.float32) * t["scale"].reshape(shape)).astype(np.float32)
+
+
 def unpack_state_dict(spec: ArchSpec, data: bytes) -> dict[str, torch.Tensor]:
-    """Decode :func:`pack_model`'s bytes into a float state dict (weights are ``q * scale``)."""
+    """Decode :func:`pack_model`'s bytes into a state dict whose forward equals the packed model's."""
     layers = unpack_layers(spec, data)
     state = {}
     for layer in packed_layout(spec):
         t = layers[layer.name]
-        if "w" in t:
-            state[f"{layer.name}.weight"] = torch.from_numpy(t["w"].copy())
-        else:
-            scale = torch.from_numpy(t["scale"].copy())
-            q = torch.from_numpy(t["q"]).to(torch.float32)
-            state[f"{layer.name}.weight"] = dequantize_weight(q, scale, layer.ch_axis)
-            state[f"{layer.name}.weight_scale"] = scale
+        state[f"{layer.name}.weight"] = torch.from_numpy(dense_weight(t, layer.ch_axis).copy())
+        if "scale" in t:
+            state[f"{layer.name}.weight_scale"] = torch.from_numpy(t["scale"].copy())
+        if "codebook" in t:
+            state[f"{layer.name}.codebook"] = torch.from_numpy(t["codebook"].copy())
+        if "mask" in t:
+            state[f"{layer.name}.weight_mask"] = torch.from_numpy(t["mask"].astype(np.float32))
         if "b" in t:
             state[f"{layer.name}.bias"] = torch.from_numpy(t["b"].copy())
     return state

@@ -20,6 +20,17 @@ what else is in its batch.
 
 Both use a straight-through estimator: the forward value is exactly the quantised one, the
 gradient passes through unchanged.
+
+K-means weights (``quantizer="kmeans"``, :func:`kmeans_fake_quant`): one learned codebook of
+``2**b`` float values per layer, kept sorted; each weight takes its nearest entry (a weight on a
+midpoint takes the lower one). The codebook is initialised by Lloyd's algorithm on the layer's
+weights (linear initialisation over [min, max], Han et al. 2016) when fake quantisation first
+acts, then trained: each entry's gradient is the sum of the gradients of the weights that use it,
+the weights' gradient passes straight through.
+
+Sparsity (``sparsity > 0``): a 0/1 ``weight_mask`` buffer multiplies the quantised weight, so a
+pruned weight is exactly 0 in every forward; :meth:`QuantMixin.prune_to` sets it by magnitude
+(the schedule lives in the model's ``after_step``, called by the one training loop).
 """
 
 from __future__ import annotations
@@ -113,6 +124,36 @@ def fake_quant_weight(w: torch.Tensor, bits: int, ch_axis: int) -> torch.Tensor:
     return _STE.apply(w, dequantize_weight(q, scale, ch_axis))
 
 
+def kmeans_assign(w: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of each weight's nearest entry of the **sorted** ``codebook`` (ties: the lower entry)."""
+    mids = (codebook[1:] + codebook[:-1]).detach() / 2
+    return torch.bucketize(w.detach(), mids)
+
+
+def kmeans_fake_quant(w: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Forward: exactly ``sorted(codebook)[nearest]``; backward: the entries get the summed gradients of
+    their weights, the weights a straight-through gradient."""
+    cb, _ = torch.sort(codebook)
+    return cb[kmeans_assign(w, cb)] + (w - w.detach())
+
+
+@torch.no_grad()
+def lloyd_codebook(values: torch.Tensor, k: int, iters: int = 20) -> torch.Tensor:
+    """A sorted ``k``-entry 1-D k-means codebook of ``values``: linear initialisation over [min, max], then
+    ``iters`` Lloyd steps (an entry no value chooses keeps its place)."""
+    v = values.detach().reshape(-1).float()
+    if v.numel() == 0:
+        return torch.zeros(k, device=values.device)
+    lo, hi = v.min(), v.max()
+    cb = torch.linspace(0, 1, k, device=v.device) * (hi - lo) + lo
+    for _ in range(iters):
+        idx = kmeans_assign(v, cb)
+        sums = torch.zeros(k, device=v.device).index_add_(0, idx, v)
+        counts = torch.zeros(k, device=v.device).index_add_(0, idx, torch.ones_like(v))
+        cb = torch.where(counts > 0, sums / counts.clamp(min=1), cb).sort().values
+    return cb
+
+
 def fake_quant_act(x: torch.Tensor, bits: int | None) -> torch.Tensor:
     if bits is None or bits >= 32:
         return x
@@ -135,28 +176,71 @@ class QuantMixin:
     ch_axis: int = 0
     weight: torch.Tensor
     fake_quant_enabled: bool = True  # off only during a QAT delay (see set_fake_quant)
+    quantizer: str = "uniform"  # or "kmeans"
+    sparsity: float = 0.0  # target pruned fraction (exact count: compression.kept_count)
 
     _scale_ready: bool = False
 
-    def _init_quant(self) -> None:
-        """Called by the constructors: a learned step size for every quantised (< 32-bit) layer."""
-        if self.bits < 32:
+    def _init_quant(self, quantizer: str = "uniform", sparsity: float = 0.0) -> None:
+        """Called by the constructors: a learned step size (uniform) or codebook (k-means) for every
+        quantised (< 32-bit) layer, and a weight mask for a sparse one."""
+        self.quantizer, self.sparsity = quantizer, float(sparsity)
+        if self.bits < 32 and quantizer == "kmeans":
+            self.codebook = nn.Parameter(torch.zeros(2 ** self.bits))
+        elif self.bits < 32:
             self.weight_scale = nn.Parameter(torch.zeros(self.weight.shape[self.ch_axis]))
+        if self.sparsity > 0:
+            self.register_buffer("weight_mask", torch.ones_like(self.weight))
+
+    @property
+    def is_kmeans(self) -> bool:
+        return self.bits < 32 and self.quantizer == "kmeans"
 
     @torch.no_grad()
     def calibrate(self) -> None:
-        """(Re)set the step size to ``max|w_c| / qmax`` from the current weights."""
-        if self.bits < 32:
+        """(Re)set the step size to ``max|w_c| / qmax`` (uniform) or the codebook by Lloyd's algorithm over
+        the kept weights (k-means) from the current weights."""
+        if self.is_kmeans:
+            w = self.weight if self.sparsity <= 0 else self.weight[self.weight_mask.bool()]
+            self.codebook.copy_(lloyd_codebook(w, 2 ** self.bits))
+            self._scale_ready = True
+        elif self.bits < 32:
             self.weight_scale.copy_(maxabs_scale(self.weight, self.bits, self.ch_axis))
             self._scale_ready = True
 
+    def _quant_param(self) -> torch.Tensor:
+        return self.codebook if self.is_kmeans else self.weight_scale
+
     def step_size(self) -> torch.Tensor:
-        """The per-channel step size the quantised weight uses (calibrated on first use)."""
+        """The per-channel step size (uniform) or the codebook (k-means) the quantised weight uses
+        (calibrated on first use)."""
+        p = self._quant_param()
         if not self._scale_ready:
-            if bool((self.weight_scale == 0).all()):  # never calibrated (one host sync per layer, once)
+            if bool((p == 0).all()):  # never calibrated (one host sync per layer, once)
                 self.calibrate()
             self._scale_ready = True
-        return self.weight_scale
+        return p
+
+    @torch.no_grad()
+    def prune_to(self, fraction: float) -> None:
+        """Mask the ``floor(fraction * n)`` smallest-magnitude weights (already pruned ones first: they are
+        0; ties by position) and zero them; ``fraction`` never lowers the pruned count below the current
+        one (pruning is monotone)."""
+        from .compression import kept_count
+
+        n = self.weight.numel()
+        k = n - kept_count(n, fraction) if fraction > 0 else 0
+        already = int(n - self.weight_mask.sum().item())
+        if k > already:
+            mag = (self.weight * self.weight_mask).abs().reshape(-1)
+            order = torch.argsort(mag, stable=True)
+            self.weight_mask.reshape(-1)[order[:k]] = 0
+        self.weight.mul_(self.weight_mask)  # pruned weights stay 0 (Adam's momentum would move them)
+
+    def finalize_sparsity(self) -> None:
+        """Prune to the target exactly (what packing stores)."""
+        if self.sparsity > 0:
+            self.prune_to(self.sparsity)
 
     def _load_from_state_dict(self, *args, **kw):  # type: ignore[override]
         super()._load_from_state_dict(*args, **kw)  # type: ignore[misc]
@@ -164,31 +248,39 @@ class QuantMixin:
 
     def quantized_weight(self) -> torch.Tensor:
         if not self.fake_quant_enabled or self.bits >= 32:
-            return self.weight
-        return lsq_fake_quant_weight(self.weight, self.step_size(), self.bits, self.ch_axis)
+            w = self.weight
+        elif self.is_kmeans:
+            w = kmeans_fake_quant(self.weight, self.step_size())
+        else:
+            w = lsq_fake_quant_weight(self.weight, self.step_size(), self.bits, self.ch_axis)
+        return w * self.weight_mask if self.sparsity > 0 else w
 
     def quant_input(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quant_act(x, self.act_bits) if self.fake_quant_enabled else x
 
     def extra_repr(self) -> str:  # type: ignore[override]
-        return super().extra_repr() + f", bits={self.bits}, act_bits={self.act_bits}"  # type: ignore[misc]
+        extra = (f", quantizer={self.quantizer}" if self.is_kmeans else "") + \
+            (f", sparsity={self.sparsity}" if self.sparsity > 0 else "")
+        return super().extra_repr() + f", bits={self.bits}, act_bits={self.act_bits}{extra}"  # type: ignore[misc]
 
 
 class QuantLinear(QuantMixin, nn.Linear):
-    def __init__(self, in_features: int, out_features: int, bits: int = 32, act_bits: int | None = None, **kw):
+    def __init__(self, in_features: int, out_features: int, bits: int = 32, act_bits: int | None = None,
+                 quantizer: str = "uniform", sparsity: float = 0.0, **kw):
         super().__init__(in_features, out_features, **kw)
         self.bits, self.act_bits = bits, act_bits
-        self._init_quant()
+        self._init_quant(quantizer, sparsity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.quant_input(x), self.quantized_weight(), self.bias)
 
 
 class QuantConv2d(QuantMixin, nn.Conv2d):
-    def __init__(self, *args, bits: int = 32, act_bits: int | None = None, **kw):
+    def __init__(self, *args, bits: int = 32, act_bits: int | None = None, quantizer: str = "uniform",
+                 sparsity: float = 0.0, **kw):
         super().__init__(*args, **kw)
         self.bits, self.act_bits = bits, act_bits
-        self._init_quant()
+        self._init_quant(quantizer, sparsity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.quant_input(x), self.quantized_weight(), self.bias)
@@ -197,10 +289,11 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
 class QuantConvTranspose2d(QuantMixin, nn.ConvTranspose2d):
     ch_axis = 1  # weight is (in, out, kH, kW)
 
-    def __init__(self, *args, bits: int = 32, act_bits: int | None = None, **kw):
+    def __init__(self, *args, bits: int = 32, act_bits: int | None = None, quantizer: str = "uniform",
+                 sparsity: float = 0.0, **kw):
         super().__init__(*args, **kw)
         self.bits, self.act_bits = bits, act_bits
-        self._init_quant()
+        self._init_quant(quantizer, sparsity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return F.conv_transpose2d(

@@ -20,6 +20,14 @@ Example YAML (every key is optional except ``latent_dim`` and the block of each 
     weight_bits: [2, 4, 8, 32]
     bits_per_layer: true        # false: one bit-width shared by every layer
     act_bits: [null]            # null = float activations; e.g. [null, 8]
+    quantizer: [uniform, kmeans] # optional: per quantised layer, uniform grid or k-means codebook
+    rank: [null, 0.25, 0.5]     # optional: per layer, unfactorised or a low-rank product (fraction of full rank)
+    sparsity: [0, 0.3, 0.5, 0.7] # optional: per unfactorised layer, the fraction pruned by magnitude
+
+The three compression keys (``search_space/compression.py``) are decided per layer after the
+bit-widths, in that order: ``quantizer.<layer>`` only for a layer below 32 bits, ``rank.<layer>``,
+then ``sparsity.<layer>`` only for a layer left unfactorised. A space without them asks none of
+these decisions (its specs, params and study fingerprints are as before).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from typing import Any, Callable
 
 import yaml
 
+from .compression import MAX_SPARSITY, QUANTIZERS
 from .errors import SpaceError, SpecError
 from .likelihood import LIKELIHOODS
 from .spec import ACTIVATIONS, ALLOWED_ACT_BITS, ALLOWED_BITS, FAMILIES, ArchSpec, conv_out
@@ -72,9 +81,35 @@ def safe_yaml(text: str, what: str, error=None) -> Any:
 Rng = random.Random | int | None
 
 _TOP_KEYS = {"name", "family", "input_shape", "likelihood", "latent_dim", "activation", "mlp", "conv", "decoder",
-             "weight_bits", "bits_per_layer", "act_bits"}
+             "weight_bits", "bits_per_layer", "act_bits", "quantizer", "rank", "sparsity"}
+COMPRESSION_KEYS = ("quantizer", "rank", "sparsity")
+_COMPRESSION_DEFAULT = {"quantizer": ("uniform",), "rank": (None,), "sparsity": (0.0,)}
 _MLP_KEYS = {"depth", "width"}
 _CONV_KEYS = {"depth", "channels", "kernel", "stride", "fc_depth", "fc_width"}
+
+
+def _compression_choices(key: str, value: Any) -> tuple:
+    """The choices of ``quantizer``, ``rank`` or ``sparsity`` (one line naming what is wrong)."""
+    if not isinstance(value, list) or not value:
+        raise SpaceError(f"{key}: expected a non-empty list of choices, e.g. "
+                         + {"quantizer": "[uniform, kmeans]", "rank": "[null, 0.25, 0.5]",
+                            "sparsity": "[0, 0.3, 0.5, 0.7]"}[key])
+    if len(set(value)) != len(value):
+        raise SpaceError(f"{key}: duplicate choices in {value}")
+    out = []
+    for v in value:
+        if key == "quantizer":
+            if v not in QUANTIZERS:
+                raise SpaceError(f"quantizer: {v!r} is not a quantizer; use {list(QUANTIZERS)}")
+            out.append(v)
+            continue
+        number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if key == "rank" and not (v is None or (number and 0 < v <= 1)):
+            raise SpaceError(f"rank: {v!r} is not allowed; use null (unfactorised) or a fraction of full rank in (0, 1]")
+        if key == "sparsity" and not (number and 0 <= v <= MAX_SPARSITY):
+            raise SpaceError(f"sparsity: {v!r} is not allowed; use fractions pruned in [0, {MAX_SPARSITY}]")
+        out.append(None if v is None else float(v))
+    return tuple(out)
 
 
 def _rng(rng: Rng) -> random.Random:
@@ -165,6 +200,9 @@ class SearchSpace:
     act_bits: tuple[int | None, ...] = (None,)
     name: str = "space"
     likelihood: str = "bernoulli"
+    quantizer: tuple[str, ...] = ("uniform",)
+    rank: tuple[float | None, ...] = (None,)
+    sparsity: tuple[float, ...] = (0.0,)
     declared: frozenset = field(default=frozenset(), compare=False)  # data keys the YAML stated itself
 
     # ------------------------------------------------------------------ construction
@@ -233,6 +271,7 @@ class SearchSpace:
         lik = d.get("likelihood", "bernoulli")
         if lik not in LIKELIHOODS:
             raise SpaceError(f"likelihood: {lik!r} is unknown; use one of {sorted(LIKELIHOODS)}")
+        compression = {k: _compression_choices(k, d[k]) for k in COMPRESSION_KEYS if k in d}
         name = d.get("name", "space")
         if not isinstance(name, (str, int)) or isinstance(name, bool) or len(str(name)) > 200:
             raise SpaceError(f"name: expected a short string (at most 200 characters), got a {type(name).__name__}")
@@ -249,6 +288,7 @@ class SearchSpace:
             act_bits=abits,
             name=str(name),
             likelihood=lik,
+            **compression,
             declared=frozenset(k for k in ("input_shape", "likelihood") if k in d),
         )
         space._check_buildable()
@@ -306,7 +346,19 @@ class SearchSpace:
         for f in ("mlp", "conv"):
             if getattr(self, f):
                 d[f] = {k: list(v) for k, v in getattr(self, f).items()}
+        for k in COMPRESSION_KEYS:  # only when searched: older spaces keep their dict (and fingerprints)
+            if self.searches(k):
+                d[k] = list(getattr(self, k))
         return d
+
+    def searches(self, key: str) -> bool:
+        """Whether the space decides compression ``key`` (``quantizer``, ``rank``, ``sparsity``) per layer."""
+        return tuple(getattr(self, key)) != _COMPRESSION_DEFAULT[key]
+
+    @property
+    def compression_keys(self) -> tuple[str, ...]:
+        """The compression dimensions this space searches (empty for a bits-and-architecture space)."""
+        return tuple(k for k in COMPRESSION_KEYS if self.searches(k))
 
     def _check_buildable(self) -> None:
         """Every conv geometry the space allows must fit the input (no layer shrinks it to nothing), and
@@ -393,7 +445,20 @@ class SearchSpace:
             bits = tuple(choose(f"bits.{n}", self.weight_bits) for n in names)
         else:
             bits = (choose("bits", self.weight_bits),) * len(names)
-        return skeleton.replace(weight_bits=bits)
+        return skeleton.replace(weight_bits=bits, **self._define_compression(choose, names, bits))
+
+    def _define_compression(self, choose: Choose, names: list[str], bits: tuple[int, ...]) -> dict[str, Any]:
+        """The per-layer compression decisions (none unless the space searches them)."""
+        keys = self.compression_keys
+        if not keys:
+            return {}
+        quant, rank, sparsity = [], [], []
+        for n, b in zip(names, bits):
+            quant.append(choose(f"quantizer.{n}", self.quantizer) if "quantizer" in keys and b < 32 else "uniform")
+            rank.append(choose(f"rank.{n}", self.rank) if "rank" in keys else None)
+            sparsity.append(choose(f"sparsity.{n}", self.sparsity) if "sparsity" in keys and rank[-1] is None
+                            else 0.0)
+        return {"quantizer": tuple(quant), "rank": tuple(rank), "sparsity": tuple(float(v) for v in sparsity)}
 
     def dimensions(self) -> dict[str, tuple]:
         """Every named categorical decision the space can ask, with its choices (for Optuna etc.)."""
@@ -404,6 +469,10 @@ class SearchSpace:
                 dims.setdefault(name, tuple(choices))
                 if name == "family":
                     return fam
+                if name.startswith("bits"):  # a quantised width, so the quantizer decisions are asked
+                    return min(choices)
+                if name.startswith("rank."):  # unfactorised if allowed, so the sparsity decisions are asked
+                    return None if None in choices else choices[0]
                 return max(choices) if name.endswith("depth") else choices[0]
 
             self.define(choose)
@@ -444,6 +513,14 @@ class SearchSpace:
                 p[f"bits.{n}"] = b
         else:
             p["bits"] = spec.weight_bits[0]
+        keys = self.compression_keys
+        for i, (n, b) in enumerate(zip(spec.layer_names(), spec.weight_bits)):
+            if "quantizer" in keys and b < 32:
+                p[f"quantizer.{n}"] = spec.layer_quantizer(i)
+            if "rank" in keys:
+                p[f"rank.{n}"] = spec.layer_rank(i)
+            if "sparsity" in keys and spec.layer_rank(i) is None:
+                p[f"sparsity.{n}"] = spec.layer_sparsity(i)
         return p
 
     def from_params(self, params: dict[str, Any]) -> ArchSpec:
@@ -525,15 +602,27 @@ class SearchSpace:
     def size(self) -> int:
         """The number of distinct specs in the space (exact)."""
         total = 0
-        nb = len(self.weight_bits)
         base = len(self.latent_dim) * len(self.activation) * len(self.act_bits)
+        keys = self.compression_keys
+        n_rank = len(self.rank) if "rank" in keys else 1
+        n_unfactorised = (1 if None in self.rank else 0) if "rank" in keys else 1
+        per_rank = (n_rank - n_unfactorised) + n_unfactorised * (len(self.sparsity) if "sparsity" in keys else 1)
+
+        def per_layer(b: int) -> int:  # a layer's compression choices at b bits
+            return (len(self.quantizer) if "quantizer" in keys and b < 32 else 1) * per_rank
+
+        def layer_choices(layers: int) -> int:
+            if self.bits_per_layer:
+                return sum(per_layer(b) for b in self.weight_bits) ** layers
+            return sum(per_layer(b) ** layers for b in self.weight_bits)
+
         for fam in self.family:
             if fam == "mlp":
                 nw = len(self.mlp["width"])
                 for d in self.mlp["depth"]:
                     widths = nw ** (2 * d if self.decoder == "free" else d)
                     layers = 2 * d + 2
-                    total += base * widths * (nb**layers if self.bits_per_layer else nb)
+                    total += base * widths * layer_choices(layers)
             else:
                 c = self.conv
                 per_conv = len(c["channels"]) * len(c["kernel"]) * len(c["stride"])
@@ -543,7 +632,7 @@ class SearchSpace:
                     for f in c["fc_depth"]:
                         widths = len(c["fc_width"]) ** (2 * f if self.decoder == "free" else f)
                         layers = 2 * d + 2 * f + 2
-                        total += base * per_conv**d * widths * (nb**layers if self.bits_per_layer else nb)
+                        total += base * per_conv**d * widths * layer_choices(layers)
         return total
 
     def log10_size(self) -> float:

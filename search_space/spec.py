@@ -14,10 +14,14 @@ matches the input shape exactly; its channels (``dec_channels``) and its FC widt
 family only). ``likelihood`` names the decoder's distribution (``search_space/likelihood.py``): the
 output layer emits ``likelihood.n_params`` numbers per input dimension (``output_shape``).
 
-JSON versions: version 2 added ``likelihood`` and vector input shapes. A spec that uses neither
-(a Bernoulli image VAE) is still written as version 1, byte for byte as before, so its ``id`` - and
-every id recorded in a study, a benchmark or an export - is unchanged; version 1 files load as
-Bernoulli specs.
+Compression beyond bit-widths (``search_space/compression.py``): optional per-layer tuples
+``sparsity`` (pruned fraction, 0 = dense), ``rank`` (fraction of full rank, null = unfactorised)
+and ``quantizer`` (``uniform`` | ``kmeans``), each ``None`` when no layer uses it.
+
+JSON versions: version 2 added ``likelihood`` and vector input shapes; version 3 the compression
+tuples. A spec is written at the lowest version that holds it: a Bernoulli image VAE without them
+is still written as version 1, byte for byte as before, so its ``id`` - and every id recorded in
+a study, a benchmark or an export - is unchanged; older files load with the defaults.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .compression import MAX_SPARSITY, QUANTIZERS
 from .errors import SpecError
 from .likelihood import LIKELIHOODS, get_likelihood
 
 SPEC_TYPE = "vaenas.ArchSpec"
-SPEC_VERSION = 2  # written only when a version-2 field is used (see the module docstring)
-READ_VERSIONS = (1, 2)
+SPEC_VERSION = 3  # written only when a version-3 field is used (see the module docstring)
+READ_VERSIONS = (1, 2, 3)
+COMPRESSION_FIELDS = ("sparsity", "rank", "quantizer")
 FAMILIES = ("mlp", "conv")
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "silu", "gelu", "tanh", "sigmoid")
 ALLOWED_BITS = (2, 3, 4, 5, 6, 8, 32)
@@ -77,6 +83,9 @@ class ArchSpec:
     act_bits: int | None = None
     input_shape: tuple[int, ...] = (1, 28, 28)
     likelihood: str = "bernoulli"
+    sparsity: tuple[float, ...] | None = None
+    rank: tuple[float | None, ...] | None = None
+    quantizer: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
@@ -144,6 +153,58 @@ class ArchSpec:
             raise SpecError(f"weight_bits: {bad[0]} is not allowed; use one of {list(ALLOWED_BITS)} (32 = float)")
         if self.act_bits is not None and (isinstance(self.act_bits, bool) or self.act_bits not in ALLOWED_ACT_BITS):
             raise SpecError(f"act_bits: must be null (float) or one of {list(ALLOWED_ACT_BITS)}, got {self.act_bits!r}")
+        self._check_compression(n_layers)
+
+    def _check_compression(self, n_layers: int) -> None:
+        """Validate and canonicalise ``sparsity``, ``rank`` and ``quantizer`` (all-default -> None)."""
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
+        names = self.layer_names()
+        for field_, default in (("sparsity", 0.0), ("rank", None), ("quantizer", "uniform")):
+            vals = getattr(self, field_)
+            if vals is None:
+                continue
+            if isinstance(vals, (str, bytes)) or not hasattr(vals, "__iter__"):
+                raise SpecError(f"{field_}: expected a list with one entry per weight layer, got {vals!r}")
+            vals = tuple(vals)
+            if len(vals) != n_layers:
+                raise SpecError(f"{field_}: need one entry per weight layer ({n_layers}: {', '.join(names)}), "
+                                f"got {len(vals)}")
+            for v in vals:
+                if field_ == "quantizer":
+                    ok = v in QUANTIZERS
+                    want = f"one of {list(QUANTIZERS)}"
+                else:
+                    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    if field_ == "sparsity":
+                        ok, want = ok and 0 <= v <= MAX_SPARSITY, f"a fraction in [0, {MAX_SPARSITY}]"
+                    else:
+                        ok, want = (v is None) or (ok and 0 < v <= 1), "null or a fraction in (0, 1]"
+                if not ok:
+                    raise SpecError(f"{field_}: {v!r} is not allowed; use {want} per layer")
+            if field_ == "sparsity":
+                vals = tuple(float(v) for v in vals)
+            elif field_ == "rank":
+                vals = tuple(None if v is None else float(v) for v in vals)
+            set_(field_, None if all(v == default for v in vals) else vals)
+        for i, name in enumerate(names):
+            if self.sparsity and self.rank and self.sparsity[i] > 0 and self.rank[i] is not None:
+                raise SpecError(f"sparsity/rank: layer {name} is both pruned and factorised; choose one per layer")
+            if self.quantizer and self.quantizer[i] == "kmeans" and self.weight_bits[i] >= 32:
+                raise SpecError(f"quantizer: layer {name} is 32-bit (float); k-means needs weight_bits below 32")
+
+    def layer_sparsity(self, i: int) -> float:
+        return self.sparsity[i] if self.sparsity else 0.0
+
+    def layer_rank(self, i: int) -> float | None:
+        return self.rank[i] if self.rank else None
+
+    def layer_quantizer(self, i: int) -> str:
+        return self.quantizer[i] if self.quantizer else "uniform"
+
+    @property
+    def uses_compression(self) -> bool:
+        """True when any layer is pruned, factorised or k-means quantised (a version-3 spec)."""
+        return any(getattr(self, f) is not None for f in COMPRESSION_FIELDS)
 
     # ----------------------------------------------------------------- derived structure
     @property
@@ -208,10 +269,13 @@ class ArchSpec:
     # ----------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         v2 = self.likelihood != "bernoulli" or not self.is_image
-        d: dict[str, Any] = {"type": SPEC_TYPE, "version": SPEC_VERSION if v2 else 1}
+        version = 3 if self.uses_compression else 2 if v2 else 1
+        d: dict[str, Any] = {"type": SPEC_TYPE, "version": version}
         for f in dataclasses.fields(self):
-            if f.name == "likelihood" and not v2:
+            if f.name == "likelihood" and version == 1:
                 continue  # version 1 form: unchanged bytes, unchanged id
+            if f.name in COMPRESSION_FIELDS and getattr(self, f.name) is None:
+                continue  # absent = unused: older specs keep their bytes and ids
             v = getattr(self, f.name)
             d[f.name] = list(v) if isinstance(v, tuple) else v
         return d

@@ -53,6 +53,9 @@ class DartsSearch(nn.Module):
         """The depth DARTS will search at; SpaceError if the space is not one it can search."""
         if tuple(space.family) != ("mlp",) or space.decoder != "mirror" or tuple(space.act_bits) != (None,):
             raise SpaceError("darts: needs an MLP-only space with a mirrored decoder and no activation quantisation")
+        if space.compression_keys:
+            raise SpaceError(f"darts: cannot relax space.{space.compression_keys[0]} (the mixed model runs on the "
+                             "supernet's shared dense weights); remove it from the space or the darts block")
         depth = depth if depth is not None else max(space.mlp["depth"])
         if depth not in space.mlp["depth"] or depth < 1:
             raise SpaceError(f"darts: depth {depth} is not a choice of mlp.depth {list(space.mlp['depth'])}")

@@ -236,6 +236,10 @@ class StudyConfig:
             if len(space.family) != 1:
                 raise ConfigError(f"supernet: needs a one-family space (space.family: [mlp] or [conv]), got "
                                   f"{list(space.family)} - split the study by family or remove the supernet block")
+            if space.compression_keys:
+                raise ConfigError(f"supernet: the weight-sharing supernet cannot carry space.{space.compression_keys[0]} "
+                                  "(its one shared weight per layer is neither pruned, factorised nor k-means coded per "
+                                  "subnet); remove it from the space or remove the supernet block")
             for k, t in (("epochs", (int, float)), ("n_random", int), ("kd_weight", (int, float)),
                          ("finetune_steps", int), ("remeasure", int)):
                 if k in sn:

@@ -25,9 +25,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..packing import layer_offsets
+import numpy as np
+
+from ..compression import index_bits
+from ..packing import LayerOffsets, layer_offsets
 from ..spec import ArchSpec
-from .memory import arena_floats, ram_bytes
+from .memory import arena_floats, prefix_entries, ram_bytes
 from .program import Step, decoder_steps, encoder_steps, tensor_sizes
 
 C_FILES = ("vae_model.h", "vae_model.c", "main.c", "Makefile")
@@ -54,54 +57,92 @@ static float rd_f32(uint32_t off)
     return f;
 }
 
-/* Weight i of a layer: a float32 (bits == 32) or its bits-bit code, unpacked, times the channel's scale. */
-static float weight(uint32_t w_off, int bits, uint32_t i, float scale)
+/* The j-th unsigned field of `bits` bits (1..31) of a bit stream starting at byte off, LSB first. */
+static uint32_t field(uint32_t off, uint32_t j, uint32_t bits)
 {
-    uint32_t bit, byte, sh, v;
-    if (bits == 32)
-        return rd_f32(w_off + 4u * i);
-    bit = i * (uint32_t)bits;
-    byte = w_off + (bit >> 3);
-    sh = bit & 7u;
-    v = (uint32_t)vae_packed[byte] >> sh;
-    if (sh + (uint32_t)bits > 8u)
-        v |= (uint32_t)vae_packed[byte + 1] << (8u - sh);
-    v &= (1u << bits) - 1u;
-    return (float)((int32_t)v - ((1 << (bits - 1)) - 1)) * scale;
+    uint32_t bit = j * bits, byte = off + (bit >> 3), sh = bit & 7u, got = 8u - sh;
+    uint32_t v = (uint32_t)vae_packed[byte] >> sh;
+    while (got < bits) {
+        byte++;
+        v |= (uint32_t)vae_packed[byte] << got;
+        got += 8u;
+    }
+    return v & ((1u << bits) - 1u);
 }
 
-static float channel_scale(int bits, uint32_t s_off, int ch)
+/* Where weight i of a layer is stored among its kept weights, or -1 if it was pruned (it is 0). */
+static int32_t slot(const vae_layer *L, uint32_t i)
 {
-    return bits == 32 ? 1.0f : rd_f32(s_off + 4u * (uint32_t)ch);
+    uint32_t lo = 0, hi, k, j;
+    if (L->x_off < 0)
+        return (int32_t)i;
+    if (L->idx_bits == 0) { /* bitmap: kept before this 64-weight block + those before i within it */
+        uint32_t base = (uint32_t)L->x_off;
+        if (!((vae_packed[base + (i >> 3)] >> (i & 7u)) & 1u))
+            return -1;
+        j = L->prefix[i >> 6];
+        for (k = i & ~63u; k < i; k++)
+            j += (vae_packed[base + (k >> 3)] >> (k & 7u)) & 1u;
+        return (int32_t)j;
+    }
+    hi = L->kept; /* index list (ascending): binary search */
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2u;
+        if (field((uint32_t)L->x_off, mid, L->idx_bits) < i)
+            lo = mid + 1u;
+        else
+            hi = mid;
+    }
+    return lo < L->kept && field((uint32_t)L->x_off, lo, L->idx_bits) == i ? (int32_t)lo : -1;
 }
 
-static float channel_bias(int32_t b_off, int ch)
+/* Weight i of a layer: float32 (bits == 32), a codebook entry (k-means) or (code - qmax) * the channel's
+   scale (uniform); 0 if pruned. */
+static float weight(const vae_layer *L, uint32_t i, float scale)
 {
-    return b_off < 0 ? 0.0f : rd_f32((uint32_t)b_off + 4u * (uint32_t)ch);
+    int32_t j = slot(L, i);
+    uint32_t v;
+    if (j < 0)
+        return 0.0f;
+    if (L->bits == 32)
+        return rd_f32(L->w_off + 4u * (uint32_t)j);
+    v = field(L->w_off, (uint32_t)j, L->bits);
+    if (L->kmeans)
+        return rd_f32((uint32_t)L->p_off + 4u * v);
+    return (float)((int32_t)v - ((1 << (L->bits - 1)) - 1)) * scale;
+}
+
+static float channel_scale(const vae_layer *L, int ch)
+{
+    return L->bits == 32 || L->kmeans ? 1.0f : rd_f32((uint32_t)L->p_off + 4u * (uint32_t)ch);
+}
+
+static float channel_bias(const vae_layer *L, int ch)
+{
+    return L->b_off < 0 ? 0.0f : rd_f32((uint32_t)L->b_off + 4u * (uint32_t)ch);
 }
 """,
     "linear": r"""
-static void linear(const float *in, float *out, int n_in, int n_out, uint32_t w_off, int bits, uint32_t s_off,
-                   int32_t b_off)
+static void linear(const float *in, float *out, int n_in, int n_out, const vae_layer *L)
 {
     int o, i;
     for (o = 0; o < n_out; o++) {
-        float s = channel_scale(bits, s_off, o), acc = 0.0f;
+        float s = channel_scale(L, o), acc = 0.0f;
         uint32_t row = (uint32_t)o * (uint32_t)n_in;
         for (i = 0; i < n_in; i++)
-            acc += in[i] * weight(w_off, bits, row + (uint32_t)i, s);
-        out[o] = acc + channel_bias(b_off, o);
+            acc += in[i] * weight(L, row + (uint32_t)i, s);
+        out[o] = acc + channel_bias(L, o);
     }
 }
 """,
     "conv": r"""
 /* Conv2d, weight (O, C, k, k), zero padding p, stride s (PyTorch's layout and arithmetic). */
 static void conv2d(const float *in, float *out, int C, int H, int W, int O, int OH, int OW, int k, int s, int p,
-                   uint32_t w_off, int bits, uint32_t s_off, int32_t b_off)
+                   const vae_layer *L)
 {
     int o, oy, ox, c, ky, kx;
     for (o = 0; o < O; o++) {
-        float sc = channel_scale(bits, s_off, o), b = channel_bias(b_off, o);
+        float sc = channel_scale(L, o), b = channel_bias(L, o);
         for (oy = 0; oy < OH; oy++)
             for (ox = 0; ox < OW; ox++) {
                 float acc = 0.0f;
@@ -115,7 +156,7 @@ static void conv2d(const float *in, float *out, int C, int H, int W, int O, int 
                             if (ix < 0 || ix >= W)
                                 continue;
                             acc += in[(c * H + iy) * W + ix] *
-                                   weight(w_off, bits, (uint32_t)(((o * C + c) * k + ky) * k + kx), sc);
+                                   weight(L, (uint32_t)(((o * C + c) * k + ky) * k + kx), sc);
                         }
                     }
                 out[(o * OH + oy) * OW + ox] = acc + b;
@@ -127,11 +168,11 @@ static void conv2d(const float *in, float *out, int C, int H, int W, int O, int 
 /* ConvTranspose2d, weight (C, O, k, k), padding p, stride s, output size OH x OW (output_padding
    included), written as a gather: out[o][y][x] sums in[c][iy][ix] * w[c][o][ky][kx], y = iy*s - p + ky. */
 static void tconv2d(const float *in, float *out, int C, int H, int W, int O, int OH, int OW, int k, int s, int p,
-                    uint32_t w_off, int bits, uint32_t s_off, int32_t b_off)
+                    const vae_layer *L)
 {
     int o, y, x, c, ky, kx;
     for (o = 0; o < O; o++) {
-        float sc = channel_scale(bits, s_off, o), b = channel_bias(b_off, o);
+        float sc = channel_scale(L, o), b = channel_bias(L, o);
         for (y = 0; y < OH; y++)
             for (x = 0; x < OW; x++) {
                 float acc = 0.0f;
@@ -151,7 +192,7 @@ static void tconv2d(const float *in, float *out, int C, int H, int W, int O, int
                             if (ix >= W)
                                 continue;
                             acc += in[(c * H + iy) * W + ix] *
-                                   weight(w_off, bits, (uint32_t)(((c * O + o) * k + ky) * k + kx), sc);
+                                   weight(L, (uint32_t)(((c * O + o) * k + ky) * k + kx), sc);
                         }
                     }
                 out[(o * OH + y) * OW + x] = acc + b;
@@ -185,19 +226,48 @@ def _hex_rows(data: bytes, per_row: int = 16) -> str:
                      for i in range(0, len(data), per_row)) or "    0x00,"
 
 
-def _call(step: Step, src: str, dst: str, offs: tuple[int, int, int], act_bits: int | None) -> list[str]:
-    w, s, b = offs
+def _layer_struct(o: LayerOffsets, var: str, prefix: str) -> str:
+    lay = o.layout
+    idx_bits = index_bits(lay.n_weights) if lay.index_format == "indices" else 0
+    return (f"static const vae_layer {var} = {{{o.weights}u, {o.params}, {o.bias}, {o.index}, {prefix}, "
+            f"{lay.kept}u, {lay.bits}u, {int(lay.is_kmeans)}u, {idx_bits}u}};")
+
+
+def _prefix_table(o: LayerOffsets, packed: bytes, var: str) -> str:
+    """Kept weights before each 64-weight block of a bitmap layer (so a weight's slot is found in <= 63 steps)."""
+    lay = o.layout
+    bits = np.unpackbits(np.frombuffer(packed, np.uint8)[o.index:o.index + lay.index_bytes],
+                         bitorder="little")[:lay.n_weights]
+    blocks = np.concatenate([[0], np.cumsum(bits.astype(np.int64))])[::64][:prefix_entries(lay.n_weights)]
+    rows = ",\n".join("    " + ", ".join(f"{int(v)}u" for v in blocks[i:i + 12]) for i in range(0, len(blocks), 12))
+    return f"static const uint32_t {var}[{len(blocks)}] = {{\n{rows}\n}};"
+
+
+def _layer_tables(spec: ArchSpec, packed: bytes) -> tuple[dict[str, str], str]:
+    """Each packed layer's descriptor variable, and the C defining them (plus bitmap prefix tables)."""
+    names, lines = {}, []
+    for k, o in enumerate(layer_offsets(spec)):
+        prefix = "0"
+        if o.layout.index_format == "bitmap":
+            prefix = f"vae_prefix{k}"
+            lines.append(_prefix_table(o, packed, prefix))
+        names[o.layout.name] = f"vae_layer{k}"
+        lines.append(f"/* {o.layout.name} */\n" + _layer_struct(o, f"vae_layer{k}", prefix))
+    return names, "\n".join(lines)
+
+
+def _call(step: Step, src: str, dst: str, layer: str, act_bits: int | None) -> list[str]:
     lines = [f"    /* {step.name}: {step.kind} {list(step.in_shape)} -> {list(step.out_shape)}, "
              f"{step.bits}-bit weights */"]
     if act_bits:
         lines.append(f"    act_quant({src}, {step.in_size}, {2 ** act_bits - 1});")
     if step.kind == "linear":
-        lines.append(f"    linear({src}, {dst}, {step.in_size}, {step.out_size}, {w}u, {step.bits}, {s}u, {b});")
+        lines.append(f"    linear({src}, {dst}, {step.in_size}, {step.out_size}, &{layer});")
     else:
         (c, h, wd), (o, oh, ow) = step.in_shape, step.out_shape
         fn = "conv2d" if step.kind == "conv" else "tconv2d"
         lines.append(f"    {fn}({src}, {dst}, {c}, {h}, {wd}, {o}, {oh}, {ow}, {step.kernel}, {step.stride}, "
-                     f"{step.padding}, {w}u, {step.bits}, {s}u, {b});")
+                     f"{step.padding}, &{layer});")
     if step.act_after:
         lines.append(f"    activation({dst}, {step.out_size});")
     return lines
@@ -211,7 +281,7 @@ def _placements(spec: ArchSpec) -> list[str]:
 
 def model_source(spec: ArchSpec, packed: bytes) -> str:
     enc, dec = encoder_steps(spec), decoder_steps(spec)
-    offs = {layer.name: (w, s_, b) for layer, w, s_, b in layer_offsets(spec)}
+    offs, tables = _layer_tables(spec, packed)
     place = _placements(spec)
     kinds = {s.kind for s in enc + dec}
     kernels = [_KERNELS["common"]] + [_KERNELS[k] for k in ("linear", "conv", "tconv") if k in kinds]
@@ -234,11 +304,27 @@ def model_source(spec: ArchSpec, packed: bytes) -> str:
 
 #include "vae_model.h"
 
-/* The packed model (search_space/packing.py's layout): per layer, weight codes or float32 weights,
-   float32 per-channel scales (quantised layers), float32 bias. {len(packed)} bytes. */
+/* The packed model (search_space/packing.py's layout): per layer, the kept weights' positions (sparse
+   layers), weight codes / codebook indices / float32 weights, float32 per-channel scales (uniform) or
+   codebook (k-means), float32 bias. {len(packed)} bytes. */
 const uint8_t vae_packed[VAE_PACKED_BYTES] = {{
 {_hex_rows(packed)}
 }};
+
+/* Where each layer's sections lie in vae_packed (offset -1: none). */
+typedef struct {{
+    uint32_t w_off;         /* weights: bits-bit codes / codebook indices, or float32 */
+    int32_t p_off;          /* per-channel scales (uniform) or the codebook (k-means) */
+    int32_t b_off;          /* bias */
+    int32_t x_off;          /* positions of the kept weights (sparse layers) */
+    const uint32_t *prefix; /* bitmap layers: kept weights before each 64-weight block */
+    uint32_t kept;          /* weights stored */
+    uint8_t bits;           /* 32: float32 */
+    uint8_t kmeans;
+    uint8_t idx_bits;       /* sparse: bits of one index of an index list; 0: a bitmap */
+}} vae_layer;
+
+{tables}
 
 /* The only RAM the inference uses: {ram_bytes(spec)} bytes. */
 static float vae_arena[VAE_ARENA_FLOATS];

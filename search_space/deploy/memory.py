@@ -7,7 +7,9 @@ at its end for odd ``j``, so a layer never overwrites its own input; the arena i
 (input and output of the widest step live together, MCUNet's definition), input and output
 tensors of the pass included. Activations and activation quantisation work in place.
 
-``flash_bytes``: the packed weights (exact, ``packed_size_bytes``) plus an **estimate** of the
+``flash_bytes``: the packed weights (exact, ``packed_size_bytes``), the bitmap layers' prefix
+tables (exact, :func:`c_table_bytes`: one uint32 per 64 weights of a sparse layer stored as a
+bitmap, so the C code finds a kept weight's slot in at most 63 steps) plus an **estimate** of the
 inference code (:func:`code_bytes_estimate`: a per-layer call, the conv kernels, the activation
 quantiser), fitted by least squares to ``size``'s text+data of ``vae_model.o`` built with
 ``cc -std=c99 -O2`` (gcc, x86-64) over 60 random specs (largest miss 1.0 KB).
@@ -18,7 +20,7 @@ do not.
 
 from __future__ import annotations
 
-from ..packing import packed_size_bytes
+from ..packing import packed_layout, packed_size_bytes
 from ..spec import ArchSpec
 from .program import tensor_sizes
 
@@ -43,9 +45,19 @@ def ram_bytes(spec: ArchSpec) -> int:
     return FLOAT_BYTES * arena_floats(spec)
 
 
+def prefix_entries(n_weights: int) -> int:
+    """uint32 entries of a bitmap layer's prefix table: one per 64-weight block."""
+    return (n_weights + 63) // 64
+
+
+def c_table_bytes(spec: ArchSpec) -> int:
+    """Bytes of the C library's prefix tables (bitmap-sparse layers only; exact)."""
+    return sum(4 * prefix_entries(lay.n_weights) for lay in packed_layout(spec) if lay.index_format == "bitmap")
+
+
 def code_bytes_estimate(spec: ArchSpec) -> int:
     """Bytes of inference code (estimated, see the module docstring)."""
-    n = len(spec.layer_names())
+    n = len(packed_layout(spec))
     code = CODE_BASE + CODE_PER_LAYER * n + (CODE_CONV if spec.family == "conv" else 0)
     if spec.act_bits:
         code += CODE_ACT_QUANT + CODE_ACT_QUANT_PER_LAYER * n
@@ -53,5 +65,5 @@ def code_bytes_estimate(spec: ArchSpec) -> int:
 
 
 def flash_bytes(spec: ArchSpec) -> int:
-    """Packed weights (exact) + inference code (estimated): what the C library puts in flash."""
-    return packed_size_bytes(spec) + code_bytes_estimate(spec)
+    """Packed weights and prefix tables (exact) + inference code (estimated): what the C library puts in flash."""
+    return packed_size_bytes(spec) + c_table_bytes(spec) + code_bytes_estimate(spec)

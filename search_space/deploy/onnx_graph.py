@@ -8,6 +8,13 @@ through ``DequantizeLinear`` (QDQ, zero point 0, ``axis`` the output channel) in
 ``Gemm``/``Conv``/``ConvTranspose``; a 32-bit layer's weight is a float32 initializer. Activation
 quantisation (``act_bits``) is written out as the per-example min/max quantiser the model was
 trained with. Opset 21 (the first with INT4).
+
+K-means layers: the codebook indices as a UINT8 initializer and the sorted
+float32 codebook, the weight being ``Gather(codebook, Cast(indices))``; a sparse k-means layer's
+pruned positions index one extra 0 entry appended to the codebook (UINT8, or UINT16 at 8 bits).
+Sparse uniform and float layers carry their pruned weights as 0 codes / 0.0 (ONNX has no sparse
+weight type onnxruntime runs on these ops): the file is dense, the packed bytes are not. A
+factorised layer is its two factor layers (``program.py``).
 """
 
 from __future__ import annotations
@@ -69,7 +76,24 @@ def _int_weight(g: _Graph, name: str, q: np.ndarray, bits: int) -> str:
     return n
 
 
+def _kmeans_weight(g: _Graph, step: Step, t: dict[str, np.ndarray]) -> str:
+    from onnx import TensorProto, numpy_helper
+
+    codes, cb = t["codes"], t["codebook"]
+    if (codes < 0).any():
+        cb = np.append(cb, np.float32(0.0))
+        codes = np.where(codes < 0, len(cb) - 1, codes)
+    arr = codes.astype(np.uint8 if len(cb) <= 256 else np.uint16)
+    n = g.name(f"{step.name}.weight_idx")
+    g.inits.append(numpy_helper.from_array(arr, n))
+    idx = g.op("Cast", [n], f"{step.name}.weight_idx64", to=TensorProto.INT64)
+    return g.op("Gather", [g.const(f"{step.name}.codebook", cb.astype(np.float32)), idx], f"{step.name}.weight",
+                axis=0)
+
+
 def _weight(g: _Graph, step: Step, t: dict[str, np.ndarray]) -> str:
+    if "codes" in t:
+        return _kmeans_weight(g, step, t)
     if "w" in t:
         return g.const(f"{step.name}.weight", t["w"])
     q = _int_weight(g, step.name, t["q"], step.bits)

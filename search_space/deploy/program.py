@@ -10,6 +10,10 @@ quantisation (``act_bits``) of its input and followed by the spec's activation:
   (``spec.output_shape``);
 * a reconstruction pass is ``decode(encode(x).mu)``.
 
+A factorised layer (``rank``, ``search_space/compression.py``) is two steps, ``<layer>.v`` (no
+activation, no bias) then ``<layer>.u`` (the layer's activation and bias), exactly as the
+builder's ``LowRank`` computes it; the steps are named as the packed layers.
+
 Tensors are contiguous row-major float32 (``C, H, W`` for feature maps), so flatten and reshape
 move nothing. :func:`tensor_sizes` gives the float count of every tensor of the chain, which sizes
 the C library's one activation arena (see :mod:`.memory`).
@@ -20,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..compression import factor_rank
 from ..spec import ArchSpec
 
 
@@ -63,7 +68,41 @@ def _tconv_output_padding(in_size: int, target: int, k: int, s: int) -> int:
     return target - ((in_size - 1) * s - 2 * ((k - 1) // 2) + k)
 
 
+def _factorised(spec: ArchSpec, step: Step) -> list[Step]:
+    """``step`` as the two steps of its low-rank factors when the spec factorises it (else unchanged)."""
+    rank = spec.layer_rank(spec.layer_names().index(step.name))
+    if rank is None:
+        return [step]
+    if step.kind == "linear":
+        r = factor_rank(step.out_size, step.in_size, rank)
+        first = Step(f"{step.name}.v", "linear", step.in_shape, (r,), step.bits, False)
+        return [first, Step(f"{step.name}.u", "linear", (r,), step.out_shape, step.bits, step.act_after)]
+    c, k = step.in_shape[0], step.kernel
+    if step.kind == "conv":
+        r = factor_rank(step.out_shape[0], c * k * k, rank)
+        mid = (r, *step.out_shape[1:])
+        first = Step(f"{step.name}.v", "conv", step.in_shape, mid, step.bits, False, k, step.stride, step.padding)
+        return [first, Step(f"{step.name}.u", "conv", mid, step.out_shape, step.bits, step.act_after)]
+    r = factor_rank(c, step.out_shape[0] * k * k, rank)
+    mid = (r, *step.in_shape[1:])
+    first = Step(f"{step.name}.v", "conv", step.in_shape, mid, step.bits, False)
+    return [first, Step(f"{step.name}.u", "tconv", mid, step.out_shape, step.bits, step.act_after, k, step.stride,
+                        step.padding, step.output_padding)]
+
+
+def _expand(spec: ArchSpec, steps: list[Step]) -> list[Step]:
+    return [s for step in steps for s in _factorised(spec, step)] if spec.rank else steps
+
+
 def encoder_steps(spec: ArchSpec) -> list[Step]:
+    return _expand(spec, _encoder_layers(spec))
+
+
+def decoder_steps(spec: ArchSpec) -> list[Step]:
+    return _expand(spec, _decoder_layers(spec))
+
+
+def _encoder_layers(spec: ArchSpec) -> list[Step]:
     bits = dict(zip(spec.layer_names(), spec.weight_bits))
     shapes = spec.feature_shapes()
     steps = []
@@ -78,7 +117,7 @@ def encoder_steps(spec: ArchSpec) -> list[Step]:
     return steps
 
 
-def decoder_steps(spec: ArchSpec) -> list[Step]:
+def _decoder_layers(spec: ArchSpec) -> list[Step]:
     bits = dict(zip(spec.layer_names(), spec.weight_bits))
     steps = []
     width = spec.latent_dim

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -40,12 +41,18 @@ class _Layer(nn.Module):
             shape = [1] * len(step.weight_shape)
             shape[step.ch_axis] = -1
             self.register_buffer("scale", torch.from_numpy(t["scale"].copy()).view(shape))
+        elif "codes" in t:  # k-means: indices into the codebook (+ a 0 entry for pruned weights)
+            self.register_buffer("codes", torch.from_numpy(np.where(t["codes"] < 0, len(t["codebook"]),
+                                                                    t["codes"]).astype("int64")))
+            self.register_buffer("codebook", torch.from_numpy(np.append(t["codebook"], np.float32(0.0))))
         else:
             self.register_buffer("w", torch.from_numpy(t["w"].copy()))
         self.register_buffer("b", torch.from_numpy(t["b"].copy()) if "b" in t else None)
 
     def weight(self) -> torch.Tensor:
-        return self.q.to(torch.float32) * self.scale if hasattr(self, "q") else self.w
+        if hasattr(self, "q"):
+            return self.q.to(torch.float32) * self.scale
+        return self.codebook[self.codes] if hasattr(self, "codes") else self.w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self.step
