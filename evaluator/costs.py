@@ -10,7 +10,8 @@ BitOps = sum over weight layers of MACs x weight bits x activation bits (32 for 
 layer's weights are float32 codebook entries once looked up, so it counts 32 weight bits.
 
 Compression (``search_space/compression.py``): a factorised layer's FLOPs are its two factors'
-(counted on the factorised graph); unstructured sparsity does **not** lower FLOPs - every
+(counted on the factorised graph); structured pruning counts the narrower model that ships
+(``spec.deployed()``: fewer FLOPs, parameters, bytes); unstructured sparsity does **not** lower FLOPs - every
 deployable form (ONNX, C, ExecuTorch) executes the layer dense, pruned weights as zeros - it
 lowers the packed bytes.
 
@@ -65,6 +66,7 @@ class FlopReport:
 def count_flops(spec: ArchSpec, batch_size: int = 1) -> FlopReport:
     """FLOPs of the deployed float graph: the same for every bit-width assignment of one structure, so
     counted once per structure (cached)."""
+    spec = spec.deployed()  # structured pruning: the narrower model that ships
     float_spec = spec.replace(weight_bits=(32,) * len(spec.weight_bits), act_bits=None, quantizer=None, sparsity=None)
     return _count_float_flops(float_spec, batch_size)
 
@@ -89,6 +91,7 @@ def _count_float_flops(float_spec: ArchSpec, batch_size: int) -> FlopReport:
 
 def count_bitops(spec: ArchSpec, flops: FlopReport | None = None) -> int:
     flops = flops or count_flops(spec)
+    spec = spec.deployed()
     a_bits = spec.act_bits or 32
     w_bits = [32 if spec.layer_quantizer(i) == "kmeans" else b for i, b in enumerate(spec.weight_bits)]
     return sum((flops.per_layer[n] // 2) * b * a_bits for n, b in zip(spec.layer_names(), w_bits))
@@ -96,7 +99,7 @@ def count_bitops(spec: ArchSpec, flops: FlopReport | None = None) -> int:
 
 def count_params(spec: ArchSpec) -> int:
     with torch.device("meta"):
-        return build_vae(spec).num_params()
+        return build_vae(spec.deployed()).num_params()
 
 
 @dataclass(frozen=True)

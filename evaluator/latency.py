@@ -126,7 +126,9 @@ def _plain(layer: nn.Module) -> nn.Module:
 
 
 def float_model(model: VAE) -> VAE:
-    """A copy whose weight layers are plain ``torch.nn`` layers holding the dequantised weights."""
+    """A copy whose weight layers are plain ``torch.nn`` layers holding the dequantised weights (of the model
+    that ships: structured pruning's narrower one)."""
+    model = model.shipped()
     out = copy.deepcopy(model)
     for name, layer in model.weight_layers().items():
         parent, _, attr = name.rpartition(".")

@@ -12,6 +12,7 @@ from .compression import factor_rank, sparsity_at
 from .likelihood import Likelihood, get_likelihood
 from .quant import QUANT_LAYERS, QuantConv2d, QuantConvTranspose2d, QuantLinear
 from .spec import ArchSpec
+from .structured import masked_layers, narrow_state, prune_units, unit_groups
 
 ACTIVATION_MODULES = {
     "relu": nn.ReLU,
@@ -50,12 +51,14 @@ def _weight_layer(spec: ArchSpec, name: str, kind: str, c_in: int, c_out: int, k
     p = (k - 1) // 2
     rank = spec.layer_rank(i)
     if rank is None:
-        sp = spec.layer_sparsity(i)
+        structured = spec.pruning == "structured"
+        m = dict(sparsity=0.0 if structured else spec.layer_sparsity(i),
+                 masked=structured and name in masked_layers(spec))
         if kind == "linear":
-            return QuantLinear(c_in, c_out, sparsity=sp, **q)
+            return QuantLinear(c_in, c_out, **m, **q)
         if kind == "conv":
-            return QuantConv2d(c_in, c_out, k, stride=s, padding=p, sparsity=sp, **q)
-        return QuantConvTranspose2d(c_in, c_out, k, stride=s, padding=p, output_padding=op, sparsity=sp, **q)
+            return QuantConv2d(c_in, c_out, k, stride=s, padding=p, **m, **q)
+        return QuantConvTranspose2d(c_in, c_out, k, stride=s, padding=p, output_padding=op, **m, **q)
     if kind == "linear":
         r = factor_rank(c_out, c_in, rank)
         return LowRank(QuantLinear(c_in, r, bias=False, **q), QuantLinear(r, c_out, **q))
@@ -113,6 +116,8 @@ class VAE(nn.Module):
                 setattr(self.dec, f"tconv{i}", _weight_layer(spec, f"dec.tconv{i}", "tconv", dch[i], out_ch, k, s, op))
         self._names = spec.layer_names()
         self._sparse = [m for m in self.modules() if isinstance(m, QUANT_LAYERS) and m.sparsity > 0]
+        self._units = unit_groups(spec)  # structured pruning's plan (empty otherwise)
+        self._layers = self.weight_layers() if self._units else {}
 
     @property
     def likelihood(self) -> Likelihood:
@@ -136,21 +141,39 @@ class VAE(nn.Module):
         sparse layer along its pruning schedule (:func:`~search_space.compression.sparsity_at`), about
         100 times per run and at the last step; a model without sparse layers does nothing."""
         every = max(1, total // 100)
+        scheduled = step % every == 0 or step == total
         for m in self._sparse:
-            if step % every and step != total:
-                m.weight.mul_(m.weight_mask)  # pruned weights stay 0 between schedule steps
-            else:
+            if scheduled:
                 m.prune_to(sparsity_at(m.sparsity, step, total))
+            else:
+                m.weight.mul_(m.weight_mask)  # pruned weights stay 0 between schedule steps
+        for g in self._units:
+            prune_units(self._layers, g, sparsity_at(g.target, step, total) if scheduled else 0.0)
 
+    @torch.no_grad()
     def finalize_sparsity(self) -> None:
-        """Every sparse layer at its exact target (the end of training; packing calls it too)."""
+        """Every sparse layer (or pruned unit group) at its exact target (the end of training; packing calls
+        it too)."""
         for m in self._sparse:
             m.finalize_sparsity()
+        for g in self._units:
+            prune_units(self._layers, g, g.target)
+
+    def shipped(self) -> "VAE":
+        """The model that ships: itself, or for structured pruning the narrower dense VAE of
+        ``spec.deployed()`` carrying the kept units' weights (the same function)."""
+        if not self._units:
+            return self
+        self.finalize_sparsity()
+        ship = VAE(self.spec.deployed()).to(next(self.parameters()).device)
+        ship.load_state_dict(narrow_state(self))
+        return ship.train(self.training)
 
     def num_params(self) -> int:
-        """Weights + biases: the model's parameter count (quantisers' learned step sizes are not
-        counted here; they are part of the packed size as the per-channel scales)."""
-        return sum(p.numel() for n, p in self.named_parameters() if not n.endswith("weight_scale"))
+        """Weights + biases: the model's parameter count (quantisers' learned step sizes and k-means codebooks
+        are not counted here; they are part of the packed size). A sparse layer counts all its weights
+        (pruned ones are zeros in every deployable form); the packed bytes count only the kept ones."""
+        return sum(p.numel() for n, p in self.named_parameters() if not n.endswith(("weight_scale", "codebook")))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         spec = self.spec

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 
 QUANTIZERS = ("uniform", "kmeans")
+PRUNINGS = (None, "unstructured", "structured")
 MAX_SPARSITY = 0.99
 
 

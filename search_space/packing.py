@@ -16,7 +16,8 @@ section starting on a byte:
    ``2**bits`` float32;
 4. the float32 bias.
 
-A pruned weight is exactly 0. :func:`packed_layout` gives every term from the spec alone (the
+A pruned weight is exactly 0. Structured pruning packs the narrower dense model that ships
+(``spec.deployed()``, ``search_space/structured.py``). :func:`packed_layout` gives every term from the spec alone (the
 kept count is exact: ``compression.kept_count``), so ``packed_size_bytes`` is exact before
 training.
 """
@@ -91,7 +92,10 @@ class LayerLayout:
 
 @functools.lru_cache(maxsize=4096)
 def packed_layout(spec: ArchSpec) -> tuple[LayerLayout, ...]:
-    """Per-layer sizes of the packed model, computed without allocating weights (once per spec: it is frozen)."""
+    """Per-layer sizes of the packed model, computed without allocating weights (once per spec: it is frozen);
+    structured pruning packs the narrower model that ships (``spec.deployed()``)."""
+    if spec.deployed() is not spec:
+        return packed_layout(spec.deployed())
     with torch.device("meta"):
         model = build_vae(spec)
     return tuple(
@@ -152,6 +156,7 @@ def pack_model(model: VAE) -> bytes:
     """The model's weights at their spec bit-widths, as the byte string described above (sparse layers are
     first brought to their exact target, which training already did)."""
     model.finalize_sparsity()
+    model = model.shipped()  # structured pruning: the narrower dense model
     layout = packed_layout(model.spec)
     chunks: list[bytes] = []
     for lay, m in zip(layout, model.weight_layers().values()):
@@ -289,7 +294,8 @@ def unpack_state_dict(spec: ArchSpec, data: bytes) -> dict[str, torch.Tensor]:
 
 
 def unpack_model(spec: ArchSpec, data: bytes) -> VAE:
-    """A fresh model carrying the unpacked weights; its forward equals the packed model's exactly."""
-    model = build_vae(spec)
+    """A fresh model carrying the unpacked weights; its forward equals the packed model's exactly (for
+    structured pruning a model of ``spec.deployed()``, the narrower VAE that ships)."""
+    model = build_vae(spec.deployed())
     model.load_state_dict(unpack_state_dict(spec, data))
     return model

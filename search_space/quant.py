@@ -178,18 +178,20 @@ class QuantMixin:
     fake_quant_enabled: bool = True  # off only during a QAT delay (see set_fake_quant)
     quantizer: str = "uniform"  # or "kmeans"
     sparsity: float = 0.0  # target pruned fraction (exact count: compression.kept_count)
+    masked: bool = False  # has a weight_mask (sparse, or touched by structured pruning)
 
     _scale_ready: bool = False
 
-    def _init_quant(self, quantizer: str = "uniform", sparsity: float = 0.0) -> None:
+    def _init_quant(self, quantizer: str = "uniform", sparsity: float = 0.0, masked: bool = False) -> None:
         """Called by the constructors: a learned step size (uniform) or codebook (k-means) for every
         quantised (< 32-bit) layer, and a weight mask for a sparse one."""
         self.quantizer, self.sparsity = quantizer, float(sparsity)
+        self.masked = self.sparsity > 0 or masked
         if self.bits < 32 and quantizer == "kmeans":
             self.codebook = nn.Parameter(torch.zeros(2 ** self.bits))
         elif self.bits < 32:
             self.weight_scale = nn.Parameter(torch.zeros(self.weight.shape[self.ch_axis]))
-        if self.sparsity > 0:
+        if self.masked:  # sparse, or a layer structured pruning removes rows/columns of
             self.register_buffer("weight_mask", torch.ones_like(self.weight))
 
     @property
@@ -253,7 +255,7 @@ class QuantMixin:
             w = kmeans_fake_quant(self.weight, self.step_size())
         else:
             w = lsq_fake_quant_weight(self.weight, self.step_size(), self.bits, self.ch_axis)
-        return w * self.weight_mask if self.sparsity > 0 else w
+        return w * self.weight_mask if self.masked else w
 
     def quant_input(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quant_act(x, self.act_bits) if self.fake_quant_enabled else x
@@ -266,10 +268,10 @@ class QuantMixin:
 
 class QuantLinear(QuantMixin, nn.Linear):
     def __init__(self, in_features: int, out_features: int, bits: int = 32, act_bits: int | None = None,
-                 quantizer: str = "uniform", sparsity: float = 0.0, **kw):
+                 quantizer: str = "uniform", sparsity: float = 0.0, masked: bool = False, **kw):
         super().__init__(in_features, out_features, **kw)
         self.bits, self.act_bits = bits, act_bits
-        self._init_quant(quantizer, sparsity)
+        self._init_quant(quantizer, sparsity, masked)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.quant_input(x), self.quantized_weight(), self.bias)
@@ -277,10 +279,10 @@ class QuantLinear(QuantMixin, nn.Linear):
 
 class QuantConv2d(QuantMixin, nn.Conv2d):
     def __init__(self, *args, bits: int = 32, act_bits: int | None = None, quantizer: str = "uniform",
-                 sparsity: float = 0.0, **kw):
+                 sparsity: float = 0.0, masked: bool = False, **kw):
         super().__init__(*args, **kw)
         self.bits, self.act_bits = bits, act_bits
-        self._init_quant(quantizer, sparsity)
+        self._init_quant(quantizer, sparsity, masked)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.quant_input(x), self.quantized_weight(), self.bias)
@@ -290,10 +292,10 @@ class QuantConvTranspose2d(QuantMixin, nn.ConvTranspose2d):
     ch_axis = 1  # weight is (in, out, kH, kW)
 
     def __init__(self, *args, bits: int = 32, act_bits: int | None = None, quantizer: str = "uniform",
-                 sparsity: float = 0.0, **kw):
+                 sparsity: float = 0.0, masked: bool = False, **kw):
         super().__init__(*args, **kw)
         self.bits, self.act_bits = bits, act_bits
-        self._init_quant(quantizer, sparsity)
+        self._init_quant(quantizer, sparsity, masked)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return F.conv_transpose2d(

@@ -23,11 +23,14 @@ Example YAML (every key is optional except ``latent_dim`` and the block of each 
     quantizer: [uniform, kmeans] # optional: per quantised layer, uniform grid or k-means codebook
     rank: [null, 0.25, 0.5]     # optional: per layer, unfactorised or a low-rank product (fraction of full rank)
     sparsity: [0, 0.3, 0.5, 0.7] # optional: per unfactorised layer, the fraction pruned by magnitude
+    pruning: [unstructured, structured] # optional: structured removes whole units/channels
 
-The three compression keys (``search_space/compression.py``) are decided per layer after the
-bit-widths, in that order: ``quantizer.<layer>`` only for a layer below 32 bits, ``rank.<layer>``,
-then ``sparsity.<layer>`` only for a layer left unfactorised. A space without them asks none of
-these decisions (its specs, params and study fingerprints are as before).
+The compression keys (``search_space/compression.py``) are decided after the bit-widths:
+``pruning`` once (only with float activations: structured pruning refuses ``act_bits``), then
+per layer ``quantizer.<layer>`` (only below 32 bits), ``rank.<layer>`` (not under structured
+pruning) and ``sparsity.<layer>`` (only for an unfactorised layer; under structured pruning only
+for a layer whose outputs are hidden units, ``ArchSpec.prunable_units``). A space without them
+asks none of these decisions (its specs, params and study fingerprints are as before).
 """
 
 from __future__ import annotations
@@ -81,9 +84,9 @@ def safe_yaml(text: str, what: str, error=None) -> Any:
 Rng = random.Random | int | None
 
 _TOP_KEYS = {"name", "family", "input_shape", "likelihood", "latent_dim", "activation", "mlp", "conv", "decoder",
-             "weight_bits", "bits_per_layer", "act_bits", "quantizer", "rank", "sparsity"}
-COMPRESSION_KEYS = ("quantizer", "rank", "sparsity")
-_COMPRESSION_DEFAULT = {"quantizer": ("uniform",), "rank": (None,), "sparsity": (0.0,)}
+             "weight_bits", "bits_per_layer", "act_bits", "quantizer", "rank", "sparsity", "pruning"}
+COMPRESSION_KEYS = ("pruning", "quantizer", "rank", "sparsity")
+_COMPRESSION_DEFAULT = {"pruning": ("unstructured",), "quantizer": ("uniform",), "rank": (None,), "sparsity": (0.0,)}
 _MLP_KEYS = {"depth", "width"}
 _CONV_KEYS = {"depth", "channels", "kernel", "stride", "fc_depth", "fc_width"}
 
@@ -93,7 +96,7 @@ def _compression_choices(key: str, value: Any) -> tuple:
     if not isinstance(value, list) or not value:
         raise SpaceError(f"{key}: expected a non-empty list of choices, e.g. "
                          + {"quantizer": "[uniform, kmeans]", "rank": "[null, 0.25, 0.5]",
-                            "sparsity": "[0, 0.3, 0.5, 0.7]"}[key])
+                            "sparsity": "[0, 0.3, 0.5, 0.7]", "pruning": "[unstructured, structured]"}[key])
     if len(set(value)) != len(value):
         raise SpaceError(f"{key}: duplicate choices in {value}")
     out = []
@@ -101,6 +104,11 @@ def _compression_choices(key: str, value: Any) -> tuple:
         if key == "quantizer":
             if v not in QUANTIZERS:
                 raise SpaceError(f"quantizer: {v!r} is not a quantizer; use {list(QUANTIZERS)}")
+            out.append(v)
+            continue
+        if key == "pruning":
+            if v not in ("unstructured", "structured"):
+                raise SpaceError(f"pruning: {v!r} is not a pruning kind; use unstructured or structured")
             out.append(v)
             continue
         number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -203,6 +211,7 @@ class SearchSpace:
     quantizer: tuple[str, ...] = ("uniform",)
     rank: tuple[float | None, ...] = (None,)
     sparsity: tuple[float, ...] = (0.0,)
+    pruning: tuple[str, ...] = ("unstructured",)
     declared: frozenset = field(default=frozenset(), compare=False)  # data keys the YAML stated itself
 
     # ------------------------------------------------------------------ construction
@@ -445,25 +454,31 @@ class SearchSpace:
             bits = tuple(choose(f"bits.{n}", self.weight_bits) for n in names)
         else:
             bits = (choose("bits", self.weight_bits),) * len(names)
-        return skeleton.replace(weight_bits=bits, **self._define_compression(choose, names, bits))
+        return skeleton.replace(weight_bits=bits, **self._define_compression(choose, skeleton, bits))
 
-    def _define_compression(self, choose: Choose, names: list[str], bits: tuple[int, ...]) -> dict[str, Any]:
-        """The per-layer compression decisions (none unless the space searches them)."""
+    def _define_compression(self, choose: Choose, skeleton: ArchSpec, bits: tuple[int, ...]) -> dict[str, Any]:
+        """The compression decisions (none unless the space searches them)."""
         keys = self.compression_keys
         if not keys:
             return {}
+        pruning = "unstructured"
+        if "pruning" in keys and skeleton.act_bits is None:
+            pruning = choose("pruning", self.pruning)
+        structured = pruning == "structured"
+        prunable = skeleton.prunable_units() if structured else {}
         quant, rank, sparsity = [], [], []
-        for n, b in zip(names, bits):
+        for n, b in zip(skeleton.layer_names(), bits):
             quant.append(choose(f"quantizer.{n}", self.quantizer) if "quantizer" in keys and b < 32 else "uniform")
-            rank.append(choose(f"rank.{n}", self.rank) if "rank" in keys else None)
-            sparsity.append(choose(f"sparsity.{n}", self.sparsity) if "sparsity" in keys and rank[-1] is None
-                            else 0.0)
-        return {"quantizer": tuple(quant), "rank": tuple(rank), "sparsity": tuple(float(v) for v in sparsity)}
+            rank.append(choose(f"rank.{n}", self.rank) if "rank" in keys and not structured else None)
+            asked = "sparsity" in keys and rank[-1] is None and (not structured or n in prunable)
+            sparsity.append(choose(f"sparsity.{n}", self.sparsity) if asked else 0.0)
+        return {"quantizer": tuple(quant), "rank": tuple(rank), "sparsity": tuple(float(v) for v in sparsity),
+                "pruning": pruning}
 
     def dimensions(self) -> dict[str, tuple]:
         """Every named categorical decision the space can ask, with its choices (for Optuna etc.)."""
         dims: dict[str, tuple] = {}
-        for fam in self.family:  # walk the deepest program of each family
+        for fam in self.family:  # walk the deepest program of each family (unstructured: every decision)
 
             def choose(name: str, choices: tuple, fam: str = fam) -> Any:
                 dims.setdefault(name, tuple(choices))
@@ -514,12 +529,16 @@ class SearchSpace:
         else:
             p["bits"] = spec.weight_bits[0]
         keys = self.compression_keys
+        structured = spec.pruning == "structured"
+        if "pruning" in keys and spec.act_bits is None:
+            p["pruning"] = spec.pruning or "unstructured"
+        prunable = spec.prunable_units() if structured else {}
         for i, (n, b) in enumerate(zip(spec.layer_names(), spec.weight_bits)):
             if "quantizer" in keys and b < 32:
                 p[f"quantizer.{n}"] = spec.layer_quantizer(i)
-            if "rank" in keys:
+            if "rank" in keys and not structured:
                 p[f"rank.{n}"] = spec.layer_rank(i)
-            if "sparsity" in keys and spec.layer_rank(i) is None:
+            if "sparsity" in keys and spec.layer_rank(i) is None and (not structured or n in prunable):
                 p[f"sparsity.{n}"] = spec.layer_sparsity(i)
         return p
 
@@ -602,19 +621,28 @@ class SearchSpace:
     def size(self) -> int:
         """The number of distinct specs in the space (exact)."""
         total = 0
-        base = len(self.latent_dim) * len(self.activation) * len(self.act_bits)
         keys = self.compression_keys
-        n_rank = len(self.rank) if "rank" in keys else 1
-        n_unfactorised = (1 if None in self.rank else 0) if "rank" in keys else 1
-        per_rank = (n_rank - n_unfactorised) + n_unfactorised * (len(self.sparsity) if "sparsity" in keys else 1)
+        n_float_act = 1 if None in self.act_bits else 0
+        base_float = len(self.latent_dim) * len(self.activation) * n_float_act
+        base_quant = len(self.latent_dim) * len(self.activation) * (len(self.act_bits) - n_float_act)
+        q = lambda b: len(self.quantizer) if "quantizer" in keys and b < 32 else 1  # noqa: E731
+        n_s = len(self.sparsity) if "sparsity" in keys else 1
+        r = (len(self.rank) - (None in self.rank) + (None in self.rank) * n_s) if "rank" in keys else n_s
+        kinds = self.pruning if "pruning" in keys else ("unstructured",)
 
-        def per_layer(b: int) -> int:  # a layer's compression choices at b bits
-            return (len(self.quantizer) if "quantizer" in keys and b < 32 else 1) * per_rank
+        def combos(layers: int, per, per_fixed, n_fixed: int) -> int:
+            """Assignments of ``layers`` layers: ``per(b)`` choices each, ``per_fixed(b)`` for ``n_fixed`` of them."""
+            if self.bits_per_layer:
+                return sum(per(b) for b in self.weight_bits) ** (layers - n_fixed) * \
+                    sum(per_fixed(b) for b in self.weight_bits) ** n_fixed
+            return sum(per(b) ** (layers - n_fixed) * per_fixed(b) ** n_fixed for b in self.weight_bits)
 
         def layer_choices(layers: int) -> int:
-            if self.bits_per_layer:
-                return sum(per_layer(b) for b in self.weight_bits) ** layers
-            return sum(per_layer(b) ** layers for b in self.weight_bits)
+            unstructured = combos(layers, lambda b: q(b) * r, q, 0)
+            # structured: no rank; sparsity only on the hidden-unit layers (all but the head and the output layer)
+            structured = combos(layers, lambda b: q(b) * n_s, q, 2)
+            per_float = sum(unstructured if k == "unstructured" else structured for k in kinds)
+            return base_float * per_float + base_quant * unstructured
 
         for fam in self.family:
             if fam == "mlp":
@@ -622,7 +650,7 @@ class SearchSpace:
                 for d in self.mlp["depth"]:
                     widths = nw ** (2 * d if self.decoder == "free" else d)
                     layers = 2 * d + 2
-                    total += base * widths * layer_choices(layers)
+                    total += widths * layer_choices(layers)
             else:
                 c = self.conv
                 per_conv = len(c["channels"]) * len(c["kernel"]) * len(c["stride"])
@@ -632,7 +660,7 @@ class SearchSpace:
                     for f in c["fc_depth"]:
                         widths = len(c["fc_width"]) ** (2 * f if self.decoder == "free" else f)
                         layers = 2 * d + 2 * f + 2
-                        total += base * per_conv**d * widths * layer_choices(layers)
+                        total += per_conv**d * widths * layer_choices(layers)
         return total
 
     def log10_size(self) -> float:

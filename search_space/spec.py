@@ -34,14 +34,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .compression import MAX_SPARSITY, QUANTIZERS
+from .compression import MAX_SPARSITY, PRUNINGS, QUANTIZERS, kept_count
 from .errors import SpecError
 from .likelihood import LIKELIHOODS, get_likelihood
 
 SPEC_TYPE = "vaenas.ArchSpec"
 SPEC_VERSION = 3  # written only when a version-3 field is used (see the module docstring)
 READ_VERSIONS = (1, 2, 3)
-COMPRESSION_FIELDS = ("sparsity", "rank", "quantizer")
+COMPRESSION_FIELDS = ("sparsity", "rank", "quantizer", "pruning")
 FAMILIES = ("mlp", "conv")
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "silu", "gelu", "tanh", "sigmoid")
 ALLOWED_BITS = (2, 3, 4, 5, 6, 8, 32)
@@ -86,6 +86,7 @@ class ArchSpec:
     sparsity: tuple[float, ...] | None = None
     rank: tuple[float | None, ...] | None = None
     quantizer: tuple[str, ...] | None = None
+    pruning: str | None = None  # "structured": sparsity removes whole units/channels; None = unstructured
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
@@ -186,11 +187,61 @@ class ArchSpec:
             elif field_ == "rank":
                 vals = tuple(None if v is None else float(v) for v in vals)
             set_(field_, None if all(v == default for v in vals) else vals)
+        if self.pruning not in PRUNINGS:
+            raise SpecError(f"pruning: {self.pruning!r} is not allowed; use one of {list(PRUNINGS)}")
+        if self.pruning == "unstructured":
+            set_("pruning", None)  # canonical: the default is written as absent
+        if self.pruning == "structured":
+            self._check_structured(names)
         for i, name in enumerate(names):
             if self.sparsity and self.rank and self.sparsity[i] > 0 and self.rank[i] is not None:
                 raise SpecError(f"sparsity/rank: layer {name} is both pruned and factorised; choose one per layer")
             if self.quantizer and self.quantizer[i] == "kmeans" and self.weight_bits[i] >= 32:
                 raise SpecError(f"quantizer: layer {name} is 32-bit (float); k-means needs weight_bits below 32")
+
+    def _check_structured(self, names: list[str]) -> None:
+        if self.rank is not None:
+            raise SpecError("pruning: structured pruning changes the next layer's input, so it cannot be combined with "
+                            "rank (factorised layers); use unstructured pruning or drop rank")
+        if self.act_bits is not None:
+            raise SpecError("pruning: structured pruning with act_bits is not supported (the per-example activation "
+                            "range would include the removed units); use act_bits null or unstructured pruning")
+        units = self.prunable_units()
+        for name, s in zip(names, self.sparsity or ()):
+            if s > 0 and name not in units:
+                raise SpecError(f"sparsity: layer {name}'s outputs are not hidden units (it feeds the latent or the "
+                                f"output), so structured pruning cannot remove them; set its sparsity to 0")
+
+    def prunable_units(self) -> dict[str, int]:
+        """Layers whose outputs structured pruning may remove, with their unit (feature or channel) counts."""
+        out = {f"enc.conv{i}": c for i, c in enumerate(self.enc_channels)}
+        out.update({f"enc.fc{i}": w for i, w in enumerate(self.enc_hidden)})
+        out.update({f"dec.fc{i}": w for i, w in enumerate(self.decoder_hidden)})
+        if self.family == "conv":
+            dch = self.decoder_channels
+            out["dec.proj"] = dch[0]
+            out.update({f"dec.tconv{i}": dch[i + 1] for i in range(len(dch) - 1)})
+        return out
+
+    def deployed(self) -> "ArchSpec":
+        """What ships: for structured pruning the dense spec with the removed units gone (narrower widths and
+        channels, same bits and quantizers); every other spec is itself."""
+        return self if self.pruning != "structured" else self._deployed
+
+    @functools.cached_property
+    def _deployed(self) -> "ArchSpec":
+        sp = dict(zip(self.layer_names(), self.sparsity or (0.0,) * len(self.weight_bits)))
+        keep = lambda name, n: kept_count(n, sp.get(name, 0.0))  # noqa: E731
+        kw: dict[str, Any] = dict(
+            enc_hidden=tuple(keep(f"enc.fc{i}", w) for i, w in enumerate(self.enc_hidden)),
+            dec_hidden=tuple(keep(f"dec.fc{i}", w) for i, w in enumerate(self.decoder_hidden)),
+            sparsity=None, pruning=None)
+        if self.family == "conv":
+            dch = self.decoder_channels
+            kw["enc_channels"] = tuple(keep(f"enc.conv{i}", c) for i, c in enumerate(self.enc_channels))
+            kw["dec_channels"] = (keep("dec.proj", dch[0]),) + tuple(
+                keep(f"dec.tconv{i}", dch[i + 1]) for i in range(len(dch) - 1))
+        return self.replace(**kw)
 
     def layer_sparsity(self, i: int) -> float:
         return self.sparsity[i] if self.sparsity else 0.0
@@ -203,7 +254,8 @@ class ArchSpec:
 
     @property
     def uses_compression(self) -> bool:
-        """True when any layer is pruned, factorised or k-means quantised (a version-3 spec)."""
+        """True when any layer is pruned, factorised or k-means quantised, or pruning is structured (a
+        version-3 spec)."""
         return any(getattr(self, f) is not None for f in COMPRESSION_FIELDS)
 
     # ----------------------------------------------------------------- derived structure

@@ -241,6 +241,10 @@ def test_spec_json_versions_and_old_specs():
     (dict(quantizer=("lloyd",) * 4), "quantizer: 'lloyd' is not allowed"),
     (dict(weight_bits=(32, 4, 4, 4), quantizer=("kmeans",) + ("uniform",) * 3), "k-means needs weight_bits below 32"),
     (dict(sparsity=(0.5, 0, 0, 0), rank=(0.5, None, None, None)), "both pruned and factorised"),
+    (dict(sparsity=(0, 0.5, 0, 0), pruning="structured"), "layer head's outputs are not hidden units"),
+    (dict(sparsity=(0.5, 0, 0, 0), rank=(None, 0.5, None, None), pruning="structured"), "cannot be combined with rank"),
+    (dict(sparsity=(0.5, 0, 0, 0), act_bits=8, pruning="structured"), "structured pruning with act_bits"),
+    (dict(pruning="blocks"), "pruning: 'blocks' is not allowed"),
 ])
 def test_spec_refuses_bad_compression(change, msg):
     with pytest.raises(SpecError, match=msg.replace("(", r"\(")):
@@ -248,8 +252,8 @@ def test_spec_refuses_bad_compression(change, msg):
 
 
 def _tiny_space(**extra) -> SearchSpace:
-    return SearchSpace.from_dict({"latent_dim": [2], "mlp": {"depth": [1], "width": [4, 8]}, "input_shape": [6],
-                                  "likelihood": "gaussian", "weight_bits": [2, 32], **extra})
+    return SearchSpace.from_dict({**{"latent_dim": [2], "mlp": {"depth": [1], "width": [4, 8]}, "input_shape": [6],
+                                     "likelihood": "gaussian", "weight_bits": [2, 32]}, **extra})
 
 
 def _enumerate(space: SearchSpace) -> set:
@@ -280,6 +284,9 @@ def _enumerate(space: SearchSpace) -> set:
     {"quantizer": ["uniform", "kmeans"], "sparsity": [0, 0.3, 0.6], "bits_per_layer": False},
     {"rank": [0.25, 0.5]},
     {"rank": [None, 1.0], "sparsity": [0.5]},
+    {"pruning": ["unstructured", "structured"], "sparsity": [0, 0.5], "rank": [None, 0.5], "act_bits": [None, 8]},
+    {"pruning": ["structured"], "sparsity": [0.25, 0.5], "quantizer": ["uniform", "kmeans"], "bits_per_layer": False},
+    {"pruning": ["structured", "unstructured"], "mlp": {"depth": [1, 2], "width": [4]}, "decoder": "free"},
 ])
 def test_space_decisions_size_and_round_trip(extra):
     space = _tiny_space(**extra)
@@ -309,6 +316,7 @@ def test_space_without_compression_is_unchanged():
     ({"rank": [None, 0]}, "rank: 0 is not allowed"),
     ({"quantizer": ["uniform", "log"]}, "quantizer: 'log' is not a quantizer"),
     ({"rank": [0.5, 0.5]}, "rank: duplicate choices"),
+    ({"pruning": ["channels"]}, "pruning: 'channels' is not a pruning kind"),
 ])
 def test_space_refuses_bad_compression(extra, msg):
     with pytest.raises(SpaceError, match=msg):
@@ -366,3 +374,74 @@ def test_exports_carry_the_new_dimensions(spec, seed, tmp_path):
     e_mu, _ = prog.load_method("encode").execute([x[:1]])
     close(e_mu, mu[:1], "executorch mu")
     close(prog.load_method("decode").execute([mu[:1]])[0], out[:1], "executorch out")
+
+
+STRUCTURED = [
+    ArchSpec(family="mlp", enc_hidden=(32, 16), latent_dim=4, weight_bits=(4, 8, 32, 2, 4, 8), activation="sigmoid",
+             sparsity=(0.5, 0.25, 0, 0.5, 0.3, 0), pruning="structured",
+             quantizer=("kmeans", "uniform", "uniform", "uniform", "uniform", "kmeans")),
+    ArchSpec(family="conv", enc_hidden=(12,), latent_dim=4, weight_bits=(4, 4, 4, 8, 4, 32, 4, 2), enc_channels=(8, 6),
+             kernels=(3, 3), strides=(2, 2), sparsity=(0.5, 0.5, 0.5, 0, 0.25, 0.5, 0.5, 0), pruning="structured",
+             activation="elu"),
+    ArchSpec(family="conv", enc_hidden=(), latent_dim=3, weight_bits=(3, 32, 4, 4), enc_channels=(5,), kernels=(4,),
+             strides=(2,), sparsity=(0.4, 0, 0.5, 0), pruning="structured", input_shape=(2, 12, 10)),
+]
+
+
+def test_structured_deployed_spec_by_hand():
+    mlp, conv, _ = STRUCTURED
+    d = mlp.deployed()
+    assert d.enc_hidden == (16, 12) and d.decoder_hidden == (8, 32 - math.floor(0.3 * 32)) and d.pruning is None
+    assert d.weight_bits == mlp.weight_bits and d.quantizer == mlp.quantizer and d.sparsity is None
+    c = conv.deployed()
+    assert (c.enc_channels, c.enc_hidden, c.decoder_hidden, c.decoder_channels) == ((4, 3), (6,), (9,), (3, 4))
+    assert ArchSpec.from_json(mlp.to_json()) == mlp and mlp.to_dict()["pruning"] == "structured"
+
+
+def test_flops_of_a_structured_pruned_layer_by_hand():
+    from evaluator.costs import count_flops, static_costs
+
+    mlp = STRUCTURED[0]
+    f = count_flops(mlp).per_layer
+    # enc.fc0 784 -> 32 loses 16 units; enc.fc1 (its consumer) 16 of 32 inputs and 4 of its 16 units
+    assert f["enc.fc0"] == 2 * 784 * 16 and f["enc.fc1"] == 2 * 16 * 12 and f["head"] == 2 * 12 * 8
+    assert f["dec.fc0"] == 2 * 4 * 8 and f["dec.fc1"] == 2 * 8 * 23 and f["dec.out"] == 2 * 23 * 784
+    c = static_costs(mlp)
+    assert c.params == (784 * 16 + 16) + (16 * 12 + 12) + (12 * 8 + 8) + (4 * 8 + 8) + (8 * 23 + 23) + (23 * 784 + 784)
+    conv = STRUCTURED[1]
+    f = count_flops(conv).per_layer
+    assert f["enc.conv0"] == 2 * 4 * 1 * 9 * 14 * 14 and f["enc.conv1"] == 2 * 3 * 4 * 9 * 7 * 7
+    assert f["enc.fc0"] == 2 * 3 * 49 * 6 and f["dec.proj"] == 2 * 9 * 3 * 49
+
+
+@pytest.mark.parametrize("spec", STRUCTURED, ids=["mlp", "conv", "conv1"])
+def test_structured_pruning_trains_packs_and_exports(spec, tmp_path):
+    import onnxruntime as ort
+    from evaluator.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    model = build_vae(spec)
+    data = (torch.rand(60, *spec.input_shape) * 255).to(torch.uint8)
+    train(model, data, TrainConfig(epochs=2, batch_size=20, lr=1e-3))
+    model.eval()
+    ship = spec.deployed()
+    for g in __import__("search_space.structured", fromlist=["x"]).unit_groups(spec):
+        layers = model.weight_layers()
+        alive = layers[g.consumer].weight_mask.movedim(g.in_axis, 0).reshape(g.units, -1).abs().sum(1) > 0
+        assert int(alive.sum()) == kept_count(g.units, g.target)
+    packed = pack_model(model)
+    assert len(packed) == packed_size_bytes(spec) == packed_size_bytes(ship)
+    shipped = unpack_model(spec, packed).eval()
+    assert shipped.spec == ship
+    x = torch.rand(3, *spec.input_shape, generator=torch.Generator().manual_seed(1))
+    eps = torch.randn(3, spec.latent_dim, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        wide, narrow = model(x, eps)[0], shipped(x, eps)[0]
+    assert torch.allclose(wide, narrow, atol=1e-5, rtol=1e-5)  # the same function (summation order aside)
+    doc = export_model(spec, packed, tmp_path, ("arch", "onnx"))
+    assert doc["spec_id"] == ship.id and ArchSpec.from_dict(doc["trained_as"]) == spec
+    assert ArchSpec.from_json((tmp_path / "arch.json").read_text()) == ship
+    mu = ort.InferenceSession(str(tmp_path / "encoder.onnx")).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        ref = shipped.encode(x)[0]
+    assert np.abs(mu - ref.numpy()).max() <= 1e-4 * max(1.0, float(ref.abs().max()))

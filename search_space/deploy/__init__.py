@@ -92,7 +92,7 @@ def manifest(spec: ArchSpec, packed: bytes, formats: tuple[str, ...], sizes: dic
         "flash_bytes": flash_bytes(spec), "flash_bytes_is_estimate": True,
         "code_bytes_estimate": code_bytes_estimate(spec),
     }
-    for k in ("dataset", "trial", "study", "source"):
+    for k in ("dataset", "trial", "study", "source", "trained_as"):
         if k in meta:
             doc[k] = meta[k]
     if "onnx" in formats:
@@ -117,6 +117,10 @@ def export_model(spec: ArchSpec, packed: bytes, out: str | Path, formats: tuple[
     folder beside ``out``, then moved in). Returns the manifest."""
     out = Path(out)
     check_formats_available(formats)
+    trained_as = spec
+    spec = spec.deployed()  # structured pruning ships the narrower dense model
+    if trained_as is not spec:
+        meta = {**(meta or {}), "trained_as": trained_as.to_dict()}
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".vaenas-export-", dir=out))
     try:

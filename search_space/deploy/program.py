@@ -12,7 +12,8 @@ quantisation (``act_bits``) of its input and followed by the spec's activation:
 
 A factorised layer (``rank``, ``search_space/compression.py``) is two steps, ``<layer>.v`` (no
 activation, no bias) then ``<layer>.u`` (the layer's activation and bias), exactly as the
-builder's ``LowRank`` computes it; the steps are named as the packed layers.
+builder's ``LowRank`` computes it; the steps are named as the packed layers. A structurally pruned
+spec runs its ``deployed()`` (narrower, dense) program.
 
 Tensors are contiguous row-major float32 (``C, H, W`` for feature maps), so flatten and reshape
 move nothing. :func:`tensor_sizes` gives the float count of every tensor of the chain, which sizes
@@ -95,10 +96,12 @@ def _expand(spec: ArchSpec, steps: list[Step]) -> list[Step]:
 
 
 def encoder_steps(spec: ArchSpec) -> list[Step]:
+    spec = spec.deployed()  # structured pruning ships the narrower model
     return _expand(spec, _encoder_layers(spec))
 
 
 def decoder_steps(spec: ArchSpec) -> list[Step]:
+    spec = spec.deployed()
     return _expand(spec, _decoder_layers(spec))
 
 
