@@ -1,33 +1,42 @@
-"""Compression report: the seeds' baselines (FP32, uniform QAT, magnitude pruning, distillation)
-against the architectures a vaenas study finds, every number measured by this script.
+"""Compression report: every seed method as a baseline (FP32; uniform QAT 8/4/2-bit; k-means 4/2-bit;
+magnitude and L1 pruning 30/50/70 %; structured pruning; SVD low rank 1/4 and 1/2; a distilled
+student; the combinations the seeds suggest) against the architectures a vaenas study over the
+full compression space finds, every number measured by this script.
 
 For one dataset it trains, with one recipe (same epochs, batch, learning rate, schedule, seed):
 
 * the seeds' conv-VAE (2 conv + 2 FC encoder: conv 32/64 4x4 stride 2, FC 256, head; 2 FC + 2
   transposed-conv decoder; latent 20) and the MLP VAE 784-400-400-20, in FP32;
-* both with every weight layer at 8, 4 and 2 bits (quantisation-aware training from scratch);
-* both magnitude-pruned: the trained FP32 model, 30% / 50% of its weights (global magnitude over
-  all weight layers, biases kept) zeroed, then ``--finetune-epochs`` of training with the mask fixed;
+* both with every weight layer at 8, 4 and 2 bits, uniform (QAT from scratch), and at 4 and 2 bits
+  with a k-means codebook per layer (``quantizer: kmeans``);
+* both pruned by magnitude to 30/50/70 % of every layer's weights along the training loop's
+  gradual schedule (``sparsity``), and the same with an L1 penalty on the weights (``--l1`` x sum |w|
+  added to the loss: L1-induced sparsity), and 50 % of every hidden layer's units/channels removed
+  (``pruning: structured``);
+* SVD: the trained FP32 model's layers truncated to 1/4 and 1/2 of full rank (``rank``: factors
+  initialised from the SVD), then ``--finetune-epochs`` of training;
 * a smaller student of each (conv 16/32 + FC 128, MLP 784-200-200-20; FP32) distilled from its
-  trained FP32 teacher (``studies/retrain.py``'s loss: KL of the posteriors + BCE to the teacher's
-  reconstruction);
+  trained FP32 teacher (``studies/retrain.py``'s loss);
+* combinations: 50 % magnitude pruning + k-means 4-bit (Deep Compression's pipeline), structured
+  50 % + uniform 4-bit, rank 1/2 + uniform 4-bit, the distilled student at uniform 4-bit;
 * the knee and the smallest-within-2% architecture of a vaenas study (``--preset``; the study's
-  short recipe ranks the candidates; "within 2%" is judged inside the study against the FP32 MLP,
-  which the preset enqueues as a reference trial), then retrained with the report's recipe.
+  short recipe ranks the candidates against the FP32 MLP, which the preset enqueues), retrained
+  with the report's recipe.
 
-For each: test −ELBO (nats), IWAE NLL (k samples, first ``--iwae-n`` test images), per-pixel
-reconstruction error at z = mu (BCE in nats/pixel - comparable in scale to the seeds' 0.08 - and
-MSE of the Bernoulli mean), parameters (non-zero ones for pruned models), packed bytes (pruned:
-a 1-bit-per-weight bitmap plus the float32 non-zeros), compression vs the family's FP32 model,
-dense FLOPs, measured CPU latency (batch 1, 1 thread; pruned models run dense). Writes a
-markdown table, a JSON file and a Pareto PNG (test −ELBO vs packed bytes, baselines marked).
+Every compressed model is packed by ``search_space.pack_model`` (exact bytes: sparse layers as a
+bitmap or index list + their kept weights, codebooks, factors, the narrower model of structured
+pruning) and scored on: test −ELBO (nats), IWAE NLL (k samples, first ``--iwae-n`` test images),
+per-pixel reconstruction error at z = mu (BCE in nats/pixel and MSE of the Bernoulli mean),
+parameters (non-zero weights + biases), packed bytes, compression vs the family's FP32 model, FLOPs
+of what ships (unstructured sparsity runs dense), measured CPU latency (batch 1, 1 thread).
+Writes a markdown table, a JSON file and a Pareto PNG (test −ELBO vs packed bytes).
 
-Target (issue 8): a found architecture at <= 1/16 of the FP32 MLP's packed bytes whose test −ELBO
-is within 2% of the FP32 MLP's; the report states whether it is met and by how much.
+Target (issue 18): a found architecture at <= 1/32 of the FP32 MLP's packed bytes whose test −ELBO
+is at or below the FP32 MLP's; minimum: <= 1/16 within +2 %. The report states where it lands.
 
-    python benchmarks/compression_report.py --dataset mnist --data-root .data
-    python benchmarks/compression_report.py --dataset fashion_mnist --data-root .data
-    python benchmarks/compression_report.py --dataset mnist --data-root .data --epochs 0.05 \\
+    python benchmarks/compression_report.py --dataset mnist --data-root .data --epochs 30
+    python benchmarks/compression_report.py --dataset fashion_mnist --data-root .data --epochs 30
+    python benchmarks/compression_report.py --dataset mnist --data-root .data --epochs 0.05 --n-train 2000 \\
         --study-trials 3 --out-dir /tmp/cr --runs-dir /tmp/cr/runs   # smoke
 
 Trained models are kept in ``<runs-dir>/compression_<dataset>/models``; a rerun with the same
@@ -62,31 +71,61 @@ SEED_MLP = ArchSpec.mlp((400, 400), 20)
 STUDENT_CONV = ArchSpec(family="conv", enc_channels=(16, 32), kernels=(4, 4), strides=(2, 2), enc_hidden=(128,),
                         latent_dim=20, weight_bits=(32,) * 8)
 STUDENT_MLP = ArchSpec.mlp((200, 200), 20)
-WITHIN = 0.02  # "within 2%" of the FP32 MLP's −ELBO
-TARGET_RATIO = 16  # "<= 1/16 of the FP32 MLP's bytes"
+WITHIN = 0.02  # minimum: "within 2%" of the FP32 MLP's −ELBO ...
+TARGET_RATIO = 16  # ... at "<= 1/16 of the FP32 MLP's bytes"
+GOAL_RATIO = 32  # the target: <= 1/32 of the bytes at or below the FP32 MLP's −ELBO
 
 
 def with_bits(spec: ArchSpec, bits: int) -> ArchSpec:
     return spec.replace(weight_bits=(bits,) * len(spec.weight_bits))
 
 
-def sparse_bytes(model) -> int:
-    """Packed size of a pruned FP32 model stored sparsely: per weight layer a bitmap of non-zeros
-    (1 bit per weight) + the non-zero weights (float32) + the bias (float32)."""
-    total = 0
-    for m in model.weight_layers().values():
-        w = m.weight.detach()
-        total += (w.numel() + 7) // 8 + 4 * int((w != 0).sum()) + 4 * (m.bias.numel() if m.bias is not None else 0)
-    return total
+def each_layer(spec: ArchSpec, **fields) -> ArchSpec:
+    """``spec`` with a compression field set to one value on every layer (``sparsity``, ``rank``,
+    ``quantizer``); structured sparsity only on the layers whose outputs are hidden units."""
+    out = {}
+    for k, v in fields.items():
+        if k == "structured":
+            units = spec.prunable_units()
+            out.update(pruning="structured", sparsity=tuple(v if n in units else 0.0 for n in spec.layer_names()))
+        else:
+            out[k] = (v,) * len(spec.weight_bits)
+    return spec.replace(**out)
 
 
-def magnitude_prune(model, amount: float):
-    """Global magnitude pruning over every weight layer (biases kept); returns the pruned modules."""
-    from torch.nn.utils import prune
+def l1_loss(weight: float):
+    """L1 penalty on every weight (the seeds' L1-induced sparsity), added to the −ELBO by the one loop."""
+    def extra(model, x, eps):
+        return weight * sum(m.weight.abs().sum() for m in model.weight_layers().values())
+    return extra
 
-    layers = [(m, "weight") for m in model.weight_layers().values()]
-    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=amount)
-    return layers
+
+@torch.no_grad()
+def svd_init(model, teacher) -> None:
+    """Initialise a factorised ``model`` from the trained ``teacher`` (same structure, unfactorised): each
+    factorised layer's weight matrix truncated by SVD to the factor rank (``v = sqrt(S) V^T``,
+    ``u = U sqrt(S)``), every other tensor copied."""
+    from search_space.builder import LowRank
+
+    for name in model.spec.layer_names():
+        m, t = model.get_submodule(name), teacher.get_submodule(name)
+        if not isinstance(m, LowRank):
+            m.weight.copy_(t.weight)
+            m.bias.copy_(t.bias)
+            continue
+        w = t.weight.detach()
+        tconv = isinstance(t, torch.nn.ConvTranspose2d)
+        mat = w.reshape(w.shape[0], -1)  # linear (O, I); conv (O, C*k*k); tconv (C, O*k*k)
+        u, sv, vh = torch.linalg.svd(mat, full_matrices=False)
+        r = m.v.weight.shape[0]
+        left, right = u[:, :r] * sv[:r].sqrt(), sv[:r].sqrt()[:, None] * vh[:r]
+        if tconv:  # 1x1 conv C -> r (left^T), then the transposed conv r -> O (right)
+            m.v.weight.copy_(left.T.reshape(m.v.weight.shape))
+            m.u.weight.copy_(right.reshape(m.u.weight.shape))
+        else:  # first factor r x (inputs), then 1x1 / linear O x r
+            m.v.weight.copy_(right.reshape(m.v.weight.shape))
+            m.u.weight.copy_(left.reshape(m.u.weight.shape))
+        m.u.bias.copy_(t.bias)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--epochs", type=float, default=5, help="training epochs of every model (the same for all)")
     ap.add_argument("--n-train", type=int, default=None, help="train on a leading subset (default: all 60,000)")
-    ap.add_argument("--finetune-epochs", type=float, default=1, help="fine-tuning after pruning, mask fixed")
+    ap.add_argument("--finetune-epochs", type=float, default=1, help="fine-tuning after SVD truncation")
+    ap.add_argument("--l1", type=float, default=1e-4, help="weight of the L1 penalty of the L1-pruning rows")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -117,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = Path(args.runs_dir) / f"compression_{ds}" / "models"
     model_dir.mkdir(parents=True, exist_ok=True)
     recipe = {k: vars(args)[k] for k in ("dataset", "epochs", "n_train", "finetune_epochs", "lr", "batch_size", "seed",
-                                         "iwae_k", "iwae_n")}
+                                         "iwae_k", "iwae_n", "l1")}
     kept: dict[str, dict] = {}
     if json_path.exists() and not args.fresh:
         old = json.loads(json_path.read_text())
@@ -146,20 +186,21 @@ def main(argv: list[str] | None = None) -> int:
         return model.to(args.device)
 
     def score(name: str, group: str, kind: str, spec: ArchSpec, model, train_s: float, epochs: float,
-              pruned: bool = False, note: str = "") -> dict:
+              note: str = "") -> dict:
         t0 = time.perf_counter()
         test = evaluate_neg_elbo(model, data.test, seed=args.seed)
         iw = iwae_nll(model, data.test[: args.iwae_n], k=args.iwae_k, seed=args.seed)
         costs = static_costs(spec)
-        nz = sum(int((m.weight != 0).sum()) + (m.bias.numel() if m.bias is not None else 0)
-                 for m in model.weight_layers().values())
+        ship = model.shipped()
+        nz = sum(int((m.quantized_weight() != 0).sum()) + (m.bias.numel() if m.bias is not None else 0)
+                 for m in ship.weight_layers().values())
         row = {
             "name": name, "group": group, "kind": kind, "spec_id": spec.id, "spec": spec.to_dict(),
-            "bits": sorted(set(spec.weight_bits)), "test_neg_elbo": test["neg_elbo"], "test_kl": test["kl"],
+            "bits": sorted(set(spec.weight_bits)), "compression": compression_label(spec),
+            "test_neg_elbo": test["neg_elbo"], "test_kl": test["kl"],
             "iwae_nll": iw, "recon_bce_per_pixel": reconstruction_error(model, data.test, metric="bce"),
             "recon_mse_per_pixel": reconstruction_error(model, data.test, metric="mse"),
-            "params": nz if pruned else count_params(spec), "params_dense": count_params(spec),
-            "packed_bytes": sparse_bytes(model) if pruned else len(pack_model(model)),
+            "params": nz, "params_dense": count_params(spec), "packed_bytes": len(pack_model(model)),
             "flops": costs.flops, "bitops": costs.bitops,
             "latency_ms": measure_latency(model, lat_cfg).median_ms, "train_seconds": train_s, "epochs": epochs,
             "note": note,
@@ -169,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.perf_counter() - t0:.0f}s)", flush=True)
         return row
 
-    def trained(name: str, group: str, kind: str, spec: ArchSpec, extra=None, note: str = "") -> tuple[dict, object]:
+    def trained(name: str, group: str, kind: str, spec: ArchSpec, extra=None, note: str = "", init=None,
+                epochs: float | None = None) -> tuple[dict, object]:
         model = load(spec, name)
         if model is not None:
             r = kept[name]
@@ -177,46 +219,59 @@ def main(argv: list[str] | None = None) -> int:
             models[name] = model
             return r, model
         model = seeded_model(spec, args.seed, args.device)
-        res = train(model, data.train, cfg, extra_loss=extra)
+        before = 0.0
+        if init is not None:  # e.g. SVD from a trained model: its training time and epochs count too
+            before = init(model)
+        run_cfg = cfg if epochs is None else TrainConfig(**{**cfg.to_dict(), "epochs": epochs, "lr": args.lr * 0.3})
+        res = train(model, data.train, run_cfg, extra_loss=extra)
         save(model, spec, name)
         models[name] = model
-        return score(name, group, kind, spec, model, res.seconds, res.epochs, note=note), model
-
-    def pruned(name: str, group: str, base_name: str, spec: ArchSpec, amount: float) -> dict:
-        if name in kept and (model_dir / f"{name}.pt").exists() and not args.fresh and kept[name].get("amount") == amount:
-            print(f"{name:>22}: reused", flush=True)
-            return kept[name]
-        from torch.nn.utils import prune
-
-        import copy
-
-        model = copy.deepcopy(models[base_name])
-        layers = magnitude_prune(model, amount)
-        ft = TrainConfig(**{**cfg.to_dict(), "epochs": args.finetune_epochs, "lr": args.lr * 0.3})
-        res = train(model, data.train, ft)
-        for m, n in layers:
-            prune.remove(m, n)
-        save(model, spec, name)
-        r = score(name, group, f"pruned {amount:.0%}", spec, model, row_named(rows, base_name)["train_seconds"] + res.seconds,
-                  args.epochs + res.epochs, pruned=True,
-                  note=f"FP32 model + {args.finetune_epochs:g} fine-tune epoch(s), {amount:.0%} of weights zeroed")
-        r["amount"] = amount
-        return r
+        spent = res.epochs + (args.epochs if init is not None else 0)
+        return score(name, group, kind, spec, model, res.seconds + before, spent, note=note), model
 
     from studies.retrain import distillation_loss
+
+    def svd_from(teacher_name: str):
+        def init(model) -> float:
+            svd_init(model, models[teacher_name].to(args.device))
+            return row_named(rows, teacher_name)["train_seconds"]
+        return init
 
     for group, spec, student in (("conv", SEED_CONV, STUDENT_CONV), ("mlp", SEED_MLP, STUDENT_MLP)):
         print(f"--- {group} baselines ({args.epochs:g} epochs on {len(data.train):,} {ds} images)", flush=True)
         r, teacher = trained(f"{group}-fp32", group, "FP32", spec)
         rows.append(r)
         for b in (8, 4, 2):
-            rows.append(trained(f"{group}-qat{b}", group, f"QAT {b}-bit", with_bits(spec, b))[0])
-        for amount in (0.3, 0.5):
-            rows.append(pruned(f"{group}-prune{int(amount * 100)}", group, f"{group}-fp32", spec, amount))
+            rows.append(trained(f"{group}-qat{b}", group, f"uniform {b}-bit", with_bits(spec, b))[0])
+        for b in (4, 2):
+            rows.append(trained(f"{group}-kmeans{b}", group, f"k-means {b}-bit",
+                                each_layer(with_bits(spec, b), quantizer="kmeans"))[0])
+        for amount in (0.3, 0.5, 0.7):
+            pct = int(amount * 100)
+            rows.append(trained(f"{group}-prune{pct}", group, f"magnitude {pct}%", each_layer(spec, sparsity=amount),
+                                note="gradual magnitude pruning in the training loop")[0])
+            rows.append(trained(f"{group}-l1prune{pct}", group, f"L1 + magnitude {pct}%",
+                                each_layer(spec, sparsity=amount), extra=l1_loss(args.l1),
+                                note=f"L1 penalty {args.l1:g} x sum|w| + gradual magnitude pruning")[0])
+        rows.append(trained(f"{group}-struct50", group, "structured 50%", each_layer(spec, structured=0.5),
+                            note="50% of every hidden layer's units/channels removed (narrower model ships)")[0])
+        for frac, label in ((0.25, "1/4"), (0.5, "1/2")):
+            rows.append(trained(f"{group}-svd{int(frac * 100)}", group, f"SVD rank {label}", each_layer(spec, rank=frac),
+                                init=svd_from(f"{group}-fp32"), epochs=args.finetune_epochs,
+                                note=f"FP32 model truncated by SVD + {args.finetune_epochs:g} fine-tune epoch(s)")[0])
         teacher.eval()
         rows.append(trained(f"{group}-student", group, "distilled student", student,
                             extra=distillation_loss(teacher, 1.0),
                             note=f"distilled from {group}-fp32 (weight 1.0)")[0])
+        rows.append(trained(f"{group}-prune50-kmeans4", group, "magnitude 50% + k-means 4-bit",
+                            each_layer(with_bits(spec, 4), sparsity=0.5, quantizer="kmeans"),
+                            note="Deep Compression's pipeline: prune, then cluster")[0])
+        rows.append(trained(f"{group}-struct50-qat4", group, "structured 50% + uniform 4-bit",
+                            each_layer(with_bits(spec, 4), structured=0.5))[0])
+        rows.append(trained(f"{group}-rank50-qat4", group, "rank 1/2 + uniform 4-bit",
+                            each_layer(with_bits(spec, 4), rank=0.5), note="factorised, trained from scratch")[0])
+        rows.append(trained(f"{group}-student-qat4", group, "distilled student, uniform 4-bit", with_bits(student, 4),
+                            extra=distillation_loss(teacher, 1.0), note=f"distilled from {group}-fp32")[0])
 
     # ---------------------------------------------------------------- the vaenas study
     found = find_architectures(args, ds)
@@ -244,6 +299,19 @@ def main(argv: list[str] | None = None) -> int:
     print(md_path.read_text())
     print(f"wrote {md_path}, {json_path}, {png_path}")
     return 0
+
+
+def compression_label(spec: ArchSpec) -> str:
+    """A short description of a spec's compression beyond bit-widths ("" when none)."""
+    parts = []
+    if spec.quantizer and "kmeans" in spec.quantizer:
+        parts.append(f"k-means on {spec.quantizer.count('kmeans')} layers")
+    if spec.sparsity:
+        kind = "structured" if spec.pruning == "structured" else "sparse"
+        parts.append(f"{kind} {'/'.join(f'{v:g}' for v in sorted(set(spec.sparsity)))}")
+    if spec.rank:
+        parts.append(f"rank {'/'.join(f'{v:g}' for v in sorted({v for v in spec.rank if v is not None}))}")
+    return ", ".join(parts)
 
 
 def _fail(msg: str):
@@ -299,27 +367,35 @@ def find_architectures(args, ds: str) -> dict[str, tuple[ArchSpec, str]]:
     return out
 
 
-def target_verdict(rows: list[dict], mlp: dict) -> dict:
-    found = [r for r in rows if r["group"] == "vaenas"]
-    limit = mlp["packed_bytes"] / TARGET_RATIO
-    hits = [r for r in found if r["packed_bytes"] <= limit and r["neg_elbo_vs_fp32_mlp"] <= WITHIN]
+def _verdict(found: list[dict], mlp: dict, ratio: int, within: float, label: str) -> dict:
+    limit = mlp["packed_bytes"] / ratio
+    hits = [r for r in found if r["packed_bytes"] <= limit and r["neg_elbo_vs_fp32_mlp"] <= within]
     if hits:
         best = min(hits, key=lambda r: r["packed_bytes"])
         return {"met": True, "name": best["name"], "ratio": best["ratio_vs_fp32_mlp"],
                 "neg_elbo_gap": best["neg_elbo_vs_fp32_mlp"],
-                "text": f"MET: {best['name']} is {best['ratio_vs_fp32_mlp']:.1f}x smaller than the FP32 MLP "
+                "text": f"{label} MET: {best['name']} is {best['ratio_vs_fp32_mlp']:.1f}x smaller than the FP32 MLP "
                         f"({best['packed_bytes']:,} B <= {limit:,.0f} B) at {100 * best['neg_elbo_vs_fp32_mlp']:+.2f}% "
-                        f"test −ELBO (limit +2%)"}
+                        f"test −ELBO (limit {100 * within:+g}%)"}
     small = [r for r in found if r["packed_bytes"] <= limit]
-    parts = []
-    for r in found:
-        parts.append(f"{r['name']}: {r['ratio_vs_fp32_mlp']:.1f}x smaller, {100 * r['neg_elbo_vs_fp32_mlp']:+.2f}% −ELBO")
+    parts = [f"{r['name']}: {r['ratio_vs_fp32_mlp']:.1f}x smaller, {100 * r['neg_elbo_vs_fp32_mlp']:+.2f}% −ELBO"
+             for r in found]
     gap = min((r["neg_elbo_vs_fp32_mlp"] for r in small), default=None)
-    text = ("MISSED: no found architecture is both <= 1/16 of the FP32 MLP's bytes and within 2% of its −ELBO ("
-            + "; ".join(parts) + ")")
+    text = (f"{label} MISSED: no found architecture is both <= 1/{ratio} of the FP32 MLP's bytes and within "
+            f"{100 * within:+g}% of its −ELBO (" + "; ".join(parts) + ")")
     if gap is not None:
-        text += f"; the best one under 1/16 misses the −ELBO limit by {100 * (gap - WITHIN):.2f} points"
+        text += f"; the best one under 1/{ratio} misses the −ELBO limit by {100 * (gap - within):.2f} points"
     return {"met": False, "text": text}
+
+
+def target_verdict(rows: list[dict], mlp: dict) -> dict:
+    """The issue's target (<= 1/32 of the FP32 MLP's bytes at or below its −ELBO) and its minimum
+    (<= 1/16 within +2 %), each met or missed by how much."""
+    found = [r for r in rows if r["group"] == "vaenas"]
+    goal = _verdict(found, mlp, GOAL_RATIO, 0.0, "TARGET")
+    minimum = _verdict(found, mlp, TARGET_RATIO, WITHIN, "MINIMUM")
+    return {"met": goal["met"], "minimum_met": minimum["met"], "target": goal, "minimum": minimum,
+            "text": goal["text"] + ". " + minimum["text"]}
 
 
 def markdown(rows: list[dict], meta: dict, verdict: dict, args) -> str:
@@ -330,25 +406,26 @@ def markdown(rows: list[dict], meta: dict, verdict: dict, args) -> str:
         f"Generated by `{meta['command']}` "
         f"(torch {meta['torch']}, {meta['machine']}, CPU). Every model trained {r0['epochs']:g} epochs on "
         f"{meta['n_train']:,} training images (the 60,000 minus 10,000 held out for validation; batch {r0['batch_size']}, Adam lr {r0['lr']:g}, cosine, seed "
-        f"{r0['seed']}); pruned models: the FP32 model + {r0['finetune_epochs']:g} fine-tune epoch(s). "
+        f"{r0['seed']}); SVD rows: the FP32 model truncated + {r0['finetune_epochs']:g} fine-tune epoch(s). "
         f"Test split: {meta['n_test']:,} images (dynamically binarised with a fixed seed).",
         "",
         f"Columns: test −ELBO and IWAE NLL in nats per image (IWAE: k={r0['iwae_k']}, first {r0['iwae_n']:,} test "
         "images); recon BCE / MSE: per-pixel binary cross-entropy (nats) and squared error of the decoder's "
-        "Bernoulli mean at z = mu, averaged over all test pixels; params: non-zero weights + biases for pruned "
-        "models; packed bytes: the deployable weights at their bit-widths with per-channel scales and biases "
-        "(pruned: 1-bit bitmap + float32 non-zeros); ratio: FP32 bytes of the same family (found architectures: "
-        "the FP32 MLP) / bytes; FLOPs: dense, per image; latency: median CPU ms, batch 1, 1 thread "
-        "(pruned models run dense).",
+        "Bernoulli mean at z = mu, averaged over all test pixels; params: non-zero weights + biases of what ships; "
+        "packed bytes: `search_space.pack_model`'s exact bytes (bits, scales or codebooks, sparse positions, "
+        "factors, biases); ratio: FP32 bytes of the same family (found architectures: the FP32 MLP) / bytes; "
+        "FLOPs: of what ships, per image (unstructured sparsity runs dense); latency: median CPU ms, batch 1, "
+        "1 thread.",
         "",
-        "| model | kind | bits | test −ELBO | IWAE NLL | recon BCE/px | recon MSE/px | params | packed bytes | "
-        "ratio vs FP32 | FLOPs | latency ms |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | kind | bits | compression | test −ELBO | IWAE NLL | recon BCE/px | recon MSE/px | params | "
+        "packed bytes | ratio vs FP32 | FLOPs | latency ms |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         bits = "/".join(str(b) for b in r["bits"])
         lines.append(
-            f"| {r['name']} | {r['kind']} | {bits} | {r['test_neg_elbo']:.2f} | {r['iwae_nll']:.2f} | "
+            f"| {r['name']} | {r['kind']} | {bits} | {r.get('compression', '')} | {r['test_neg_elbo']:.2f} | "
+            f"{r['iwae_nll']:.2f} | "
             f"{r['recon_bce_per_pixel']:.4f} | {r['recon_mse_per_pixel']:.4f} | {r['params']:,} | "
             f"{r['packed_bytes']:,} | {r['ratio_vs_fp32']:.1f}x | {r['flops'] / 1e6:.2f}M | {r['latency_ms']:.3f} |")
     lines += ["", "Found architectures:", ""]
@@ -357,11 +434,13 @@ def markdown(rows: list[dict], meta: dict, verdict: dict, args) -> str:
             s = ArchSpec.from_dict(r["spec"])
             shape = (f"conv {list(s.enc_channels)} k{list(s.kernels)} s{list(s.strides)} + FC {list(s.enc_hidden)}"
                      if s.family == "conv" else f"MLP {list(s.enc_hidden)}")
+            comp = f", {r['compression']}" if r.get("compression") else ""
             lines.append(f"- **{r['name']}** (`{r['spec_id']}`): {shape}, latent {s.latent_dim}, bits per layer "
-                         f"{list(s.weight_bits)} - {r['note']}; {r['ratio_vs_fp32_mlp']:.1f}x smaller than the FP32 "
+                         f"{list(s.weight_bits)}{comp} - {r['note']}; {r['ratio_vs_fp32_mlp']:.1f}x smaller than the FP32 "
                          f"MLP at {100 * r['neg_elbo_vs_fp32_mlp']:+.2f}% test −ELBO.")
-    lines += ["", f"**Target** (a found architecture <= 1/16 of the FP32 MLP's bytes within 2% of its test −ELBO): "
-              f"{verdict['text']}.", ""]
+    lines += ["", f"**Target** (a found architecture <= 1/{GOAL_RATIO} of the FP32 MLP's bytes at or below its test "
+              f"−ELBO): {verdict['target']['text']}.", "",
+              f"**Minimum** (<= 1/{TARGET_RATIO} within +2%): {verdict['minimum']['text']}.", ""]
     return "\n".join(lines)
 
 
@@ -391,6 +470,8 @@ def plot(rows: list[dict], mlp: dict, path: Path, ds: str, args) -> None:
             label="Pareto front of all rows")
     limit = mlp["packed_bytes"] / TARGET_RATIO
     ax.axvline(limit, color="red", ls="--", lw=1, label="1/16 of FP32 MLP bytes")
+    ax.axvline(mlp["packed_bytes"] / GOAL_RATIO, color="darkred", ls="-.", lw=1, label="1/32 of FP32 MLP bytes")
+    ax.axhline(mlp["test_neg_elbo"], color="darkred", ls="-", lw=0.8, label="FP32 MLP −ELBO")
     ax.axhline(mlp["test_neg_elbo"] * (1 + WITHIN), color="red", ls=":", lw=1, label="FP32 MLP −ELBO + 2%")
     ax.set_xscale("log")
     ax.set_xlabel("packed bytes (log)")

@@ -24,26 +24,40 @@ def test_seed_architectures_are_the_ones_the_issue_describes():
     assert cr.SEED_MLP.enc_hidden == (400, 400) and cr.SEED_MLP.latent_dim == 20 and cr.SEED_MLP.mean_bits == 32
 
 
-@pytest.mark.parametrize("amount", [0.3, 0.5])
-def test_global_magnitude_pruning_zeroes_the_smallest_weights_and_sparse_bytes_count_them(amount):
-    from torch.nn.utils import prune
+def test_baseline_specs_use_the_searched_dimensions():
+    mlp = cr.each_layer(cr.with_bits(cr.SEED_MLP, 4), sparsity=0.5, quantizer="kmeans")
+    assert mlp.sparsity == (0.5,) * 6 and mlp.quantizer == ("kmeans",) * 6 and mlp.weight_bits == (4,) * 6
+    st = cr.each_layer(cr.SEED_CONV, structured=0.5)
+    assert st.pruning == "structured" and st.deployed().enc_channels == (16, 32) and st.deployed().enc_hidden == (128,)
+    assert cr.compression_label(mlp) == "k-means on 6 layers, sparse 0.5"
 
+
+@pytest.mark.parametrize("spec", [ArchSpec.mlp((24, 12), 4), cr.SEED_CONV.replace(enc_channels=(4, 6), enc_hidden=(10,))],
+                         ids=["mlp", "conv"])
+def test_svd_init_is_exact_at_full_rank_and_truncates_below(spec):
     torch.manual_seed(0)
-    model = build_vae(ArchSpec.mlp((32, 16), 4))
-    all_w = torch.cat([m.weight.detach().abs().flatten() for m in model.weight_layers().values()])
-    layers = cr.magnitude_prune(model, amount)
-    for m, n in layers:
-        prune.remove(m, n)
-    w = torch.cat([m.weight.detach().flatten() for m in model.weight_layers().values()])
-    n_zero = int((w == 0).sum())
-    assert n_zero == round(amount * w.numel())
-    kept_min = w[w != 0].abs().min()
-    assert kept_min >= all_w.sort().values[n_zero - 1]  # the zeroed ones were the smallest in magnitude
-    dense = len(pack_model(model))  # float32 weights + biases
-    n_bias = sum(m.bias.numel() for m in model.weight_layers().values())
-    bitmaps = sum((m.weight.numel() + 7) // 8 for m in model.weight_layers().values())
-    assert cr.sparse_bytes(model) == bitmaps + 4 * (w.numel() - n_zero) + 4 * n_bias
-    assert cr.sparse_bytes(model) < dense
+    teacher = build_vae(spec).eval()
+    full = build_vae(cr.each_layer(spec, rank=1.0)).eval()
+    cr.svd_init(full, teacher)
+    x = torch.rand(3, *spec.input_shape)
+    eps = torch.zeros(3, spec.latent_dim)
+    with torch.no_grad():
+        assert torch.allclose(full(x, eps)[0], teacher(x, eps)[0], atol=1e-4)
+    half = build_vae(cr.each_layer(spec, rank=0.5)).eval()
+    cr.svd_init(half, teacher)
+    w = teacher.enc.fc0.weight.detach() if spec.family == "mlp" else teacher.enc.conv0.weight.detach().flatten(1)
+    m = half.enc.fc0 if spec.family == "mlp" else half.enc.conv0
+    approx = (m.u.weight.flatten(1) @ m.v.weight.flatten(1)).detach()
+    sv = torch.linalg.svdvals(w)
+    r = m.v.weight.shape[0]
+    assert abs(float(torch.linalg.norm(w - approx)) - float(sv[r:].norm())) < 1e-4  # Eckart-Young optimum
+
+
+def test_l1_loss_is_the_weighted_sum_of_absolute_weights():
+    torch.manual_seed(0)
+    model = build_vae(ArchSpec.mlp((8,), 2))
+    total = sum(float(m.weight.abs().sum()) for m in model.weight_layers().values())
+    assert abs(float(cr.l1_loss(0.01)(model, None, None)) - 0.01 * total) < 1e-5
 
 
 def test_target_verdict_met_and_missed():
@@ -54,6 +68,9 @@ def test_target_verdict_met_and_missed():
                 "neg_elbo_vs_fp32_mlp": e / 100 - 1}
 
     v = cr.target_verdict([row("a", 100, 101.9), row("b", 90, 103)], mlp)
-    assert v["met"] and v["name"] == "a" and "MET" in v["text"]
+    assert v["minimum_met"] and v["minimum"]["name"] == "a" and "MINIMUM MET" in v["text"]
+    assert not v["met"] and "TARGET MISSED" in v["text"]  # nothing <= 50 B
     v = cr.target_verdict([row("a", 101, 101.0), row("b", 90, 103)], mlp)  # a too big, b too poor
-    assert not v["met"] and "misses the −ELBO limit by 1.00 points" in v["text"]
+    assert not v["minimum_met"] and "misses the −ELBO limit by 1.00 points" in v["minimum"]["text"]
+    v = cr.target_verdict([row("a", 50, 100.0), row("b", 40, 100.5)], mlp)  # 1/32 at the FP32 −ELBO
+    assert v["met"] and v["target"]["name"] == "a" and v["minimum_met"]

@@ -30,6 +30,14 @@ MIXED = SearchSpace.from_dict({
              "fc_width": [32]},
     "decoder": "free", "weight_bits": [2, 4, 8, 32], "bits_per_layer": True,
 })
+# the compression dimensions: conditional per-layer decisions (quantizer, rank, sparsity, pruning)
+COMPRESSED = SearchSpace.from_dict({
+    "family": ["mlp", "conv"], "latent_dim": [4, 16], "activation": ["relu"],
+    "mlp": {"depth": [1, 2], "width": [32, 128]},
+    "conv": {"depth": [1, 2], "channels": [4, 8], "kernel": [3], "stride": [2], "fc_depth": [0, 1], "fc_width": [32]},
+    "weight_bits": [2, 4, 32], "quantizer": ["uniform", "kmeans"], "rank": [None, 0.5],
+    "sparsity": [0, 0.5], "pruning": ["unstructured", "structured"],
+})
 AVAILABLE = sorted(n for n in REGISTRY if extra_available(n))  # NNI ones only with the [nni] extra
 LO, HI = np.array([5.0, 4.0]), np.array([30.0, 7.0])  # fixed bounds of the synthetic objectives
 
@@ -60,16 +68,17 @@ def test_optional_strategies_name_their_extra_when_missing(name):
         create_sampler(name, SPACE, 0)
 
 
+@pytest.mark.parametrize("space", [MIXED, COMPRESSED], ids=["mixed", "compressed"])
 @pytest.mark.parametrize("name", AVAILABLE)
-def test_proposals_are_valid_specs_even_when_trials_fail(name):
-    study = run_synthetic(MIXED, create_sampler(name, MIXED, 0), 30, fail_every=3)
+def test_proposals_are_valid_specs_even_when_trials_fail(name, space):
+    study = run_synthetic(space, create_sampler(name, space, 0), 30, fail_every=3)
     assert len(study.trials) == 30
     assert sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials) == 10
     for t in study.trials:
         from search_space import ArchSpec
 
         spec = ArchSpec.from_json(t.user_attrs["spec"])
-        assert MIXED.contains(spec), MIXED.contains(spec).reason
+        assert space.contains(spec), space.contains(spec).reason
 
 
 @pytest.mark.parametrize("name", AVAILABLE)

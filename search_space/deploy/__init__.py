@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import VaenasInputError
 from ..likelihood import get_likelihood
+from ..packing import packed_layout
 from ..spec import ArchSpec
 from .c_lib import C_FILES, c_sources, write_c
 from .memory import code_bytes_estimate, flash_bytes, ram_bytes
@@ -84,7 +85,11 @@ def manifest(spec: ArchSpec, packed: bytes, formats: tuple[str, ...], sizes: dic
         "format": "vaenas.export", "version": 1, "spec_id": spec.id, "spec": spec.to_dict(),
         "formats": {f: list(FILES[f]) for f in formats}, "files": sizes,
         "weights": {"packed_bytes": len(packed), "sha256": hashlib.sha256(packed).hexdigest(),
-                    "bits": dict(zip(spec.layer_names(), spec.weight_bits))},
+                    "bits": dict(zip(spec.layer_names(), spec.weight_bits)),
+                    "layers": [{"name": lay.name, "shape": list(lay.weight_shape), "bits": lay.bits,
+                                "quantizer": "kmeans" if lay.is_kmeans else ("float" if lay.bits >= 32 else "uniform"),
+                                "kept": lay.kept, "positions": lay.index_format or "dense", "bytes": lay.nbytes}
+                               for lay in packed_layout(spec)]},
         "input": {"name": "x", "shape": ["N", *spec.input_shape], "dtype": "float32", "model_space": lik.input_doc,
                   "normalization": meta.get("normalization")},
         "outputs": _outputs_doc(spec),
@@ -98,7 +103,8 @@ def manifest(spec: ArchSpec, packed: bytes, formats: tuple[str, ...], sizes: dic
     if "onnx" in formats:
         doc["onnx"] = {"opset": 21, "encoder": "encoder.onnx: x -> mu, logvar", "decoder": "decoder.onnx: z -> out",
                        "weights": "INT4 (2-4 bits) / INT8 (5-8 bits) initializers -> DequantizeLinear (per channel); "
-                                  "float32 for 32-bit layers"}
+                                  "k-means: UINT8 indices -> Gather from the float32 codebook; "
+                                  "float32 for 32-bit layers; sparse layers dense with zeros"}
     if "c" in formats:
         doc["c"] = {"build": "make", "run": "./vae_demo reconstruct < input.txt",
                     "api": ["vae_encode(x, mu, logvar)", "vae_decode(z, out)", "vae_reconstruct(x, out)"],
