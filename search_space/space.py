@@ -486,8 +486,10 @@ class SearchSpace:
                     return fam
                 if name.startswith("bits"):  # a quantised width, so the quantizer decisions are asked
                     return min(choices)
-                if name.startswith("rank."):  # unfactorised if allowed, so the sparsity decisions are asked
-                    return None if None in choices else choices[0]
+                if name.startswith("rank.") or name == "act_bits":  # unfactorised / float activations if
+                    return None if None in choices else choices[0]  # allowed: sparsity and pruning are asked
+                if name == "pruning":  # unstructured if allowed, so the rank decisions are asked
+                    return "unstructured" if "unstructured" in choices else choices[0]
                 return max(choices) if name.endswith("depth") else choices[0]
 
             self.define(choose)

@@ -287,6 +287,7 @@ def _enumerate(space: SearchSpace) -> set:
     {"pruning": ["unstructured", "structured"], "sparsity": [0, 0.5], "rank": [None, 0.5], "act_bits": [None, 8]},
     {"pruning": ["structured"], "sparsity": [0.25, 0.5], "quantizer": ["uniform", "kmeans"], "bits_per_layer": False},
     {"pruning": ["structured", "unstructured"], "mlp": {"depth": [1, 2], "width": [4]}, "decoder": "free"},
+    {"pruning": ["structured", "unstructured"], "rank": [0.5, None], "act_bits": [8, None], "sparsity": [0.5, 0]},
 ])
 def test_space_decisions_size_and_round_trip(extra):
     space = _tiny_space(**extra)

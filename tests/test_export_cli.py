@@ -63,6 +63,15 @@ def test_bad_export_is_one_line_exit_2_nothing_written(checkpoint, tmp_path, arg
     assert not out.exists()
 
 
+def test_c_export_never_builds_over_a_users_binary(checkpoint, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "vae_demo").write_text("my own program")
+    r = _cli("export", "--model", checkpoint, "--format", "c", "--out", out, cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "vae_demo" in r.stderr, r.stderr
+    assert (out / "vae_demo").read_text() == "my own program" and not (out / "vae_model.c").exists()
+
+
 def test_export_needs_a_study_or_a_model(tmp_path):
     r = _cli("export", "--format", "c", cwd=tmp_path)
     assert r.returncode == 2 and "name a STUDY or --model" in r.stderr

@@ -52,8 +52,13 @@ def parse_formats(values: str | list[str] | tuple[str, ...], flag: str = "--form
     return tuple(f for f in FORMATS if f in out)
 
 
+C_BUILD_FILES = ("vae_demo", "vae_model.o")  # what building the C export writes beside it
+
+
 def files_for(formats: tuple[str, ...]) -> list[str]:
-    return [f for fmt in formats for f in FILES[fmt]] + [MANIFEST]
+    """Every file writing ``formats`` may put in the folder (the C build's products too), so a command can
+    refuse to write over files it does not own."""
+    return [f for fmt in formats for f in FILES[fmt]] + [MANIFEST] + (list(C_BUILD_FILES) if "c" in formats else [])
 
 
 def check_formats_available(formats: tuple[str, ...]) -> None:
