@@ -74,7 +74,7 @@ SPECS = [(_compressed_spec(random.Random(500 + i), "mlp" if i % 2 == 0 else "con
 
 
 def test_specs_cover_every_new_dimension():
-    specs = [s for s, _ in SPECS]
+    specs = [s for s, _ in SPECS[:6]]  # the ones the export round trip runs
     layouts = [lay for s in specs for lay in packed_layout(s)]
     assert {lay.index_format for lay in layouts} >= {"", "bitmap", "indices"}
     assert any(lay.is_kmeans for lay in layouts) and any(lay.name.endswith(".u") for lay in layouts)
@@ -337,7 +337,7 @@ def test_supernet_and_darts_refuse_compression(tmp_path):
             StudyConfig.from_dict({**base, **block}, base_dir=tmp_path)
 
 
-@pytest.mark.parametrize("spec,seed", SPECS[:8], ids=[f"{s.family}-{i}" for s, i in SPECS[:8]])
+@pytest.mark.parametrize("spec,seed", SPECS[:6], ids=[f"{s.family}-{i}" for s, i in SPECS[:6]])
 def test_exports_carry_the_new_dimensions(spec, seed, tmp_path):
     import onnxruntime as ort
     from executorch.runtime import Runtime
