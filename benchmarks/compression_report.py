@@ -37,7 +37,8 @@ is at or below the FP32 MLP's; minimum: <= 1/16 within +2 %. The report states w
     python benchmarks/compression_report.py --dataset mnist --data-root .data --epochs 30
     python benchmarks/compression_report.py --dataset fashion_mnist --data-root .data --epochs 30
     python benchmarks/compression_report.py --dataset mnist --data-root .data --epochs 0.05 --n-train 2000 \\
-        --study-trials 3 --out-dir /tmp/cr --runs-dir /tmp/cr/runs   # smoke
+        --n-test 500 --iwae-n 50 --iwae-k 5 --finetune-epochs 0.05 --study-trials 3 \\
+        --out-dir /tmp/cr --runs-dir /tmp/cr/runs   # smoke
 
 Trained models are kept in ``<runs-dir>/compression_<dataset>/models``; a rerun with the same
 recipe reuses them and the rows already in the JSON (``--fresh`` retrains everything).
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--epochs", type=float, default=5, help="training epochs of every model (the same for all)")
     ap.add_argument("--n-train", type=int, default=None, help="train on a leading subset (default: all 60,000)")
+    ap.add_argument("--n-test", type=int, default=None, help="score on a leading subset of the test split (smoke runs)")
     ap.add_argument("--finetune-epochs", type=float, default=1, help="fine-tuning after SVD truncation")
     ap.add_argument("--l1", type=float, default=1e-4, help="weight of the L1 penalty of the L1-pruning rows")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -156,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path, md_path, png_path = (out_dir / f"compression_{ds}.{ext}" for ext in ("json", "md", "png"))
     model_dir = Path(args.runs_dir) / f"compression_{ds}" / "models"
     model_dir.mkdir(parents=True, exist_ok=True)
-    recipe = {k: vars(args)[k] for k in ("dataset", "epochs", "n_train", "finetune_epochs", "lr", "batch_size", "seed",
-                                         "iwae_k", "iwae_n", "l1")}
+    recipe = {k: vars(args)[k] for k in ("dataset", "epochs", "n_train", "n_test", "finetune_epochs", "lr", "batch_size",
+                                         "seed", "iwae_k", "iwae_n", "l1")}
     kept: dict[str, dict] = {}
     if json_path.exists() and not args.fresh:
         old = json.loads(json_path.read_text())
@@ -165,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             kept = {r["name"]: r for r in old["rows"]}
 
     data = load_data(ds, args.data_root, n_train=args.n_train)
+    if args.n_test:
+        import dataclasses
+
+        data = dataclasses.replace(data, test=data.test[: args.n_test])
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       lr_schedule="cosine", device=args.device)
     lat_cfg = LatencyConfig(repeats=100)
