@@ -130,11 +130,29 @@ def kmeans_assign(w: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(w.detach(), mids)
 
 
+class _KMeansSTE(torch.autograd.Function):
+    """Forward: ``cb[nearest]``; backward: the weights' gradient straight through, each entry's the sum of
+    its weights' gradients (one ``bincount``, not an indexing scatter)."""
+
+    @staticmethod
+    def forward(ctx, w, cb):  # type: ignore[override]
+        idx = kmeans_assign(w, cb)
+        ctx.save_for_backward(idx)
+        ctx.k = cb.numel()
+        return cb[idx]
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (idx,) = ctx.saved_tensors
+        g_cb = torch.bincount(idx.reshape(-1), weights=grad.reshape(-1), minlength=ctx.k).to(grad.dtype)
+        return grad, g_cb
+
+
 def kmeans_fake_quant(w: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Forward: exactly ``sorted(codebook)[nearest]``; backward: the entries get the summed gradients of
     their weights, the weights a straight-through gradient."""
     cb, _ = torch.sort(codebook)
-    return cb[kmeans_assign(w, cb)] + (w - w.detach())
+    return _KMeansSTE.apply(w, cb)
 
 
 @torch.no_grad()
