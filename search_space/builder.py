@@ -118,6 +118,7 @@ class VAE(nn.Module):
         self._sparse = [m for m in self.modules() if isinstance(m, QUANT_LAYERS) and m.sparsity > 0]
         self._units = unit_groups(spec)  # structured pruning's plan (empty otherwise)
         self._layers = self.weight_layers() if self._units else {}
+        self._masked = [m for m in self.modules() if isinstance(m, QUANT_LAYERS) and m.masked]
 
     @property
     def likelihood(self) -> Likelihood:
@@ -141,14 +142,14 @@ class VAE(nn.Module):
         sparse layer along its pruning schedule (:func:`~search_space.compression.sparsity_at`), about
         100 times per run and at the last step; a model without sparse layers does nothing."""
         every = max(1, total // 100)
-        scheduled = step % every == 0 or step == total
+        if step % every and step != total:
+            for m in self._masked:  # between schedule steps pruned weights only stay 0 (no re-ranking, no sync)
+                m.weight.mul_(m.weight_mask)
+            return
         for m in self._sparse:
-            if scheduled:
-                m.prune_to(sparsity_at(m.sparsity, step, total))
-            else:
-                m.weight.mul_(m.weight_mask)  # pruned weights stay 0 between schedule steps
+            m.prune_to(sparsity_at(m.sparsity, step, total))
         for g in self._units:
-            prune_units(self._layers, g, sparsity_at(g.target, step, total) if scheduled else 0.0)
+            prune_units(self._layers, g, sparsity_at(g.target, step, total))
 
     @torch.no_grad()
     def finalize_sparsity(self) -> None:

@@ -14,6 +14,7 @@ into the deployed spec's state dict (weights, per-channel scales, biases; codebo
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -68,9 +69,10 @@ def unit_groups(spec: ArchSpec) -> list[UnitGroup]:
     return out
 
 
-def masked_layers(spec: ArchSpec) -> set[str]:
-    """Layers that need a mask under structured pruning (producers and consumers)."""
-    return {n for g in unit_groups(spec) for n in (g.producer, g.consumer)}
+@functools.lru_cache(maxsize=1024)
+def masked_layers(spec: ArchSpec) -> frozenset[str]:
+    """Layers that need a mask under structured pruning (producers and consumers; once per spec)."""
+    return frozenset(n for g in unit_groups(spec) for n in (g.producer, g.consumer))
 
 
 def _units_view(w: torch.Tensor, g: UnitGroup) -> torch.Tensor:
@@ -78,9 +80,14 @@ def _units_view(w: torch.Tensor, g: UnitGroup) -> torch.Tensor:
     return w.movedim(g.out_axis, 0).reshape(g.units, -1)
 
 
+def _alive(layers: dict, g: UnitGroup) -> torch.Tensor:
+    """Per unit: still in? (A unit is removed when its producer mask rows are all 0.)"""
+    return _units_view(layers[g.producer].weight_mask, g).abs().sum(1) > 0
+
+
 def kept_units(layers: dict, g: UnitGroup) -> torch.Tensor:
-    """Indices of the units still in (a unit is removed when its producer mask rows are all 0)."""
-    return torch.nonzero(_units_view(layers[g.producer].weight_mask, g).abs().sum(1) > 0).reshape(-1)
+    """Indices of the units still in."""
+    return torch.nonzero(_alive(layers, g)).reshape(-1)
 
 
 @torch.no_grad()
@@ -88,7 +95,7 @@ def prune_units(layers: dict, g: UnitGroup, fraction: float) -> None:
     """Remove the lowest-norm units until ``units - kept_count(units, fraction)`` are gone (monotone)."""
     k = g.units - kept_count(g.units, fraction) if fraction > 0 else 0
     prod, cons = layers[g.producer], layers[g.consumer]
-    alive = _units_view(prod.weight_mask, g).abs().sum(1) > 0
+    alive = _alive(layers, g)
     if k > int((~alive).sum()):
         norms = _units_view(prod.weight * prod.weight_mask, g).norm(dim=1)
         norms = torch.where(alive, norms, torch.full_like(norms, -1.0))  # removed ones stay removed
