@@ -56,7 +56,7 @@ def test_svd_init_is_exact_at_full_rank_and_truncates_below(spec):
 def test_l1_loss_is_the_weighted_sum_of_absolute_weights():
     torch.manual_seed(0)
     model = build_vae(ArchSpec.mlp((8,), 2))
-    total = sum(float(m.weight.abs().sum()) for m in model.weight_layers().values())
+    total = sum(float(m.weight.detach().abs().sum()) for m in model.weight_layers().values())
     assert abs(float(cr.l1_loss(0.01)(model, None, None)) - 0.01 * total) < 1e-5
 
 
@@ -74,3 +74,37 @@ def test_target_verdict_met_and_missed():
     assert not v["minimum_met"] and "misses the −ELBO limit by 1.00 points" in v["minimum"]["text"]
     v = cr.target_verdict([row("a", 50, 100.0), row("b", 40, 100.5)], mlp)  # 1/32 at the FP32 −ELBO
     assert v["met"] and v["target"]["name"] == "a" and v["minimum_met"]
+
+
+def _row(name, group, kind, spec, nbytes, elbo):
+    return {"name": name, "group": group, "kind": kind, "spec_id": spec.id, "spec": spec.to_dict(),
+            "bits": sorted(set(spec.weight_bits)), "compression": "", "test_neg_elbo": elbo, "test_kl": 20.0,
+            "iwae_nll": elbo - 2, "recon_bce_per_pixel": 0.1, "recon_mse_per_pixel": 0.05, "params": 10,
+            "params_dense": 10, "packed_bytes": nbytes, "flops": 1e6, "bitops": 32e6, "latency_ms": 0.1,
+            "train_seconds": 1.0, "epochs": 1, "note": "found"}
+
+
+def test_publish_writes_after_each_row_and_names_what_is_missing(tmp_path):
+    """A report cut short still publishes its rows, says it is incomplete and names the missing rows."""
+    import argparse
+    import json
+    from types import SimpleNamespace
+
+    args = argparse.Namespace(preset="studies/presets/compression_mnist.yaml", epochs=1)
+    data = SimpleNamespace(train=range(50), test=range(10))
+    recipe = {"dataset": "mnist", "epochs": 1, "batch_size": 100, "lr": 1e-3, "seed": 0, "finetune_epochs": 1,
+              "iwae_k": 5, "iwae_n": 10}
+    paths = [tmp_path / f"r.{e}" for e in ("json", "md", "png")]
+    rows = [_row("mlp-fp32", "mlp", "FP32", cr.SEED_MLP, 3200, 100.0)]
+    planned = ["mlp-fp32", "vaenas-knee", "conv-fp32"]
+    cr.publish(rows, planned, recipe, args, data, "cmd", *paths)
+    md = paths[1].read_text()
+    assert "Incomplete report" in md and "vaenas-knee, conv-fp32" in md
+    assert json.loads(paths[0].read_text())["meta"]["missing"] == ["vaenas-knee", "conv-fp32"]
+    assert paths[2].stat().st_size > 0
+    rows += [_row("vaenas-knee", "vaenas", "found by vaenas", ArchSpec.mlp((64,), 8, bits=2), 100, 100.0),
+             _row("conv-fp32", "conv", "FP32", cr.SEED_CONV, 5000, 90.0)]
+    cr.publish(rows, planned, recipe, args, data, "cmd", *paths)
+    out = json.loads(paths[0].read_text())
+    assert out["meta"]["missing"] == [] and "Incomplete" not in paths[1].read_text()
+    assert out["target"]["met"] and out["rows"][1]["ratio_vs_fp32_mlp"] == 32.0
