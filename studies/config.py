@@ -68,7 +68,7 @@ _KEYS = {"name", "dataset", "data_root", "n_train", "space", "strategy", "object
          "artifacts"}
 # constraints the spec alone decides (no training): strategies can rule specs out before proposing them
 STATIC_CONSTRAINTS = ("flops", "bitops", "params", "size_bytes", "ram_bytes", "flash_bytes")
-_TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_steps", "lr_schedule", "kl_warmup_steps", "lr_warmup_steps", "device"}
+_TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_steps", "qat_delay", "lr_schedule", "kl_warmup_steps", "lr_warmup_steps", "device"}
 _LATENCY_KEYS = {"backend", "repeats", "threads", "batch_size", "warmup", "command", "format"}
 _DARTS_KEYS = {"lambdas", "steps", "depth", "arch_lr", "warmup_steps", "batch_size"}
 _SUPERNET_KEYS = {"epochs", "n_random", "kd_weight", "finetune_steps", "n_val", "remeasure", "calibrate",
