@@ -55,6 +55,8 @@ CASES = [
      "budget.trials: expected int"),
     ("negative-lr-warmup", {"c.yaml": lambda d, u: good(d, train={"epochs": 1, "lr_warmup_steps": -5})},
      ["search", "c.yaml"], "lr_warmup_steps: must be >= 0"),
+    ("qat-delay-not-a-fraction", {"c.yaml": lambda d, u: good(d, train={"epochs": 1, "qat_delay": 1.0})},
+     ["search", "c.yaml"], "qat_delay: must be a fraction in [0, 1)"),
     ("empty-choices", {"c.yaml": lambda d, u: good(d, space=_space(latent_dim=[]))}, ["search", "c.yaml"],
      "latent_dim: the list of choices is empty"),
     ("min-gt-max", {"c.yaml": lambda d, u: good(d, space=_space(mlp={"depth": [1], "width": {"min": 64, "max": 8}}))},

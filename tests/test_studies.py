@@ -220,8 +220,8 @@ BAD = [
 def test_train_warmups_reach_the_train_config():
     cfg = StudyConfig.from_dict({"name": "x", "space": {"latent_dim": [4], "mlp": {"depth": [1], "width": [8]}},
                                  "objectives": ["neg_elbo", "params"], "bounds": {"neg_elbo": [1, 2], "params": [1, 2]},
-                                 "train": {"lr_warmup_steps": 50, "kl_warmup_steps": 20}})
-    assert (cfg.train.lr_warmup_steps, cfg.train.kl_warmup_steps) == (50, 20)
+                                 "train": {"lr_warmup_steps": 50, "kl_warmup_steps": 20, "qat_delay": 0.5}})
+    assert (cfg.train.lr_warmup_steps, cfg.train.kl_warmup_steps, cfg.train.qat_delay) == (50, 20, 0.5)
 
 
 @pytest.mark.parametrize("text, needle", BAD)
