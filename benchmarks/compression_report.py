@@ -286,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     # (the target), then every family's baselines. The files are rewritten after each row, so a run cut
     # short (or resumed later: rows and models are kept) publishes what it has and names what is missing.
     families = (("mlp", SEED_MLP, STUDENT_MLP), ("conv", SEED_CONV, STUDENT_CONV))
-    planned = ["mlp-fp32", "vaenas (study)"] + [n for g, s, st in families
-                                                 for n in [f"{g}-fp32"] * (g != "mlp") + [j[0] for j in baselines(g, s, st)]]
+    jobs = {g: baselines(g, s, st) for g, s, st in families}
+    planned = ["mlp-fp32", "vaenas (study)"] + [n for g, s, _ in families
+                                                 for n in [f"{g}-fp32"] * (g != "mlp") + [j[0] for j in jobs[g]]]
     command = "python benchmarks/compression_report.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
     def add(row: dict) -> None:
@@ -300,11 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     planned[1:2] = list(found)
     for name, (spec, why) in found.items():
         add(trained(name, "vaenas", "found by vaenas", spec, note=why)[0])
-    for group, spec, student in families:
+    for group, spec, _ in families:
         print(f"--- {group} baselines ({args.epochs:g} epochs on {len(data.train):,} {ds} images)", flush=True)
         if group != "mlp":
             add(trained(f"{group}-fp32", group, "FP32", spec)[0])
-        for _, run in baselines(group, spec, student):
+        for _, run in jobs[group]:
             add(run())
 
     print()
