@@ -12,7 +12,10 @@ Optuna lazily, so ``search_space`` itself does not depend on Optuna. What is wra
   the fact (a dead worker's or an interrupted trial), and handing the storage to optuna-dashboard
   and to the artifact API;
 * ``optuna.storages._heartbeat`` - failing stale trials, the heartbeat thread, whether heartbeats
-  are on.
+  are on;
+* the logger ``optuna.storages._rdb.storage`` - its "Caught an error from sqlalchemy ... Falling
+  back to a slower alternative" warning, which Optuna also prints when the connection was lost
+  mid-query (vaenas's storage rides that out and says so in one line of its own).
 
 The retried method names of Optuna's RDB storage (``studies/storage.py``) are the one other
 dependency on Optuna's internals; a test checks that list against Optuna's source.
@@ -93,3 +96,25 @@ def heartbeat_thread(trial: Any):
     from optuna.storages._heartbeat import get_heartbeat_thread
 
     return get_heartbeat_thread(trial_id(trial), storage_of(trial.study))
+
+
+_RDB_LOGGER = "optuna.storages._rdb.storage"
+
+
+class _LostConnectionFallback:
+    """Drops Optuna's "falling back to a slower alternative" warning when the query failed because the
+    connection was lost (the fallback query fails too, and studies/storage.py retries it); keeps it
+    for what it was written for, a query with more IN variables than the database allows."""
+
+    def filter(self, record) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("Caught an error from sqlalchemy") and "too many" not in msg.lower())
+
+
+def quiet_lost_connection_fallback() -> None:
+    """Install the filter above on Optuna's RDB storage logger (once)."""
+    import logging
+
+    log = logging.getLogger(_RDB_LOGGER)
+    if not any(isinstance(f, _LostConnectionFallback) for f in log.filters):
+        log.addFilter(_LostConnectionFallback())

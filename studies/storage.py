@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 
-from search_space import VaenasInputError
+from search_space import VaenasInputError, optuna_private
 
 OUTAGE_S = 60.0  # how long a worker waits out a database server that went away, by default
 
@@ -98,8 +98,10 @@ def open_storage(url: str, heartbeat: tuple[int, int] | None = (30, 120), readon
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             kw = {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1],
                   "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1)}
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+    if readonly:  # a reader never creates Optuna's tables (it may look while a writer creates them)
+        kw["skip_table_creation"] = True
     for attempt in range(8):
         try:
             with warnings.catch_warnings():
@@ -112,16 +114,29 @@ def open_storage(url: str, heartbeat: tuple[int, int] | None = (30, 120), readon
         except ImportError as e:
             raise VaenasInputError(f"storage: {redact(url)} needs a database driver ({e}); for PostgreSQL install "
                                    "the extra with `pip install -e '.[postgres]'`") from None
-        except (IntegrityError, ProgrammingError):
-            if attempt == 7:
+        except (IntegrityError, ProgrammingError, OperationalError) as e:
+            if attempt == 7 or not _creation_race(e):
+                if isinstance(e, OperationalError):
+                    raise VaenasInputError(_cannot_open(url, e)) from None
                 raise
-            time.sleep(0.5 + attempt)  # another worker is creating Optuna's tables right now: retry
+            time.sleep(0.5 + attempt)  # another process is creating Optuna's tables right now: retry
         except Exception as e:  # sqlalchemy errors: unreachable host, wrong password, bad URL
-            msg = str(getattr(e, "orig", None) or e).strip().splitlines()
-            hint = "check the path and that the file is a study database" if url.startswith("sqlite") else \
-                "check the URL, that the server is up, the user and the password"
-            raise VaenasInputError(f"storage: cannot open {redact(url)}: {msg[0] if msg else type(e).__name__}; {hint}") \
-                from None
+            raise VaenasInputError(_cannot_open(url, e)) from None
+
+
+def _creation_race(e: Exception) -> bool:
+    """Did creating Optuna's tables collide with another process creating them? Servers report it as
+    an integrity or programming error, SQLite as an OperationalError "table ... already exists"."""
+    from sqlalchemy.exc import OperationalError
+
+    return not isinstance(e, OperationalError) or "already exists" in str(getattr(e, "orig", None) or e)
+
+
+def _cannot_open(url: str, e: Exception) -> str:
+    msg = str(getattr(e, "orig", None) or e).strip().splitlines()
+    hint = "check the path and that the file is a study database" if url.startswith("sqlite") else \
+        "check the URL, that the server is up, the user and the password"
+    return f"storage: cannot open {redact(url)}: {msg[0] if msg else type(e).__name__}; {hint}"
 
 
 _PASSWORD_IN_USERINFO = re.compile(r"(://[^/@?#]*?:)[^@/?#]*@")  # scheme://user:PASSWORD@ (user may be empty)
@@ -207,6 +222,8 @@ def _rdb_class() -> type:
     heartbeat (rare: only when the connection drops between the commit and its answer)."""
     if not _CLASS:
         from optuna.storages import RDBStorage
+
+        optuna_private.quiet_lost_connection_fallback()
 
         methods = {n: _riding_out(n, getattr(RDBStorage, n)) for n in _RETRIED if hasattr(RDBStorage, n)}
         _CLASS.append(type("ResilientRDBStorage", (RDBStorage,), {"outage_s": OUTAGE_S, **methods}))

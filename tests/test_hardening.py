@@ -366,6 +366,74 @@ def test_every_storage_call_optuna_makes_rides_out_an_outage():
     assert all(getattr(cls, n) is not getattr(RDBStorage, n) for n in _RETRIED)
 
 
+def test_a_reader_never_creates_tables_and_a_writer_rides_out_a_creation_race(tmp_path, monkeypatch):
+    """A process that only reads (a poller, `vaenas show`) opens a half-created SQLite file without
+    creating tables, so it cannot collide with the process creating them; the writer that does
+    collide ("table ... already exists", SQLite's word for it) retries instead of failing."""
+    import sqlite3
+
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    from studies import storage as st
+    from search_space.errors import VaenasInputError
+
+    db = tmp_path / "s.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY)")  # what a writer has made so far
+    con.commit()
+    with pytest.raises(VaenasInputError, match="storage: cannot open"):
+        st.open_storage(f"sqlite:///{db}", heartbeat=None, readonly=True)
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"studies"}  # the reader created nothing
+    con.close()
+    db.unlink()
+
+    real, calls = models.BaseModel.metadata.create_all, []
+
+    def racing(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            real(*a, **k)  # the other process wins the race ...
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE trial_values", {},
+                                                  sqlite3.OperationalError("table trial_values already exists"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(models.BaseModel.metadata, "create_all", racing)
+    monkeypatch.setattr(st.time, "sleep", lambda s: None)
+    storage = st.open_storage(f"sqlite:///{db}", heartbeat=None)  # ... and this one retries
+    assert len(calls) == 2
+    assert optuna.create_study(storage=storage, study_name="x").study_name == "x"
+
+
+def test_optunas_fallback_warning_is_dropped_for_a_lost_connection_only():
+    """A server killed mid-query: Optuna's "Falling back to a slower alternative" warning would be
+    printed before vaenas's one line "database unreachable"; its real use (too many SQL variables) stays."""
+    import logging
+
+    from studies.storage import _rdb_class
+
+    _rdb_class()
+    log, seen = logging.getLogger("optuna.storages._rdb.storage"), []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    h = Keep()
+    log.addHandler(h)
+    try:
+        log.warning("Caught an error from sqlalchemy: (psycopg2.OperationalError) server closed the connection "
+                    "unexpectedly. Falling back to a slower alternative.")
+        log.warning("Caught an error from sqlalchemy: (sqlite3.OperationalError) too many SQL variables. "
+                    "Falling back to a slower alternative.")
+        log.warning("something else")
+    finally:
+        log.removeHandler(h)
+    assert [m.split(")")[0] for m in seen] == ["Caught an error from sqlalchemy: (sqlite3.OperationalError",
+                                               "something else"]
+
+
 def test_read_only_runs_dir_is_one_line_exit_2(tmp_path):
     """--runs-dir in a folder the user cannot write: one line, exit 2, nothing written. Root may write
     anywhere chmod forbids, so as root the folder is a read-only tmpfs mount (a read-only disk)."""
