@@ -108,3 +108,28 @@ def test_publish_writes_after_each_row_and_names_what_is_missing(tmp_path):
     out = json.loads(paths[0].read_text())
     assert out["meta"]["missing"] == [] and "Incomplete" not in paths[1].read_text()
     assert out["target"]["met"] and out["rows"][1]["ratio_vs_fp32_mlp"] == 32.0
+
+
+def test_found_rows_include_the_best_under_each_size_limit_and_merge_roles():
+    """The short study recipe ranks an undertrained FP32 MLP: "smallest within 2 %" can be a far worse
+    model than one a little larger, so the best study −ELBO under 1/32 and under 1/16 of the FP32
+    MLP's bytes are retrained too; one trial in several roles is one row; infeasible trials never count."""
+    import pandas as pd
+
+    ref_bytes, ref_elbo = 3_200_000.0, 130.0
+    df = pd.DataFrame([  # trial, study −ELBO, bytes, feasible
+        (0, 130.0, ref_bytes, True),   # the FP32 MLP
+        (1, 140.0, 20_000, True),      # the knee
+        (2, 132.0, 90_000, True),      # smallest within 2 %
+        (3, 131.0, 99_000, True),      # best under 1/32 (100,000 B)
+        (4, 115.0, 150_000, True),     # best under 1/16 (200,000 B)
+        (5, 100.0, 150_000, False),    # better, but infeasible
+        (6, 110.0, 200_001, True),     # better, but over 1/16
+    ], columns=["trial", "neg_elbo", "size_bytes", "feasible"])
+    got = cr.pick_found(df, knee=1, ref_elbo=ref_elbo, ref_bytes=ref_bytes)
+    assert {k: v[0] for k, v in got.items()} == {"vaenas-knee": 1, "vaenas-smallest-2pct": 2, "vaenas-best-32x": 3,
+                                                 "vaenas-best-16x": 4}
+    assert "150,000 B" in got["vaenas-best-16x"][1] and "1/16" in got["vaenas-best-16x"][1]
+    merged = cr.pick_found(df[df["trial"] != 3], knee=1, ref_elbo=ref_elbo, ref_bytes=ref_bytes)
+    assert {k: v[0] for k, v in merged.items()} == {"vaenas-knee": 1, "vaenas-smallest-2pct": 2, "vaenas-best-16x": 4}
+    assert "smallest within 2%" in merged["vaenas-smallest-2pct"][1] and "1/32" in merged["vaenas-smallest-2pct"][1]
