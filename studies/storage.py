@@ -100,8 +100,8 @@ def open_storage(url: str, heartbeat: tuple[int, int] | None = (30, 120), readon
                   "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1)}
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-    if readonly:  # a reader never creates Optuna's tables (it may look while a writer creates them)
-        kw["skip_table_creation"] = True
+    if readonly and url.startswith("sqlite"):  # a reader never creates tables in a file: it may look while a
+        kw["skip_table_creation"] = True  # writer creates them, or the file may be another program's database
     for attempt in range(8):
         try:
             with warnings.catch_warnings():
