@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,6 @@ def _row(name, group, kind, spec, nbytes, elbo):
 def test_publish_writes_after_each_row_and_names_what_is_missing(tmp_path):
     """A report cut short still publishes its rows, says it is incomplete and names the missing rows."""
     import argparse
-    import json
     from types import SimpleNamespace
 
     args = argparse.Namespace(preset="studies/presets/compression_mnist.yaml", epochs=1)
@@ -133,3 +133,22 @@ def test_found_rows_include_the_best_under_each_size_limit_and_merge_roles():
     merged = cr.pick_found(df[df["trial"] != 3], knee=1, ref_elbo=ref_elbo, ref_bytes=ref_bytes)
     assert {k: v[0] for k, v in merged.items()} == {"vaenas-knee": 1, "vaenas-smallest-2pct": 2, "vaenas-best-16x": 4}
     assert "smallest within 2%" in merged["vaenas-smallest-2pct"][1] and "1/32" in merged["vaenas-smallest-2pct"][1]
+
+
+def test_seed_check_gaps_are_per_seed_and_refuses_rows_it_cannot_rebuild(tmp_path, capsys):
+    spec_s = importlib.util.spec_from_file_location(
+        "compression_seeds", Path(__file__).resolve().parents[1] / "benchmarks" / "compression_seeds.py")
+    cs = importlib.util.module_from_spec(spec_s)
+    spec_s.loader.exec_module(cs)
+    out = {"recipe": {"epochs": 30, "dataset": "mnist", "qat_delay": 0.5},
+           "seeds": {"1": {"mlp-fp32": 100.0, "x": 101.0}, "0": {"mlp-fp32": 95.0, "x": 97.85}}}
+    md = cs.table(out, ["mlp-fp32", "x"])
+    assert "| x | 97.85 | 101.00 | +3.00% / +1.00% | +2.00% |" in md  # seeds in order, gap vs the same seed's MLP
+    rep = tmp_path / "r.json"
+    rep.write_text(json.dumps({"meta": {"recipe": {}}, "rows": [
+        {"name": "mlp-fp32", "kind": "FP32", "spec": {}}, {"name": "mlp-svd50", "kind": "SVD rank 1/2", "spec": {}}]}))
+    assert cs.main(["--report", str(rep), "--rows", "mlp-svd50", "--seeds", "1"]) == 2
+    assert cs.main(["--report", str(rep), "--rows", "nope", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "SVD" in err[0] and "'nope'" in err[1]
+    assert not list(tmp_path.glob("r_seeds*"))  # nothing written
