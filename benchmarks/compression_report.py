@@ -170,13 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         if old["meta"]["recipe"] == recipe:
             kept = {r["name"]: r for r in old["rows"]}
 
-    data = load_data(ds, args.data_root, n_train=args.n_train)
-    if args.n_test:
-        import dataclasses
-
-        data = dataclasses.replace(data, test=data.test[: args.n_test])
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      lr_schedule="cosine", qat_delay=args.qat_delay, device=args.device)
+    data = report_data(recipe, args.data_root)
+    cfg = train_config(recipe, args.device)
     lat_cfg = LatencyConfig(repeats=100)
     rows: list[dict] = []
     models: dict[str, torch.nn.Module] = {}  # trained in this run or reloaded: teachers and pruning bases
@@ -353,6 +348,23 @@ def compression_label(spec: ArchSpec) -> str:
 
 def _fail(msg: str):
     raise SystemExit(f"compression_report: {msg}")  # one line, exit status 1
+
+
+def report_data(recipe: dict, data_root) -> object:
+    """The report's data: its training split (``n_train``) and test split (first ``n_test`` images)."""
+    data = load_data(recipe["dataset"], data_root, n_train=recipe["n_train"])
+    if recipe["n_test"]:
+        import dataclasses
+
+        data = dataclasses.replace(data, test=data.test[: recipe["n_test"]])
+    return data
+
+
+def train_config(recipe: dict, device: str, seed: int | None = None) -> TrainConfig:
+    """The report's one training recipe (its JSON's ``meta.recipe``), with another seed if given."""
+    return TrainConfig(epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"],
+                       seed=recipe["seed"] if seed is None else seed, lr_schedule="cosine",
+                       qat_delay=recipe["qat_delay"], device=device)
 
 
 def row_named(rows: list[dict], name: str) -> dict:

@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from evaluator import TrainConfig, evaluate_neg_elbo, load_data, seeded_model, train  # noqa: E402
+from compression_report import report_data, train_config  # noqa: E402 - the report's recipe, one owner
+from evaluator import evaluate_neg_elbo, seeded_model, train  # noqa: E402
 from search_space import ArchSpec  # noqa: E402
 
 BUILT_FROM_ANOTHER = ("L1", "SVD", "rank", "student")  # an extra loss, an SVD start or a teacher: the report's job
@@ -55,15 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"compression_seeds: row {n!r} ({by_name[n]['kind']}) needs an extra loss, an SVD start or a "
                   "teacher; rerun the report with --seed for it", file=sys.stderr)
             return 2
-    data = load_data(recipe["dataset"], args.data_root, n_train=recipe["n_train"])
-    if recipe.get("n_test"):
-        import dataclasses
-
-        data = dataclasses.replace(data, test=data.test[: recipe["n_test"]])
+    data = report_data(recipe, args.data_root)
     out = {"report": str(path), "recipe": recipe, "seeds": {}}
     for seed in args.seeds:
-        cfg = TrainConfig(epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"], seed=seed,
-                          lr_schedule="cosine", qat_delay=recipe["qat_delay"], device=args.device)
+        cfg = train_config(recipe, args.device, seed=seed)
         res = {}
         for n in names:
             spec = ArchSpec.from_dict(by_name[n]["spec"])
@@ -82,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(out: dict, names: list[str]) -> str:
-    """Each row's test −ELBO per seed and its gap to the FP32 MLP of the same seed (mean and range)."""
+    """Each row's test −ELBO per seed, its gap to the FP32 MLP of the same seed, and the mean gap."""
     seeds = sorted(out["seeds"], key=int)
     lines = [f"Test −ELBO (nats) per seed; gap: vs the FP32 MLP of the same seed. Recipe: {out['recipe']['epochs']:g} "
              f"epochs, {out['recipe']['dataset']}, qat_delay {out['recipe']['qat_delay']} (the report's).", "",

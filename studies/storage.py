@@ -115,11 +115,12 @@ def open_storage(url: str, heartbeat: tuple[int, int] | None = (30, 120), readon
             raise VaenasInputError(f"storage: {redact(url)} needs a database driver ({e}); for PostgreSQL install "
                                    "the extra with `pip install -e '.[postgres]'`") from None
         except (IntegrityError, ProgrammingError, OperationalError) as e:
-            if attempt == 7 or not _creation_race(e):
-                if isinstance(e, OperationalError):
-                    raise VaenasInputError(_cannot_open(url, e)) from None
+            if attempt < 7 and _creation_race(e):
+                time.sleep(0.5 + attempt)  # another process is creating Optuna's tables right now: retry
+            elif isinstance(e, OperationalError):
+                raise VaenasInputError(_cannot_open(url, e)) from None
+            else:
                 raise
-            time.sleep(0.5 + attempt)  # another process is creating Optuna's tables right now: retry
         except Exception as e:  # sqlalchemy errors: unreachable host, wrong password, bad URL
             raise VaenasInputError(_cannot_open(url, e)) from None
 
