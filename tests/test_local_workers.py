@@ -93,7 +93,9 @@ def check_study(study, budget, killed=None):
 def test_search_jobs_2_kill_one_worker_mid_trial(tmp_path, data_root):
     """The acceptance case: `vaenas search CONFIG --jobs 2`, one worker process kill -9'ed mid-trial."""
     name, budget = "jobs", 8
-    cfgp = config(tmp_path, data_root, name, budget, n_train=6000, epochs=2)
+    # trials long enough (about 2 s each here) that the parent cannot finish the budget alone before its
+    # spawned worker has imported torch and joined (about 3.5 s here); at 6,000 images x 2 epochs it did (CI failed)
+    cfgp = config(tmp_path, data_root, name, budget, n_train=12000, epochs=5)
     runs = tmp_path / "runs"
     url = f"sqlite:///{runs / name / 'study.db'}"
     parent = subprocess.Popen(cli("search", str(cfgp), "--runs-dir", str(runs), "--jobs", "2", "--quiet"),
