@@ -23,13 +23,17 @@ For one dataset it trains, with one recipe (same epochs, batch, learning rate, s
   candidates against the FP32 MLP, which the preset enqueues): its knee, its smallest within 2 % of
   the FP32 MLP, and its best under each size limit of the target (1/32 and 1/16 of the FP32 MLP's
   bytes), each retrained with the report's recipe (``pick_found``).
+* the target study's best (``--target-preset``: conv VAEs only, constrained to <= 1/32 of the FP32
+  MLP's measured bytes, ranked on a longer recipe), retrained the same way as ``vaenas-target-32x``
+  (``pick_target``).
 
 Every compressed model is packed by ``search_space.pack_model`` (exact bytes: sparse layers as a
 bitmap or index list + their kept weights, codebooks, factors, the narrower model of structured
 pruning) and scored on: test −ELBO (nats), IWAE NLL (k samples, first ``--iwae-n`` test images),
 per-pixel reconstruction error at z = mu (BCE in nats/pixel and MSE of the Bernoulli mean),
 parameters (non-zero weights + biases), packed bytes, compression vs the family's FP32 model, FLOPs
-of what ships (unstructured sparsity runs dense), measured CPU latency (batch 1, 1 thread).
+of what ships (unstructured sparsity runs dense), measured CPU latency of the ONNX export in
+onnxruntime (``LATENCY``: batch 1, 1 thread).
 Writes a markdown table, a JSON file and a Pareto PNG (test −ELBO vs packed bytes).
 
 Target (issue 18): a found architecture at <= 1/32 of the FP32 MLP's packed bytes whose test −ELBO
@@ -64,7 +68,7 @@ from evaluator import (  # noqa: E402
     LatencyConfig, TrainConfig, count_params, evaluate_neg_elbo, iwae_nll, load_data, measure_latency,
     reconstruction_error, seeded_model, static_costs, train,
 )
-from search_space import ArchSpec, build_vae, pack_model  # noqa: E402
+from search_space import ArchSpec, VaenasInputError, build_vae, pack_model  # noqa: E402
 from search_space.trial_attrs import trial_attrs  # noqa: E402
 
 SEED_CONV = ArchSpec(family="conv", enc_channels=(32, 64), kernels=(4, 4), strides=(2, 2), enc_hidden=(256,),
@@ -76,6 +80,7 @@ STUDENT_MLP = ArchSpec.mlp((200, 200), 20)
 WITHIN = 0.02  # minimum: "within 2%" of the FP32 MLP's −ELBO ...
 TARGET_RATIO = 16  # ... at "<= 1/16 of the FP32 MLP's bytes"
 GOAL_RATIO = 32  # the target: <= 1/32 of the bytes at or below the FP32 MLP's −ELBO
+LATENCY = LatencyConfig(repeats=100)  # the ONNX export (QDQ weights) in onnxruntime, batch 1, 1 thread
 
 
 def with_bits(spec: ArchSpec, bits: int) -> ArchSpec:
@@ -150,11 +155,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default=str(ROOT / "studies/presets/compression_mnist.yaml"),
                     help="the vaenas study whose found architectures (knee, smallest within 2%%, best under 1/32 and 1/16 of the FP32 MLP bytes) are retrained")
     ap.add_argument("--study-trials", type=int, default=None, help="override the preset's trial budget")
+    ap.add_argument("--target-preset", default=str(ROOT / "studies/presets/compression_target.yaml"),
+                    help="a second study, constrained to <= 1/32 of the FP32 MLP's bytes; its best trial is retrained "
+                         "as the row vaenas-target-32x")
+    ap.add_argument("--target-trials", type=int, default=None, help="override the target preset's trial budget")
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
     ap.add_argument("--fresh", action="store_true", help="retrain everything, ignoring kept models and rows")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
+    for flag, preset in (("--preset", args.preset), ("--target-preset", args.target_preset)):
+        try:  # both studies' presets are checked before anything is trained or written
+            study_config(preset, args, args.dataset)
+        except (OSError, yaml.YAMLError, VaenasInputError) as e:
+            print(f"compression_report: {flag} {preset}: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 2
     torch.set_num_threads(2)
     ds = args.dataset
     out_dir = Path(args.out_dir)
@@ -172,7 +187,6 @@ def main(argv: list[str] | None = None) -> int:
 
     data = report_data(recipe, args.data_root)
     cfg = train_config(recipe, args.device)
-    lat_cfg = LatencyConfig(repeats=100)
     rows: list[dict] = []
     models: dict[str, torch.nn.Module] = {}  # trained in this run or reloaded: teachers and pruning bases
 
@@ -207,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             "recon_mse_per_pixel": reconstruction_error(model, data.test, metric="mse"),
             "params": nz, "params_dense": count_params(spec), "packed_bytes": len(pack_model(model)),
             "flops": costs.flops, "bitops": costs.bitops,
-            "latency_ms": measure_latency(model, lat_cfg).median_ms, "train_seconds": train_s, "epochs": epochs,
+            "latency_ms": measure_latency(model, LATENCY).median_ms, "train_seconds": train_s, "epochs": epochs,
             "note": note,
         }
         print(f"{name:>22}: −ELBO {row['test_neg_elbo']:.2f}  IWAE {iw:.2f}  BCE/px {row['recon_bce_per_pixel']:.4f}  "
@@ -283,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     # short (or resumed later: rows and models are kept) publishes what it has and names what is missing.
     families = (("mlp", SEED_MLP, STUDENT_MLP), ("conv", SEED_CONV, STUDENT_CONV))
     jobs = {g: baselines(g, s, st) for g, s, st in families}
-    planned = ["mlp-fp32", "vaenas (study)"] + [n for g, s, _ in families
+    planned = ["mlp-fp32", "vaenas (study)", "vaenas (target study)"] + [n for g, s, _ in families
                                                  for n in [f"{g}-fp32"] * (g != "mlp") + [j[0] for j in jobs[g]]]
     command = "python benchmarks/compression_report.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
@@ -296,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     found = find_architectures(args, ds)
     planned[1:2] = list(found)
     for name, (spec, why) in found.items():
+        add(trained(name, "vaenas", "found by vaenas", spec, note=why)[0])
+    target = find_target(args, ds, row_named(rows, "mlp-fp32")["packed_bytes"])
+    at = planned.index("vaenas (target study)")
+    planned[at:at + 1] = list(target)
+    for name, (spec, why) in target.items():
         add(trained(name, "vaenas", "found by vaenas", spec, note=why)[0])
     for group, spec, _ in families:
         print(f"--- {group} baselines ({args.epochs:g} epochs on {len(data.train):,} {ds} images)", flush=True)
@@ -317,7 +336,8 @@ def publish(rows: list[dict], planned: list[str], recipe: dict, args, data, comm
     meta = {"recipe": recipe, "preset": str(Path(args.preset).relative_to(ROOT)) if Path(args.preset).is_absolute()
             and Path(args.preset).is_relative_to(ROOT) else args.preset,
             "torch": torch.__version__, "machine": platform.machine(), "python": platform.python_version(),
-            "n_train": len(data.train), "n_test": len(data.test), "latency": {"batch_size": 1, "threads": 1},
+            "n_train": len(data.train), "n_test": len(data.test),
+            "latency": {"backend": LATENCY.backend, "batch_size": LATENCY.batch_size, "threads": LATENCY.threads},
             "command": command, "missing": [n for n in planned if n not in {r["name"] for r in rows}]}
     fp32 = {r["group"]: r for r in rows if r["kind"] == "FP32"}
     for r in rows:
@@ -371,37 +391,91 @@ def row_named(rows: list[dict], name: str) -> dict:
     return next(r for r in rows if r["name"] == name)
 
 
-def find_architectures(args, ds: str) -> dict[str, tuple[ArchSpec, str]]:
-    """Run (or resume) the preset's study on ``ds``; return the specs :func:`pick_found` picks, by row name."""
+def study_config(preset: str, args, ds: str, trials: int | None = None, constraints: dict | None = None):
+    """A preset's study config on ``ds`` with the report's seed and data root (bad input: VaenasInputError)."""
     from studies.config import StudyConfig
-    from studies.report import load_view, pick_trial
-    from studies.run import run_search, study_dir
 
-    d = yaml.safe_load(Path(args.preset).read_text())
+    d = yaml.safe_load(Path(preset).read_text())
+    if not isinstance(d, dict) or not isinstance(d.get("name"), str):
+        raise VaenasInputError(f"{preset}: not a study preset (a YAML mapping with a name); see studies/presets/")
     d["name"] = f"{d['name']}_{ds}" if not d["name"].endswith(ds) else d["name"]
     d["dataset"] = ds
     d["data_root"] = args.data_root
     d["seed"] = args.seed
-    if args.study_trials is not None:
-        d.setdefault("budget", {})["trials"] = args.study_trials
-    cfg = StudyConfig.from_dict(d, base_dir=Path(args.preset).parent)
+    if trials is not None:
+        d.setdefault("budget", {})["trials"] = trials
+    if constraints:
+        d["constraints"] = {**(d.get("constraints") or {}), **constraints}
+    return StudyConfig.from_dict(d, base_dir=Path(preset).parent)
+
+
+def run_study(preset: str, args, ds: str, trials: int | None = None, constraints: dict | None = None):
+    """Run (or resume) a preset's study on ``ds`` with the report's seed and data root; return its view."""
+    from studies.report import load_view
+    from studies.run import run_search, study_dir
+
+    cfg = study_config(preset, args, ds, trials, constraints)
     exists = (study_dir(args.runs_dir, cfg.name) / "study.db").exists()
-    print(f"--- vaenas study {cfg.name} ({cfg.trials} trials, {cfg.strategy}; "
-          f"{'resuming' if exists else 'new'})", flush=True)
+    print(f"--- vaenas study {cfg.name} ({cfg.trials} trials, {cfg.strategy}"
+          f"{f', constraints {cfg.constraints}' if cfg.constraints else ''}; {'resuming' if exists else 'new'})",
+          flush=True)
     t0 = time.perf_counter()
     run_search(cfg, runs_dir=args.runs_dir, resume=exists, progress=False)
     print(f"study done in {time.perf_counter() - t0:.0f}s", flush=True)
-    view = load_view(cfg.name, args.runs_dir)
+    return load_view(cfg.name, args.runs_dir)
+
+
+def _specs(view, trials) -> dict[int, ArchSpec]:
+    wanted = set(trials)
+    return {t.number: ArchSpec.from_json(trial_attrs(t)["spec"]) for t in view.study.get_trials(deepcopy=False)
+            if t.number in wanted}
+
+
+def find_architectures(args, ds: str) -> dict[str, tuple[ArchSpec, str]]:
+    """Run (or resume) the preset's study on ``ds``; return the specs :func:`pick_found` picks, by row name."""
+    from studies.report import pick_trial
+
+    view = run_study(args.preset, args, ds, trials=args.study_trials)
     df = view.trials
     ref_id = SEED_MLP.id
     ref = df[df["spec_id"] == ref_id]
     if ref.empty:
         _fail(f"the study has no completed trial of the FP32 MLP {ref_id}; the preset must enqueue it")
     ref_elbo, ref_bytes = float(ref["neg_elbo"].min()), float(ref["size_bytes"].iloc[0])
-    knee = pick_trial(view)
-    spec_of = {t.number: ArchSpec.from_json(trial_attrs(t)["spec"]) for t in view.study.get_trials(deepcopy=False)
-               if t.number in set(df["trial"])}
-    return {name: (spec_of[n], why) for name, (n, why) in pick_found(df, knee, ref_elbo, ref_bytes).items()}
+    picked = pick_found(df, pick_trial(view), ref_elbo, ref_bytes)
+    spec_of = _specs(view, (n for n, _ in picked.values()))
+    return {name: (spec_of[n], why) for name, (n, why) in picked.items()}
+
+
+def find_target(args, ds: str, mlp_bytes: int) -> dict[str, tuple[ArchSpec, str]]:
+    """Run (or resume) the target study (``--target-preset``), constrained to <= 1/32 of the measured FP32
+    MLP's packed bytes; return its best feasible trial by study −ELBO as the row ``vaenas-target-32x``."""
+    limit = mlp_bytes // GOAL_RATIO
+    view = run_study(args.target_preset, args, ds, trials=args.target_trials, constraints={"size_bytes": limit})
+    n, why = pick_target(view.trials, limit)
+    return {"vaenas-target-32x": (_specs(view, [n])[n], why)}
+
+
+def pick_target(df, limit: int) -> tuple[int, str]:
+    """The target study's trial the report retrains: the best study −ELBO (then the smaller) among its
+    feasible trials within ``limit`` bytes."""
+    d = df[df["feasible"].astype(bool) & (df["size_bytes"] <= limit)]
+    if d.empty:
+        _fail(f"the target study has no completed trial within {limit:,} B; rerun it with more trials "
+              "(--target-trials)")
+    n = best_within(d, limit)
+    best = d.set_index("trial").loc[n]
+    return n, (f"target study trial {n} (study −ELBO {best['neg_elbo']:.2f}, {int(best['size_bytes']):,} B): best "
+               f"study −ELBO of its {len(d)} trials within 1/{GOAL_RATIO} of the FP32 MLP's bytes ({limit:,} B)")
+
+
+def best_within(d, limit: float) -> int | None:
+    """The trial with the best study −ELBO (then the fewer bytes) among ``d``'s rows of at most ``limit``
+    bytes, or None; ``d`` holds feasible trials only."""
+    under = d[d["size_bytes"] <= limit]
+    if under.empty:
+        return None
+    return int(under.sort_values(["neg_elbo", "size_bytes"])["trial"].iloc[0])
 
 
 def pick_found(df, knee: int, ref_elbo: float, ref_bytes: float) -> dict[str, tuple[int, str]]:
@@ -423,9 +497,8 @@ def pick_found(df, knee: int, ref_elbo: float, ref_bytes: float) -> dict[str, tu
         roles.setdefault(n, []).append(("vaenas-smallest-2pct", f"smallest within 2% of the FP32 MLP's "
                                                                 f"{ref_elbo:.2f} in the same study"))
     for ratio in (GOAL_RATIO, TARGET_RATIO):
-        under = d[d["size_bytes"] <= ref_bytes / ratio]
-        if not under.empty:
-            n = int(under.reset_index().sort_values(["neg_elbo", "size_bytes"])["trial"].iloc[0])
+        n = best_within(d.reset_index(), ref_bytes / ratio)
+        if n is not None:
             roles.setdefault(n, []).append((f"vaenas-best-{ratio}x", f"best study −ELBO at <= 1/{ratio} of the "
                                                                      "FP32 MLP's bytes"))
     return {r[0][0]: (n, said(n) + ": " + "; ".join(w for _, w in r)) for n, r in roles.items()}
@@ -479,8 +552,9 @@ def markdown(rows: list[dict], meta: dict, verdict: dict, args) -> str:
         "Bernoulli mean at z = mu, averaged over all test pixels; params: non-zero weights + biases of what ships; "
         "packed bytes: `search_space.pack_model`'s exact bytes (bits, scales or codebooks, sparse positions, "
         "factors, biases); ratio: FP32 bytes of the same family (found architectures: the FP32 MLP) / bytes; "
-        "FLOPs: of what ships, per image (unstructured sparsity runs dense); latency: median CPU ms, batch 1, "
-        "1 thread.",
+        "FLOPs: of what ships, per image (unstructured sparsity runs dense); latency: median CPU ms of the ONNX "
+        f"export (QDQ weights) in {meta['latency']['backend']}, batch {meta['latency']['batch_size']}, "
+        f"{meta['latency']['threads']} thread(s).",
         "",
         "| model | kind | bits | compression | test −ELBO | IWAE NLL | recon BCE/px | recon MSE/px | params | "
         "packed bytes | ratio vs FP32 | FLOPs | latency ms |",

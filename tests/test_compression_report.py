@@ -135,6 +135,40 @@ def test_found_rows_include_the_best_under_each_size_limit_and_merge_roles():
     assert "smallest within 2%" in merged["vaenas-smallest-2pct"][1] and "1/32" in merged["vaenas-smallest-2pct"][1]
 
 
+def test_target_row_is_the_best_feasible_trial_within_the_limit():
+    """The target study's row: the best study −ELBO among feasible trials within 1/32 of the FP32 MLP's
+    bytes (ties: the smaller); a trial over the limit or infeasible never counts; none left is one line."""
+    import pandas as pd
+
+    df = pd.DataFrame([  # trial, study −ELBO, bytes, feasible
+        (0, 120.0, 100_000, True),
+        (1, 118.0, 110_000, True),    # the best within the limit
+        (2, 118.0, 112_000, True),    # as good, larger
+        (3, 110.0, 121_704, True),    # better, 1 B over
+        (4, float("nan"), 500_000, False),  # rejected untrained
+        (5, 100.0, 90_000, False),    # better, infeasible
+    ], columns=["trial", "neg_elbo", "size_bytes", "feasible"])
+    n, why = cr.pick_target(df, 121_703)
+    assert n == 1 and "110,000 B" in why and "121,703 B" in why and "of its 3 trials" in why
+    with pytest.raises(SystemExit) as e:
+        cr.pick_target(df[df["trial"].isin([3, 4, 5])], 121_703)
+    assert "no completed trial within 121,703 B" in str(e.value.code)
+
+
+def test_bad_presets_are_one_line_exit_2_before_anything_is_written(tmp_path, capsys):
+    """A missing or malformed preset (either study) is refused before training, data or output folders."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nspace: {family: [nope]}\n")
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    for flag, path in (("--preset", tmp_path / "missing.yaml"), ("--target-preset", bad),
+                       ("--target-preset", tmp_path / "missing.yaml")):
+        capsys.readouterr()
+        assert cr.main([flag, str(path), "--out-dir", str(out), "--runs-dir", str(runs)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("compression_report: "), err
+    assert not out.exists() and not runs.exists()
+
+
 def test_seed_check_gaps_are_per_seed_and_refuses_rows_it_cannot_rebuild(tmp_path, capsys):
     spec_s = importlib.util.spec_from_file_location(
         "compression_seeds", Path(__file__).resolve().parents[1] / "benchmarks" / "compression_seeds.py")
