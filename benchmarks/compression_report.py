@@ -46,12 +46,17 @@ is at or below the FP32 MLP's; minimum: <= 1/16 within +2 %. The report states w
         --out-dir /tmp/cr --runs-dir /tmp/cr/runs   # smoke
 
 Trained models are kept in ``<runs-dir>/compression_<dataset>/models``; a rerun with the same
-recipe reuses them and the rows already in the JSON (``--fresh`` retrains everything).
+recipe reuses them and the rows already in the JSON (``--fresh`` retrains everything). A kept row whose
+model file is gone (a fresh checkout: ``runs/`` is not in git) is reused too; its model is retrained
+(same recipe and seed) only when a later row needs it (a teacher, an SVD base). Each study's picks are
+kept in the JSON (``meta.studies``: the rows it picked and a key of everything that decides them,
+``study_key``); with its database gone and the same key, they are reused instead of rerunning it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -180,15 +185,19 @@ def main(argv: list[str] | None = None) -> int:
     recipe = {k: vars(args)[k] for k in ("dataset", "epochs", "n_train", "n_test", "finetune_epochs", "lr", "batch_size",
                                          "seed", "iwae_k", "iwae_n", "l1", "qat_delay")}
     kept: dict[str, dict] = {}
+    kept_studies: dict[str, dict] = {}
     if json_path.exists() and not args.fresh:
         old = json.loads(json_path.read_text())
         if old["meta"]["recipe"] == recipe:
             kept = {r["name"]: r for r in old["rows"]}
+            kept_studies = old["meta"].get("studies") or {}
 
     data = report_data(recipe, args.data_root)
     cfg = train_config(recipe, args.device)
     rows: list[dict] = []
-    models: dict[str, torch.nn.Module] = {}  # trained in this run or reloaded: teachers and pruning bases
+    studies: dict[str, dict] = {}  # meta.studies: each study's key and the rows it picked
+    models: dict[str, torch.nn.Module] = {}  # trained in this run or reloaded: teachers and SVD bases
+    unkept: dict[str, object] = {}  # name -> thunk that retrains a kept row's model whose file is gone
 
     def save(model, spec: ArchSpec, name: str) -> None:
         torch.save({"spec": spec.to_json(), "state_dict": model.state_dict()}, model_dir / f"{name}.pt")
@@ -229,6 +238,25 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.perf_counter() - t0:.0f}s)", flush=True)
         return row
 
+    def fit(name: str, spec: ArchSpec, extra=None, init=None, epochs: float | None = None):
+        """Train ``name`` with the recipe (``extra``: a thunk giving an extra loss, called only here); save it."""
+        model = seeded_model(spec, args.seed, args.device)
+        before = 0.0
+        if init is not None:  # e.g. SVD from a trained model: its training time and epochs count too
+            before = init(model)
+        run_cfg = cfg if epochs is None else TrainConfig(**{**cfg.to_dict(), "epochs": epochs, "lr": args.lr * 0.3})
+        res = train(model, data.train, run_cfg, extra_loss=extra() if extra else None)
+        save(model, spec, name)
+        models[name] = model
+        return model, res, before
+
+    def model_of(name: str):
+        """A trained model a later row needs: this run's, reloaded, or retrained when only its row was kept."""
+        if name not in models:
+            print(f"{name:>22}: retraining its model (row kept, model file gone), needed by a later row", flush=True)
+            unkept.pop(name)()
+        return models[name].to(args.device)
+
     def trained(name: str, group: str, kind: str, spec: ArchSpec, extra=None, note: str = "", init=None,
                 epochs: float | None = None) -> tuple[dict, object]:
         model = load(spec, name)
@@ -237,14 +265,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:>22}: reused (trained {r['train_seconds']:.0f}s)", flush=True)
             models[name] = model
             return r, model
-        model = seeded_model(spec, args.seed, args.device)
-        before = 0.0
-        if init is not None:  # e.g. SVD from a trained model: its training time and epochs count too
-            before = init(model)
-        run_cfg = cfg if epochs is None else TrainConfig(**{**cfg.to_dict(), "epochs": epochs, "lr": args.lr * 0.3})
-        res = train(model, data.train, run_cfg, extra_loss=extra)
-        save(model, spec, name)
-        models[name] = model
+        if not args.fresh and name in kept and kept[name]["spec_id"] == spec.id:
+            r = kept[name]
+            print(f"{name:>22}: reused row (trained {r['train_seconds']:.0f}s; model file gone)", flush=True)
+            unkept[name] = lambda: fit(name, spec, extra, init, epochs)
+            return r, None
+        model, res, before = fit(name, spec, extra, init, epochs)
         spent = res.epochs + (args.epochs if init is not None else 0)
         return score(name, group, kind, spec, model, res.seconds + before, spent, note=note), model
 
@@ -252,17 +278,17 @@ def main(argv: list[str] | None = None) -> int:
 
     def svd_from(teacher_name: str):
         def init(model) -> float:
-            svd_init(model, models[teacher_name].to(args.device))
+            svd_init(model, model_of(teacher_name))
             return row_named(rows, teacher_name)["train_seconds"]
         return init
 
     def baselines(group: str, spec: ArchSpec, student: ArchSpec) -> list[tuple[str, object]]:
         """The seed methods' rows of one family after its FP32 model, each a (name, thunk) in report order."""
-        teacher = lambda: models[f"{group}-fp32"].to(args.device).eval()  # noqa: E731 - trained or reloaded first
+        teacher = lambda: model_of(f"{group}-fp32").eval()  # noqa: E731 - trained, reloaded or retrained first
         jobs: list[tuple[str, object]] = []
 
         def job(name: str, kind: str, s: ArchSpec, extra=None, **kw) -> None:
-            jobs.append((name, lambda: trained(name, group, kind, s, extra=extra() if extra else None, **kw)[0]))
+            jobs.append((name, lambda: trained(name, group, kind, s, extra=extra, **kw)[0]))
 
         for b in (8, 4, 2):
             job(f"{group}-qat{b}", f"uniform {b}-bit", with_bits(spec, b))
@@ -303,15 +329,22 @@ def main(argv: list[str] | None = None) -> int:
 
     def add(row: dict) -> None:
         rows.append(row)
-        publish(rows, planned, recipe, args, data, command, json_path, md_path, png_path)
+        publish(rows, planned, recipe, args, data, command, json_path, md_path, png_path, studies)
 
     print(f"--- mlp FP32 ({args.epochs:g} epochs on {len(data.train):,} {ds} images)", flush=True)
     add(trained("mlp-fp32", "mlp", "FP32", SEED_MLP)[0])
-    found = find_architectures(args, ds)
+    main_cfg = study_config(args.preset, args, ds, trials=args.study_trials)
+    found = kept_picks(kept_studies.get("study"), main_cfg, kept, args.runs_dir) or find_architectures(args, ds)
+    studies["study"] = {"name": main_cfg.name, "key": study_key(main_cfg), "picks": list(found)}
     planned[1:2] = list(found)
     for name, (spec, why) in found.items():
         add(trained(name, "vaenas", "found by vaenas", spec, note=why)[0])
-    target = find_target(args, ds, row_named(rows, "mlp-fp32")["packed_bytes"])
+    limit = row_named(rows, "mlp-fp32")["packed_bytes"] // GOAL_RATIO
+    target_cfg = study_config(args.target_preset, args, ds, trials=args.target_trials,
+                              constraints={"size_bytes": limit})
+    target = (kept_picks(kept_studies.get("target study"), target_cfg, kept, args.runs_dir)
+              or find_target(args, ds, limit))
+    studies["target study"] = {"name": target_cfg.name, "key": study_key(target_cfg), "picks": list(target)}
     at = planned.index("vaenas (target study)")
     planned[at:at + 1] = list(target)
     for name, (spec, why) in target.items():
@@ -330,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def publish(rows: list[dict], planned: list[str], recipe: dict, args, data, command: str, json_path: Path,
-            md_path: Path, png_path: Path) -> None:
+            md_path: Path, png_path: Path, studies: dict | None = None) -> None:
     """Write the JSON, the markdown table and the Pareto PNG of the rows measured so far; ``missing`` names
     the planned rows not measured yet (a report cut short says so)."""
     meta = {"recipe": recipe, "preset": str(Path(args.preset).relative_to(ROOT)) if Path(args.preset).is_absolute()
@@ -338,7 +371,8 @@ def publish(rows: list[dict], planned: list[str], recipe: dict, args, data, comm
             "torch": torch.__version__, "machine": platform.machine(), "python": platform.python_version(),
             "n_train": len(data.train), "n_test": len(data.test),
             "latency": {"backend": LATENCY.backend, "batch_size": LATENCY.batch_size, "threads": LATENCY.threads},
-            "command": command, "missing": [n for n in planned if n not in {r["name"] for r in rows}]}
+            "command": command, "missing": [n for n in planned if n not in {r["name"] for r in rows}],
+            "studies": studies or {}}
     fp32 = {r["group"]: r for r in rows if r["kind"] == "FP32"}
     for r in rows:
         ref = fp32["mlp" if r["group"] == "vaenas" else r["group"]]
@@ -447,10 +481,31 @@ def find_architectures(args, ds: str) -> dict[str, tuple[ArchSpec, str]]:
     return {name: (spec_of[n], why) for name, (n, why) in picked.items()}
 
 
-def find_target(args, ds: str, mlp_bytes: int) -> dict[str, tuple[ArchSpec, str]]:
-    """Run (or resume) the target study (``--target-preset``), constrained to <= 1/32 of the measured FP32
-    MLP's packed bytes; return its best feasible trial by study −ELBO as the row ``vaenas-target-32x``."""
-    limit = mlp_bytes // GOAL_RATIO
+def study_key(cfg) -> str:
+    """A key of everything that decides which trials a study picks: what its trials measure
+    (``StudyConfig.fingerprint``), its name, strategy and budget, and the specs it enqueues."""
+    parts = {**cfg.fingerprint(), "name": cfg.name, "strategy": [cfg.strategy, cfg.strategy_options],
+             "trials": cfg.trials, "enqueue": [s.id for s in cfg.enqueue or []]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def kept_picks(info: dict | None, cfg, kept: dict[str, dict], runs_dir) -> dict[str, tuple[ArchSpec, str]] | None:
+    """The rows a study picked in an earlier run of the report (``info``: its ``meta.studies`` entry), when its
+    database is gone, its key is unchanged and every picked row is kept; else None (run the study)."""
+    from studies.run import study_dir
+
+    if (not info or info.get("key") != study_key(cfg) or not info.get("picks")
+            or (study_dir(runs_dir, cfg.name) / "study.db").exists()
+            or not all(n in kept for n in info["picks"])):
+        return None
+    print(f"--- vaenas study {cfg.name}: database gone, reusing its {len(info['picks'])} picks kept in the JSON "
+          "(same key)", flush=True)
+    return {n: (ArchSpec.from_dict(kept[n]["spec"]), kept[n]["note"]) for n in info["picks"]}
+
+
+def find_target(args, ds: str, limit: int) -> dict[str, tuple[ArchSpec, str]]:
+    """Run (or resume) the target study (``--target-preset``), constrained to ``limit`` bytes (1/32 of the
+    measured FP32 MLP's); return its best feasible trial by study −ELBO as the row ``vaenas-target-32x``."""
     view = run_study(args.target_preset, args, ds, trials=args.target_trials, constraints={"size_bytes": limit})
     n, why = pick_target(view.trials, limit)
     return {"vaenas-target-32x": (_specs(view, [n])[n], why)}

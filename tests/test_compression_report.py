@@ -155,6 +155,36 @@ def test_target_row_is_the_best_feasible_trial_within_the_limit():
     assert "no completed trial within 121,703 B" in str(e.value.code)
 
 
+def test_kept_picks_are_reused_only_with_the_database_gone_the_same_key_and_every_row_kept(tmp_path):
+    """A fresh checkout has the JSON but not runs/: a study's picks are reused from the JSON instead of
+    rerunning it - never when its database exists, the key (what decides its picks) differs, or a pick's
+    row is missing."""
+    import argparse
+
+    from studies.run import study_dir
+
+    args = argparse.Namespace(data_root=str(tmp_path), seed=0)
+    preset = Path(cr.ROOT) / "studies/presets/compression_target.yaml"
+    cfg = cr.study_config(str(preset), args, "mnist", constraints={"size_bytes": 121_703})
+    spec = ArchSpec(family="conv", enc_channels=(32, 64), kernels=(3, 3), strides=(2, 2), enc_hidden=(),
+                    latent_dim=16, weight_bits=(4,) * 6)
+    kept = {"vaenas-target-32x": {"spec": spec.to_dict(), "note": "target study trial 7"}}
+    info = {"name": cfg.name, "key": cr.study_key(cfg), "picks": ["vaenas-target-32x"]}
+    runs = tmp_path / "runs"
+    assert cr.kept_picks(info, cfg, kept, runs) == {"vaenas-target-32x": (spec, "target study trial 7")}
+    other = cr.study_config(str(preset), args, "mnist", constraints={"size_bytes": 100_000})
+    assert cr.study_key(other) != info["key"]
+    assert cr.kept_picks(info, other, kept, runs) is None  # another limit: another study
+    assert cr.study_key(cr.study_config(str(preset), args, "mnist", trials=5,
+                                        constraints={"size_bytes": 121_703})) != info["key"]  # another budget
+    assert cr.kept_picks(info, cfg, {}, runs) is None  # a pick's row is not kept
+    assert cr.kept_picks(None, cfg, kept, runs) is None  # an old JSON without meta.studies
+    db = study_dir(runs, cfg.name) / "study.db"
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"")
+    assert cr.kept_picks(info, cfg, kept, runs) is None  # the study is here: resume it (it re-picks)
+
+
 def test_bad_presets_are_one_line_exit_2_before_anything_is_written(tmp_path, capsys):
     """A missing or malformed preset (either study) is refused before training, data or output folders."""
     bad = tmp_path / "bad.yaml"
