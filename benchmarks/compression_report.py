@@ -193,136 +193,16 @@ def main(argv: list[str] | None = None) -> int:
             kept_studies = old["meta"].get("studies") or {}
 
     data = report_data(recipe, args.data_root)
-    cfg = train_config(recipe, args.device)
     rows: list[dict] = []
     studies: dict[str, dict] = {}  # meta.studies: each study's key and the rows it picked
-    models: dict[str, torch.nn.Module] = {}  # trained in this run or reloaded: teachers and SVD bases
-    unkept: dict[str, object] = {}  # name -> thunk that retrains a kept row's model whose file is gone
-
-    def save(model, spec: ArchSpec, name: str) -> None:
-        torch.save({"spec": spec.to_json(), "state_dict": model.state_dict()}, model_dir / f"{name}.pt")
-
-    def load(spec: ArchSpec, name: str):
-        p = model_dir / f"{name}.pt"
-        if args.fresh or not p.exists() or name not in kept:
-            return None
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-        if ck["spec"] != spec.to_json():
-            return None
-        model = build_vae(spec)
-        model.load_state_dict(ck["state_dict"])
-        return model.to(args.device)
-
-    def score(name: str, group: str, kind: str, spec: ArchSpec, model, train_s: float, epochs: float,
-              note: str = "") -> dict:
-        t0 = time.perf_counter()
-        test = evaluate_neg_elbo(model, data.test, seed=args.seed)
-        iw = iwae_nll(model, data.test[: args.iwae_n], k=args.iwae_k, seed=args.seed)
-        costs = static_costs(spec)
-        ship = model.shipped()
-        nz = sum(int((m.quantized_weight() != 0).sum()) + (m.bias.numel() if m.bias is not None else 0)
-                 for m in ship.weight_layers().values())
-        row = {
-            "name": name, "group": group, "kind": kind, "spec_id": spec.id, "spec": spec.to_dict(),
-            "bits": sorted(set(spec.weight_bits)), "compression": compression_label(spec),
-            "test_neg_elbo": test["neg_elbo"], "test_kl": test["kl"],
-            "iwae_nll": iw, "recon_bce_per_pixel": reconstruction_error(model, data.test, metric="bce"),
-            "recon_mse_per_pixel": reconstruction_error(model, data.test, metric="mse"),
-            "params": nz, "params_dense": count_params(spec), "packed_bytes": len(pack_model(model)),
-            "flops": costs.flops, "bitops": costs.bitops,
-            "latency_ms": measure_latency(model, LATENCY).median_ms, "train_seconds": train_s, "epochs": epochs,
-            "note": note,
-        }
-        print(f"{name:>22}: −ELBO {row['test_neg_elbo']:.2f}  IWAE {iw:.2f}  BCE/px {row['recon_bce_per_pixel']:.4f}  "
-              f"{row['packed_bytes']:>9,} B  {row['latency_ms']:.3f} ms  (train {train_s:.0f}s, eval "
-              f"{time.perf_counter() - t0:.0f}s)", flush=True)
-        return row
-
-    def fit(name: str, spec: ArchSpec, extra=None, init=None, epochs: float | None = None):
-        """Train ``name`` with the recipe (``extra``: a thunk giving an extra loss, called only here); save it."""
-        model = seeded_model(spec, args.seed, args.device)
-        before = 0.0
-        if init is not None:  # e.g. SVD from a trained model: its training time and epochs count too
-            before = init(model)
-        run_cfg = cfg if epochs is None else TrainConfig(**{**cfg.to_dict(), "epochs": epochs, "lr": args.lr * 0.3})
-        res = train(model, data.train, run_cfg, extra_loss=extra() if extra else None)
-        save(model, spec, name)
-        models[name] = model
-        return model, res, before
-
-    def model_of(name: str):
-        """A trained model a later row needs: this run's, reloaded, or retrained when only its row was kept."""
-        if name not in models:
-            print(f"{name:>22}: retraining its model (row kept, model file gone), needed by a later row", flush=True)
-            unkept.pop(name)()
-        return models[name].to(args.device)
-
-    def trained(name: str, group: str, kind: str, spec: ArchSpec, extra=None, note: str = "", init=None,
-                epochs: float | None = None) -> tuple[dict, object]:
-        model = load(spec, name)
-        if model is not None:
-            r = kept[name]
-            print(f"{name:>22}: reused (trained {r['train_seconds']:.0f}s)", flush=True)
-            models[name] = model
-            return r, model
-        if not args.fresh and name in kept and kept[name]["spec_id"] == spec.id:
-            r = kept[name]
-            print(f"{name:>22}: reused row (trained {r['train_seconds']:.0f}s; model file gone)", flush=True)
-            unkept[name] = lambda: fit(name, spec, extra, init, epochs)
-            return r, None
-        model, res, before = fit(name, spec, extra, init, epochs)
-        spent = res.epochs + (args.epochs if init is not None else 0)
-        return score(name, group, kind, spec, model, res.seconds + before, spent, note=note), model
-
-    from studies.retrain import distillation_loss
-
-    def svd_from(teacher_name: str):
-        def init(model) -> float:
-            svd_init(model, model_of(teacher_name))
-            return row_named(rows, teacher_name)["train_seconds"]
-        return init
-
-    def baselines(group: str, spec: ArchSpec, student: ArchSpec) -> list[tuple[str, object]]:
-        """The seed methods' rows of one family after its FP32 model, each a (name, thunk) in report order."""
-        teacher = lambda: model_of(f"{group}-fp32").eval()  # noqa: E731 - trained, reloaded or retrained first
-        jobs: list[tuple[str, object]] = []
-
-        def job(name: str, kind: str, s: ArchSpec, extra=None, **kw) -> None:
-            jobs.append((name, lambda: trained(name, group, kind, s, extra=extra, **kw)[0]))
-
-        for b in (8, 4, 2):
-            job(f"{group}-qat{b}", f"uniform {b}-bit", with_bits(spec, b))
-        for b in (4, 2):
-            job(f"{group}-kmeans{b}", f"k-means {b}-bit", each_layer(with_bits(spec, b), quantizer="kmeans"))
-        for amount in (0.3, 0.5, 0.7):
-            pct = int(amount * 100)
-            job(f"{group}-prune{pct}", f"magnitude {pct}%", each_layer(spec, sparsity=amount),
-                note="gradual magnitude pruning in the training loop")
-            job(f"{group}-l1prune{pct}", f"L1 + magnitude {pct}%", each_layer(spec, sparsity=amount),
-                extra=lambda: l1_loss(args.l1), note=f"L1 penalty {args.l1:g} x sum|w| + gradual magnitude pruning")
-        job(f"{group}-struct50", "structured 50%", each_layer(spec, structured=0.5),
-            note="50% of every hidden layer's units/channels removed (narrower model ships)")
-        for frac, label in ((0.25, "1/4"), (0.5, "1/2")):
-            job(f"{group}-svd{int(frac * 100)}", f"SVD rank {label}", each_layer(spec, rank=frac),
-                init=svd_from(f"{group}-fp32"), epochs=args.finetune_epochs,
-                note=f"FP32 model truncated by SVD + {args.finetune_epochs:g} fine-tune epoch(s)")
-        job(f"{group}-student", "distilled student", student, extra=lambda: distillation_loss(teacher(), 1.0),
-            note=f"distilled from {group}-fp32 (weight 1.0)")
-        job(f"{group}-prune50-kmeans4", "magnitude 50% + k-means 4-bit",
-            each_layer(with_bits(spec, 4), sparsity=0.5, quantizer="kmeans"),
-            note="Deep Compression's pipeline: prune, then cluster")
-        job(f"{group}-struct50-qat4", "structured 50% + uniform 4-bit", each_layer(with_bits(spec, 4), structured=0.5))
-        job(f"{group}-rank50-qat4", "rank 1/2 + uniform 4-bit", each_layer(with_bits(spec, 4), rank=0.5),
-            note="factorised, trained from scratch")
-        job(f"{group}-student-qat4", "distilled student, uniform 4-bit", with_bits(student, 4),
-            extra=lambda: distillation_loss(teacher(), 1.0), note=f"distilled from {group}-fp32")
-        return jobs
+    rt = RowTrainer(args, data, train_config(recipe, args.device), kept, model_dir)
+    trained = rt.trained
 
     # Report order = priority: the FP32 MLP (the target's reference), the study and its found architectures
     # (the target), then every family's baselines. The files are rewritten after each row, so a run cut
     # short (or resumed later: rows and models are kept) publishes what it has and names what is missing.
     families = (("mlp", SEED_MLP, STUDENT_MLP), ("conv", SEED_CONV, STUDENT_CONV))
-    jobs = {g: baselines(g, s, st) for g, s, st in families}
+    jobs = {g: baselines(rt, args, g, s, st) for g, s, st in families}
     planned = ["mlp-fp32", "vaenas (study)", "vaenas (target study)"] + [n for g, s, _ in families
                                                  for n in [f"{g}-fp32"] * (g != "mlp") + [j[0] for j in jobs[g]]]
     command = "python benchmarks/compression_report.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -360,6 +240,144 @@ def main(argv: list[str] | None = None) -> int:
     print(md_path.read_text())
     print(f"wrote {md_path}, {json_path}, {png_path}")
     return 0
+
+
+class RowTrainer:
+    """The report's rows: each trained with the one recipe and scored, or reused from the JSON (``kept``)
+    with its model reloaded from ``model_dir``; a kept row whose model file is gone is reused as it is, and
+    its model retrained (same recipe and seed) only when a later row needs it (:meth:`model_of`)."""
+
+    def __init__(self, args, data, cfg: TrainConfig, kept: dict[str, dict], model_dir: Path):
+        self.args, self.data, self.cfg, self.kept, self.model_dir = args, data, cfg, kept, Path(model_dir)
+        self.models: dict[str, torch.nn.Module] = {}  # trained in this run or reloaded: teachers and SVD bases
+        self.unkept: dict[str, object] = {}  # name -> thunk retraining a kept row's model whose file is gone
+        self.seconds: dict[str, float] = {}  # name -> its row's training seconds
+
+    def save(self, model, spec: ArchSpec, name: str) -> None:
+        torch.save({"spec": spec.to_json(), "state_dict": model.state_dict()}, self.model_dir / f"{name}.pt")
+
+    def load(self, spec: ArchSpec, name: str):
+        p = self.model_dir / f"{name}.pt"
+        if self.args.fresh or not p.exists() or name not in self.kept:
+            return None
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+        if ck["spec"] != spec.to_json():
+            return None
+        model = build_vae(spec)
+        model.load_state_dict(ck["state_dict"])
+        return model.to(self.args.device)
+
+    def score(self, name: str, group: str, kind: str, spec: ArchSpec, model, train_s: float, epochs: float,
+              note: str = "") -> dict:
+        args, data = self.args, self.data
+        t0 = time.perf_counter()
+        test = evaluate_neg_elbo(model, data.test, seed=args.seed)
+        iw = iwae_nll(model, data.test[: args.iwae_n], k=args.iwae_k, seed=args.seed)
+        costs = static_costs(spec)
+        ship = model.shipped()
+        nz = sum(int((m.quantized_weight() != 0).sum()) + (m.bias.numel() if m.bias is not None else 0)
+                 for m in ship.weight_layers().values())
+        row = {
+            "name": name, "group": group, "kind": kind, "spec_id": spec.id, "spec": spec.to_dict(),
+            "bits": sorted(set(spec.weight_bits)), "compression": compression_label(spec),
+            "test_neg_elbo": test["neg_elbo"], "test_kl": test["kl"],
+            "iwae_nll": iw, "recon_bce_per_pixel": reconstruction_error(model, data.test, metric="bce"),
+            "recon_mse_per_pixel": reconstruction_error(model, data.test, metric="mse"),
+            "params": nz, "params_dense": count_params(spec), "packed_bytes": len(pack_model(model)),
+            "flops": costs.flops, "bitops": costs.bitops,
+            "latency_ms": measure_latency(model, LATENCY).median_ms, "train_seconds": train_s, "epochs": epochs,
+            "note": note,
+        }
+        print(f"{name:>22}: −ELBO {row['test_neg_elbo']:.2f}  IWAE {iw:.2f}  BCE/px {row['recon_bce_per_pixel']:.4f}  "
+              f"{row['packed_bytes']:>9,} B  {row['latency_ms']:.3f} ms  (train {train_s:.0f}s, eval "
+              f"{time.perf_counter() - t0:.0f}s)", flush=True)
+        return row
+
+    def fit(self, name: str, spec: ArchSpec, extra=None, init=None, epochs: float | None = None):
+        """Train ``name`` with the recipe (``extra``: a thunk giving an extra loss, called only here) and save
+        it; returns (model, train result, seconds spent before, e.g. training the SVD base)."""
+        model = seeded_model(spec, self.args.seed, self.args.device)
+        before = 0.0
+        if init is not None:  # e.g. SVD from a trained model: its training time and epochs count too
+            before = init(model)
+        cfg = self.cfg if epochs is None else TrainConfig(**{**self.cfg.to_dict(), "epochs": epochs,
+                                                             "lr": self.args.lr * 0.3})
+        res = train(model, self.data.train, cfg, extra_loss=extra() if extra else None)
+        self.save(model, spec, name)
+        self.models[name] = model
+        return model, res, before
+
+    def model_of(self, name: str):
+        """A trained model a later row needs: this run's, reloaded, or retrained when only its row was kept."""
+        if name not in self.models:
+            print(f"{name:>22}: retraining its model (row kept, model file gone), needed by a later row", flush=True)
+            self.unkept.pop(name)()
+        return self.models[name].to(self.args.device)
+
+    def trained(self, name: str, group: str, kind: str, spec: ArchSpec, extra=None, note: str = "", init=None,
+                epochs: float | None = None) -> tuple[dict, object]:
+        """The row ``name``: reused (model reloaded, or None when its file is gone) or trained and scored."""
+        model = self.load(spec, name)
+        row = self.kept.get(name) if not self.args.fresh else None
+        if row is not None and row["spec_id"] == spec.id:
+            if model is None:
+                print(f"{name:>22}: reused row (trained {row['train_seconds']:.0f}s; model file gone)", flush=True)
+                self.unkept[name] = lambda: self.fit(name, spec, extra, init, epochs)
+            else:
+                print(f"{name:>22}: reused (trained {row['train_seconds']:.0f}s)", flush=True)
+                self.models[name] = model
+        else:
+            model, res, before = self.fit(name, spec, extra, init, epochs)
+            spent = res.epochs + (self.args.epochs if init is not None else 0)
+            row = self.score(name, group, kind, spec, model, res.seconds + before, spent, note=note)
+        self.seconds[name] = row["train_seconds"]
+        return row, model
+
+    def svd_from(self, teacher_name: str):
+        """An ``init``: the SVD truncation of ``teacher_name``'s model (its training seconds count too)."""
+        def init(model) -> float:
+            svd_init(model, self.model_of(teacher_name))
+            return self.seconds[teacher_name]
+        return init
+
+
+def baselines(rt: RowTrainer, args, group: str, spec: ArchSpec, student: ArchSpec) -> list[tuple[str, object]]:
+    """The seed methods' rows of one family after its FP32 model, each a (name, thunk) in report order."""
+    from studies.retrain import distillation_loss
+
+    teacher = lambda: rt.model_of(f"{group}-fp32").eval()  # noqa: E731 - trained, reloaded or retrained first
+    jobs: list[tuple[str, object]] = []
+
+    def job(name: str, kind: str, s: ArchSpec, extra=None, **kw) -> None:
+        jobs.append((name, lambda: rt.trained(name, group, kind, s, extra=extra, **kw)[0]))
+
+    for b in (8, 4, 2):
+        job(f"{group}-qat{b}", f"uniform {b}-bit", with_bits(spec, b))
+    for b in (4, 2):
+        job(f"{group}-kmeans{b}", f"k-means {b}-bit", each_layer(with_bits(spec, b), quantizer="kmeans"))
+    for amount in (0.3, 0.5, 0.7):
+        pct = int(amount * 100)
+        job(f"{group}-prune{pct}", f"magnitude {pct}%", each_layer(spec, sparsity=amount),
+            note="gradual magnitude pruning in the training loop")
+        job(f"{group}-l1prune{pct}", f"L1 + magnitude {pct}%", each_layer(spec, sparsity=amount),
+            extra=lambda: l1_loss(args.l1), note=f"L1 penalty {args.l1:g} x sum|w| + gradual magnitude pruning")
+    job(f"{group}-struct50", "structured 50%", each_layer(spec, structured=0.5),
+        note="50% of every hidden layer's units/channels removed (narrower model ships)")
+    for frac, label in ((0.25, "1/4"), (0.5, "1/2")):
+        job(f"{group}-svd{int(frac * 100)}", f"SVD rank {label}", each_layer(spec, rank=frac),
+            init=rt.svd_from(f"{group}-fp32"), epochs=args.finetune_epochs,
+            note=f"FP32 model truncated by SVD + {args.finetune_epochs:g} fine-tune epoch(s)")
+    job(f"{group}-student", "distilled student", student, extra=lambda: distillation_loss(teacher(), 1.0),
+        note=f"distilled from {group}-fp32 (weight 1.0)")
+    job(f"{group}-prune50-kmeans4", "magnitude 50% + k-means 4-bit",
+        each_layer(with_bits(spec, 4), sparsity=0.5, quantizer="kmeans"),
+        note="Deep Compression's pipeline: prune, then cluster")
+    job(f"{group}-struct50-qat4", "structured 50% + uniform 4-bit", each_layer(with_bits(spec, 4), structured=0.5))
+    job(f"{group}-rank50-qat4", "rank 1/2 + uniform 4-bit", each_layer(with_bits(spec, 4), rank=0.5),
+        note="factorised, trained from scratch")
+    job(f"{group}-student-qat4", "distilled student, uniform 4-bit", with_bits(student, 4),
+        extra=lambda: distillation_loss(teacher(), 1.0), note=f"distilled from {group}-fp32")
+    return jobs
 
 
 def publish(rows: list[dict], planned: list[str], recipe: dict, args, data, command: str, json_path: Path,

@@ -216,3 +216,36 @@ def test_seed_check_gaps_are_per_seed_and_refuses_rows_it_cannot_rebuild(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "SVD" in err[0] and "'nope'" in err[1]
     assert not list(tmp_path.glob("r_seeds*"))  # nothing written
+
+
+def test_a_kept_row_without_its_model_is_reused_and_its_model_retrained_only_when_needed(tmp_path):
+    """A fresh checkout keeps the JSON's rows but not runs/: the row is reused without training (its extra
+    loss - a teacher - is not even built); its model is retrained once, with the recipe, when a later row
+    needs it, saved, and reloaded by the next run."""
+    import argparse
+    import types
+
+    from evaluator import TrainConfig
+
+    args = argparse.Namespace(fresh=False, device="cpu", seed=0, lr=1e-3, epochs=1)
+    data = types.SimpleNamespace(train=torch.randint(0, 256, (120, 1, 28, 28), dtype=torch.uint8))
+    spec = ArchSpec.mlp((16,), 4)
+    kept = {"base": {"name": "base", "spec_id": spec.id, "train_seconds": 12.0, "test_neg_elbo": 99.0}}
+    cfg = TrainConfig(epochs=1, batch_size=40, seed=0)
+    built = []
+
+    def extra():
+        built.append(1)
+        return None
+
+    rt = cr.RowTrainer(args, data, cfg, kept, tmp_path)
+    row, model = rt.trained("base", "mlp", "FP32", spec, extra=extra)
+    assert row is kept["base"] and model is None and built == [] and not list(tmp_path.iterdir())
+    assert rt.svd_from("base") and rt.seconds["base"] == 12.0  # an SVD row would count the kept row's seconds
+    m = rt.model_of("base")  # a later row needs it: retrained now, with the recipe and its extra loss
+    assert built == [1] and (tmp_path / "base.pt").is_file() and isinstance(m, torch.nn.Module)
+    assert rt.model_of("base") is m and built == [1]  # once
+    rt2 = cr.RowTrainer(args, data, cfg, kept, tmp_path)  # the next run reloads it
+    row2, m2 = rt2.trained("base", "mlp", "FP32", spec, extra=extra)
+    assert row2 is kept["base"] and built == [1]
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
