@@ -320,6 +320,7 @@ class RowTrainer:
         model = self.load(spec, name)
         row = self.kept.get(name) if not self.args.fresh else None
         if row is not None and row["spec_id"] == spec.id:
+            row = {**row, "note": note}  # the same model and numbers; why it is in the report is this run's
             if model is None:
                 print(f"{name:>22}: reused row (trained {row['train_seconds']:.0f}s; model file gone)", flush=True)
                 self.unkept[name] = lambda: self.fit(name, spec, extra, init, epochs)

@@ -239,13 +239,13 @@ def test_a_kept_row_without_its_model_is_reused_and_its_model_retrained_only_whe
         return None
 
     rt = cr.RowTrainer(args, data, cfg, kept, tmp_path)
-    row, model = rt.trained("base", "mlp", "FP32", spec, extra=extra)
-    assert row is kept["base"] and model is None and built == [] and not list(tmp_path.iterdir())
+    row, model = rt.trained("base", "mlp", "FP32", spec, extra=extra, note="picked again")
+    assert row == {**kept["base"], "note": "picked again"} and model is None and built == [] and not list(tmp_path.iterdir())
     assert rt.svd_from("base") and rt.seconds["base"] == 12.0  # an SVD row would count the kept row's seconds
     m = rt.model_of("base")  # a later row needs it: retrained now, with the recipe and its extra loss
     assert built == [1] and (tmp_path / "base.pt").is_file() and isinstance(m, torch.nn.Module)
     assert rt.model_of("base") is m and built == [1]  # once
     rt2 = cr.RowTrainer(args, data, cfg, kept, tmp_path)  # the next run reloads it
     row2, m2 = rt2.trained("base", "mlp", "FP32", spec, extra=extra)
-    assert row2 is kept["base"] and built == [1]
+    assert row2 == {**kept["base"], "note": ""} and m2 is not None and built == [1]
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
