@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"--- mlp FP32 ({args.epochs:g} epochs on {len(data.train):,} {ds} images)", flush=True)
     add(trained("mlp-fp32", "mlp", "FP32", SEED_MLP)[0])
     main_cfg = study_config(args.preset, args, ds, trials=args.study_trials)
-    found = kept_picks(kept_studies.get("study"), main_cfg, kept, args.runs_dir) or find_architectures(args, ds)
+    found = kept_picks(kept_studies.get("study"), main_cfg, kept, args.runs_dir) or find_architectures(args, main_cfg)
     studies["study"] = {"name": main_cfg.name, "key": study_key(main_cfg), "picks": list(found)}
     planned[1:2] = list(found)
     for name, (spec, why) in found.items():
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     target_cfg = study_config(args.target_preset, args, ds, trials=args.target_trials,
                               constraints={"size_bytes": limit})
     target = (kept_picks(kept_studies.get("target study"), target_cfg, kept, args.runs_dir)
-              or find_target(args, ds, limit))
+              or find_target(args, target_cfg, limit))
     studies["target study"] = {"name": target_cfg.name, "key": study_key(target_cfg), "picks": list(target)}
     at = planned.index("vaenas (target study)")
     planned[at:at + 1] = list(target)
@@ -462,12 +462,11 @@ def study_config(preset: str, args, ds: str, trials: int | None = None, constrai
     return StudyConfig.from_dict(d, base_dir=Path(preset).parent)
 
 
-def run_study(preset: str, args, ds: str, trials: int | None = None, constraints: dict | None = None):
-    """Run (or resume) a preset's study on ``ds`` with the report's seed and data root; return its view."""
+def run_study(cfg, args):
+    """Run (or resume) a study (its config from :func:`study_config`) under ``--runs-dir``; return its view."""
     from studies.report import load_view
     from studies.run import run_search, study_dir
 
-    cfg = study_config(preset, args, ds, trials, constraints)
     exists = (study_dir(args.runs_dir, cfg.name) / "study.db").exists()
     print(f"--- vaenas study {cfg.name} ({cfg.trials} trials, {cfg.strategy}"
           f"{f', constraints {cfg.constraints}' if cfg.constraints else ''}; {'resuming' if exists else 'new'})",
@@ -484,11 +483,11 @@ def _specs(view, trials) -> dict[int, ArchSpec]:
             if t.number in wanted}
 
 
-def find_architectures(args, ds: str) -> dict[str, tuple[ArchSpec, str]]:
-    """Run (or resume) the preset's study on ``ds``; return the specs :func:`pick_found` picks, by row name."""
+def find_architectures(args, cfg) -> dict[str, tuple[ArchSpec, str]]:
+    """Run (or resume) the main study (``cfg``: ``--preset``'s); return the specs :func:`pick_found` picks, by row name."""
     from studies.report import pick_trial
 
-    view = run_study(args.preset, args, ds, trials=args.study_trials)
+    view = run_study(cfg, args)
     df = view.trials
     ref_id = SEED_MLP.id
     ref = df[df["spec_id"] == ref_id]
@@ -522,10 +521,10 @@ def kept_picks(info: dict | None, cfg, kept: dict[str, dict], runs_dir) -> dict[
     return {n: (ArchSpec.from_dict(kept[n]["spec"]), kept[n]["note"]) for n in info["picks"]}
 
 
-def find_target(args, ds: str, limit: int) -> dict[str, tuple[ArchSpec, str]]:
-    """Run (or resume) the target study (``--target-preset``), constrained to ``limit`` bytes (1/32 of the
-    measured FP32 MLP's); return its best feasible trial by study −ELBO as the row ``vaenas-target-32x``."""
-    view = run_study(args.target_preset, args, ds, trials=args.target_trials, constraints={"size_bytes": limit})
+def find_target(args, cfg, limit: int) -> dict[str, tuple[ArchSpec, str]]:
+    """Run (or resume) the target study (``cfg``: ``--target-preset``'s, constrained to ``limit`` bytes, 1/32 of
+    the measured FP32 MLP's); return its best feasible trial by study −ELBO as the row ``vaenas-target-32x``."""
+    view = run_study(cfg, args)
     n, why = pick_target(view.trials, limit)
     return {"vaenas-target-32x": (_specs(view, [n])[n], why)}
 
