@@ -423,8 +423,8 @@ def test_structured_pruning_trains_packs_and_exports(spec, tmp_path):
     torch.manual_seed(0)
     model = build_vae(spec)
     data = (torch.rand(60, *spec.input_shape) * 255).to(torch.uint8)
-    train(model, data, TrainConfig(epochs=2, batch_size=20, lr=1e-3))
-    model.eval()
+    train(model, data, TrainConfig(epochs=2, batch_size=20, lr=1e-3))  # on the GPU where there is one
+    model = model.cpu().eval()  # compared below with the shipped (unpacked, CPU) model on CPU inputs
     ship = spec.deployed()
     for g in __import__("search_space.structured", fromlist=["x"]).unit_groups(spec):
         layers = model.weight_layers()

@@ -3,6 +3,7 @@
 import itertools
 import math
 import random
+import time
 
 import numpy as np
 import optuna
@@ -233,9 +234,27 @@ def test_resume_in_the_middle_of_a_rung(tmp_path, data_root, monkeypatch):
     _check_decisions_from_storage(trials, cfg.bounds, cfg.keep)
 
 
-def test_two_workers_promote_from_one_storage(tmp_path, data_root):
+def test_two_workers_promote_from_one_storage(tmp_path, data_root, monkeypatch):
+    import studies.run as run_mod
+
     cfg = _rung_config(tmp_path, data_root, "rungjobs", trials=14, n_train=4000,
                        train={"epochs": 2, "batch_size": 100, "lr": 0.002, "device": "cpu"})
+    real_run_trial, waited = run_mod._run_trial, []
+
+    def run_trial_after_the_worker_joined(study, *args, **kwargs):
+        """This process's first trial waits until the spawned worker has started one: on a fast machine
+        (16 cores: 14 trials in about 5 s) this process otherwise ran the whole budget before its worker
+        had imported torch, and the check below that both ran trials failed."""
+        if not waited:
+            waited.append(True)
+            deadline = time.time() + 240
+            while not any(t.user_attrs.get("worker") not in (None, run_mod.WORKER_ID)
+                          for t in study.get_trials(deepcopy=False)):
+                assert time.time() < deadline, "the spawned worker process started no trial in 240 s"
+                time.sleep(0.1)
+        return real_run_trial(study, *args, **kwargs)
+
+    monkeypatch.setattr(run_mod, "_run_trial", run_trial_after_the_worker_joined)
     s = run_search(cfg, runs_dir=tmp_path / "runs", progress=False, jobs=2)
     assert s.finished == 14 and not s.interrupted
     study = optuna.load_study(study_name="rungjobs", storage=f"sqlite:///{tmp_path / 'runs' / 'rungjobs' / 'study.db'}")

@@ -1,0 +1,68 @@
+"""Milliseconds per training step of three specs on each device asked for (CUDA and/or this machine's CPU).
+
+Each spec is trained for one epoch of ``--n-train`` MNIST images at batch 100 (200 steps at the default
+20,000) by the one training loop (``evaluator.train``), after a 20-step warm-up of its own (CUDA context,
+kernels, allocator). Seconds are ``TrainResult.seconds`` (the loop's own clock, synchronised on CUDA).
+
+    python benchmarks/train_step_speed.py --data-root .data --devices cpu
+    python benchmarks/train_step_speed.py --data-root .data --devices cuda,cpu --out benchmarks/results/train_step_speed_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from evaluator import TrainConfig, load_data, seeded_model, train  # noqa: E402
+from search_space import ArchSpec  # noqa: E402
+
+
+def specs() -> dict[str, ArchSpec]:
+    target = yaml.safe_load((REPO / "studies/presets/compression_target.yaml").read_text())["enqueue"][0]
+    return {
+        "mlp-400x2-fp32": ArchSpec(family="mlp", enc_hidden=(400, 400), latent_dim=32, weight_bits=(32,) * 6),
+        "mlp-400x2-4bit": ArchSpec(family="mlp", enc_hidden=(400, 400), latent_dim=32, weight_bits=(4,) * 6),
+        # conv 32/64, mixed 3-8-bit uniform and k-means weights, 30 % structured pruning (the report's target row)
+        "conv-target-v2best": ArchSpec.from_dict(target),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", default=".data")
+    ap.add_argument("--devices", default="cpu", help="comma-separated: cpu, cuda")
+    ap.add_argument("--n-train", type=int, default=20000)
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = ap.parse_args(argv)
+    data = load_data("mnist", args.data_root, n_train=args.n_train, n_eval=1000)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, GPU: {gpu}")
+    rows = []
+    for dev in args.devices.split(","):
+        for name, spec in specs().items():
+            warm = seeded_model(spec, 0, dev)
+            train(warm, data.train, TrainConfig(max_steps=20, batch_size=100, device=dev))
+            model = seeded_model(spec, 0, dev)
+            r = train(model, data.train, TrainConfig(epochs=1, batch_size=100, lr=0.002, device=dev))
+            row = {"device": dev, "spec": name, "spec_id": spec.id, "steps": r.steps, "seconds": round(r.seconds, 3),
+                   "ms_per_step": round(1000 * r.seconds / r.steps, 3), "final_loss": round(r.final_loss, 2)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.out:
+        meta = {"torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "gpu": gpu,
+                "machine": platform.machine(), "n_train": args.n_train}
+        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
