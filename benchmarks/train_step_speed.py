@@ -29,8 +29,8 @@ from search_space import ArchSpec  # noqa: E402
 def specs() -> dict[str, ArchSpec]:
     target = yaml.safe_load((REPO / "studies/presets/compression_target.yaml").read_text())["enqueue"][0]
     return {
-        "mlp-400x2-fp32": ArchSpec(family="mlp", enc_hidden=(400, 400), latent_dim=32, weight_bits=(32,) * 6),
-        "mlp-400x2-4bit": ArchSpec(family="mlp", enc_hidden=(400, 400), latent_dim=32, weight_bits=(4,) * 6),
+        "mlp-400x2-fp32": ArchSpec.mlp((400, 400), 32, bits=32),
+        "mlp-400x2-4bit": ArchSpec.mlp((400, 400), 32, bits=4),
         # conv 32/64, mixed 3-8-bit uniform and k-means weights, 30 % structured pruning (the report's target row)
         "conv-target-v2best": ArchSpec.from_dict(target),
     }
@@ -46,9 +46,9 @@ def main(argv=None) -> int:
     data = load_data("mnist", args.data_root, n_train=args.n_train, n_eval=1000)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, GPU: {gpu}")
-    rows = []
+    rows, todo = [], specs()
     for dev in args.devices.split(","):
-        for name, spec in specs().items():
+        for name, spec in todo.items():
             warm = seeded_model(spec, 0, dev)
             train(warm, data.train, TrainConfig(max_steps=20, batch_size=100, device=dev))
             model = seeded_model(spec, 0, dev)
