@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from evaluator import TrainConfig, load_data, seeded_model, train  # noqa: E402
-from search_space import ArchSpec  # noqa: E402
+from evaluator.train import check_device  # noqa: E402
+from search_space import ArchSpec, VaenasInputError  # noqa: E402
 
 
 def specs() -> dict[str, ArchSpec]:
@@ -36,6 +37,15 @@ def specs() -> dict[str, ArchSpec]:
     }
 
 
+def _ours(path: Path) -> bool:
+    """Whether ``path`` holds this script's JSON (so ``--out`` may replace it)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and set(doc) == {"meta", "rows"} and "n_train" in doc.get("meta", {})
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default=".data")
@@ -43,11 +53,21 @@ def main(argv=None) -> int:
     ap.add_argument("--n-train", type=int, default=20000)
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
-    data = load_data("mnist", args.data_root, n_train=args.n_train, n_eval=1000)
+    devices = args.devices.split(",")
+    try:  # bad input: one line, exit 2, before anything is trained or written
+        for dev in devices:
+            check_device(dev, "--devices")
+        out = Path(args.out) if args.out else None
+        if out is not None and out.exists() and not _ours(out):
+            raise VaenasInputError(f"--out {out}: exists and is not this script's output; pick another path")
+        data = load_data("mnist", args.data_root, n_train=args.n_train, n_eval=1000)
+    except VaenasInputError as e:
+        print(f"train_step_speed: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, GPU: {gpu}")
     rows, todo = [], specs()
-    for dev in args.devices.split(","):
+    for dev in devices:
         for name, spec in todo.items():
             warm = seeded_model(spec, 0, dev)
             train(warm, data.train, TrainConfig(max_steps=20, batch_size=100, device=dev))
@@ -57,10 +77,10 @@ def main(argv=None) -> int:
                    "ms_per_step": round(1000 * r.seconds / r.steps, 3), "final_loss": round(r.final_loss, 2)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    if args.out:
+    if out is not None:
         meta = {"torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "gpu": gpu,
                 "machine": platform.machine(), "n_train": args.n_train}
-        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     return 0
 
 
