@@ -74,7 +74,7 @@ from evaluator import (  # noqa: E402
     reconstruction_error, seeded_model, static_costs, train,
 )
 from search_space import ArchSpec, VaenasInputError, build_vae, pack_model  # noqa: E402
-from search_space.trial_attrs import trial_attrs  # noqa: E402
+from strategies.trial_record import trial_attrs  # noqa: E402
 
 SEED_CONV = ArchSpec(family="conv", enc_channels=(32, 64), kernels=(4, 4), strides=(2, 2), enc_hidden=(256,),
                      latent_dim=20, weight_bits=(32,) * 8)
@@ -465,7 +465,9 @@ def study_config(preset: str, args, ds: str, trials: int | None = None, constrai
 def run_study(cfg, args):
     """Run (or resume) a study (its config from :func:`study_config`) under ``--runs-dir``; return its view."""
     from studies.report import load_view
-    from studies.run import run_search, study_dir
+    from studies.run import run_search
+
+    from studies.files import study_dir
 
     exists = (study_dir(args.runs_dir, cfg.name) / "study.db").exists()
     print(f"--- vaenas study {cfg.name} ({cfg.trials} trials, {cfg.strategy}"
@@ -510,7 +512,7 @@ def study_key(cfg) -> str:
 def kept_picks(info: dict | None, cfg, kept: dict[str, dict], runs_dir) -> dict[str, tuple[ArchSpec, str]] | None:
     """The rows a study picked in an earlier run of the report (``info``: its ``meta.studies`` entry), when its
     database is gone, its key is unchanged and every picked row is kept; else None (run the study)."""
-    from studies.run import study_dir
+    from studies.files import study_dir
 
     if (not info or info.get("key") != study_key(cfg) or not info.get("picks")
             or (study_dir(runs_dir, cfg.name) / "study.db").exists()
@@ -667,7 +669,7 @@ def plot(rows: list[dict], mlp: dict, path: Path, ds: str, args) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from evaluator import non_dominated_mask
+    from strategies.pareto import non_dominated_mask
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     style = {"conv": ("tab:blue", "s"), "mlp": ("tab:orange", "o"), "vaenas": ("tab:green", "*")}

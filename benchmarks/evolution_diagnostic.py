@@ -1,6 +1,6 @@
 """Why does (or doesn't) regularized evolution beat random search on the MNIST strategies study?
 
-Runs the exact study of ``benchmarks/strategies.py`` (same space, objectives, bounds, per-trial
+Runs the exact study of ``benchmarks/strategy_comparison.py`` (same space, objectives, bounds, per-trial
 training) for random search and one or more evolution variants, keeps the SQLite studies, and
 measures, per variant, over the trials after evolution's random warm-up (the population size):
 
@@ -33,15 +33,16 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
-from evaluator import hypervolume, normalise  # noqa: E402
-from evaluator.pareto import non_dominated_mask  # noqa: E402
+from strategies.pareto import hypervolume, normalise  # noqa: E402
+from strategies.pareto import non_dominated_mask  # noqa: E402
 from search_space import ArchSpec  # noqa: E402
 from strategies import create_sampler  # noqa: E402
 from strategies.base import observations, trial_rng  # noqa: E402
 from strategies.evolution import RegularizedEvolution  # noqa: E402
 from studies.config import StudyConfig  # noqa: E402
-from studies.run import is_feasible, run_search  # noqa: E402
-from search_space.trial_attrs import trial_attrs  # noqa: E402
+from studies.trials import is_feasible  # noqa: E402
+from studies.run import run_search  # noqa: E402
+from strategies.trial_record import trial_attrs  # noqa: E402
 
 _bench = importlib.util.spec_from_file_location("bench_strategies", Path(__file__).with_name("strategies.py"))
 bench = importlib.util.module_from_spec(_bench)

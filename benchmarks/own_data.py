@@ -37,7 +37,7 @@ from compression_report import SEED_CONV, SEED_MLP  # noqa: E402
 from evaluator import TrainConfig, evaluate_neg_elbo, load_data, seeded_model, train  # noqa: E402
 from search_space import ArchSpec, pack_model  # noqa: E402
 from studies.config import StudyConfig  # noqa: E402
-from search_space.trial_attrs import trial_attrs  # noqa: E402
+from strategies.trial_record import trial_attrs  # noqa: E402
 from studies.report import load_view  # noqa: E402
 from studies.run import run_search  # noqa: E402
 

@@ -40,10 +40,11 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import yaml  # noqa: E402
 
-from evaluator import Bound, hypervolume  # noqa: E402
-from search_space.trial_attrs import trial_attrs  # noqa: E402
+from strategies.pareto import Bound, hypervolume  # noqa: E402
+from strategies.trial_record import trial_attrs  # noqa: E402
 from studies.config import StudyConfig  # noqa: E402
-from studies.run import is_estimate, is_feasible, run_search  # noqa: E402
+from studies.trials import is_estimate, is_feasible  # noqa: E402
+from studies.run import run_search  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUNGS = {"rungs": [0.1, 0.3, 1.0], "keep": 0.33}

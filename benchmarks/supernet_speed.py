@@ -1,7 +1,7 @@
 """Supernet speed: train a supernet, score 1,000 specs on it, re-measure the front; vs random search at 16x the time.
 
 Part 1 (one ``vaenas`` study in supernet mode, MNIST, the space/objectives/bounds/per-trial
-recipe of ``benchmarks/strategies.py``): supernet training + ``--trials`` estimated trials +
+recipe of ``benchmarks/strategy_comparison.py``): supernet training + ``--trials`` estimated trials +
 standalone re-measurement of up to ``--remeasure`` front specs. Prints the wall time W of each
 phase (target: all of it <= 15 minutes on 2 cores) and the hypervolume of the RE-MEASURED front
 (the estimated front's hypervolume is printed too, labelled as an estimate).
@@ -30,11 +30,11 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
-from evaluator import hypervolume  # noqa: E402
+from strategies.pareto import hypervolume  # noqa: E402
 from studies.config import StudyConfig  # noqa: E402
 from studies.report import load_view, reported_mask  # noqa: E402
 from studies.run import run_search  # noqa: E402
-from search_space.trial_attrs import trial_attrs  # noqa: E402
+from strategies.trial_record import trial_attrs  # noqa: E402
 
 _bench = importlib.util.spec_from_file_location("bench_strategies", Path(__file__).with_name("strategies.py"))
 bench = importlib.util.module_from_spec(_bench)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results/supernet_speed.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    bench.share_latency_across_studies()  # one latency per spec in this run (see benchmarks/strategies.py)
+    bench.share_latency_across_studies()  # one latency per spec in this run (see benchmarks/strategy_comparison.py)
 
     result: dict = {"args": vars(args), "torch": torch.__version__, "machine": platform.machine(),
                     "python": platform.python_version()}

@@ -16,7 +16,7 @@ deployable form (ONNX, C, ExecuTorch) executes the layer dense, pruned weights a
 lowers the packed bytes.
 
 ``ram_bytes`` (peak activation memory of the exported C inference, exact for that build) and
-``flash_bytes`` (packed weights + an *estimate* of the code) come from ``search_space.deploy.memory``.
+``flash_bytes`` (packed weights + an *estimate* of the code) come from ``evaluator.deploy.memory``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from search_space import ArchSpec, build_vae, packed_size_bytes
-from search_space.deploy.memory import flash_bytes, ram_bytes
+from evaluator.deploy.memory import flash_bytes, ram_bytes
 
 # ops that move or view data and do no arithmetic: not worth listing as "uncounted"
 _NO_ARITHMETIC = {

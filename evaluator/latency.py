@@ -8,7 +8,7 @@ decode to the likelihood's parameters - for a batch of ``batch_size`` examples (
 Backends (``latency: {backend: ...}`` in a study config):
 
 ``onnxruntime`` (default)
-    The ONNX export (``search_space.deploy``: INT4/INT8 weight initializers + per-channel scales
+    The ONNX export (``evaluator.deploy``: INT4/INT8 weight initializers + per-channel scales
     through ``DequantizeLinear``) in an onnxruntime CPU session with every graph optimisation on;
     one timed run is ``encoder.onnx`` then ``decoder.onnx``. The default because it is what a
     user deploying to a CPU (a server, a phone, a Raspberry Pi) most often ships, it runs the
@@ -198,7 +198,7 @@ def _torch(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
 def _onnxruntime(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
     import onnxruntime as ort
 
-    from search_space.deploy import write_onnx
+    from evaluator.deploy import write_onnx
 
     spec = model.spec
     write_onnx(spec, pack_model(model), workdir)
@@ -224,7 +224,7 @@ def c_compiler() -> str | None:
 
 def build_c(folder: Path, what: str = "vae_demo") -> Path:
     """Compile the C export in ``folder`` (``cc -std=c99 -O2 -Wall -Wextra -Werror``); one line if no compiler."""
-    from search_space.deploy.c_lib import CFLAGS
+    from evaluator.deploy.c_lib import CFLAGS
 
     cc = c_compiler()
     if cc is None:
@@ -238,7 +238,7 @@ def build_c(folder: Path, what: str = "vae_demo") -> Path:
 
 
 def _c(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
-    from search_space.deploy import write_c
+    from evaluator.deploy import write_c
 
     spec = model.spec
     write_c(spec, pack_model(model), workdir)
@@ -256,7 +256,7 @@ def _c(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
 
 
 def _executorch(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
-    from search_space.deploy import executorch_available, write_pte
+    from evaluator.deploy import executorch_available, write_pte
 
     missing = executorch_available()
     if missing:
@@ -283,7 +283,7 @@ _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def command_artifact(model: VAE, fmt: str, workdir: Path) -> Path:
-    from search_space.deploy import write_c, write_onnx, write_pte
+    from evaluator.deploy import write_c, write_onnx, write_pte
 
     packed = pack_model(model)
     if fmt == "c":

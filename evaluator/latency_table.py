@@ -12,7 +12,7 @@ of layer costs there:
 * one fixed cost per reconstruction pass.
 
 The estimate of a spec is the sum over the layers of its inference program
-(:mod:`search_space.deploy.program`), so it counts what the deployed chain runs. Costs are
+(:mod:`search_space.plan`), so it counts what the deployed chain runs. Costs are
 non-negative least squares over the measured specs. A second, disjoint sample is measured too
 and predicted: the Spearman rank correlation and the errors are printed and stored with the
 study, and every latency taken from the table is labelled an estimate. The front a supernet study
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from search_space import ArchSpec, SearchSpace, build_vae
-from search_space.deploy.program import Step, decoder_steps, encoder_steps
+from search_space.plan import Step, decoder_steps, encoder_steps
 
 from .latency import LatencyConfig, measure_latency
 

@@ -18,17 +18,50 @@ from .elbo import bits_per_dim, evaluate_neg_elbo
 from .latency import LatencyConfig, measure_latency
 from .train import TrainConfig, TrainingDiverged, seeded_model, train
 
-OBJECTIVES: dict[str, str] = {
-    "neg_elbo": "validation −ELBO, nats per example",
-    "flops": "FLOPs of one forward pass at batch 1 (2 per MAC)",
-    "bitops": "MACs x weight bits x activation bits",
-    "params": "parameters",
-    "size_bytes": "packed model size, bytes",
-    "latency_ms": "median reconstruction-pass latency, ms, of the exported artifact (latency.backend)",
-    "ram_bytes": "peak activation RAM of the exported C inference, bytes",
-    "flash_bytes": "flash of the C export: packed weights + estimated code, bytes (an estimate)",
-}
-DIRECTIONS: dict[str, str] = {name: "minimize" for name in OBJECTIVES}
+@dataclass(frozen=True)
+class Objective:
+    """One objective a study may pick: what it means, its unit, how a plot labels it and a table
+    prints it, and whether the spec alone decides it (``static``: a constraint on it is checked before
+    training, and a spec over it is never trained)."""
+
+    name: str
+    doc: str
+    unit: str
+    label: str  # axis label of plots and the HTML report
+    fmt: str = "{:,.0f}"  # how tables print a value
+    static: bool = False
+    direction: str = "minimize"
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(name: str, doc: str, unit: str, label: str, fmt: str = "{:,.0f}",
+                       static: bool = False) -> Objective:
+    """Add an objective (the record :class:`Objectives` must carry a field of that name)."""
+    if name in OBJECTIVES:
+        raise ValueError(f"objective {name!r} is registered already")
+    OBJECTIVES[name] = Objective(name, doc, unit, label, fmt, static)
+    return OBJECTIVES[name]
+
+
+register_objective("neg_elbo", "validation −ELBO, nats per example", "nats",
+                   "validation −ELBO (nats/example, lower is better)", "{:.2f}")
+register_objective("flops", "FLOPs of one forward pass at batch 1 (2 per MAC)", "FLOPs",
+                   "FLOPs per forward pass (batch 1)", static=True)
+register_objective("bitops", "MACs x weight bits x activation bits", "BitOps",
+                   "BitOps (MACs × weight bits × activation bits)", static=True)
+register_objective("params", "parameters", "parameters", "parameters", static=True)
+register_objective("size_bytes", "packed model size, bytes", "bytes", "packed model size (bytes)", static=True)
+register_objective("latency_ms", "median reconstruction-pass latency, ms, of the exported artifact (latency.backend)",
+                   "ms", "latency (ms, median, batch 1, exported artifact)", "{:.4f}")
+register_objective("ram_bytes", "peak activation RAM of the exported C inference, bytes", "bytes",
+                   "peak activation RAM of the C export (bytes)", static=True)
+register_objective("flash_bytes", "flash of the C export: packed weights + estimated code, bytes (an estimate)",
+                   "bytes", "flash of the C export (bytes, ESTIMATE: weights + est. code)", static=True)
+DIRECTIONS: dict[str, str] = {name: o.direction for name, o in OBJECTIVES.items()}
+STATIC_OBJECTIVES = tuple(n for n, o in OBJECTIVES.items() if o.static)  # decided by the spec alone
+LABELS: dict[str, str] = {name: o.label for name, o in OBJECTIVES.items()}
 
 
 def check_objectives(names: list[str]) -> list[str]:

@@ -3,10 +3,10 @@
 Pure: imports nothing else of vaenas.
 """
 
-from .builder import VAE, build_vae
+from .builder import VAE, build_vae, unpack_model
 from .likelihood import LIKELIHOODS, Likelihood, get_likelihood
 from .errors import SpaceError, SpecError, VaenasInputError
-from .packing import LayerLayout, pack_model, packed_layout, packed_size_bytes, unpack_model, unpack_state_dict
+from .packing import LayerLayout, pack_model, packed_layout, packed_size_bytes, unpack_state_dict
 from .quant import (
     QUANT_LAYERS,
     QuantConv2d,

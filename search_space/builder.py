@@ -3,33 +3,17 @@ the spec's likelihood, ``search_space/likelihood.py``, shaped ``spec.output_shap
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from .compression import factor_rank, sparsity_at
+from .activations import get_activation
+from .compression import sparsity_at
 from .likelihood import Likelihood, get_likelihood
+from .packing import unpack_state_dict
+from .plan import Layer, Step, layer_plan, unit_groups
 from .quant import QUANT_LAYERS, QuantConv2d, QuantConvTranspose2d, QuantLinear
 from .spec import ArchSpec
-from .structured import masked_layers, narrow_state, prune_units, unit_groups
-
-ACTIVATION_MODULES = {
-    "relu": nn.ReLU,
-    "leaky_relu": lambda: nn.LeakyReLU(0.1),
-    "elu": nn.ELU,
-    "silu": nn.SiLU,
-    "gelu": nn.GELU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-}
-
-
-def _tconv_output_padding(in_size: int, target: int, k: int, s: int) -> int:
-    p = (k - 1) // 2
-    op = target - ((in_size - 1) * s - 2 * p + k)
-    assert 0 <= op < s, (in_size, target, k, s, op)  # guaranteed by conv_out's padding rule
-    return op
+from .structured import narrow_state, prune_units
 
 
 class LowRank(nn.Module):
@@ -43,31 +27,23 @@ class LowRank(nn.Module):
         return self.u(self.v(x))
 
 
-def _weight_layer(spec: ArchSpec, name: str, kind: str, c_in: int, c_out: int, k: int = 1, s: int = 1,
-                  op: tuple[int, int] = (0, 0)) -> nn.Module:
-    """One weight layer of ``spec`` (a ``LowRank`` pair when the spec factorises it)."""
-    i = spec.layer_names().index(name)
-    q = dict(bits=spec.weight_bits[i], act_bits=spec.act_bits, quantizer=spec.layer_quantizer(i))
-    p = (k - 1) // 2
-    rank = spec.layer_rank(i)
-    if rank is None:
-        structured = spec.pruning == "structured"
-        m = dict(sparsity=0.0 if structured else spec.layer_sparsity(i),
-                 masked=structured and name in masked_layers(spec))
-        if kind == "linear":
-            return QuantLinear(c_in, c_out, **m, **q)
-        if kind == "conv":
-            return QuantConv2d(c_in, c_out, k, stride=s, padding=p, **m, **q)
-        return QuantConvTranspose2d(c_in, c_out, k, stride=s, padding=p, output_padding=op, **m, **q)
-    if kind == "linear":
-        r = factor_rank(c_out, c_in, rank)
-        return LowRank(QuantLinear(c_in, r, bias=False, **q), QuantLinear(r, c_out, **q))
-    if kind == "conv":
-        r = factor_rank(c_out, c_in * k * k, rank)
-        return LowRank(QuantConv2d(c_in, r, k, stride=s, padding=p, bias=False, **q), QuantConv2d(r, c_out, 1, **q))
-    r = factor_rank(c_in, c_out * k * k, rank)
-    return LowRank(QuantConv2d(c_in, r, 1, bias=False, **q),
-                   QuantConvTranspose2d(r, c_out, k, stride=s, padding=p, output_padding=op, **q))
+def step_module(step: Step) -> nn.Module:
+    """The quantised module of one plan step."""
+    q = dict(bits=step.bits, act_bits=step.act_bits, quantizer=step.quantizer, sparsity=step.sparsity,
+             masked=step.masked, bias=step.bias)
+    if step.kind == "linear":
+        return QuantLinear(step.in_size, step.out_size, **q)
+    c_in, c_out, k = step.in_shape[0], step.out_shape[0], step.kernel
+    if step.kind == "conv":
+        return QuantConv2d(c_in, c_out, k, stride=step.stride, padding=step.padding, **q)
+    return QuantConvTranspose2d(c_in, c_out, k, stride=step.stride, padding=step.padding,
+                                output_padding=step.output_padding, **q)
+
+
+def layer_module(layer: Layer) -> nn.Module:
+    """One weight layer of the plan: its quantised module, or a ``LowRank`` pair of its factors."""
+    mods = [step_module(s) for s in layer.steps]
+    return mods[0] if len(mods) == 1 else LowRank(*mods)
 
 
 class VAE(nn.Module):
@@ -81,40 +57,12 @@ class VAE(nn.Module):
     def __init__(self, spec: ArchSpec):
         super().__init__()
         self.spec = spec
-        act = ACTIVATION_MODULES[spec.activation]
-        self.act = act()
+        self.act = get_activation(spec.activation).module()
         self.enc, self.dec = nn.Module(), nn.Module()
-        shapes = spec.feature_shapes()
-
-        for i, (ch, k, s) in enumerate(zip(spec.enc_channels, spec.kernels, spec.strides)):
-            setattr(self.enc, f"conv{i}", _weight_layer(spec, f"enc.conv{i}", "conv", shapes[i][0], ch, k, s))
-        width = math.prod(shapes[-1])
-        for i, out in enumerate(spec.enc_hidden):
-            setattr(self.enc, f"fc{i}", _weight_layer(spec, f"enc.fc{i}", "linear", width, out))
-            width = out
-        self.head = _weight_layer(spec, "head", "linear", width, 2 * spec.latent_dim)
-
-        width = spec.latent_dim
-        for i, out in enumerate(spec.decoder_hidden):
-            setattr(self.dec, f"fc{i}", _weight_layer(spec, f"dec.fc{i}", "linear", width, out))
-            width = out
-        if spec.family == "mlp":
-            n_out = math.prod(spec.output_shape)
-            self.dec.out = _weight_layer(spec, "dec.out", "linear", width, n_out)
-        else:
-            n = len(spec.enc_channels)
-            dch = spec.decoder_channels
-            _, h, w = shapes[-1]
-            self._dec_start = (dch[0], h, w)
-            self.dec.proj = _weight_layer(spec, "dec.proj", "linear", width, dch[0] * h * w)
-            for i in range(n):
-                j = n - 1 - i  # the encoder layer this one mirrors
-                in_hw, out_shape = shapes[j + 1][1:], shapes[j]
-                out_ch = dch[i + 1] if i + 1 < n else spec.output_shape[0]
-                k, s = spec.kernels[j], spec.strides[j]
-                op = (_tconv_output_padding(in_hw[0], out_shape[1], k, s), _tconv_output_padding(in_hw[1], out_shape[2], k, s))
-                setattr(self.dec, f"tconv{i}", _weight_layer(spec, f"dec.tconv{i}", "tconv", dch[i], out_ch, k, s, op))
-        self._names = spec.layer_names()
+        self.plan = layer_plan(spec)
+        for layer in self.plan.layers:
+            part, _, attr = layer.name.rpartition(".")
+            setattr(getattr(self, part) if part else self, attr, layer_module(layer))
         self._sparse = [m for m in self.modules() if isinstance(m, QUANT_LAYERS) and m.sparsity > 0]
         self._units = unit_groups(spec)  # structured pruning's plan (empty otherwise)
         self._layers = self.weight_layers() if self._units else {}
@@ -127,14 +75,7 @@ class VAE(nn.Module):
     def weight_layers(self) -> dict[str, nn.Module]:
         """The quantised weight layers in ``spec.layer_names()`` order (the order of ``spec.weight_bits``);
         a factorised layer contributes its two factors, ``<name>.v`` then ``<name>.u`` (packing order)."""
-        out: dict[str, nn.Module] = {}
-        for name in self._names:
-            m = self.get_submodule(name)
-            if isinstance(m, LowRank):
-                out[f"{name}.v"], out[f"{name}.u"] = m.v, m.u
-            else:
-                out[name] = m
-        return out
+        return {s.name: self.get_submodule(s.name) for s in self.plan.steps()}
 
     @torch.no_grad()
     def after_step(self, step: int, total: int) -> None:
@@ -177,31 +118,26 @@ class VAE(nn.Module):
         return sum(p.numel() for n, p in self.named_parameters() if not n.endswith(("weight_scale", "codebook")))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        spec = self.spec
-        h = x.reshape(x.shape[0], *spec.input_shape)
-        for i in range(len(spec.enc_channels)):
-            h = self.act(getattr(self.enc, f"conv{i}")(h))
-        h = h.flatten(1)
-        for i in range(len(spec.enc_hidden)):
-            h = self.act(getattr(self.enc, f"fc{i}")(h))
-        mu, logvar = self.head(h).chunk(2, dim=1)
+        h = x.reshape(x.shape[0], *self.spec.input_shape)
+        for layer in self.plan.encoder:
+            if layer.op.kind == "linear":
+                h = h.flatten(1)  # the maps as one vector before the first FC layer (a no-op after it)
+            h = self._apply_layer(layer, h)
+        mu, logvar = h.chunk(2, dim=1)
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The likelihood's parameters, ``(N, *spec.output_shape)``; works for any leading batch size."""
-        spec = self.spec
         h = z
-        for i in range(len(spec.decoder_hidden)):
-            h = self.act(getattr(self.dec, f"fc{i}")(h))
-        if spec.family == "mlp":
-            return self.dec.out(h).view(h.shape[0], *spec.output_shape)
-        h = self.act(self.dec.proj(h)).view(h.shape[0], *self._dec_start)
-        n = len(spec.enc_channels)
-        for i in range(n):
-            h = getattr(self.dec, f"tconv{i}")(h)
-            if i + 1 < n:
-                h = self.act(h)
+        for layer in self.plan.decoder:
+            h = self._apply_layer(layer, h)
         return h
+
+    def _apply_layer(self, layer: Layer, h: torch.Tensor) -> torch.Tensor:
+        h = self.get_submodule(layer.name)(h)
+        if layer.op.reshapes_output:
+            h = h.view(h.shape[0], *layer.op.out_shape)
+        return self.act(h) if layer.op.act_after else h
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
         mu, logvar = self.encode(x)
@@ -214,3 +150,11 @@ class VAE(nn.Module):
 def build_vae(spec: ArchSpec) -> VAE:
     """Instantiate the VAE described by ``spec`` (PyTorch default initialisation; seed torch first)."""
     return VAE(spec)
+
+
+def unpack_model(spec: ArchSpec, data: bytes) -> VAE:
+    """A fresh model carrying the packed weights (:mod:`.packing`); its forward equals the packed model's
+    exactly (for structured pruning a model of ``spec.deployed()``, the narrower VAE that ships)."""
+    model = build_vae(spec.deployed())
+    model.load_state_dict(unpack_state_dict(spec, data))
+    return model

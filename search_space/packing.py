@@ -25,16 +25,19 @@ training.
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .builder import VAE, build_vae
 from .compression import index_bits, kept_count, sparse_format, sparse_index_bytes
-from .quant import dequantize_weight, kmeans_assign, pack_bits, qmax_for, quantize_weight
-from .spec import ArchSpec
+from .quant import kmeans_assign, pack_bits, qmax_for, quantize_weight
+from .plan import shipped_plan
+
+if TYPE_CHECKING:  # packing reads a spec's fields and its model's tensors; it needs neither's code
+    from .builder import VAE
+    from .spec import ArchSpec
 
 
 @dataclass(frozen=True)
@@ -92,29 +95,11 @@ class LayerLayout:
 
 @functools.lru_cache(maxsize=4096)
 def packed_layout(spec: ArchSpec) -> tuple[LayerLayout, ...]:
-    """Per-layer sizes of the packed model, computed without allocating weights (once per spec: it is frozen);
+    """Per-layer sizes of the packed model, from the layer plan alone (once per spec: it is frozen);
     structured pruning packs the narrower model that ships (``spec.deployed()``)."""
-    if spec.deployed() is not spec:
-        return packed_layout(spec.deployed())
-    with torch.device("meta"):
-        model = build_vae(spec)
-    return tuple(
-        LayerLayout(name, tuple(m.weight.shape), m.ch_axis, m.bits, 0 if m.bias is None else m.bias.numel(),
-                    m.quantizer if m.bits < 32 else "uniform", m.sparsity)
-        for name, m in model.weight_layers().items()
-    )
-
-
-_MEAN_BITS: dict[str, float] = {}
-
-
-def weighted_mean_bits(spec: ArchSpec) -> float:
-    """Weight bits per stored weight over the whole model: sum(kept * bits) / sum(kept) (cached by spec id;
-    a sparse layer's position record is not a weight bit - it is in the packed bytes)."""
-    if spec.id not in _MEAN_BITS:
-        layers = packed_layout(spec)
-        _MEAN_BITS[spec.id] = sum(x.kept * x.bits for x in layers) / sum(x.kept for x in layers)
-    return _MEAN_BITS[spec.id]
+    return tuple(LayerLayout(s.name, s.weight_shape, s.ch_axis, s.bits, s.out_channels if s.bias else 0,
+                             s.quantizer if s.bits < 32 else "uniform", s.sparsity)
+                 for s in shipped_plan(spec).steps())
 
 
 def packed_size_bytes(spec: ArchSpec) -> int:
@@ -291,11 +276,3 @@ def unpack_state_dict(spec: ArchSpec, data: bytes) -> dict[str, torch.Tensor]:
         if "b" in t:
             state[f"{layer.name}.bias"] = torch.from_numpy(t["b"].copy())
     return state
-
-
-def unpack_model(spec: ArchSpec, data: bytes) -> VAE:
-    """A fresh model carrying the unpacked weights; its forward equals the packed model's exactly (for
-    structured pruning a model of ``spec.deployed()``, the narrower VAE that ships)."""
-    model = build_vae(spec.deployed())
-    model.load_state_dict(unpack_state_dict(spec, data))
-    return model

@@ -34,16 +34,18 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .activations import ACTIVATIONS as ACTIVATION_REGISTRY
 from .compression import MAX_SPARSITY, PRUNINGS, QUANTIZERS, kept_count
 from .errors import SpecError
 from .likelihood import LIKELIHOODS, get_likelihood
+from .plan import weighted_mean_bits
 
 SPEC_TYPE = "vaenas.ArchSpec"
 SPEC_VERSION = 3  # written only when a version-3 field is used (see the module docstring)
 READ_VERSIONS = (1, 2, 3)
 COMPRESSION_FIELDS = ("sparsity", "rank", "quantizer", "pruning")
 FAMILIES = ("mlp", "conv")
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "silu", "gelu", "tanh", "sigmoid")
+ACTIVATIONS = tuple(ACTIVATION_REGISTRY)  # the registered names (search_space/activations.py)
 ALLOWED_BITS = (2, 3, 4, 5, 6, 8, 32)
 ALLOWED_ACT_BITS = (2, 3, 4, 5, 6, 8)
 
@@ -309,8 +311,6 @@ class ArchSpec:
     def mean_bits(self) -> float:
         """Mean weight bit-width weighted by each layer's weight count (packed weight bits / weights):
         a model whose weights are 97 % 2-bit reads ~2.6 bits, not its layers' plain average."""
-        from .packing import weighted_mean_bits
-
         return weighted_mean_bits(self)
 
     @property

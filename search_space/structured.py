@@ -14,65 +14,10 @@ into the deployed spec's state dict (weights, per-channel scales, biases; codebo
 
 from __future__ import annotations
 
-import functools
-import math
-from dataclasses import dataclass
-
 import torch
 
 from .compression import kept_count
-from .spec import ArchSpec
-
-
-@dataclass(frozen=True)
-class UnitGroup:
-    """One pruned layer's units: ``producer`` computes them, ``consumer`` reads them."""
-
-    producer: str
-    consumer: str
-    units: int
-    target: float  # the fraction of units removed at the end
-    out_axis: int  # producer weight axis of the units (0; 1 for a transposed conv)
-    out_group: int  # producer rows per unit along out_axis (dec.proj: h * w; else 1)
-    in_axis: int  # consumer weight axis of its inputs (1 for linear/conv; 0 for a transposed conv)
-    in_group: int  # consumer inputs per unit (a linear layer after a conv: h * w; else 1)
-
-
-def unit_groups(spec: ArchSpec) -> list[UnitGroup]:
-    """The structured-pruning plan of ``spec`` (empty unless ``spec.pruning == "structured"``)."""
-    if spec.pruning != "structured":
-        return []
-    sp = dict(zip(spec.layer_names(), spec.sparsity or ()))
-    shapes = spec.feature_shapes()
-    n_conv, n_fc = len(spec.enc_channels), len(spec.enc_hidden)
-    out = []
-    for name, units in spec.prunable_units().items():
-        if sp.get(name, 0.0) <= 0:
-            continue
-        idx = int("0" + "".join(c for c in name if c.isdigit()))
-        out_axis, out_group, in_axis, in_group = 0, 1, 1, 1
-        if name.startswith("enc.conv"):
-            if idx + 1 < n_conv:
-                consumer = f"enc.conv{idx + 1}"
-            else:
-                consumer, in_group = ("enc.fc0" if n_fc else "head"), math.prod(shapes[idx + 1][1:])
-        elif name.startswith("enc.fc"):
-            consumer = f"enc.fc{idx + 1}" if idx + 1 < n_fc else "head"
-        elif name.startswith("dec.fc"):
-            last = "dec.out" if spec.family == "mlp" else "dec.proj"
-            consumer = f"dec.fc{idx + 1}" if idx + 1 < len(spec.decoder_hidden) else last
-        elif name == "dec.proj":
-            consumer, out_group, in_axis = "dec.tconv0", math.prod(shapes[-1][1:]), 0
-        else:  # dec.tconv{idx}, not the last
-            consumer, out_axis, in_axis = f"dec.tconv{idx + 1}", 1, 0
-        out.append(UnitGroup(name, consumer, units, sp[name], out_axis, out_group, in_axis, in_group))
-    return out
-
-
-@functools.lru_cache(maxsize=1024)
-def masked_layers(spec: ArchSpec) -> frozenset[str]:
-    """Layers that need a mask under structured pruning (producers and consumers; once per spec)."""
-    return frozenset(n for g in unit_groups(spec) for n in (g.producer, g.consumer))
+from .plan import UnitGroup, unit_groups
 
 
 def _units_view(w: torch.Tensor, g: UnitGroup) -> torch.Tensor:

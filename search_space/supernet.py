@@ -30,17 +30,49 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .builder import VAE, _tconv_output_padding, build_vae
+from .builder import VAE, build_vae
+from .activations import get_activation
 from .errors import SpaceError
 from .likelihood import get_likelihood
+from .plan import Step, layer_plan
 from .quant import fake_quant_act, fake_quant_weight, lsq_fake_quant_weight, qmax_for
 from .space import SearchSpace
 from .spec import ArchSpec, conv_out
 
-ACTIVATIONS = {
-    "relu": F.relu, "leaky_relu": lambda x: F.leaky_relu(x, 0.1), "elu": F.elu, "silu": F.silu, "gelu": F.gelu,
-    "tanh": torch.tanh, "sigmoid": torch.sigmoid,
-}
+
+
+def _apply(step: Step, h: torch.Tensor, sliced: tuple, act_bits: int | None) -> torch.Tensor:
+    """One plan step on sliced shared weights ``(name, w, b, bits, scale)``, fake-quantised as in QAT."""
+    _, w, b, bits, scale = sliced
+    ax = step.ch_axis
+    wq = lsq_fake_quant_weight(w, scale, bits, ax) if scale is not None else fake_quant_weight(w, bits, ax)
+    h = fake_quant_act(h, act_bits)
+    if step.kind == "linear":
+        return F.linear(h, wq, b)
+    if step.kind == "conv":
+        return F.conv2d(h, wq, b, stride=step.stride, padding=step.padding)
+    return F.conv_transpose2d(h, wq, b, stride=step.stride, padding=step.padding, output_padding=step.output_padding)
+
+
+def run_plan(spec: ArchSpec, sliced: list, x: torch.Tensor, eps: torch.Tensor | None = None):
+    """``(out, mu, logvar)`` of ``spec``'s layer plan on ``sliced`` weights (one entry per layer, in plan
+    order): the computation of :class:`~search_space.builder.VAE`, functionally."""
+    act, plan, weights = get_activation(spec.activation).fn, layer_plan(spec), iter(sliced)
+
+    def chain(layers, h):
+        for layer in layers:
+            if layer.op.kind == "linear":
+                h = h.flatten(1)
+            h = _apply(layer.op, h, next(weights), spec.act_bits)
+            if layer.op.reshapes_output:
+                h = h.view(h.shape[0], *layer.op.out_shape)
+            h = act(h) if layer.op.act_after else h
+        return h
+
+    mu, logvar = chain(plan.encoder, x.reshape(x.shape[0], *spec.input_shape)).chunk(2, dim=1)
+    if eps is None:
+        eps = torch.randn_like(mu)
+    return chain(plan.decoder, mu + torch.exp(0.5 * logvar) * eps), mu, logvar
 
 
 def structure_groups(space: SearchSpace) -> list:
@@ -255,26 +287,7 @@ class MLPSupernet(_SharedWeights):
         """``(out, mu, logvar)`` of ``spec`` on the shared weights (``out``: the likelihood's parameters;
         ``eps``: (N, latent_dim) noise)."""
         self._check(spec)
-        act = ACTIVATIONS[spec.activation]
-        layers = self.sliced(spec)
-        n_enc = len(spec.enc_hidden)
-
-        def lin(h, layer):
-            _, w, b, bits, scale = layer
-            wq = lsq_fake_quant_weight(w, scale, bits, 0) if scale is not None else fake_quant_weight(w, bits, 0)
-            return F.linear(fake_quant_act(h, spec.act_bits), wq, b)
-
-        h = x.reshape(x.shape[0], -1)
-        for layer in layers[:n_enc]:
-            h = act(lin(h, layer))
-        mu, logvar = lin(h, layers[n_enc]).chunk(2, dim=1)
-        if eps is None:
-            eps = torch.randn_like(mu)
-        h = mu + torch.exp(0.5 * logvar) * eps
-        for layer in layers[n_enc + 1:-1]:
-            h = act(lin(h, layer))
-        out = lin(h, layers[-1]).view(x.shape[0], *spec.output_shape)
-        return out, mu, logvar
+        return run_plan(spec, self.sliced(spec), x, eps)
 
 
 def _crop(k_max: int, k: int) -> slice:
@@ -404,44 +417,7 @@ class ConvSupernet(_SharedWeights):
         """``(out, mu, logvar)`` of ``spec`` on the shared weights (``out``: the likelihood's parameters;
         ``eps``: (N, latent_dim) noise)."""
         self._check(spec)
-        act = ACTIVATIONS[spec.activation]
-        layers = iter(self.sliced(spec))
-        ab = spec.act_bits
-        shapes = spec.feature_shapes()
-        n, n_fc = len(spec.enc_channels), len(spec.enc_hidden)
-
-        def wq(layer, axis):
-            _, w, b, bits, scale = layer
-            return (lsq_fake_quant_weight(w, scale, bits, axis) if scale is not None else fake_quant_weight(w, bits, axis)), b
-
-        def lin(h):
-            w, b = wq(next(layers), 0)
-            return F.linear(fake_quant_act(h, ab), w, b)
-
-        h = x.reshape(x.shape[0], *spec.input_shape)
-        for k, s in zip(spec.kernels, spec.strides):
-            w, b = wq(next(layers), 0)
-            h = act(F.conv2d(fake_quant_act(h, ab), w, b, stride=s, padding=(k - 1) // 2))
-        h = h.flatten(1)
-        for _ in range(n_fc):
-            h = act(lin(h))
-        mu, logvar = lin(h).chunk(2, dim=1)
-        if eps is None:
-            eps = torch.randn_like(mu)
-        h = mu + torch.exp(0.5 * logvar) * eps
-        for _ in range(len(spec.decoder_hidden)):
-            h = act(lin(h))
-        _, hh, ww = shapes[-1]
-        h = act(lin(h)).view(x.shape[0], spec.decoder_channels[0], hh, ww)
-        for i in range(n):
-            j = n - 1 - i
-            k, s = spec.kernels[j], spec.strides[j]
-            op = tuple(_tconv_output_padding(a, b, k, s) for a, b in zip(shapes[j + 1][1:], shapes[j][1:]))
-            w, b = wq(next(layers), 1)
-            h = F.conv_transpose2d(fake_quant_act(h, ab), w, b, stride=s, padding=(k - 1) // 2, output_padding=op)
-            if i + 1 < n:
-                h = act(h)
-        return h, mu, logvar
+        return run_plan(spec, self.sliced(spec), x, eps)
 
 
 def build_supernet(space: SearchSpace, learned_scales: bool = True) -> _SharedWeights:

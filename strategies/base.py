@@ -21,9 +21,7 @@ loop rejects such proposals before training (see ``studies.run``).
 
 from __future__ import annotations
 
-import functools
 import random
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -32,64 +30,12 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from search_space import ArchSpec, SearchSpace
-from search_space.trial_attrs import trial_attrs
+
+from .trial_record import SPEC_ID, Observation, observations, trial_attrs  # noqa: F401 - re-exported
 
 Feasible = Callable[[ArchSpec], bool]
 # How many fresh proposals a whole-spec strategy draws before it gives up on novelty/feasibility.
 MAX_TRIES = 200
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One finished trial as strategies see it. ``values`` is None for a failed trial."""
-
-    number: int
-    spec: ArchSpec
-    values: tuple[float, ...] | None
-    feasible: bool = True
-    attrs: dict[str, Any] | None = None  # the trial's system attrs (strategy bookkeeping)
-    stopped_at: float | None = None  # stopped early at a rung after this fraction of its training (values None)
-
-
-@functools.lru_cache(maxsize=100_000)
-def _spec(js: str) -> ArchSpec:
-    return ArchSpec.from_json(js)  # frozen, so one parsed copy can be shared
-
-
-# fail reasons that say nothing about the spec (set by the run loop): no lesson to learn
-NOT_THE_SPECS_FAULT = (None, "interrupted", "surplus")
-
-
-def observations(study: optuna.Study, cache: dict | None = None) -> list[Observation]:
-    """Finished trials that carry a spec, in trial-number order: COMPLETE, FAIL of the spec's own
-    (diverged, ...), PRUNED (rejected as infeasible, or stopped early at a rung: ``stopped_at``, no
-    values - its partial figures are not comparable with finished ones); not trials cut off by a
-    crash or Ctrl-C. ``cache`` (a dict the caller keeps): a finished trial never changes, so each is
-    read once - the per-proposal cost stays flat as the study grows."""
-    out = []
-    key = study.study_name
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
-        if cache is not None and (key, t.number) in cache:
-            o = cache[key, t.number]
-        else:
-            o = _observation(t)
-            if cache is not None:
-                cache[key, t.number] = o
-        if o is not None:
-            out.append(o)
-    out.sort(key=lambda o: o.number)
-    return out
-
-
-def _observation(t: FrozenTrial) -> Observation | None:
-    a = trial_attrs(t)
-    js = a.get("spec")
-    if js is None or t.state == TrialState.FAIL and a.get("fail_reason") in NOT_THE_SPECS_FAULT:
-        return None
-    done = t.state == TrialState.COMPLETE
-    feasible = a.get("feasible", True) and all(c <= 0 for c in t.constraints.values())
-    return Observation(t.number, _spec(js), tuple(t.values) if done else None, bool(feasible) and done,
-                       dict(t.system_attrs), a.get("stopped_at_fraction"))
 
 
 def earlier_feasible_points(o: Observation, history: list[Observation]) -> np.ndarray:
@@ -123,7 +69,7 @@ def _set_rng_state(r: np.random.RandomState, s: list) -> None:
 
 def _lazy_rngs(sampler: Any) -> dict[str, Any]:
     """Every ``LazyRandomState`` inside an Optuna sampler (its own and its fallback random sampler's)."""
-    from search_space.optuna_private import lazy_random_states
+    from strategies.optuna_private import lazy_random_states
 
     return lazy_random_states(sampler)
 
@@ -217,7 +163,7 @@ class SpecSampler(StatefulMixin, optuna.samplers.BaseSampler):
         history = observations(study, self._seen_trials)
         self.observe(history)
         rng = trial_rng(self.seed, trial.number)
-        seen = {o.spec.id for o in history} | {trial_attrs(t).get("spec_id") for t in study.get_trials(
+        seen = {o.spec.id for o in history} | {trial_attrs(t).get(SPEC_ID) for t in study.get_trials(
             deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)) if t.number != trial.number}
         spec = None
         for _ in range(MAX_TRIES):

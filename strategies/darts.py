@@ -33,7 +33,8 @@ from torch.nn import functional as F
 
 from search_space import ArchSpec, SearchSpace, SpaceError
 from search_space.quant import fake_quant_weight
-from search_space.supernet import ACTIVATIONS, MLPSupernet
+from search_space.activations import get_activation
+from search_space.supernet import MLPSupernet
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class DartsSearch(nn.Module):
         return sum(p[k] * (w if b >= 32 else fake_quant_weight(w, b, 0)) for k, b in enumerate(self.bits))
 
     def neg_elbo(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        net, act = self.net, ACTIVATIONS[self.space.activation[0]]
+        net, act = self.net, get_activation(self.space.activation[0]).fn
         W, Lm = net.max_width, net.max_latent
         masks = [self._mask(self.width_logits[i], self.widths, W) for i in range(self.depth)]
         lmask = self._mask(self.latent_logits, self.latents, Lm)

@@ -56,7 +56,7 @@ def crowding_distance(points: np.ndarray) -> np.ndarray:
 
 def hv_contributions(norm: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     """Exclusive hypervolume contribution of each rank-0 point (0 for the others), reference 1.1 per axis."""
-    from search_space.optuna_private import hypervolume as compute_hypervolume
+    from strategies.optuna_private import hypervolume as compute_hypervolume
 
     ref = np.full(norm.shape[1], 1.1)
     front = np.flatnonzero(ranks == 0)

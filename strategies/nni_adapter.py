@@ -34,7 +34,7 @@ import torch
 from search_space import ArchSpec, SearchSpace, VaenasInputError
 
 from .base import MAX_TRIES, Observation, SpecSampler, domination_reward, observations
-from search_space.trial_attrs import trial_attrs
+from strategies.trial_record import trial_attrs
 
 EXTRA = "pip install -e '.[nni]'"
 NAMES = ("nni-evolution", "nni-rl")

@@ -97,7 +97,7 @@ def trial_artifacts(study, trial_number: int) -> list[dict]:
     """The artifacts of a finished trial: [{"artifact_id", "filename", "mimetype"}]."""
     from optuna.artifacts import get_all_artifact_meta
 
-    from search_space import optuna_private
+    from strategies import optuna_private
 
     t = study.trials[trial_number]
     return [{"artifact_id": m.artifact_id, "filename": m.filename, "mimetype": m.mimetype}

@@ -9,7 +9,8 @@ import random
 import sys
 from pathlib import Path
 
-from search_space import ArchSpec, SearchSpace, VaenasInputError, optuna_private
+from search_space import ArchSpec, SearchSpace, VaenasInputError
+from strategies import optuna_private
 
 from .invocation import prog
 
@@ -63,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from search_space import pack_model
 
     from .retrain import check_spec_fits
-    from .run import data_meta
+    from .files import data_meta
 
     spec = _load_arch(args.arch) if args.arch else None
     if args.bits is not None:  # a bad bit-width is one line before any data is read
@@ -99,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     report["packed_bytes"] = len(packed)
     if args.iwae_k:
         report[f"test_iwae{args.iwae_k}_nll"] = iwae_nll(model, data.test, k=args.iwae_k)
-    from .run import atomic_write, save_checkpoint
+    from .files import atomic_write, save_checkpoint
 
     save_checkpoint(out / "model.pt", model, spec, meta)
     atomic_write(out / "weights.packed.bin", packed)
@@ -160,7 +161,7 @@ def _print_front(view, limit: int | None = None, every: bool = False) -> None:
         table = front
         header = f"Pareto front: {len(front)} of {len(view.trials)} complete trials (`show --all` lists every trial):"
     if "flash_bytes" in cols:
-        print("flash_bytes is an ESTIMATE: packed weights (exact) + estimated C code (see search_space/deploy/memory.py)")
+        print("flash_bytes is an ESTIMATE: packed weights (exact) + estimated C code (see evaluator/deploy/memory.py)")
     if "latency_ms" in cols and "latency_path" in table and len(table) and table["latency_path"].iloc[0]:
         print(f"latency_ms measured on: {table['latency_path'].iloc[0]}")
     print(header)
@@ -266,7 +267,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _run_dir(runs_dir: str, name: str) -> Path:
-    from .run import study_dir
+    from .files import study_dir
 
     return study_dir(runs_dir, name)
 
@@ -325,12 +326,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     for _, r in fails.iterrows():
         print(f"  trial {r['number']} FAIL: {r['fail_reason']}")
     if args.csv:
-        from .run import atomic_write
+        from .files import atomic_write
 
         atomic_write(Path(args.csv), view.trials.to_csv(index=False).encode())
         print(f"wrote {args.csv}")
     if args.json:
-        from .run import atomic_write
+        from .files import atomic_write
 
         atomic_write(Path(args.json), view.trials.to_json(orient="records", indent=2).encode())
         print(f"wrote {args.json}")
@@ -342,7 +343,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .html_report import build_report
     from .outputs import check_output_file
     from .report import load_view
-    from .run import atomic_write
+    from .files import atomic_write
 
     if args.out:
         check_output_file(args.out, force=args.force)
@@ -379,7 +380,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     desc = view.study.user_attrs.get("artifact_store")
     store = open_store(desc, create=False) if desc else None
     where = desc.get("path") or desc.get("bucket") if desc else "none (a study made before artifacts, or artifacts: false)"
-    print(f"optuna-dashboard: http://{args.host}:{args.port}/dashboard/studies/{view.study._study_id} "
+    print(f"optuna-dashboard: http://{args.host}:{args.port}/dashboard/studies/{optuna_private.study_id(view.study)} "
           f"(study {view.name}, {view.storage}; artifacts: {where}); Ctrl-C stops it", flush=True)
     try:
         optuna_dashboard.run_server(optuna_private.storage_of(view.study), host=args.host, port=args.port, artifact_store=store)
@@ -433,7 +434,7 @@ def _export_formats(args: argparse.Namespace) -> int:
     from .deploy import NotBuilt, build_and_size, export_weights, how_to_run, parse_formats, temp_dir, trial_checkpoint
     from .outputs import check_output_dir
     from .retrain import load_checkpoint
-    from search_space.deploy import check_formats_available, files_for
+    from evaluator.deploy import check_formats_available, files_for
 
     formats = parse_formats(args.format or ["arch"])
     check_formats_available(formats)
@@ -473,7 +474,7 @@ def _export_formats(args: argparse.Namespace) -> int:
         if model is None:  # arch only: the spec and its export document
             spec = ArchSpec.from_dict(arch_doc["spec"])
             out.mkdir(parents=True, exist_ok=True)
-            from .run import atomic_write
+            from .files import atomic_write
 
             atomic_write(out / "arch.json", json.dumps(arch_doc, indent=2).encode())
             atomic_write(out / "manifest.json", json.dumps({
@@ -532,7 +533,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     from .outputs import check_output_dir
 
-    from search_space.deploy import check_formats_available, files_for, parse_formats
+    from evaluator.deploy import check_formats_available, files_for, parse_formats
 
     formats = () if args.formats.strip() == "none" else tuple(
         f for f in parse_formats(args.formats, "--formats") if f != "arch")  # arch.json is always written

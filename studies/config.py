@@ -56,7 +56,8 @@ from pathlib import Path
 from typing import Any
 
 
-from evaluator import OBJECTIVES, Bound, LatencyConfig, TrainConfig, check_objectives
+from evaluator import OBJECTIVES, STATIC_OBJECTIVES, LatencyConfig, TrainConfig, check_objectives
+from strategies.pareto import Bound
 from evaluator.data import DatasetSpec, Splits
 from evaluator.supernet import SupernetConfig
 from search_space import ArchSpec, SearchSpace, VaenasInputError
@@ -67,7 +68,7 @@ _KEYS = {"name", "dataset", "data_root", "n_train", "space", "strategy", "object
          "latency", "seed", "storage", "constraints", "heartbeat", "supernet", "darts", "enqueue",
          "artifacts"}
 # constraints the spec alone decides (no training): strategies can rule specs out before proposing them
-STATIC_CONSTRAINTS = ("flops", "bitops", "params", "size_bytes", "ram_bytes", "flash_bytes")
+STATIC_CONSTRAINTS = STATIC_OBJECTIVES  # the limits a spec alone decides: checked before training
 _TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_steps", "qat_delay", "lr_schedule", "kl_warmup_steps", "lr_warmup_steps", "device"}
 _LATENCY_KEYS = {"backend", "repeats", "threads", "batch_size", "warmup", "command", "format"}
 _DARTS_KEYS = {"lambdas", "steps", "depth", "arch_lr", "warmup_steps", "batch_size"}

@@ -1,5 +1,5 @@
 """Deployable exports of a study's trial or a retrained model: where the weights come from, writing
-the formats (``search_space.deploy``), building the C one, and saying how to run each.
+the formats (``evaluator.deploy``), building the C one, and saying how to run each.
 
 A trial's weights are its checkpoint ``runs/<study>/trials/<n>/model.pt`` (or, for a trial another
 machine trained, its ``model.pt`` artifact). A supernet-estimated trial has no weights of its own:
@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 
 from search_space import VaenasInputError, pack_model
-from search_space.deploy import FORMATS, MANIFEST, export_model, parse_formats
-from search_space.trial_attrs import trial_attrs
+from evaluator.deploy import FORMATS, MANIFEST, export_model, parse_formats
+from strategies.trial_record import trial_attrs
 
 __all__ = ["FORMATS", "build_and_size", "export_weights", "how_to_run", "parse_formats", "trial_checkpoint"]
 
@@ -27,7 +27,7 @@ class NotBuilt(VaenasInputError):
 def trial_checkpoint(view, number: int, runs_dir, tmp: Path) -> Path:
     """The checkpoint of trial ``number``: its local ``model.pt``, else its ``model.pt`` artifact
     (downloaded into ``tmp``); one line if it has none."""
-    from .run import study_dir
+    from .files import study_dir
 
     t = view.study.trials[number]
     local = study_dir(runs_dir, view.name) / "trials" / str(number) / "model.pt"
@@ -61,7 +61,7 @@ def export_weights(model, out: Path, formats: tuple[str, ...], meta: dict | None
     """Write ``formats`` of a trained model into ``out`` (all or nothing); returns the manifest."""
     doc = export_model(model.spec, pack_model(model), out, formats, meta)
     if arch_doc is not None and "arch" in formats:  # the richer export document (provenance, retrain command)
-        from .run import atomic_write
+        from .files import atomic_write
 
         atomic_write(out / "arch.json", json.dumps(arch_doc, indent=2).encode())
     return doc
@@ -72,7 +72,7 @@ def build_and_size(out: Path) -> dict:
     object: its text+data is the flash the model takes, its bss the activation RAM. Records it in the
     manifest. Raises :class:`NotBuilt` (one line) when there is no compiler."""
     from evaluator import LatencyError, build_c
-    from search_space.deploy.c_lib import CFLAGS
+    from evaluator.deploy.c_lib import CFLAGS
 
     try:
         build_c(out)
@@ -88,7 +88,7 @@ def build_and_size(out: Path) -> dict:
     sizes = {"text": text, "data": data, "bss": bss, "flash_bytes_measured": text + data, "tool": "size vae_model.o"}
     m = json.loads((out / MANIFEST).read_text())
     m.setdefault("c", {})["size"] = sizes
-    from .run import atomic_write
+    from .files import atomic_write
 
     atomic_write(out / MANIFEST, json.dumps(m, indent=2).encode())
     return sizes

@@ -7,7 +7,7 @@ study per trial). So the estimate loop keeps an in-memory Optuna study holding t
 evaluate, tell) against it, and copies each finished trial into the real storage with one
 ``Study.add_trial`` - one transaction: its values, constraints and ONE JSON attribute ``record``
 holding all its attributes; its parameters are rebuilt from its spec when read back
-(:mod:`search_space.trial_attrs`).
+(:mod:`strategies.trial_record`).
 Trial numbers stay equal in both, because a supernet study's estimates run in one process
 (``search`` refuses ``--jobs`` and ``worker`` for supernet studies). A trial cut off by Ctrl-C
 was never written: nothing is left RUNNING. (Writing from a second thread while the next spec
@@ -23,7 +23,7 @@ import warnings
 
 import optuna
 
-from search_space.trial_attrs import packed, unpacked
+from strategies.trial_record import packed, unpacked
 
 STATE_EVERY = 50  # trials between two writes of the strategy's state (and at the end)
 

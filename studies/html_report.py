@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluator import hypervolume, knee_point
+from strategies.pareto import hypervolume, knee_point
 from search_space import ArchSpec
 
 from .plots import BIT_COLOURS, BIT_EDGES, BIT_LEVELS, LABELS, bits_colour
 from .report import StudyView, feasible_trials, hypervolume_curve, reported_mask, study_hypervolume
-from .run import study_dir
-from search_space.trial_attrs import trial_attrs
+from .files import study_dir
+from strategies.trial_record import trial_attrs
 
 MAX_THUMBNAILS = 60  # front points (and the knee) get their picture embedded; the page stays small
 

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import optuna
 
-from search_space import optuna_private
+from strategies import optuna_private
+from strategies.trial_record import FAIL_REASON, WORKER_DIED
 
 HOST = socket.gethostname()
-WORKER_DIED = "worker died mid-trial (killed or crashed); retried once"
 
 
 def _retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -133,7 +133,7 @@ class FileLiveness(NoLiveness):
         dead = []
         for t in study.get_trials(deepcopy=True, states=(optuna.trial.TrialState.RUNNING,)):
             if self.is_dead(t):
-                optuna_private.set_trial_failed(study, t, "fail_reason", WORKER_DIED)
+                optuna_private.set_trial_failed(study, t, FAIL_REASON, WORKER_DIED)
                 _retry(study, t)
                 dead.append(t.number)
         return dead

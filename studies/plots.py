@@ -11,21 +11,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from evaluator import non_dominated_mask  # noqa: E402
+from strategies.pareto import non_dominated_mask  # noqa: E402
 from search_space import ArchSpec, build_vae  # noqa: E402
+
+from evaluator import LABELS  # noqa: E402 - the objectives' axis labels
 
 from .report import StudyView, hypervolume_curve, reported_mask  # noqa: E402
 
-LABELS = {
-    "neg_elbo": "validation −ELBO (nats/example, lower is better)",
-    "flops": "FLOPs per forward pass (batch 1)",
-    "bitops": "BitOps (MACs × weight bits × activation bits)",
-    "params": "parameters",
-    "size_bytes": "packed model size (bytes)",
-    "latency_ms": "latency (ms, median, batch 1, exported artifact)",
-    "ram_bytes": "peak activation RAM of the C export (bytes)",
-    "flash_bytes": "flash of the C export (bytes, ESTIMATE: weights + est. code)",
-}
 
 
 # Colour = parameter-weighted mean weight bits (ArchSpec.mean_bits), one distinct colour per usual

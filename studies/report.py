@@ -11,13 +11,14 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from evaluator import OBJECTIVES, Bound, hypervolume, knee_point, non_dominated_mask
+from evaluator import OBJECTIVES
+from strategies.pareto import Bound, hypervolume, knee_point, non_dominated_mask
 from search_space import ArchSpec, VaenasInputError
 
 from .config import check_name
 from .invocation import prog
-from .run import atomic_write, study_dir
-from search_space.trial_attrs import trial_attrs
+from .files import atomic_write, study_dir
+from strategies.trial_record import trial_attrs
 
 COST_COLUMNS = ["flops", "bitops", "params", "size_bytes", "latency_ms", "ram_bytes", "flash_bytes"]
 
@@ -49,7 +50,7 @@ def _storage_for(name: str, runs_dir: str | Path, storage: str | None) -> str:
 def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = None) -> StudyView:
     check_name(name, "STUDY")
     url = _storage_for(name, runs_dir, storage)
-    from .run import open_storage, redact
+    from .storage import open_storage, redact
 
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=None, readonly=True))
@@ -102,7 +103,7 @@ ALL_TRIAL_COLUMNS = ["number", "state", "fail_reason", "worker", "stopped_at_run
 def list_studies(runs_dir: str | Path = "runs", storage: str | None = None) -> pd.DataFrame:
     urls = [storage] if storage else [f"sqlite:///{p}" for p in sorted(Path(runs_dir).glob("*/study.db"))]
     rows = []
-    from .run import open_storage, redact
+    from .storage import open_storage, redact
 
     for url in urls:
         storage = open_storage(url, heartbeat=None, readonly=True)

@@ -23,7 +23,7 @@ from evaluator import (
 )
 from search_space import ArchSpec, VaenasInputError, build_vae, pack_model
 
-from .run import atomic_write, data_meta, save_checkpoint
+from .files import atomic_write, data_meta, save_checkpoint
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint", with_meta: bool = False):

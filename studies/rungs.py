@@ -24,8 +24,8 @@ import math
 
 import optuna
 
-from evaluator import Bound, promoted
-from search_space.trial_attrs import trial_attrs
+from strategies.pareto import Bound, promoted
+from strategies.trial_record import trial_attrs
 
 RUNGS_ATTR = "rungs"  # trial attr: [{rung, fraction, point, compared_with, promoted}, ...]
 STOPPED_ATTR = "stopped_at_rung"  # trial attr of a trial stopped early (PRUNED)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import optuna
 
-from search_space import VaenasInputError, optuna_private
+from search_space import VaenasInputError
+from strategies import optuna_private
 
 OUTAGE_S = 60.0  # how long a worker waits out a database server that went away, by default
 

@@ -16,9 +16,9 @@ from search_space import ArchSpec, SearchSpace, SpaceError, SpecError, build_vae
 from search_space import packed_size_bytes, unpack_model
 from search_space.compression import (factor_rank, index_bits, kept_count, sparse_format, sparse_index_bytes,
                                       sparsity_at)
-from search_space.deploy import export_model
-from search_space.deploy.c_lib import CFLAGS
-from search_space.deploy.memory import c_table_bytes
+from evaluator.deploy import export_model
+from evaluator.deploy.c_lib import CFLAGS
+from evaluator.deploy.memory import c_table_bytes
 from search_space.quant import QuantLinear, kmeans_fake_quant, quantize_weight, dequantize_weight
 
 BITS = (2, 3, 4, 8, 32)

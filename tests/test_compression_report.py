@@ -161,7 +161,7 @@ def test_kept_picks_are_reused_only_with_the_database_gone_the_same_key_and_ever
     row is missing."""
     import argparse
 
-    from studies.run import study_dir
+    from studies.files import study_dir
 
     args = argparse.Namespace(data_root=str(tmp_path), seed=0)
     preset = Path(cr.ROOT) / "studies/presets/compression_target.yaml"

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from search_space import ArchSpec, build_vae, pack_model, packed_layout
-from search_space.deploy import export_model, flash_bytes, ram_bytes
-from search_space.deploy.c_lib import CFLAGS
-from search_space.deploy.memory import FLASH_MARGIN, FLASH_SLACK
-from search_space.deploy.onnx_graph import int_type
+from evaluator.deploy import export_model, flash_bytes, ram_bytes
+from evaluator.deploy.c_lib import CFLAGS
+from evaluator.deploy.memory import FLASH_MARGIN, FLASH_SLACK
+from evaluator.deploy.onnx_graph import int_type
 from search_space.spec import ACTIVATIONS
 
 BITS = (2, 3, 4, 5, 6, 8, 32)

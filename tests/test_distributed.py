@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from studies.cli import main
-from studies.run import is_finished
+from studies.trials import is_finished
 
 pytestmark = pytest.mark.distributed
 

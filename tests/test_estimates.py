@@ -9,11 +9,13 @@ import pytest
 import evaluator.latency_table as lt
 from evaluator import LatencyConfig
 from search_space import ArchSpec, SearchSpace
-from search_space.deploy.program import decoder_steps, encoder_steps
-from search_space.trial_attrs import RECORD, packed, trial_attrs, unpacked
+from search_space.plan import decoder_steps, encoder_steps
+from strategies.trial_record import RECORD, packed, trial_attrs, unpacked
 from studies.cli import main
 from studies.config import StudyConfig
-from studies.run import is_finished, run_search
+from studies.trials import is_finished
+
+from studies.run import run_search
 
 from test_studies import small_config
 

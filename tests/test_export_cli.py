@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from search_space import ArchSpec, build_vae
-from search_space.deploy import ram_bytes
-from studies.run import save_checkpoint
+from evaluator.deploy import ram_bytes
+from studies.files import save_checkpoint
 
 SPEC = ArchSpec(family="mlp", enc_hidden=(16,), latent_dim=3, weight_bits=(3, 8, 32, 2), input_shape=(7,),
                 likelihood="gaussian")
@@ -127,7 +127,7 @@ def test_flash_and_ram_are_objectives_and_static_constraints(tmp_path, data_root
     assert r.returncode == 0, r.stderr
     import optuna
 
-    from search_space.deploy import flash_bytes
+    from evaluator.deploy import flash_bytes
 
     study = optuna.load_study(study_name="mcu", storage=f"sqlite:///{tmp_path / 'runs' / 'mcu' / 'study.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -117,7 +117,7 @@ def _sha(b: bytes) -> str:
 
 def record(spec: ArchSpec, seed: int, tmp: Path, formats: tuple[str, ...]) -> dict:
     """What is pinned for one spec: id, packed size and bytes, every exported file's hash."""
-    from search_space.deploy import export_model
+    from evaluator.deploy import export_model
 
     packed = pack_model(model_of(spec, seed))
     out = tmp / f"x{seed}"
@@ -152,7 +152,7 @@ def test_ids_packing_and_exports_unchanged(seed, spec, golden, tmp_path):
 
 
 def _formats_missing(golden: dict) -> bool:
-    from search_space.deploy import executorch_available
+    from evaluator.deploy import executorch_available
 
     return "executorch" in golden["formats"] and bool(executorch_available())
 
@@ -160,7 +160,7 @@ def _formats_missing(golden: dict) -> bool:
 def write(path: Path = GOLDEN) -> None:
     import tempfile
 
-    from search_space.deploy import executorch_available
+    from evaluator.deploy import executorch_available
 
     assert not executorch_available(), f"record all formats: {executorch_available()}"
     with tempfile.TemporaryDirectory() as d:

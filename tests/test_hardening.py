@@ -162,7 +162,7 @@ def test_resume_and_worker_refuse_a_different_study(change, where, study_runs_sm
     "postgresql://u@h/db?passwd=s3cret", "postgresql://u@h/db?pass=s3cret#frag",
 ])
 def test_passwords_are_redacted_in_every_url_spelling(url):
-    from studies.run import redact
+    from studies.storage import redact
 
     out = redact(url)
     assert "s3" not in out and "cret" not in out and "***" in out
@@ -172,7 +172,7 @@ def test_passwords_are_redacted_in_every_url_spelling(url):
 def test_a_storage_password_in_the_yaml_is_not_stored_in_the_study(data_root):
     from evaluator import load_data
     from studies.config import StudyConfig
-    from studies.run import _init_study_attrs  # the one place the config is stored in a study
+    from studies.identity import init_study_attrs as _init_study_attrs  # the one place the config is stored in a study
 
     class Study:  # records what would be written to the storage
         attrs: dict = {}
@@ -196,7 +196,7 @@ def test_a_storage_password_in_the_yaml_is_not_stored_in_the_study(data_root):
 def test_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     import os
 
-    from studies import run
+    from studies import files as run
 
     target = tmp_path / "a.json"
     stale = tmp_path / ".a.json.tmp999999999"  # a killed process's leftover (no such PID)
@@ -296,7 +296,7 @@ def test_resume_while_another_process_runs_the_study_is_refused(tmp_path, data_r
     import yaml
 
     from studies.cli import main
-    from studies.run import lock_study
+    from studies.storage import lock_study
 
     cfg = {"name": "busy", "dataset": "mnist", "data_root": str(data_root), "n_train": 300,
            "space": {"latent_dim": [4], "mlp": {"depth": [1], "width": [8, 16]}},
@@ -477,17 +477,3 @@ def test_tests_take_mnist_from_vaenas_data(tmp_path, monkeypatch):
     assert conftest.shared_data_dir() == tmp_path
     monkeypatch.setenv("VAENAS_DATA", str(tmp_path / "empty"))
     assert conftest.shared_data_dir() != tmp_path / "empty"
-
-
-def test_optuna_private_api_is_reached_through_one_module():
-    """An Optuna upgrade touches one file: search_space/optuna_private.py (plus the RDB method list
-    studies/storage.py checks against Optuna's source)."""
-    import re
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    private = re.compile(r"optuna\._|optuna\.(storages|samplers|study|trial)\._|\._storage\b|\._trial_id\b")
-    hits = [f"{p.relative_to(root)}:{i}" for d in ("search_space", "evaluator", "strategies", "studies", "benchmarks")
-            for p in (root / d).rglob("*.py") if p.name != "optuna_private.py"
-            for i, line in enumerate(p.read_text().splitlines(), 1) if private.search(line)]
-    assert hits == []

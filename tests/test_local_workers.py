@@ -17,7 +17,11 @@ import pytest
 import yaml
 
 from studies.liveness import WORKER_DIED
-from studies.run import SURPLUS, is_finished, open_storage
+from strategies.trial_record import SURPLUS
+
+from studies.trials import is_finished
+
+from studies.storage import open_storage
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 

@@ -358,7 +358,7 @@ def test_supernet_study_on_an_rgb_folder(tmp_path, capsys):
     r = run_study_end_to_end(tmp_path, cfgp, "sn", capsys)
     import optuna
 
-    from search_space.trial_attrs import trial_attrs
+    from strategies.trial_record import trial_attrs
 
     study = optuna.load_study(study_name="sn", storage=f"sqlite:///{r['runs'] / 'sn' / 'study.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

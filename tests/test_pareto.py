@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from evaluator import Bound, hypervolume, knee_point, non_dominated_mask
+from strategies.pareto import Bound, hypervolume, knee_point, non_dominated_mask
 from search_space import VaenasInputError
 
 

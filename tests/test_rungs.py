@@ -10,12 +10,15 @@ import optuna
 import pytest
 import yaml
 
-from evaluator import Bound, Stopped, hypervolume, promoted, promotion_order
+from evaluator import Stopped
+from strategies.pareto import Bound, hypervolume, promoted, promotion_order
 from studies.cli import main
 from studies.config import StudyConfig
 from studies.report import load_view
 from studies.rungs import RUNGS_ATTR, StudyRungs, is_stopped
-from studies.run import is_finished, run_search
+from studies.trials import is_finished
+
+from studies.run import run_search
 
 from test_studies import small_config
 
@@ -239,7 +242,7 @@ def test_two_workers_promote_from_one_storage(tmp_path, data_root, monkeypatch):
 
     cfg = _rung_config(tmp_path, data_root, "rungjobs", trials=14, n_train=4000,
                        train={"epochs": 2, "batch_size": 100, "lr": 0.002, "device": "cpu"})
-    real_run_trial, waited = run_mod._run_trial, []
+    real_run_trial, waited = run_mod.run_trial, []
 
     def run_trial_after_the_worker_joined(study, *args, **kwargs):
         """This process's first trial waits until the spawned worker has started one: on a fast machine
@@ -254,7 +257,7 @@ def test_two_workers_promote_from_one_storage(tmp_path, data_root, monkeypatch):
                 time.sleep(0.1)
         return real_run_trial(study, *args, **kwargs)
 
-    monkeypatch.setattr(run_mod, "_run_trial", run_trial_after_the_worker_joined)
+    monkeypatch.setattr(run_mod, "run_trial", run_trial_after_the_worker_joined)
     s = run_search(cfg, runs_dir=tmp_path / "runs", progress=False, jobs=2)
     assert s.finished == 14 and not s.interrupted
     study = optuna.load_study(study_name="rungjobs", storage=f"sqlite:///{tmp_path / 'runs' / 'rungjobs' / 'study.db'}")

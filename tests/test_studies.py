@@ -18,8 +18,8 @@ from evaluator import evaluate_neg_elbo, load_data
 from search_space import ArchSpec, build_vae
 from studies.cli import main
 from studies.config import StudyConfig
-from studies.run import is_finished
-from search_space.trial_attrs import trial_attrs
+from studies.trials import is_finished
+from strategies.trial_record import trial_attrs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -428,8 +428,8 @@ def test_darts_sweep_specs_are_enqueued_as_normal_trials(tmp_path, data_root):
 
 
 def test_greedy_hv_subset_picks_the_points_that_cover_the_most():
-    from evaluator import Bound, hypervolume
-    from studies.run import greedy_hv_subset
+    from strategies.pareto import Bound, hypervolume
+    from studies.supernet_mode import greedy_hv_subset
 
     bounds = [Bound(0, 1), Bound(0, 1)]
     pts = [(0.1, 0.9), (0.2, 0.8), (0.5, 0.5), (0.8, 0.2), (0.9, 0.1), (0.45, 0.55)]

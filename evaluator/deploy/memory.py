@@ -1,7 +1,7 @@
 """RAM and flash of the exported C inference, from the spec alone.
 
 ``ram_bytes``: the C library's one static activation arena (its ``.bss``). Tensor ``j`` of the
-reconstruction chain (:func:`.program.tensor_sizes`) lies at the arena's start for even ``j`` and
+reconstruction chain (:func:`search_space.plan.tensor_sizes`) lies at the arena's start for even ``j`` and
 at its end for odd ``j``, so a layer never overwrites its own input; the arena is therefore
 ``max_j (size_j + size_{j+1})`` floats - the peak activation memory of a sequential network
 (input and output of the widest step live together, MCUNet's definition), input and output
@@ -20,9 +20,9 @@ do not.
 
 from __future__ import annotations
 
-from ..packing import packed_layout, packed_size_bytes
-from ..spec import ArchSpec
-from .program import tensor_sizes
+from search_space.packing import packed_layout, packed_size_bytes
+from search_space.spec import ArchSpec
+from search_space.plan import tensor_sizes
 
 FLOAT_BYTES = 4
 # fitted code-size model, bytes (see the module docstring): an estimate, not a measurement

@@ -14,7 +14,7 @@ float32 codebook, the weight being ``Gather(codebook, Cast(indices))``; a sparse
 pruned positions index one extra 0 entry appended to the codebook (UINT8, or UINT16 at 8 bits).
 Sparse uniform and float layers carry their pruned weights as 0 codes / 0.0 (ONNX has no sparse
 weight type onnxruntime runs on these ops): the file is dense, the packed bytes are not. A
-factorised layer is its two factor layers (``program.py``).
+factorised layer is its two factor layers (``search_space/plan.py``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..packing import unpack_layers
-from ..spec import ArchSpec
-from .program import Step, decoder_steps, encoder_steps
+from search_space.activations import get_activation
+from search_space.packing import unpack_layers
+from search_space.spec import ArchSpec
+from search_space.plan import Step, decoder_steps, encoder_steps
 
 OPSET = 21
 ONNX_FILES = ("encoder.onnx", "decoder.onnx")
@@ -116,19 +117,7 @@ def _act_quant(g: _Graph, x: str, rank: int, bits: int) -> str:
 
 
 def _activation(g: _Graph, x: str, act: str) -> str:
-    if act == "relu":
-        return g.op("Relu", [x], "relu")
-    if act == "leaky_relu":
-        return g.op("LeakyRelu", [x], "leaky", alpha=0.1)
-    if act == "elu":
-        return g.op("Elu", [x], "elu", alpha=1.0)
-    if act == "silu":
-        return g.op("Mul", [x, g.op("Sigmoid", [x], "sig")], "silu")
-    if act == "gelu":
-        return g.op("Gelu", [x], "gelu")
-    if act == "tanh":
-        return g.op("Tanh", [x], "tanh")
-    return g.op("Sigmoid", [x], "sigmoid")
+    return get_activation(act).onnx(g.op, x)
 
 
 def _layer(g: _Graph, spec: ArchSpec, step: Step, x: str, t: dict[str, np.ndarray]) -> str:

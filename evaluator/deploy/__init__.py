@@ -15,14 +15,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import VaenasInputError
-from ..likelihood import get_likelihood
-from ..packing import packed_layout
-from ..spec import ArchSpec
+from search_space.errors import VaenasInputError
+from search_space.likelihood import get_likelihood
+from search_space.packing import packed_layout
+from search_space.spec import ArchSpec
 from .c_lib import C_FILES, c_sources, write_c
 from .memory import code_bytes_estimate, flash_bytes, ram_bytes
 from .onnx_graph import ONNX_FILES, write_onnx
-from .program import decoder_steps, encoder_steps, tensor_sizes
+from search_space.plan import decoder_steps, encoder_steps, tensor_sizes
 from .pte import PTE_FILES, PackedVAE, executorch_available, write_pte
 
 FORMATS = ("arch", "onnx", "c", "executorch")

@@ -27,24 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compression import index_bits
-from ..packing import LayerOffsets, layer_offsets
-from ..spec import ArchSpec
+from search_space.activations import get_activation
+from search_space.compression import index_bits
+from search_space.packing import LayerOffsets, layer_offsets
+from search_space.spec import ArchSpec
 from .memory import arena_floats, prefix_entries, ram_bytes
-from .program import Step, decoder_steps, encoder_steps, tensor_sizes
+from search_space.plan import Step, decoder_steps, encoder_steps, tensor_sizes
 
 C_FILES = ("vae_model.h", "vae_model.c", "main.c", "Makefile")
 CFLAGS = "-std=c99 -O2 -Wall -Wextra -Werror"
 
-_ACT_C = {
-    "relu": "x[i] = x[i] > 0.0f ? x[i] : 0.0f;",
-    "leaky_relu": "x[i] = x[i] > 0.0f ? x[i] : x[i] * 0.1f;",
-    "elu": "x[i] = x[i] > 0.0f ? x[i] : expm1f(x[i]);",
-    "silu": "x[i] = x[i] / (1.0f + expf(-x[i]));",
-    "gelu": "x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));",
-    "tanh": "x[i] = tanhf(x[i]);",
-    "sigmoid": "x[i] = 1.0f / (1.0f + expf(-x[i]));",
-}
 
 _KERNELS = {
     "common": r"""
@@ -288,7 +280,7 @@ def model_source(spec: ArchSpec, packed: bytes) -> str:
     if spec.act_bits:
         kernels.append(_KERNELS["actq"])
     act = ("\nstatic void activation(float *x, int n)\n{\n    int i;\n    for (i = 0; i < n; i++)\n        "
-           f"{_ACT_C[spec.activation]}\n}}\n") if any(s.act_after for s in enc + dec) else ""
+           f"{get_activation(spec.activation).c}\n}}\n") if any(s.act_after for s in enc + dec) else ""
     enc_body, dec_body = [], []
     for j, st in enumerate(enc):
         enc_body += _call(st, place[j], place[j + 1], offs[st.name], spec.act_bits)

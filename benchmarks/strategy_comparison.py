@@ -6,8 +6,8 @@ feasible finished trials, in trial order, at 25/50/100% of the budget; mean ± s
 wall time per study. Writes a markdown table, ``benchmarks/results/strategies.json`` and a PNG of
 hypervolume vs trials per strategy (mean with a ±1 std band).
 
-    python benchmarks/strategies.py --data-root .data                     # 5 strategies x 3 seeds x 40 trials
-    python benchmarks/strategies.py --strategies random rl --seeds 1 --trials 6   # smoke run
+    python benchmarks/strategy_comparison.py --data-root .data                     # 5 strategies x 3 seeds x 40 trials
+    python benchmarks/strategy_comparison.py --strategies random rl --seeds 1 --trials 6   # smoke run
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
-from evaluator import hypervolume, non_dominated_mask  # noqa: E402
+from strategies.pareto import hypervolume, non_dominated_mask  # noqa: E402
 from strategies import REGISTRY, extra_available  # noqa: E402
 from studies.config import StudyConfig  # noqa: E402
-from studies.run import is_feasible, run_search  # noqa: E402
-from search_space.trial_attrs import trial_attrs  # noqa: E402
+from studies.trials import is_feasible  # noqa: E402
+from studies.run import run_search  # noqa: E402
+from strategies.trial_record import trial_attrs  # noqa: E402
 
 SPACE = {
     "family": ["mlp"], "latent_dim": [8, 16, 32], "activation": ["relu"],

@@ -22,14 +22,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..packing import unpack_layers
-from ..quant import fake_quant_act
-from ..spec import ArchSpec
-from .program import Step, decoder_steps, encoder_steps
+from search_space.activations import get_activation
+from search_space.packing import unpack_layers
+from search_space.quant import fake_quant_act
+from search_space.spec import ArchSpec
+from search_space.plan import Step, decoder_steps, encoder_steps
 
 PTE_FILES = ("model.pte",)
-_ACTS = {"relu": F.relu, "leaky_relu": lambda x: F.leaky_relu(x, 0.1), "elu": F.elu, "silu": F.silu,
-         "gelu": F.gelu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
 
 
 class _Layer(nn.Module):
@@ -75,7 +74,7 @@ class PackedVAE(nn.Module):
                                      for s in self.enc_steps + self.dec_steps})
 
     def _run(self, steps: list[Step], h: torch.Tensor) -> torch.Tensor:
-        act = _ACTS[self.spec.activation]
+        act = get_activation(self.spec.activation).fn
         for st in steps:
             if st.kind == "linear":
                 h = h.reshape(h.shape[0], -1)

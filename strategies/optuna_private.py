@@ -61,6 +61,11 @@ def storage_of(study: Any) -> Any:
     return study._storage
 
 
+def study_id(study: Any) -> int:
+    """The study's id in its storage (the dashboard's URLs use it)."""
+    return study._study_id
+
+
 def trial_id(trial: Any) -> int:
     """The storage's id of a trial (``Trial`` or ``FrozenTrial``), not its number."""
     return trial._trial_id
