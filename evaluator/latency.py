@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from search_space import VAE, ArchSpec, VaenasInputError, pack_model
+from search_space.errors import check_block, check_type
 
 BACKENDS = ("onnxruntime", "c", "executorch", "torch", "command")
 COMMAND_FORMATS = ("c", "onnx", "executorch")
@@ -92,6 +93,16 @@ class LatencyConfig:
         if self.device != "cpu" and self.backend != "torch":
             raise VaenasInputError(f"latency.device: {self.device!r} is only for backend 'torch'; "
                                    f"{self.backend!r} runs on the CPU")
+
+    CONFIG_KEYS = ("backend", "repeats", "threads", "batch_size", "warmup", "command", "format")
+
+    @classmethod
+    def from_config(cls, block) -> "LatencyConfig":
+        """A study config's ``latency:`` block (one line naming ``latency.KEY`` on bad input)."""
+        lat = check_block("latency", block, set(cls.CONFIG_KEYS))
+        for k in lat:
+            check_type(f"latency.{k}", lat[k], str if k in ("backend", "command", "format") else int)
+        return cls(**lat)
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
-from search_space import ArchSpec, SearchSpace
+from search_space import ArchSpec, SearchSpace, VaenasInputError
+from search_space.errors import check_block, check_type
 from search_space.supernet import build_supernet, extreme_spec, group_of, structure_groups
 
 from .data import Splits
@@ -116,6 +117,37 @@ class SupernetConfig:
 
     def sandwich(self, seed: int) -> SandwichConfig:
         return SandwichConfig(n_random=self.n_random, kd_weight=self.kd_weight, seed=seed)
+
+    @classmethod
+    def from_config(cls, block, space: SearchSpace) -> "SupernetConfig":
+        """A study config's ``supernet:`` block for ``space`` (one line naming ``supernet.KEY`` on bad input)."""
+        sn = check_block("supernet", block, {f.name for f in fields(cls)})
+        if len(space.family) != 1:
+            raise VaenasInputError(f"supernet: needs a one-family space (space.family: [mlp] or [conv]), got "
+                                   f"{list(space.family)} - split the study by family or remove the supernet block")
+        if space.compression_keys:
+            raise VaenasInputError(f"supernet: the weight-sharing supernet cannot carry space.{space.compression_keys[0]} "
+                                   "(its one shared weight per layer is neither pruned, factorised nor k-means coded "
+                                   "per subnet); remove it from the space or remove the supernet block")
+        for k, t in (("epochs", (int, float)), ("n_random", int), ("kd_weight", (int, float)),
+                     ("finetune_steps", int), ("remeasure", int), ("calibrate", bool), ("latency_table", bool)):
+            if k in sn:
+                check_type(f"supernet.{k}", sn[k], t)
+        if "n_val" in sn:
+            check_type("supernet.n_val", sn["n_val"], int, allow_none=True)
+        return cls(**sn)._checked()
+
+    def _checked(self) -> "SupernetConfig":
+        for k in ("epochs", "n_val"):
+            v = getattr(self, k)
+            if v is not None and not v > 0:
+                raise VaenasInputError(f"supernet.{k}: must be > 0, got {v!r}")
+        for k in ("n_random", "finetune_steps", "remeasure"):
+            if getattr(self, k) < 0:
+                raise VaenasInputError(f"supernet.{k}: must be >= 0, got {getattr(self, k)!r}")
+        if self.kd_weight < 0:
+            raise VaenasInputError(f"supernet.kd_weight: must be >= 0, got {self.kd_weight!r}")
+        return self
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from search_space import ArchSpec, VaenasInputError, build_vae
+from search_space.errors import check_block, check_type
 from search_space.quant import set_fake_quant
 
 from .elbo import neg_elbo_terms
@@ -103,6 +104,26 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    KEYS = ("epochs", "batch_size", "lr", "max_steps", "qat_delay", "lr_schedule", "kl_warmup_steps", "lr_warmup_steps",
+            "device")
+
+    @classmethod
+    def from_config(cls, block, seed: int) -> "TrainConfig":
+        """A study config's ``train:`` block (one line naming ``train.KEY`` on bad input)."""
+        tr = check_block("train", block, set(cls.KEYS))
+        for k, t in (("epochs", (int, float)), ("batch_size", int), ("lr", (int, float)), ("lr_schedule", str),
+                     ("kl_warmup_steps", int), ("lr_warmup_steps", int), ("device", str)):
+            if k in tr:
+                check_type(f"train.{k}", tr[k], t)
+        if "max_steps" in tr:
+            check_type("train.max_steps", tr["max_steps"], int, allow_none=True)
+        if "epochs" in tr and isinstance(tr["epochs"], float) and not math.isfinite(tr["epochs"]):
+            raise VaenasInputError(f"train.epochs: must be finite, got {tr['epochs']}")
+        try:
+            return cls(**tr, seed=seed)
+        except VaenasInputError as e:
+            raise VaenasInputError(str(e) if str(e).startswith("seed") else f"train.{e}") from None
 
 
 @dataclass

@@ -11,3 +11,25 @@ class SpecError(VaenasInputError):
 
 class SpaceError(VaenasInputError):
     """An invalid search-space declaration; the message starts with the key path."""
+
+
+def check_type(key: str, value, typ, allow_none: bool = False):
+    """``value`` if it is a ``typ`` (a bool is never a number), else one line naming ``key``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) and typ is not bool or not isinstance(value, typ):
+        names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+        raise VaenasInputError(f"{key}: expected {names}, got {value!r}")
+    return value
+
+
+def check_block(key: str, value, allowed: set[str]) -> dict:
+    """A config block: a mapping with only ``allowed`` keys (``{}`` for None), else one line."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise VaenasInputError(f"{key}: expected a mapping, got {value!r}")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise VaenasInputError(f"{key}.{unknown[0]}: unknown key; allowed keys are {sorted(allowed)}")
+    return value

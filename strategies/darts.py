@@ -31,7 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from search_space import ArchSpec, SearchSpace, SpaceError
+from search_space import ArchSpec, SearchSpace, SpaceError, VaenasInputError
+from search_space.errors import check_block, check_type
 from search_space.quant import fake_quant_weight
 from search_space.activations import get_activation
 from search_space.supernet import MLPSupernet
@@ -46,6 +47,33 @@ class DartsConfig:
     warmup_steps: int = 50  # weight-only steps before the architecture starts to move
     seed: int = 0
     device: str = "cpu"
+
+
+DARTS_KEYS = ("lambdas", "steps", "depth", "arch_lr", "warmup_steps", "batch_size")
+DEFAULT_LAMBDAS = [0, 10, 100, 1000, 10000]
+
+
+def darts_block(block, space: SearchSpace) -> dict:
+    """A study config's ``darts:`` block, checked against ``space`` (one line naming ``darts.KEY``); the
+    lambdas as floats. Kept a mapping: it is part of the study's fingerprint as written."""
+    darts = dict(check_block("darts", block, set(DARTS_KEYS)))
+    lams = darts.get("lambdas", DEFAULT_LAMBDAS)
+    if not isinstance(lams, list) or not lams or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in lams):
+        raise VaenasInputError(f"darts.lambdas: expected a non-empty list of numbers >= 0, got {lams!r}")
+    darts["lambdas"] = [float(v) for v in lams]
+    for k in ("steps", "warmup_steps", "batch_size"):
+        if k in darts and (check_type(f"darts.{k}", darts[k], int) < (0 if k == "warmup_steps" else 1)):
+            raise VaenasInputError(f"darts.{k}: must be {'>= 0' if k == 'warmup_steps' else '>= 1'}, got {darts[k]}")
+    if "arch_lr" in darts and not check_type("darts.arch_lr", darts["arch_lr"], (int, float)) > 0:
+        raise VaenasInputError(f"darts.arch_lr: must be > 0, got {darts['arch_lr']}")
+    if "depth" in darts:
+        check_type("darts.depth", darts["depth"], int, allow_none=True)
+    try:
+        DartsSearch.check_space(space, darts.get("depth"))
+    except VaenasInputError as e:
+        raise VaenasInputError(f"{e}; remove the darts block or use an MLP space with a mirrored decoder") from None
+    return darts
 
 
 class DartsSearch(nn.Module):

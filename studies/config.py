@@ -61,6 +61,7 @@ from strategies.pareto import Bound
 from evaluator.data import DatasetSpec, Splits
 from evaluator.supernet import SupernetConfig
 from search_space import ArchSpec, SearchSpace, VaenasInputError
+from search_space.errors import check_block, check_type
 from search_space.space import safe_yaml
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -69,11 +70,6 @@ _KEYS = {"name", "dataset", "data_root", "n_train", "space", "strategy", "object
          "artifacts"}
 # constraints the spec alone decides (no training): strategies can rule specs out before proposing them
 STATIC_CONSTRAINTS = STATIC_OBJECTIVES  # the limits a spec alone decides: checked before training
-_TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_steps", "qat_delay", "lr_schedule", "kl_warmup_steps", "lr_warmup_steps", "device"}
-_LATENCY_KEYS = {"backend", "repeats", "threads", "batch_size", "warmup", "command", "format"}
-_DARTS_KEYS = {"lambdas", "steps", "depth", "arch_lr", "warmup_steps", "batch_size"}
-_SUPERNET_KEYS = {"epochs", "n_random", "kd_weight", "finetune_steps", "n_val", "remeasure", "calibrate",
-                  "latency_table"}
 
 
 class ConfigError(VaenasInputError):
@@ -88,23 +84,11 @@ def check_name(name: Any, what: str = "name") -> str:
 
 
 def _typed(key: str, value: Any, typ: type | tuple, allow_none: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) and typ is not bool or not isinstance(value, typ):
-        names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
-        raise ConfigError(f"{key}: expected {names}, got {value!r}")
-    return value
+    return _owned(lambda: check_type(key, value, typ, allow_none))
 
 
 def _block(key: str, value: Any, allowed: set[str]) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}: unknown key; allowed keys are {sorted(allowed)}")
-    return value
+    return _owned(lambda: check_block(key, value, allowed))
 
 
 @dataclass
@@ -137,174 +121,35 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, d: Any, base_dir: Path | None = None) -> "StudyConfig":
-        if not isinstance(d, dict):
-            raise ConfigError("study config: expected a mapping of keys at the top level")
-        unknown = sorted(set(d) - _KEYS)
-        if unknown:
-            raise ConfigError(f"{unknown[0]}: unknown study key; allowed keys are {sorted(_KEYS)}")
-        for req in ("name", "space", "objectives"):
-            if req not in d:
-                raise ConfigError(f"{req}: required study key is missing")
-            if req == "name":
-                check_name(d["name"])
-            if req == "space" and isinstance(d["space"], dict):
-                SearchSpace.from_dict(d["space"])
-        name = check_name(d["name"])
-        dataset = DatasetSpec.parse(d.get("dataset", "mnist"), base_dir)
-        sp = d["space"]
-        if isinstance(sp, str):
-            path = Path(sp) if Path(sp).is_absolute() or base_dir is None else base_dir / sp
-            space = SearchSpace.load(path)
-        elif isinstance(sp, dict):
-            space = SearchSpace.from_dict(sp)
-        else:
-            raise ConfigError(f"space: expected an inline mapping or a file path, got {sp!r}")
-        objs = d["objectives"]
-        if not isinstance(objs, list):
-            raise ConfigError(f"objectives: expected a list such as [neg_elbo, size_bytes], got {objs!r}")
-        objectives = check_objectives(objs)
-        braw = d.get("bounds") or {}
-        if not isinstance(braw, dict):
-            raise ConfigError(f"bounds: expected a mapping objective -> [lo, hi], got {braw!r}")
-        bounds = []
-        for o in objectives:
-            if o not in braw:
-                raise ConfigError(f"bounds.{o}: missing; hypervolume needs fixed bounds for every objective, "
-                                  f"e.g. {o}: [lo, hi]")
-            bounds.append(_bound(f"bounds.{o}", braw[o]))
-        extra = sorted(set(braw) - set(objectives))
-        if extra:
-            raise ConfigError(f"bounds.{extra[0]}: not one of the study's objectives {objectives}")
-        craw = d.get("constraints") or {}
-        if not isinstance(craw, dict):
-            raise ConfigError(f"constraints: expected a mapping OBJECTIVE: max, e.g. {{size_bytes: 16384}}, got {craw!r}")
-        constraints: dict[str, float] = {}
-        for k, v in craw.items():
-            if k not in OBJECTIVES:
-                raise ConfigError(f"constraints.{k}: unknown; constrain one of {list(OBJECTIVES)}")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ConfigError(f"constraints.{k}: expected a positive number (the maximum allowed), got {v!r}")
-            constraints[k] = float(v)
-        hb = _block("heartbeat", d.get("heartbeat"), {"interval_s", "grace_s", "outage_s"})
-        interval = _typed("heartbeat.interval_s", hb.get("interval_s", 30), int)
-        grace = _typed("heartbeat.grace_s", hb.get("grace_s", 120), int)
-        if interval < 1 or grace <= interval:
-            raise ConfigError(f"heartbeat: need interval_s >= 1 and grace_s > interval_s, got {interval} and {grace}")
-        outage = _typed("heartbeat.outage_s", hb.get("outage_s", 60), (int, float))
-        if not (math.isfinite(outage) and outage >= 0):
-            raise ConfigError(f"heartbeat.outage_s: expected a number of seconds >= 0, got {outage!r}")
-        strat = d.get("strategy", {"name": "random"})
-        if isinstance(strat, str):
-            strat = {"name": strat}
-        strat = _block("strategy", strat, {"name", "options"})
-        budget = _block("budget", d.get("budget"), {"trials", "timeout_s", "rungs", "keep"})
-        trials = _typed("budget.trials", budget.get("trials", 10), int)
-        if trials < 1:
-            raise ConfigError(f"budget.trials: must be >= 1, got {trials}")
-        timeout = _typed("budget.timeout_s", budget.get("timeout_s"), (int, float), allow_none=True)
-        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-            raise ConfigError(f"budget.timeout_s: must be a positive number of seconds (or null), got {timeout}")
-        rungs, keep = _rungs(budget)
-        tr = _block("train", d.get("train"), _TRAIN_KEYS)
+        """Check every key of a study config (one line naming the first bad one) and build it; each
+        block is parsed by its owner (``TrainConfig``, ``LatencyConfig``, ``SupernetConfig``, DARTS')."""
+        _check_top(d)
+        space = _space(d["space"], base_dir)
+        objectives, bounds = _objectives(d)
         seed = _typed("seed", d.get("seed", 0), int)
-        for k, t in (("epochs", (int, float)), ("batch_size", int), ("lr", (int, float)), ("lr_schedule", str),
-                     ("kl_warmup_steps", int), ("lr_warmup_steps", int), ("device", str)):
-            if k in tr:
-                _typed(f"train.{k}", tr[k], t)
-        if "max_steps" in tr:
-            _typed("train.max_steps", tr["max_steps"], int, allow_none=True)
-        if "epochs" in tr and isinstance(tr["epochs"], float) and not math.isfinite(tr["epochs"]):
-            raise ConfigError(f"train.epochs: must be finite, got {tr['epochs']}")
-        try:
-            train = TrainConfig(**tr, seed=seed)
-        except VaenasInputError as e:
-            raise ConfigError(str(e) if str(e).startswith("seed") else f"train.{e}") from None
-        lat = _block("latency", d.get("latency"), _LATENCY_KEYS)
-        for k in lat:
-            _typed(f"latency.{k}", lat[k], str if k in ("backend", "command", "format") else int)
-        storage = _typed("storage", d.get("storage"), str, allow_none=True)
-        n_train = _typed("n_train", d.get("n_train"), int, allow_none=True)
-        if n_train is not None and n_train < 1:
-            raise ConfigError(f"n_train: must be >= 1 (the number of training examples each trial uses), got {n_train}")
-        from strategies import REGISTRY
+        trials, timeout, rungs, keep = _budget(d.get("budget"))
+        strategy, options = _strategy(d.get("strategy", {"name": "random"}))
+        interval, grace, outage = _heartbeat(d.get("heartbeat"))
+        supernet = _owned(lambda: SupernetConfig.from_config(d["supernet"], space)) if d.get("supernet") is not None \
+            else None
+        if supernet is not None and rungs:
+            raise ConfigError("budget.rungs: supernet trials are estimates that train nothing, so there is nothing "
+                              "to stop early; remove budget.rungs or the supernet block")
+        from strategies.darts import darts_block
 
-        sname = _typed("strategy.name", strat.get("name", "random"), str)
-        if sname not in REGISTRY:
-            raise ConfigError(f"strategy.name: {sname!r} is unknown; registered strategies are {sorted(REGISTRY)}")
-        supernet = None
-        if d.get("supernet") is not None:
-            sn = _block("supernet", d.get("supernet"), _SUPERNET_KEYS)
-            if len(space.family) != 1:
-                raise ConfigError(f"supernet: needs a one-family space (space.family: [mlp] or [conv]), got "
-                                  f"{list(space.family)} - split the study by family or remove the supernet block")
-            if space.compression_keys:
-                raise ConfigError(f"supernet: the weight-sharing supernet cannot carry space.{space.compression_keys[0]} "
-                                  "(its one shared weight per layer is neither pruned, factorised nor k-means coded per "
-                                  "subnet); remove it from the space or remove the supernet block")
-            for k, t in (("epochs", (int, float)), ("n_random", int), ("kd_weight", (int, float)),
-                         ("finetune_steps", int), ("remeasure", int)):
-                if k in sn:
-                    _typed(f"supernet.{k}", sn[k], t)
-            if "n_val" in sn:
-                _typed("supernet.n_val", sn["n_val"], int, allow_none=True)
-            for k in ("calibrate", "latency_table"):
-                if k in sn:
-                    _typed(f"supernet.{k}", sn[k], bool)
-            supernet = SupernetConfig(**sn)
-            if rungs:
-                raise ConfigError("budget.rungs: supernet trials are estimates that train nothing, so there is nothing "
-                                  "to stop early; remove budget.rungs or the supernet block")
-            for k in ("epochs", "n_val"):
-                v = getattr(supernet, k)
-                if v is not None and not v > 0:
-                    raise ConfigError(f"supernet.{k}: must be > 0, got {v!r}")
-            for k in ("n_random", "finetune_steps", "remeasure"):
-                if getattr(supernet, k) < 0:
-                    raise ConfigError(f"supernet.{k}: must be >= 0, got {getattr(supernet, k)!r}")
-            if supernet.kd_weight < 0:
-                raise ConfigError(f"supernet.kd_weight: must be >= 0, got {supernet.kd_weight!r}")
-        darts = None
-        if d.get("darts") is not None:
-            darts = dict(_block("darts", d.get("darts"), _DARTS_KEYS))
-            lams = darts.get("lambdas", [0, 10, 100, 1000, 10000])
-            if not isinstance(lams, list) or not lams or any(
-                    isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in lams):
-                raise ConfigError(f"darts.lambdas: expected a non-empty list of numbers >= 0, got {lams!r}")
-            darts["lambdas"] = [float(v) for v in lams]
-            for k in ("steps", "warmup_steps", "batch_size"):
-                if k in darts and (_typed(f"darts.{k}", darts[k], int) < (0 if k == "warmup_steps" else 1)):
-                    raise ConfigError(f"darts.{k}: must be {'>= 0' if k == 'warmup_steps' else '>= 1'}, got {darts[k]}")
-            if "arch_lr" in darts and not _typed("darts.arch_lr", darts["arch_lr"], (int, float)) > 0:
-                raise ConfigError(f"darts.arch_lr: must be > 0, got {darts['arch_lr']}")
-            if "depth" in darts:
-                _typed("darts.depth", darts["depth"], int, allow_none=True)
-            from strategies.darts import DartsSearch
-
-            try:
-                DartsSearch.check_space(space, darts.get("depth"))
-            except VaenasInputError as e:
-                raise ConfigError(f"{e}; remove the darts block or use an MLP space with a mirrored decoder") \
-                    from None
-        enqueue = []
+        darts = _owned(lambda: darts_block(d["darts"], space)) if d.get("darts") is not None else None
         from .artifacts import check_artifacts_config
 
-        artifacts = check_artifacts_config(d.get("artifacts"))
-        raw_q = d.get("enqueue") or []
-        if not isinstance(raw_q, list):
-            raise ConfigError(f"enqueue: expected a list of arch specs (as in an exported arch.json), got {raw_q!r}")
-        for i, item in enumerate(raw_q):
-            try:
-                spec = ArchSpec.from_dict(item)
-            except VaenasInputError as e:
-                raise ConfigError(f"enqueue[{i}]: {e}") from None
-            enqueue.append(spec)  # checked against the space once it is bound to the data (bind_data)
         return cls(
-            name=name, space=space, objectives=objectives, bounds=bounds, dataset=dataset,
-            data_root=_typed("data_root", d.get("data_root"), str, allow_none=True), n_train=n_train,
-            strategy=sname, strategy_options=_typed("strategy.options", strat.get("options") or {}, dict),
-            trials=trials, timeout_s=timeout, rungs=rungs, keep=keep, train=train, latency=_latency(lat), seed=seed,
-            storage=storage, constraints=constraints, heartbeat=(interval, grace), outage_s=float(outage), supernet=supernet, darts=darts,
-            enqueue=enqueue, artifacts=artifacts, raw=d,
+            name=check_name(d["name"]), space=space, objectives=objectives, bounds=bounds,
+            dataset=DatasetSpec.parse(d.get("dataset", "mnist"), base_dir),
+            data_root=_typed("data_root", d.get("data_root"), str, allow_none=True), n_train=_n_train(d),
+            strategy=strategy, strategy_options=options, trials=trials, timeout_s=timeout, rungs=rungs, keep=keep,
+            train=_owned(lambda: TrainConfig.from_config(d.get("train"), seed)),
+            latency=_owned(lambda: LatencyConfig.from_config(d.get("latency"))), seed=seed,
+            storage=_typed("storage", d.get("storage"), str, allow_none=True), constraints=_constraints(d),
+            heartbeat=(interval, grace), outage_s=float(outage), supernet=supernet, darts=darts,
+            enqueue=_enqueue(d.get("enqueue")), artifacts=check_artifacts_config(d.get("artifacts")), raw=d,
         )
 
     def bind_data(self, data: Splits) -> None:
@@ -354,6 +199,126 @@ class StudyConfig:
         return cls.from_dict(safe_yaml(text, p.name, ConfigError), base_dir=p.parent)
 
 
+def _owned(parse):
+    """A block parsed by its owner: its one-line error as the config's."""
+    try:
+        return parse()
+    except ConfigError:
+        raise
+    except VaenasInputError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_top(d: Any) -> None:
+    if not isinstance(d, dict):
+        raise ConfigError("study config: expected a mapping of keys at the top level")
+    unknown = sorted(set(d) - _KEYS)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown study key; allowed keys are {sorted(_KEYS)}")
+    for req in ("name", "space", "objectives"):
+        if req not in d:
+            raise ConfigError(f"{req}: required study key is missing")
+        if req == "name":
+            check_name(d["name"])
+        if req == "space" and isinstance(d["space"], dict):
+            SearchSpace.from_dict(d["space"])
+
+
+def _space(sp: Any, base_dir: Path | None) -> SearchSpace:
+    if isinstance(sp, str):
+        return SearchSpace.load(Path(sp) if Path(sp).is_absolute() or base_dir is None else base_dir / sp)
+    if isinstance(sp, dict):
+        return SearchSpace.from_dict(sp)
+    raise ConfigError(f"space: expected an inline mapping or a file path, got {sp!r}")
+
+
+def _objectives(d: dict) -> tuple[list[str], list[Bound]]:
+    """The objectives and their fixed hypervolume bounds (one per objective, no other)."""
+    objs = d["objectives"]
+    if not isinstance(objs, list):
+        raise ConfigError(f"objectives: expected a list such as [neg_elbo, size_bytes], got {objs!r}")
+    objectives = check_objectives(objs)
+    braw = d.get("bounds") or {}
+    if not isinstance(braw, dict):
+        raise ConfigError(f"bounds: expected a mapping objective -> [lo, hi], got {braw!r}")
+    for o in objectives:
+        if o not in braw:
+            raise ConfigError(f"bounds.{o}: missing; hypervolume needs fixed bounds for every objective, "
+                              f"e.g. {o}: [lo, hi]")
+    extra = sorted(set(braw) - set(objectives))
+    if extra:
+        raise ConfigError(f"bounds.{extra[0]}: not one of the study's objectives {objectives}")
+    return objectives, [_bound(f"bounds.{o}", braw[o]) for o in objectives]
+
+
+def _constraints(d: dict) -> dict[str, float]:
+    craw = d.get("constraints") or {}
+    if not isinstance(craw, dict):
+        raise ConfigError(f"constraints: expected a mapping OBJECTIVE: max, e.g. {{size_bytes: 16384}}, got {craw!r}")
+    out: dict[str, float] = {}
+    for k, v in craw.items():
+        if k not in OBJECTIVES:
+            raise ConfigError(f"constraints.{k}: unknown; constrain one of {list(OBJECTIVES)}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ConfigError(f"constraints.{k}: expected a positive number (the maximum allowed), got {v!r}")
+        out[k] = float(v)
+    return out
+
+
+def _heartbeat(raw: Any) -> tuple[int, int, float]:
+    hb = _block("heartbeat", raw, {"interval_s", "grace_s", "outage_s"})
+    interval = _typed("heartbeat.interval_s", hb.get("interval_s", 30), int)
+    grace = _typed("heartbeat.grace_s", hb.get("grace_s", 120), int)
+    if interval < 1 or grace <= interval:
+        raise ConfigError(f"heartbeat: need interval_s >= 1 and grace_s > interval_s, got {interval} and {grace}")
+    outage = _typed("heartbeat.outage_s", hb.get("outage_s", 60), (int, float))
+    if not (math.isfinite(outage) and outage >= 0):
+        raise ConfigError(f"heartbeat.outage_s: expected a number of seconds >= 0, got {outage!r}")
+    return interval, grace, outage
+
+
+def _budget(raw: Any) -> tuple[int, float | None, tuple[float, ...], float]:
+    budget = _block("budget", raw, {"trials", "timeout_s", "rungs", "keep"})
+    trials = _typed("budget.trials", budget.get("trials", 10), int)
+    if trials < 1:
+        raise ConfigError(f"budget.trials: must be >= 1, got {trials}")
+    timeout = _typed("budget.timeout_s", budget.get("timeout_s"), (int, float), allow_none=True)
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"budget.timeout_s: must be a positive number of seconds (or null), got {timeout}")
+    return (trials, timeout, *_rungs(budget))
+
+
+def _strategy(strat: Any) -> tuple[str, dict]:
+    from strategies import REGISTRY
+
+    strat = _block("strategy", {"name": strat} if isinstance(strat, str) else strat, {"name", "options"})
+    name = _typed("strategy.name", strat.get("name", "random"), str)
+    if name not in REGISTRY:
+        raise ConfigError(f"strategy.name: {name!r} is unknown; registered strategies are {sorted(REGISTRY)}")
+    return name, _typed("strategy.options", strat.get("options") or {}, dict)
+
+
+def _n_train(d: dict) -> int | None:
+    n_train = _typed("n_train", d.get("n_train"), int, allow_none=True)
+    if n_train is not None and n_train < 1:
+        raise ConfigError(f"n_train: must be >= 1 (the number of training examples each trial uses), got {n_train}")
+    return n_train
+
+
+def _enqueue(raw_q: Any) -> list[ArchSpec]:
+    """Specs evaluated first; checked against the space once it is bound to the data (bind_data)."""
+    raw_q = raw_q or []
+    if not isinstance(raw_q, list):
+        raise ConfigError(f"enqueue: expected a list of arch specs (as in an exported arch.json), got {raw_q!r}")
+    out = []
+    for i, item in enumerate(raw_q):
+        try:
+            out.append(ArchSpec.from_dict(item))
+        except VaenasInputError as e:
+            raise ConfigError(f"enqueue[{i}]: {e}") from None
+    return out
+
+
 def _supernet_fingerprint(sn) -> dict | None:
     """The supernet block as it changes what trials measure; ``latency_table: false`` (measuring every
     estimate, as studies did before the table existed) is left out, so those studies still resume."""
@@ -389,13 +354,6 @@ def _rungs(budget: dict) -> tuple[tuple[float, ...], float]:
     if not 0 < keep < 1:
         raise ConfigError(f"budget.keep: must be a fraction in (0, 1) of the trials at a rung that go on, got {keep}")
     return decisions, float(keep)
-
-
-def _latency(lat: dict) -> LatencyConfig:
-    try:
-        return LatencyConfig(**lat)
-    except VaenasInputError as e:
-        raise ConfigError(str(e)) from None
 
 
 def _bound(key: str, v: Any) -> Bound:

@@ -9,6 +9,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from search_space import VaenasInputError
+
 
 def prog() -> str:
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
@@ -27,3 +29,7 @@ def prog() -> str:
                 else str(exe)
         return f"{shown} -m studies.cli"
     return "vaenas"  # imported (tests, notebooks): the documented name
+
+
+class CliError(VaenasInputError):
+    """Bad input on the command line: one line, exit 2."""

@@ -85,56 +85,91 @@ def _step(what: str):
     print(f" {time.perf_counter() - t0:.1f} s", flush=True)
 
 
+def fit(spec: ArchSpec, data, cfg: TrainConfig, out: Path, extra=None, what: str = "arch", announce: str = ""):
+    """The one training pipeline of ``train`` and ``retrain``: train a seeded model of ``spec`` on ``data``,
+    save ``out/model.pt`` (first: whatever follows, the trained model is kept), and the test −ELBO.
+    Returns ``(model, train result, test figures, data meta)``."""
+    check_spec_fits(spec, data, what)
+    model = seeded_model(spec, cfg.seed, cfg.device)
+    print(data.describe(), flush=True)
+    if announce:
+        print(announce, flush=True)
+    res = train(model, data.train, cfg, extra_loss=extra, progress=sys.stderr.isatty())
+    meta = data_meta(data)
+    save_checkpoint(out / "model.pt", model, spec, meta)
+    with _step(f"trained in {res.seconds:.0f} s, saved {out / 'model.pt'}; test −ELBO on {len(data.test):,} examples"):
+        test = evaluate_neg_elbo(model, data.test)
+    return model, res, test, meta
+
+
+def write_weights(out: Path, spec: ArchSpec, packed: bytes) -> list[str]:
+    """``weights.packed.bin`` and ``arch.json`` beside the checkpoint."""
+    atomic_write(out / "weights.packed.bin", packed)
+    atomic_write(out / "arch.json", spec.to_json(indent=2).encode())
+    return ["model.pt", "weights.packed.bin", "arch.json"]
+
+
+def _teacher_loss(teacher: str | None, spec: ArchSpec, weight: float, device: str):
+    if not teacher:
+        return None
+    t = load_checkpoint(teacher, "--teacher")
+    if tuple(t.spec.input_shape) != tuple(spec.input_shape) or t.spec.likelihood != spec.likelihood:
+        raise VaenasInputError(f"--teacher: input {list(t.spec.input_shape)} under {t.spec.likelihood!r} differs "
+                               f"from the student's {list(spec.input_shape)} under {spec.likelihood!r}")
+    return distillation_loss(t.to(resolve_device(device)), weight)
+
+
 def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset="mnist", data_root: str | None = None,
             teacher: str | None = None, distill_weight: float = 1.0, seed: int = 0, lr: float = 1e-3,
             batch_size: int = 100, iwae_k: int = 100, device: str = "auto", n_train: int | None = None,
             lr_warmup_steps: int = 100, formats: tuple[str, ...] = ("onnx", "c")) -> dict:
+    """Train ``spec`` from scratch (QAT, cosine schedule, optionally distilled from ``teacher``), then
+    measure it on the test split (−ELBO, IWAE-k NLL, latency) and write the checkpoint, packed
+    weights, reconstructions, the deployable ``formats`` and ``report.json`` into ``out``."""
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, lr_schedule="cosine",
                       lr_warmup_steps=lr_warmup_steps)
     if isinstance(iwae_k, bool) or not isinstance(iwae_k, int) or iwae_k < 1:
         raise VaenasInputError(f"--iwae-k: must be a whole number >= 1, got {iwae_k!r}")
-    extra = None
-    if teacher:
-        t = load_checkpoint(teacher, "--teacher")
-        if tuple(t.spec.input_shape) != tuple(spec.input_shape) or t.spec.likelihood != spec.likelihood:
-            raise VaenasInputError(f"--teacher: input {list(t.spec.input_shape)} under {t.spec.likelihood!r} differs "
-                                   f"from the student's {list(spec.input_shape)} under {spec.likelihood!r}")
-        extra = distillation_loss(t.to(resolve_device(device)), distill_weight)
+    extra = _teacher_loss(teacher, spec, distill_weight, device)
     if out.exists() and not out.is_dir():
         raise VaenasInputError(f"--out: {str(out)!r} exists and is not a directory")
     data = load_data(dataset, data_root, n_train=n_train)
-    check_spec_fits(spec, data)
-    print(data.describe(), flush=True)
-    model = seeded_model(spec, seed, device)
-    res = train(model, data.train, cfg, extra_loss=extra, progress=sys.stderr.isatty())
-    meta = data_meta(data)
-    save_checkpoint(out / "model.pt", model, spec, meta)  # first: whatever follows, the trained model is kept
-    n_test = len(data.test)
-    with _step(f"[1/4] trained in {res.seconds:.0f} s, saved {out / 'model.pt'}; test −ELBO on {n_test:,} examples"):
-        test = evaluate_neg_elbo(model, data.test)
-    costs = static_costs(spec)
-    packed = pack_model(model)
-    with _step("[2/4] latency (batch 1, median)"):
-        lat = measure_latency(model, LatencyConfig())
-    with _step(f"[3/4] IWAE-{iwae_k} NLL on {n_test:,} test examples ({iwae_k} importance samples each)"):
-        iwae = iwae_nll(model, data.test, k=iwae_k)
-    report = {
-        "spec": spec.to_dict(), "spec_id": spec.id, **meta, "train": cfg.to_dict(),
-        "teacher": teacher, "distill_weight": distill_weight if teacher else None, "train_seconds": res.seconds,
-        "test_neg_elbo": test["neg_elbo"], "test_kl": test["kl"], "iwae_k": iwae_k,
-        "test_iwae_nll": iwae, "test_recon_mse_per_pixel": reconstruction_error(model, data.test),
-        "params": costs.params, "size_bytes": len(packed), "flops": costs.flops, "bitops": costs.bitops,
-        "latency_ms": lat.median_ms, "latency_iqr_ms": lat.iqr_ms, "latency_path": lat.path,
-        "uncounted_ops": list(costs.uncounted_ops), "out_dir": str(out),
-    }
+    model, res, test, meta = fit(spec, data, cfg, out, extra)
+    report = _measure(model, spec, data, iwae_k)
+    report.update({"spec": spec.to_dict(), "spec_id": spec.id, **meta, "train": cfg.to_dict(), "teacher": teacher,
+                   "distill_weight": distill_weight if teacher else None, "train_seconds": res.seconds,
+                   "test_neg_elbo": test["neg_elbo"], "test_kl": test["kl"], "out_dir": str(out)})
+    report = {k: report[k] for k in _REPORT_ORDER if k in report} | report
     if spec.is_image:  # the unit published image results use
         report["test_bits_per_dim"] = bits_per_dim(test["neg_elbo"], spec.n_inputs)
-        report["test_iwae_bits_per_dim"] = bits_per_dim(iwae, spec.n_inputs)
-    print(f"[4/4] writing the packed weights, reconstructions, {', '.join(formats) or 'no'} export(s) and report",
-          flush=True)
-    atomic_write(out / "weights.packed.bin", packed)
-    atomic_write(out / "arch.json", spec.to_json(indent=2).encode())
-    files = ["model.pt", "weights.packed.bin", "arch.json"]
+        report["test_iwae_bits_per_dim"] = bits_per_dim(report["test_iwae_nll"], spec.n_inputs)
+    _write_outputs(model, spec, data, out, formats, meta, test, report)
+    return report
+
+
+_REPORT_ORDER = ("spec", "spec_id", "dataset", "likelihood", "input_shape", "normalization", "train", "teacher",
+                 "distill_weight", "train_seconds", "test_neg_elbo", "test_kl", "iwae_k", "test_iwae_nll",
+                 "test_recon_mse_per_pixel", "params", "size_bytes", "flops", "bitops", "latency_ms", "latency_iqr_ms",
+                 "latency_path", "uncounted_ops", "out_dir")
+
+
+def _measure(model, spec: ArchSpec, data, iwae_k: int) -> dict:
+    """The retrained model's costs, latency and IWAE-k NLL."""
+    costs = static_costs(spec)
+    with _step("latency (batch 1, median)"):
+        lat = measure_latency(model, LatencyConfig())
+    with _step(f"IWAE-{iwae_k} NLL on {len(data.test):,} test examples ({iwae_k} importance samples each)"):
+        iwae = iwae_nll(model, data.test, k=iwae_k)
+    return {"iwae_k": iwae_k, "test_iwae_nll": iwae, "test_recon_mse_per_pixel": reconstruction_error(model, data.test),
+            "params": costs.params, "size_bytes": len(pack_model(model)), "flops": costs.flops,
+            "bitops": costs.bitops, "latency_ms": lat.median_ms, "latency_iqr_ms": lat.iqr_ms, "latency_path": lat.path,
+            "uncounted_ops": list(costs.uncounted_ops)}
+
+
+def _write_outputs(model, spec: ArchSpec, data, out: Path, formats, meta: dict, test: dict, report: dict) -> None:
+    print(f"writing the packed weights, reconstructions, {', '.join(formats) or 'no'} export(s) and report", flush=True)
+    packed = pack_model(model)
+    files = write_weights(out, spec, packed)
     from .plots import recon_plot
 
     recon_plot(out / "model.pt", data.test[:16], out / "reconstructions.png",
@@ -156,4 +191,3 @@ def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset="mnist", data_r
     files.append("report.json")
     report["files"] = files
     atomic_write(out / "report.json", json.dumps(report, indent=2).encode())
-    return report

@@ -1,0 +1,58 @@
+"""How the command line prints a study's trials: one format per column (the objectives' own from their
+registry, :data:`evaluator.OBJECTIVES`), and the Pareto front as a table."""
+
+from __future__ import annotations
+
+from evaluator import OBJECTIVES
+
+# columns beyond the objectives: −ELBO-like in nats to 2 decimals, bits/dim to 4
+_FORMATS = {**{name: o.fmt for name, o in OBJECTIVES.items()}, "estimate_neg_elbo": "{:.2f}",
+            "bits_per_dim": "{:.4f}", "mean_bits": "{:.2f}"}
+
+
+def column_format(col: str):
+    import numpy as np
+
+    f = _FORMATS.get(col, "{:.4g}")
+    def fmt(v) -> str:
+        if v is None or v != v:  # missing, NaN
+            return ""
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)):
+            return str(bool(v)) if isinstance(v, np.bool_) else str(v)
+        return f.format(v)
+
+    return fmt
+
+
+def print_front(view, limit: int | None = None, every: bool = False) -> None:
+    """The Pareto front as a table (``every``: all complete trials, sorted by the first objective,
+    with an ``on_front`` column). mean_bits is weighted by each layer's parameter count."""
+    import pandas as pd
+
+    cols = ["trial", "spec_id", "family", "latent_dim", "mean_bits", *view.objectives]
+    cols += [c for c in ("size_bytes", "flops", "latency_ms") if c not in cols]
+    if "bits_per_dim" in view.trials and view.trials["bits_per_dim"].notna().any():
+        cols.insert(cols.index("neg_elbo") + 1 if "neg_elbo" in cols else len(cols), "bits_per_dim")
+    front = view.front
+    if "neg_elbo_is_estimate" in front and front["neg_elbo_is_estimate"].any():
+        print("NOTE: −ELBO values below are ESTIMATES from supernet-inherited weights (not re-measured)")
+        cols.append("neg_elbo_is_estimate")
+    elif "phase" in view.trials and (view.trials["phase"] == "remeasure").any():
+        n_est = int(view.trials["neg_elbo_is_estimate"].sum())
+        print(f"front re-measured by standalone training ({int((view.trials['phase'] == 'remeasure').sum())} specs); "
+              f"the {n_est} search trials' −ELBO were supernet ESTIMATES")
+        cols += ["estimate_neg_elbo"]
+    if every:
+        table = view.trials.sort_values([view.objectives[0], "trial"])
+        cols.append("on_front")
+        header = f"all {len(table)} complete trials (on_front: on the Pareto front):"
+    else:
+        table = front
+        header = f"Pareto front: {len(front)} of {len(view.trials)} complete trials (`show --all` lists every trial):"
+    if "flash_bytes" in cols:
+        print("flash_bytes is an ESTIMATE: packed weights (exact) + estimated C code (see evaluator/deploy/memory.py)")
+    if "latency_ms" in cols and "latency_path" in table and len(table) and table["latency_path"].iloc[0]:
+        print(f"latency_ms measured on: {table['latency_path'].iloc[0]}")
+    print(header)
+    with pd.option_context("display.max_columns", 30, "display.width", 220):
+        print(table[cols].head(limit).to_string(index=False, formatters={c: column_format(c) for c in cols}))
