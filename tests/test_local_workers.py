@@ -16,8 +16,7 @@ import optuna
 import pytest
 import yaml
 
-from studies.liveness import WORKER_DIED
-from strategies.trial_record import SURPLUS
+from strategies.trial_record import SURPLUS, WORKER_DIED, observations
 
 from studies.trials import is_finished
 
@@ -90,6 +89,8 @@ def check_study(study, budget, killed=None):
         retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
         assert len(retries) == 1 and retries[0].params == dead.params  # retried once, same spec
         assert retries[0].state == optuna.trial.TrialState.COMPLETE
+        lessons = {o.number for o in observations(study)}  # what evolution, RL and NNI learn from
+        assert killed not in lessons and retries[0].number in lessons  # the dead worker's trial teaches nothing
     assert len(trials) == budget + (1 if killed is not None else 0)
     return trials
 

@@ -185,3 +185,41 @@ def test_nni_strategies_run_in_process_and_write_nothing_in_home(name, tmp_path)
                        cwd=str(Path(__file__).resolve().parents[1]))
     assert r.returncode == 0, r.stderr[-2000:]
     assert list(home.rglob("*")) == []
+
+
+def _fail(study, spec, reason):
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL,
+                                              user_attrs={"spec": spec.to_json(), "spec_id": spec.id,
+                                                          "fail_reason": reason}))
+
+
+def test_a_trial_whose_worker_died_teaches_no_strategy():
+    """The worker-died bug: a trial failed because its worker was killed said nothing about its spec, but
+    evolution, RL and NNI learned from it (RL gave it reward -1). Every not-the-spec's-fault reason is
+    defined once (strategies.trial_record) and no strategy's history holds such a trial."""
+    from strategies.base import domination_reward
+    from strategies.trial_record import INTERRUPTED, NOT_THE_SPECS_FAULT, SURPLUS, WORKER_DIED, observations
+    from studies.liveness import WORKER_DIED as LIVENESS_REASON
+
+    assert LIVENESS_REASON == WORKER_DIED and WORKER_DIED in NOT_THE_SPECS_FAULT
+    space = SearchSpace.from_dict({"family": ["mlp"], "mlp": {"depth": [1], "width": [16, 32]},
+                                   "latent_dim": [2, 4], "weight_bits": [4, 32]})
+    import random
+
+    specs = [space.sample(random.Random(i)) for i in range(4)]
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(values=[100.0, 1000.0], user_attrs={
+        "spec": specs[0].to_json(), "spec_id": specs[0].id}))
+    for spec, reason in zip(specs[1:], (WORKER_DIED, INTERRUPTED, SURPLUS)):
+        _fail(study, spec, reason)
+    _fail(study, specs[0], "diverged: −ELBO is nan")  # the spec's own failure: a lesson (reward -1)
+    history = observations(study)
+    assert [o.number for o in history] == [0, 4]
+    assert domination_reward(history[1], history) == -1.0
+    for name in ("random", "evolution", "rl"):  # what each whole-spec strategy is shown before a proposal
+        sampler = create_sampler(name, space, seed=0)
+        shown: list = []
+        real = sampler.observe
+        sampler.observe = lambda h, real=real: (shown.append([o.number for o in h]), real(h))[1]
+        sampler.before_trial(study, study.ask())
+        assert shown == [[0, 4]], name
