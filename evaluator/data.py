@@ -75,6 +75,52 @@ def _err(key: str, msg: str) -> VaenasInputError:
     return VaenasInputError(f"dataset.{key}: {msg}")
 
 
+def _strings(value: dict, src: str, base_dir: Path | None) -> dict[str, Any]:
+    """``name``, ``path`` (made absolute against the config's folder) and ``key`` of a dataset block."""
+    kw: dict[str, Any] = {}
+    for k in ("name", "path", "key"):
+        if k in value:
+            if not isinstance(value[k], str) or not value[k]:
+                raise _err(k, f"expected a non-empty string, got {value[k]!r}")
+            kw[k] = value[k]
+    for k in ("name",) if src in ("torchvision", "sklearn") else ("path",):
+        if k not in kw:
+            raise _err(k, f"required for source {src}")
+    if "path" in kw:
+        p = Path(kw["path"]).expanduser()
+        kw["path"] = str(p if p.is_absolute() or base_dir is None else (base_dir / p).resolve())
+    return kw
+
+
+def _numbers(value: dict) -> dict[str, Any]:
+    """``image_size``, ``channels``, the split fractions and ``max_memory_mb`` of a dataset block."""
+    kw: dict[str, Any] = {}
+    if "image_size" in value:
+        s = value["image_size"]
+        if isinstance(s, int) and not isinstance(s, bool):
+            s = [s, s]
+        if not (isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                             and 1 <= v <= 4096 for v in s)):
+            raise _err("image_size", f"expected [height, width] in pixels (1..4096), got {value['image_size']!r}")
+        kw["image_size"] = tuple(s)
+    if "channels" in value:
+        if value["channels"] not in (1, 3) or isinstance(value["channels"], bool):
+            raise _err("channels", f"expected 1 (grey) or 3 (RGB), got {value['channels']!r}")
+        kw["channels"] = value["channels"]
+    for k in ("val_fraction", "test_fraction"):
+        if k in value:
+            v = value[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 0.5:
+                raise _err(k, f"expected a fraction between 0 and 0.5, got {v!r}")
+            kw[k] = float(v)
+    if "max_memory_mb" in value:
+        v = value["max_memory_mb"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise _err("max_memory_mb", f"expected a positive number of megabytes, got {v!r}")
+        kw["max_memory_mb"] = float(v)
+    return kw
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """A dataset: where its examples come from and the likelihood that scores them."""
@@ -115,18 +161,7 @@ class DatasetSpec:
         lik = value.get("likelihood")
         if lik not in LIKELIHOODS:
             raise _err("likelihood", f"{lik!r} is not a likelihood; use one of {sorted(LIKELIHOODS)}")
-        kw: dict[str, Any] = {}
-        for k in ("name", "path", "key"):
-            if k in value:
-                if not isinstance(value[k], str) or not value[k]:
-                    raise _err(k, f"expected a non-empty string, got {value[k]!r}")
-                kw[k] = value[k]
-        for k in ("name",) if src in ("torchvision", "sklearn") else ("path",):
-            if k not in kw:
-                raise _err(k, f"required for source {src}")
-        if "path" in kw:
-            p = Path(kw["path"]).expanduser()
-            kw["path"] = str(p if p.is_absolute() or base_dir is None else (base_dir / p).resolve())
+        kw = _strings(value, src, base_dir)
         if src == "torchvision":
             torchvision_class(kw["name"])
             opts = value.get("options") or {}
@@ -134,29 +169,7 @@ class DatasetSpec:
                 raise _err("options", f"expected a mapping of extra torchvision arguments (not root/train/download/"
                                       f"transform), got {opts!r}")
             kw["options"] = tuple(sorted(opts.items()))
-        if "image_size" in value:
-            s = value["image_size"]
-            if isinstance(s, int) and not isinstance(s, bool):
-                s = [s, s]
-            if not (isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                                 and 1 <= v <= 4096 for v in s)):
-                raise _err("image_size", f"expected [height, width] in pixels (1..4096), got {value['image_size']!r}")
-            kw["image_size"] = tuple(s)
-        if "channels" in value:
-            if value["channels"] not in (1, 3) or isinstance(value["channels"], bool):
-                raise _err("channels", f"expected 1 (grey) or 3 (RGB), got {value['channels']!r}")
-            kw["channels"] = value["channels"]
-        for k in ("val_fraction", "test_fraction"):
-            if k in value:
-                v = value[k]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 0.5:
-                    raise _err(k, f"expected a fraction between 0 and 0.5, got {v!r}")
-                kw[k] = float(v)
-        if "max_memory_mb" in value:
-            v = value["max_memory_mb"]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise _err("max_memory_mb", f"expected a positive number of megabytes, got {v!r}")
-            kw["max_memory_mb"] = float(v)
+        kw.update(_numbers(value))
         return cls(src, lik, **kw)
 
     def to_config(self) -> str | dict:

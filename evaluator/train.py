@@ -174,91 +174,115 @@ def train(
     """Train ``model`` (a VAE or a supernet: anything with ``.likelihood``) in place on the stored training
     data ``train_u8`` (``Splits.train``: uint8 images or float vectors); raises :class:`TrainingDiverged`.
 
-    ``checkpoints``: fractions of the run (e.g. rungs 0.1, 0.3) at whose last step
-    ``at_checkpoint(index, step, total)`` is called; it returning False ends training there
-    (``TrainResult.stopped``)."""
-    device = resolve_device(cfg.device)
-    model.to(device).train()
-    data = train_u8.to(device)
-    n = len(data)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = int(math.ceil(cfg.epochs * steps_per_epoch)) if cfg.epochs > 0 else 0
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps) if total else cfg.max_steps
-    g = torch.Generator(device=device).manual_seed(cfg.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    latent = model.spec.latent_dim if step_loss is None else 0
-    lik = model.likelihood
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    ``extra_loss(model, x, eps)`` is added to the −ELBO (distillation); ``step_loss(model, x, g, beta)``
+    replaces it (a supernet's sandwich rule). ``checkpoints``: fractions of the run (e.g. rungs 0.1, 0.3)
+    at whose last step ``at_checkpoint(index, step, total)`` is called; it returning False ends
+    training there (``TrainResult.stopped``)."""
+    return _Loop(model, train_u8, cfg, extra_loss, step_loss, log_every, checkpoints, at_checkpoint).run(progress)
 
-        bar = tqdm(total=total, desc="train", unit="step", leave=False)
-    delay_steps = int(cfg.qat_delay * total)
-    stops = dict((s, i) for i, s in reversed(list(enumerate(checkpoint_steps(checkpoints, total)))))
-    stopped = False
-    set_fake_quant(model, delay_steps == 0)
-    after_step = getattr(model, "after_step", None)  # the model's own per-step schedule (pruning), if any
-    t0 = time.perf_counter()
-    history: list[tuple[int, float]] = []
-    acc, acc_n, recent = torch.zeros((), device=device), 0, []
-    step = 0
-    while step < total:
-        perm = torch.randperm(n, generator=g, device=device)
-        for i in range(0, n, cfg.batch_size):
-            if step >= total:
-                break
-            if step == delay_steps and delay_steps:
-                set_fake_quant(model, True)
-            x = lik.train_batch(data[perm[i : i + cfg.batch_size]], g)
-            beta = min(1.0, (step + 1) / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
-            if step_loss is not None:
-                loss = step_loss(model, x, g, beta)
-            else:
-                eps = torch.randn((len(x), latent), generator=g, device=device)
-                rec, kl = neg_elbo_terms(model, x, eps)
-                loss = (rec + beta * kl).mean()
-                if extra_loss is not None:
-                    loss = loss + extra_loss(model, x, eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if cfg.lr_schedule != "constant" or step <= cfg.lr_warmup_steps:
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(cfg, step, total)
-            opt.step()
-            acc += loss.detach()
-            acc_n += 1
-            step += 1
-            if after_step is not None:
-                after_step(step, total)
-            if acc_n == log_every or step == total:
-                mean = acc.item() / acc_n  # one host sync per log_every steps
-                if not math.isfinite(mean) or mean > cfg.divergence_threshold:
-                    set_fake_quant(model, True)
-                    raise TrainingDiverged(f"mean loss {mean:.4g} over steps {step - acc_n + 1}-{step} (lr={cfg.lr})")
-                history.append((step, mean))
-                recent.append((acc_n, mean))
-                acc.zero_()
-                acc_n = 0
-                if bar is not None:
-                    bar.update(log_every if step % log_every == 0 else step % log_every)
-                    bar.set_postfix(loss=f"{mean:.2f}")
-            if step in stops and step < total and at_checkpoint is not None \
-                    and not at_checkpoint(stops[step], step, total):
-                stopped = True
-                break
-        if stopped:
-            break
-    set_fake_quant(model, True)
-    if hasattr(model, "finalize_sparsity"):
-        model.finalize_sparsity()
-    if bar is not None:
-        bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
-    last = recent[-1][1] if recent else float("nan")
-    return TrainResult(steps=step, epochs=step / steps_per_epoch, seconds=seconds, final_loss=last, history=history,
-                       stopped=stopped)
+
+class _Loop:
+    """One training run: the batches of each epoch in a seeded order, one optimiser step each."""
+
+    def __init__(self, model, train_u8, cfg: TrainConfig, extra_loss, step_loss, log_every: int, checkpoints,
+                 at_checkpoint):
+        self.model, self.cfg, self.extra_loss, self.step_loss = model, cfg, extra_loss, step_loss
+        self.log_every, self.at_checkpoint = log_every, at_checkpoint
+        self.device = resolve_device(cfg.device)
+        model.to(self.device).train()
+        self.data = train_u8.to(self.device)
+        self.n = len(self.data)
+        self.steps_per_epoch = math.ceil(self.n / cfg.batch_size)
+        total = int(math.ceil(cfg.epochs * self.steps_per_epoch)) if cfg.epochs > 0 else 0
+        if cfg.max_steps:
+            total = min(total, cfg.max_steps) if total else cfg.max_steps
+        self.total = total
+        self.g = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        self.latent = model.spec.latent_dim if step_loss is None else 0
+        self.lik = model.likelihood
+        self.delay_steps = int(cfg.qat_delay * total)
+        self.stops = dict((s, i) for i, s in reversed(list(enumerate(checkpoint_steps(checkpoints, total)))))
+        self.after_step = getattr(model, "after_step", None)  # the model's own per-step schedule (pruning), if any
+        self.history: list[tuple[int, float]] = []
+        self.acc, self.acc_n, self.recent, self.step, self.bar = torch.zeros((), device=self.device), 0, [], 0, None
+
+    def run(self, progress: bool) -> TrainResult:
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc="train", unit="step", leave=False)
+        set_fake_quant(self.model, self.delay_steps == 0)
+        t0 = time.perf_counter()
+        stopped = False
+        while self.step < self.total and not stopped:
+            perm = torch.randperm(self.n, generator=self.g, device=self.device)
+            for i in range(0, self.n, self.cfg.batch_size):
+                if self.step >= self.total:
+                    break
+                if self.one_step(perm[i : i + self.cfg.batch_size]):
+                    stopped = True
+                    break
+        return self.finish(t0, stopped)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        cfg, step = self.cfg, self.step
+        beta = min(1.0, (step + 1) / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
+        if self.step_loss is not None:
+            return self.step_loss(self.model, x, self.g, beta)
+        eps = torch.randn((len(x), self.latent), generator=self.g, device=self.device)
+        rec, kl = neg_elbo_terms(self.model, x, eps)
+        loss = (rec + beta * kl).mean()
+        return loss + self.extra_loss(self.model, x, eps) if self.extra_loss is not None else loss
+
+    def one_step(self, idx: torch.Tensor) -> bool:
+        """One optimiser step on the examples ``idx``; True when a checkpoint says stop."""
+        cfg, model = self.cfg, self.model
+        if self.step == self.delay_steps and self.delay_steps:
+            set_fake_quant(model, True)
+        loss = self.loss(self.lik.train_batch(self.data[idx], self.g))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if cfg.lr_schedule != "constant" or self.step <= cfg.lr_warmup_steps:
+            for group in self.opt.param_groups:
+                group["lr"] = lr_at(cfg, self.step, self.total)
+        self.opt.step()
+        self.acc += loss.detach()
+        self.acc_n += 1
+        self.step += 1
+        if self.after_step is not None:
+            self.after_step(self.step, self.total)
+        if self.acc_n == self.log_every or self.step == self.total:
+            self.log()
+        step = self.step
+        return step in self.stops and step < self.total and self.at_checkpoint is not None \
+            and not self.at_checkpoint(self.stops[step], step, self.total)
+
+    def log(self) -> None:
+        """The mean loss since the last log (one host sync per ``log_every`` steps); diverged: raise."""
+        mean, step, n = self.acc.item() / self.acc_n, self.step, self.acc_n
+        if not math.isfinite(mean) or mean > self.cfg.divergence_threshold:
+            set_fake_quant(self.model, True)
+            raise TrainingDiverged(f"mean loss {mean:.4g} over steps {step - n + 1}-{step} (lr={self.cfg.lr})")
+        self.history.append((step, mean))
+        self.recent.append((n, mean))
+        self.acc.zero_()
+        self.acc_n = 0
+        if self.bar is not None:
+            self.bar.update(self.log_every if step % self.log_every == 0 else step % self.log_every)
+            self.bar.set_postfix(loss=f"{mean:.2f}")
+
+    def finish(self, t0: float, stopped: bool) -> TrainResult:
+        set_fake_quant(self.model, True)
+        if hasattr(self.model, "finalize_sparsity"):
+            self.model.finalize_sparsity()
+        if self.bar is not None:
+            self.bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        last = self.recent[-1][1] if self.recent else float("nan")
+        return TrainResult(steps=self.step, epochs=self.step / self.steps_per_epoch, seconds=seconds, final_loss=last,
+                           history=self.history, stopped=stopped)

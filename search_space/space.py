@@ -194,6 +194,45 @@ class _Miss(Exception):
         self.reason = reason
 
 
+def _family_block(fname: str, keys: set[str], raw: Any, fam: tuple) -> dict:
+    """The ``mlp:`` or ``conv:`` block of a space: ``{}`` when its family is not searched."""
+    if fname not in fam:
+        if raw is not None:
+            raise SpaceError(f"{fname}: block given but family {list(fam)} does not include {fname!r}")
+        return {}
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{fname}: family {fname!r} needs a {fname}: block with keys {sorted(keys)}")
+    unknown = sorted(set(raw) - keys)
+    if unknown:
+        raise SpaceError(f"{fname}.{unknown[0]}: unknown key; allowed keys are {sorted(keys)}")
+    missing = sorted(keys - set(raw) - {"fc_depth", "fc_width"})
+    if missing:
+        raise SpaceError(f"{fname}.{missing[0]}: required")
+    b = {}
+    for k in sorted(raw):
+        minimum = 0 if k in ("fc_depth",) or (fname == "mlp" and k == "depth") else 1
+        b[k] = _choices(f"{fname}.{k}", raw[k], minimum=minimum)
+    if fname == "conv":
+        b.setdefault("fc_depth", (0,))
+        if max(b["fc_depth"]) > 0 and "fc_width" not in b:
+            raise SpaceError("conv.fc_width: required when conv.fc_depth allows FC layers")
+        b.setdefault("fc_width", (1,))
+    return b
+
+
+def _bit_choices(d: dict) -> tuple[tuple, tuple]:
+    """The space's weight and activation bit-width choices."""
+    bits = _choices("weight_bits", d.get("weight_bits", [32]))
+    for b in bits:
+        if b not in ALLOWED_BITS:
+            raise SpaceError(f"weight_bits: {b} is not allowed; use values from {list(ALLOWED_BITS)}")
+    abits = _choices("act_bits", d.get("act_bits", [None]), allow_null=True)
+    for b in abits:
+        if b is not None and b not in ALLOWED_ACT_BITS:
+            raise SpaceError(f"act_bits: {b} is not allowed; use null or values from {list(ALLOWED_ACT_BITS)}")
+    return bits, abits
+
+
 @dataclass
 class SearchSpace:
     latent_dim: tuple[int, ...]
@@ -232,43 +271,12 @@ class SearchSpace:
         for a in acts:
             if a not in ACTIVATIONS:
                 raise SpaceError(f"activation: {a!r} is not supported; use {list(ACTIVATIONS)}")
-        blocks = {}
-        for fname, keys in (("mlp", _MLP_KEYS), ("conv", _CONV_KEYS)):
-            raw = d.get(fname)
-            if fname not in fam:
-                if raw is not None:
-                    raise SpaceError(f"{fname}: block given but family {list(fam)} does not include {fname!r}")
-                blocks[fname] = {}
-                continue
-            if not isinstance(raw, dict):
-                raise SpaceError(f"{fname}: family {fname!r} needs a {fname}: block with keys {sorted(keys)}")
-            unknown = sorted(set(raw) - keys)
-            if unknown:
-                raise SpaceError(f"{fname}.{unknown[0]}: unknown key; allowed keys are {sorted(keys)}")
-            missing = sorted(keys - set(raw) - {"fc_depth", "fc_width"})
-            if missing:
-                raise SpaceError(f"{fname}.{missing[0]}: required")
-            b = {}
-            for k in sorted(raw):
-                minimum = 0 if k in ("fc_depth",) or (fname == "mlp" and k == "depth") else 1
-                b[k] = _choices(f"{fname}.{k}", raw[k], minimum=minimum)
-            if fname == "conv":
-                b.setdefault("fc_depth", (0,))
-                if max(b["fc_depth"]) > 0 and "fc_width" not in b:
-                    raise SpaceError("conv.fc_width: required when conv.fc_depth allows FC layers")
-                b.setdefault("fc_width", (1,))
-            blocks[fname] = b
+        blocks = {fname: _family_block(fname, keys, d.get(fname), fam)
+                  for fname, keys in (("mlp", _MLP_KEYS), ("conv", _CONV_KEYS))}
         decoder = d.get("decoder", "mirror")
         if decoder not in ("mirror", "free"):
             raise SpaceError(f"decoder: must be 'mirror' or 'free', got {decoder!r}")
-        bits = _choices("weight_bits", d.get("weight_bits", [32]))
-        for b in bits:
-            if b not in ALLOWED_BITS:
-                raise SpaceError(f"weight_bits: {b} is not allowed; use values from {list(ALLOWED_BITS)}")
-        abits = _choices("act_bits", d.get("act_bits", [None]), allow_null=True)
-        for b in abits:
-            if b is not None and b not in ALLOWED_ACT_BITS:
-                raise SpaceError(f"act_bits: {b} is not allowed; use null or values from {list(ALLOWED_ACT_BITS)}")
+        bits, abits = _bit_choices(d)
         bpl = d.get("bits_per_layer", True)
         if not isinstance(bpl, bool):
             raise SpaceError(f"bits_per_layer: must be true or false, got {bpl!r}")

@@ -117,34 +117,9 @@ class ArchSpec:
             if vals and min(vals) < 1:
                 raise SpecError(f"{name}: every width/channel count must be >= 1, got {list(vals)}")
         if self.family == "mlp":
-            for name in ("enc_channels", "kernels", "strides"):
-                if getattr(self, name):
-                    raise SpecError(f"{name}: must be empty for family 'mlp', got {list(getattr(self, name))}")
-            if self.dec_channels is not None:
-                raise SpecError("dec_channels: must be null for family 'mlp'")
+            self._check_mlp()
         else:
-            if len(self.input_shape) != 3:
-                raise SpecError(f"family 'conv' needs image data (channels, height, width), but the input is a vector "
-                                f"of {self.input_shape[0]} features; use family 'mlp' for vector data")
-            n = len(self.enc_channels)
-            if n == 0:
-                raise SpecError("enc_channels: family 'conv' needs at least one conv layer")
-            if len(self.kernels) != n or len(self.strides) != n:
-                raise SpecError(
-                    f"kernels/strides: need one per conv layer ({n}), got {len(self.kernels)} kernels "
-                    f"and {len(self.strides)} strides"
-                )
-            if min(self.kernels) < 1 or min(self.strides) < 1:
-                raise SpecError("kernels/strides: must be >= 1")
-            if any(s > k for k, s in zip(self.kernels, self.strides)):
-                raise SpecError(f"strides: a stride larger than its kernel skips pixels ({self.kernels=}, {self.strides=})")
-            if self.dec_channels is not None and len(self.dec_channels) != n:
-                raise SpecError(f"dec_channels: need one per conv layer ({n}), got {list(self.dec_channels)}")
-            h, w = self.input_shape[1:]
-            for k, s in zip(self.kernels, self.strides):
-                h, w = conv_out(h, k, s), conv_out(w, k, s)
-                if h < 1 or w < 1:
-                    raise SpecError(f"kernels/strides: the conv stack shrinks a {self.input_shape[1:]} input to nothing")
+            self._check_conv()
         n_layers = len(self.layer_names())
         if len(self.weight_bits) != n_layers:
             raise SpecError(
@@ -157,6 +132,37 @@ class ArchSpec:
         if self.act_bits is not None and (isinstance(self.act_bits, bool) or self.act_bits not in ALLOWED_ACT_BITS):
             raise SpecError(f"act_bits: must be null (float) or one of {list(ALLOWED_ACT_BITS)}, got {self.act_bits!r}")
         self._check_compression(n_layers)
+
+    def _check_mlp(self) -> None:
+        for name in ("enc_channels", "kernels", "strides"):
+            if getattr(self, name):
+                raise SpecError(f"{name}: must be empty for family 'mlp', got {list(getattr(self, name))}")
+        if self.dec_channels is not None:
+            raise SpecError("dec_channels: must be null for family 'mlp'")
+
+    def _check_conv(self) -> None:
+        if len(self.input_shape) != 3:
+            raise SpecError(f"family 'conv' needs image data (channels, height, width), but the input is a vector "
+                            f"of {self.input_shape[0]} features; use family 'mlp' for vector data")
+        n = len(self.enc_channels)
+        if n == 0:
+            raise SpecError("enc_channels: family 'conv' needs at least one conv layer")
+        if len(self.kernels) != n or len(self.strides) != n:
+            raise SpecError(
+                f"kernels/strides: need one per conv layer ({n}), got {len(self.kernels)} kernels "
+                f"and {len(self.strides)} strides"
+            )
+        if min(self.kernels) < 1 or min(self.strides) < 1:
+            raise SpecError("kernels/strides: must be >= 1")
+        if any(s > k for k, s in zip(self.kernels, self.strides)):
+            raise SpecError(f"strides: a stride larger than its kernel skips pixels ({self.kernels=}, {self.strides=})")
+        if self.dec_channels is not None and len(self.dec_channels) != n:
+            raise SpecError(f"dec_channels: need one per conv layer ({n}), got {list(self.dec_channels)}")
+        h, w = self.input_shape[1:]
+        for k, s in zip(self.kernels, self.strides):
+            h, w = conv_out(h, k, s), conv_out(w, k, s)
+            if h < 1 or w < 1:
+                raise SpecError(f"kernels/strides: the conv stack shrinks a {self.input_shape[1:]} input to nothing")
 
     def _check_compression(self, n_layers: int) -> None:
         """Validate and canonicalise ``sparsity``, ``rank`` and ``quantizer`` (all-default -> None)."""
