@@ -51,8 +51,10 @@ from torch import nn
 from search_space import VAE, ArchSpec, VaenasInputError, pack_model
 from search_space.errors import check_block, check_type
 
+from .deploy.formats import runnable
+
 BACKENDS = ("onnxruntime", "c", "executorch", "torch", "command")
-COMMAND_FORMATS = ("c", "onnx", "executorch")
+COMMAND_FORMATS = runnable()  # the export formats a latency command can be given
 COMMAND_TIMEOUT_S = 600
 
 
@@ -294,17 +296,12 @@ _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def command_artifact(model: VAE, fmt: str, workdir: Path) -> Path:
-    from evaluator.deploy import write_c, write_onnx, write_pte
+    """Write export ``fmt`` of ``model`` into ``workdir``; the path a latency command is given."""
+    from evaluator.deploy import REGISTRY
 
-    packed = pack_model(model)
-    if fmt == "c":
-        write_c(model.spec, packed, workdir)
-        return workdir
-    if fmt == "onnx":
-        write_onnx(model.spec, packed, workdir)
-        return workdir
-    write_pte(model.spec, packed, workdir)
-    return workdir / "model.pte"
+    f = REGISTRY[fmt]
+    f.write(model.spec, pack_model(model), workdir)
+    return workdir / f.artifact if f.artifact else workdir
 
 
 def run_command(command: str, artifact: Path) -> float:

@@ -96,16 +96,10 @@ def build_and_size(out: Path) -> dict:
 
 def how_to_run(out: Path, formats: tuple[str, ...], spec) -> list[str]:
     """Lines telling how to run each written format."""
-    lines = []
-    if "c" in formats:
-        lines.append(f"C: cd {out} && make && ./vae_demo reconstruct < input.txt   "
-                     f"(input: {spec.n_inputs} floats per example, model space; see manifest.json)")
-    if "onnx" in formats:
-        lines.append(f"ONNX: onnxruntime.InferenceSession('{out / 'encoder.onnx'}').run(None, {{'x': x}}) -> mu, logvar; "
-                     f"then decoder.onnx with {{'z': mu}} -> out")
-    if "executorch" in formats:
-        lines.append(f"ExecuTorch: executorch.runtime.Runtime.get().load_program('{out / 'model.pte'}')"
-                     ".load_method('encode').execute([x]) (methods encode, decode; batch 1)")
+    from evaluator.deploy.formats import FORMATS as REGISTRY
+    from evaluator.deploy.formats import hint_order
+
+    lines = [REGISTRY[f].run_hint(out, spec) for f in hint_order() if f in formats]
     return lines
 
 

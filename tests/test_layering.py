@@ -182,3 +182,31 @@ def test_the_private_guard_catches_a_private_attribute():
     assert _private_uses("def f(view):\n    return view.study._study_id\n", "probe", names) == ["probe:2 ._study_id"]
     assert _private_uses("import optuna.storages._rdb\n", "probe", names) == ["probe:1"]
     assert _private_uses("class A:\n    def f(self):\n        return self._storage\n", "probe", names) == []
+
+
+def _long_functions(limit: int = 60) -> list[str]:
+    out = []
+    for p in _files():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > limit:
+                out.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    return out
+
+
+def test_no_function_over_60_lines():
+    """A function does one thing (C templates are module-level string constants, not functions)."""
+    assert _long_functions() == []
+
+
+def test_no_studies_module_over_400_lines():
+    big = [f"{p.relative_to(ROOT)} ({n} lines)" for p in sorted((ROOT / "studies").rglob("*.py"))
+           if (n := len(p.read_text().splitlines())) > 400]
+    assert big == []
+
+
+def test_the_latency_formats_are_the_runnable_exports():
+    from evaluator.deploy.formats import hint_order, runnable
+    from evaluator.latency import COMMAND_FORMATS
+
+    assert COMMAND_FORMATS == runnable() == ("onnx", "c", "executorch")
+    assert hint_order() == ("c", "onnx", "executorch")

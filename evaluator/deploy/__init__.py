@@ -19,17 +19,20 @@ from search_space.errors import VaenasInputError
 from search_space.likelihood import get_likelihood
 from search_space.packing import packed_layout
 from search_space.spec import ArchSpec
-from .c_lib import C_FILES, c_sources, write_c
-from .memory import code_bytes_estimate, flash_bytes, ram_bytes
-from .onnx_graph import ONNX_FILES, write_onnx
 from search_space.plan import decoder_steps, encoder_steps, tensor_sizes
-from .pte import PTE_FILES, PackedVAE, executorch_available, write_pte
 
-FORMATS = ("arch", "onnx", "c", "executorch")
-FILES = {"arch": ("arch.json",), "onnx": ONNX_FILES, "c": C_FILES, "executorch": PTE_FILES}
+from .c_lib import c_sources, write_c
+from .formats import FORMATS as REGISTRY
+from .formats import ExportFormat, register_format
+from .memory import code_bytes_estimate, flash_bytes, ram_bytes
+from .onnx_graph import write_onnx
+from .pte import PackedVAE, executorch_available, write_pte
+
+FORMATS = tuple(REGISTRY)  # canonical order
+FILES = {name: f.files for name, f in REGISTRY.items()}
 MANIFEST = "manifest.json"
 
-__all__ = ["FORMATS", "FILES", "MANIFEST", "PackedVAE", "c_sources", "code_bytes_estimate", "decoder_steps",
+__all__ = ["FORMATS", "FILES", "MANIFEST", "REGISTRY", "ExportFormat", "register_format", "PackedVAE", "c_sources", "code_bytes_estimate", "decoder_steps",
            "encoder_steps", "executorch_available", "export_model", "files_for", "flash_bytes", "parse_formats",
            "ram_bytes", "tensor_sizes", "write_c", "write_onnx", "write_pte"]
 
@@ -52,21 +55,19 @@ def parse_formats(values: str | list[str] | tuple[str, ...], flag: str = "--form
     return tuple(f for f in FORMATS if f in out)
 
 
-C_BUILD_FILES = ("vae_demo", "vae_model.o")  # what building the C export writes beside it
-
-
 def files_for(formats: tuple[str, ...]) -> list[str]:
     """Every file writing ``formats`` may put in the folder (the C build's products too), so a command can
     refuse to write over files it does not own."""
-    return [f for fmt in formats for f in FILES[fmt]] + [MANIFEST] + (list(C_BUILD_FILES) if "c" in formats else [])
+    return [f for fmt in formats for f in FILES[fmt]] + [MANIFEST] + [
+        f for fmt in formats for f in REGISTRY[fmt].build_files]
 
 
 def check_formats_available(formats: tuple[str, ...]) -> None:
     """One line if a format's package is missing (before anything is written)."""
-    if "executorch" in formats:
-        missing = executorch_available()
+    for fmt in formats:
+        missing = REGISTRY[fmt].missing()
         if missing:
-            raise VaenasInputError(f"--format executorch: {missing}")
+            raise VaenasInputError(f"--format {fmt}: {missing}")
 
 
 def _outputs_doc(spec: ArchSpec) -> dict:
@@ -105,20 +106,10 @@ def manifest(spec: ArchSpec, packed: bytes, formats: tuple[str, ...], sizes: dic
     for k in ("dataset", "trial", "study", "source", "trained_as"):
         if k in meta:
             doc[k] = meta[k]
-    if "onnx" in formats:
-        doc["onnx"] = {"opset": 21, "encoder": "encoder.onnx: x -> mu, logvar", "decoder": "decoder.onnx: z -> out",
-                       "weights": "INT4 (2-4 bits) / INT8 (5-8 bits) initializers -> DequantizeLinear (per channel); "
-                                  "k-means: UINT8 indices -> Gather from the float32 codebook; "
-                                  "float32 for 32-bit layers; sparse layers dense with zeros"}
-    if "c" in formats:
-        doc["c"] = {"build": "make", "run": "./vae_demo reconstruct < input.txt",
-                    "api": ["vae_encode(x, mu, logvar)", "vae_decode(z, out)", "vae_reconstruct(x, out)"],
-                    "packed_array": "vae_packed[] in vae_model.c = weights.packed.bin byte for byte",
-                    "ram_bytes": ram_bytes(spec)}
-    if "executorch" in formats:
-        doc["executorch"] = {"file": "model.pte", "methods": {"encode": "x (1, ...) -> mu, logvar",
-                                                               "decode": "z (1, latent) -> out"},
-                             "weights": "int8 codes + float32 scales, dequantised in the graph (XNNPACK)"}
+    for fmt in formats:
+        section = REGISTRY[fmt].manifest
+        if section is not None:
+            doc[fmt] = section(spec)
     return doc
 
 
@@ -136,15 +127,8 @@ def export_model(spec: ArchSpec, packed: bytes, out: str | Path, formats: tuple[
     tmp = Path(tempfile.mkdtemp(prefix=".vaenas-export-", dir=out))
     try:
         written: list[str] = []
-        if "arch" in formats:
-            (tmp / "arch.json").write_text(spec.to_json(indent=2))
-            written.append("arch.json")
-        if "onnx" in formats:
-            written += write_onnx(spec, packed, tmp)
-        if "c" in formats:
-            written += write_c(spec, packed, tmp)
-        if "executorch" in formats:
-            written += write_pte(spec, packed, tmp)
+        for fmt in formats:
+            written += REGISTRY[fmt].write(spec, packed, tmp)
         sizes = {f: (tmp / f).stat().st_size for f in written}
         doc = manifest(spec, packed, formats, sizes, meta)
         (tmp / MANIFEST).write_text(json.dumps(doc, indent=2))
