@@ -20,9 +20,19 @@ def bits_per_dim(nats: float, dims: int) -> float:
     return nats / (dims * math.log(2))
 
 
+def kl_terms(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Per latent dimension: KL(N(mu, exp(logvar)) || N(0, 1)) - the one owner of the ELBO's KL."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def kl_gaussians(mu_p: torch.Tensor, lv_p: torch.Tensor, mu_q: torch.Tensor, lv_q: torch.Tensor) -> torch.Tensor:
+    """Per example: KL(N(mu_p, exp(lv_p)) || N(mu_q, exp(lv_q))) of diagonal Gaussians, summed over dimensions."""
+    return 0.5 * (lv_q - lv_p + (lv_p.exp() + (mu_p - mu_q).pow(2)) / lv_q.exp() - 1).sum(1)
+
+
 def kl_std_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Analytic ``KL(N(mu, exp(logvar)) || N(0, I))`` per example."""
-    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+    return kl_terms(mu, logvar).sum(1)
 
 
 def neg_elbo_terms(model, x: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,9 @@ import numpy as np
 
 from search_space import ArchSpec, SearchSpace
 
+from . import optuna_private
 from .base import Observation, SpecSampler
+from .pareto import exclusive_contributions
 
 
 def nondominated_ranks(points: np.ndarray) -> np.ndarray:
@@ -55,16 +57,14 @@ def crowding_distance(points: np.ndarray) -> np.ndarray:
 
 
 def hv_contributions(norm: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-    """Exclusive hypervolume contribution of each rank-0 point (0 for the others), reference 1.1 per axis."""
-    from strategies.optuna_private import hypervolume as compute_hypervolume
-
+    """Exclusive hypervolume contribution of each rank-0 point (0 for the others) of a population already
+    scaled to [0, 1]. The reference is 1.1 per axis, not the study's 1.0: the population's own extremes
+    sit at 1.0 and must still count, or selection would never keep them."""
     ref = np.full(norm.shape[1], 1.1)
     front = np.flatnonzero(ranks == 0)
     out = np.zeros(len(norm))
-    total = compute_hypervolume(norm[front], ref, assume_pareto=True)
-    for i in front:
-        rest = norm[front[front != i]]
-        out[i] = total - (compute_hypervolume(rest, ref, assume_pareto=True) if len(rest) else 0.0)
+    hv = lambda pts: optuna_private.hypervolume(np.array(pts), ref, assume_pareto=True) if len(pts) else 0.0  # noqa: E731
+    out[front] = exclusive_contributions(norm[front].tolist(), hv)
     return out
 
 

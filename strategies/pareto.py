@@ -77,11 +77,17 @@ def knee_point(points: Sequence[Sequence[float]], bounds: Sequence[Bound]) -> in
     return int(np.argmin(dist))
 
 
-def hv_contributions(points: Sequence[Sequence[float]], bounds: Sequence[Bound]) -> np.ndarray:
-    """Each point's exclusive hypervolume contribution: hypervolume of all minus that of all but it."""
-    total = hypervolume(points, bounds)
+def exclusive_contributions(points: Sequence, hv) -> np.ndarray:
+    """Each point's exclusive contribution to ``hv`` (a hypervolume of a list of points): that of all
+    minus that of all but it - the one leave-one-out every contribution is computed by."""
+    total = hv(list(points))
     pts = list(points)
-    return np.array([total - hypervolume(pts[:i] + pts[i + 1:], bounds) for i in range(len(pts))])
+    return np.array([total - hv(pts[:i] + pts[i + 1:]) for i in range(len(pts))])
+
+
+def hv_contributions(points: Sequence[Sequence[float]], bounds: Sequence[Bound]) -> np.ndarray:
+    """Each point's exclusive hypervolume contribution within ``bounds`` (reference point all ones)."""
+    return exclusive_contributions(points, lambda pts: hypervolume(pts, bounds))
 
 
 def _fronts(pts: np.ndarray):

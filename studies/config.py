@@ -135,7 +135,7 @@ class StudyConfig:
         if supernet is not None and rungs:
             raise ConfigError("budget.rungs: supernet trials are estimates that train nothing, so there is nothing "
                               "to stop early; remove budget.rungs or the supernet block")
-        from strategies.darts import darts_block
+        from evaluator.darts import darts_block
 
         darts = _owned(lambda: darts_block(d["darts"], space)) if d.get("darts") is not None else None
         from .artifacts import check_artifacts_config

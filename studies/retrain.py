@@ -21,6 +21,7 @@ from evaluator import (
     LatencyConfig, TrainConfig, bits_per_dim, evaluate_neg_elbo, iwae_nll, load_data, measure_latency, reconstruction_error,
     resolve_device, seeded_model, static_costs, train,
 )
+from evaluator.elbo import kl_gaussians
 from search_space import ArchSpec, VaenasInputError, build_vae, pack_model
 
 from .files import atomic_write, data_meta, save_checkpoint
@@ -60,8 +61,7 @@ def distillation_loss(teacher, weight: float):
         mu_s, lv_s = student.encode(x)
         total = student.likelihood.distill(student.decode(mu_s), out_t)
         if mu_s.shape == mu_t.shape:  # KL(q_t || q_s), closed form for diagonal Gaussians
-            kl = 0.5 * (lv_s - lv_t + (lv_t.exp() + (mu_t - mu_s).pow(2)) / lv_s.exp() - 1).sum(1)
-            total = total + kl
+            total = total + kl_gaussians(mu_t, lv_t, mu_s, lv_s)
         return weight * total.mean()
 
     return loss

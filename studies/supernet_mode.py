@@ -69,7 +69,7 @@ def darts_enqueue(study: optuna.Study, cfg: StudyConfig, data, progress: bool = 
     by the study's evaluator like every other trial, so fronts are comparable across strategies.
     """
     from evaluator import resolve_device
-    from strategies.darts import DartsConfig, lambda_sweep
+    from evaluator.darts import DartsConfig, lambda_sweep
 
     d = cfg.darts
     dc = DartsConfig(**{k: d[k] for k in ("steps", "arch_lr", "warmup_steps", "batch_size") if k in d},

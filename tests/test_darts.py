@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from search_space import SearchSpace, SpaceError, packed_size_bytes
-from strategies.darts import DartsConfig, DartsSearch, lambda_sweep
+from evaluator.darts import DartsConfig, DartsSearch, lambda_sweep
 
 SPACE = SearchSpace.from_dict({"latent_dim": [4, 8, 16], "mlp": {"depth": [2], "width": [16, 32, 64, 128]},
                                "weight_bits": [2, 4, 8, 32], "bits_per_layer": True})

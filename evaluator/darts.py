@@ -37,6 +37,8 @@ from search_space.quant import fake_quant_weight
 from search_space.activations import get_activation
 from search_space.supernet import MLPSupernet
 
+from .elbo import kl_terms
+
 
 @dataclass(frozen=True)
 class DartsConfig:
@@ -177,7 +179,7 @@ class DartsSearch(nn.Module):
             j += 1
         out = F.linear(h, self._weight(dec_layers[-1].weight[:, :W], j), dec_layers[-1].bias)
         rec = -net.likelihood.log_prob(out.view(len(x), *self.template.output_shape), x)
-        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()) * lmask).sum(1)
+        kl = (kl_terms(mu, logvar) * lmask).sum(1)
         return (rec + kl).mean()
 
     # ------------------------------------------------------------------ search and derive
