@@ -13,8 +13,8 @@ largest spec's pixel probabilities. With elastic depth (per-depth boundary layer
 Scores from inherited weights are *estimates* (``neg_elbo_is_estimate=True`` wherever shown).
 
 Calibration (:class:`DepthCalibration`): within one depth the supernet ranks specs well, but its
-error differs by depth and size - measured on MNIST, shallow wide specs looked 15 nats worse than
-they train while deep ones were within 2 (``benchmarks/supernet_fidelity.py``). So before scoring,
+error differs by depth and size: shallow wide specs look far worse than they train while deep ones
+are close (``benchmarks/supernet_fidelity.py``; figures in ``benchmarks/README.md``). So before scoring,
 the smallest and the largest spec of every depth (anchors) are trained standalone with the
 study's recipe; per depth, the offset measured − estimated is interpolated linearly in
 log(params) between its two anchors and added to every estimate of that depth. ("Depth" is a
@@ -109,7 +109,7 @@ class SupernetConfig:
     n_random: int = 2
     kd_weight: float = 1.0
     finetune_steps: int = 0  # per-spec fine-tune of the inherited weights before scoring (0: none;
-    #                          conv spaces rank well only with one: 50 steps, see benchmarks/README.md)
+    #                          conv spaces rank well only with one: benchmarks/README.md)
     n_val: int | None = 2000  # validation images the estimate is computed on (None: all)
     remeasure: int = 10  # front specs re-measured by standalone training after the search
     calibrate: bool = True  # anchor estimates per depth on standalone-trained extreme specs

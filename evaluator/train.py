@@ -149,7 +149,7 @@ def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     """The learning rate of (0-based) ``step`` of ``total``: the schedule (constant, or cosine from
     ``lr`` to ``lr * lr_min_ratio``), times a linear warm-up ``(step + 1) / lr_warmup_steps`` over the
     first ``lr_warmup_steps`` steps. (Warm-up keeps Adam's first, sign-like steps from pushing a
-    whole ReLU layer below zero: measured on a conv VAE at lr 2e-3, ``benchmarks/README.md``.)"""
+    whole ReLU layer below zero; ``benchmarks/README.md`` has the measurement.)"""
     lr = cfg.lr
     if cfg.lr_schedule == "cosine":
         frac = step / max(1, total - 1)

@@ -16,8 +16,7 @@ weigh alike), one of:
   (random Chebyshev scalarisation).
 
 A failed or infeasible trial gets -1. Defaults (lr 0.1, entropy 0.05, domination) were picked on
-the synthetic benchmark (``strategies.synthetic``, 120 trials x 5 seeds): mean normalised
-hypervolume 0.738 vs 0.712-0.716 for Chebyshev and 0.716 for random search.
+the synthetic benchmark (``strategies.synthetic``; the figures are in ``benchmarks/README.md``).
 Update per episode: ``-(r - b) log pi(a) - beta H(pi)`` with Adam, ``b`` a moving average.
 
 State (JSON): policy and optimiser tensors, baseline, the trial numbers already learned from.

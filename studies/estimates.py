@@ -1,9 +1,9 @@
 """Supernet estimates at storage speed: scored against an in-memory mirror, stored with one write each.
 
-A supernet estimate takes milliseconds; asked and told through the study's storage it took far
-more (an SQLite transaction for each of ~12 parameters and ~25 attributes, and a scan of the
-study per trial). So the estimate loop keeps an in-memory Optuna study holding the same trials
-(:func:`mirror_of`), runs the ordinary trial (:func:`studies.run._run_trial`: suggest, reuse,
+A supernet estimate takes milliseconds; asked and told through the study's storage it takes far
+more (an SQLite transaction for each parameter and each attribute, and a scan of the study per
+trial). So the estimate loop keeps an in-memory Optuna study holding the same trials
+(:func:`mirror_of`), runs the ordinary trial (:func:`studies.trial.run_trial`: suggest, reuse,
 evaluate, tell) against it, and copies each finished trial into the real storage with one
 ``Study.add_trial`` - one transaction: its values, constraints and ONE JSON attribute ``record``
 holding all its attributes; its parameters are rebuilt from its spec when read back
@@ -11,8 +11,8 @@ holding all its attributes; its parameters are rebuilt from its spec when read b
 Trial numbers stay equal in both, because a supernet study's estimates run in one process
 (``search`` refuses ``--jobs`` and ``worker`` for supernet studies). A trial cut off by Ctrl-C
 was never written: nothing is left RUNNING. (Writing from a second thread while the next spec
-is scored was measured slower on 2 cores - 44 ms per estimate against 32 - since Optuna's
-write is mostly Python holding the interpreter lock.) The strategy's state is stored every
+is scored is slower, since Optuna's write is mostly Python holding the interpreter lock;
+``benchmarks/README.md`` has the measurement.) The strategy's state is stored every
 ``STATE_EVERY`` trials and when the loop ends.
 """
 
