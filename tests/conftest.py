@@ -1,4 +1,5 @@
-"""Shared fixtures: a private copy of the repo's sibling ``../shared/data`` raw IDX files."""
+"""Shared fixtures and helpers: a private copy of the repo's sibling ``../shared/data`` raw IDX files, a
+PostgreSQL server, and a small study config."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,3 +75,19 @@ def pg_url():
         pytest.skip(msg)
     yield url
     stop(root)
+
+
+def small_config(tmp_path, data_root, name="e2e", trials=5, strategy="random", **over):
+    cfg = {
+        "name": name, "dataset": "mnist", "data_root": str(data_root), "n_train": 1000,
+        "space": {"family": ["mlp"], "latent_dim": [4, 8], "mlp": {"depth": [1, 2], "width": [16, 64]},
+                  "weight_bits": [2, 4, 8, 32]},
+        "strategy": {"name": strategy}, "objectives": ["neg_elbo", "size_bytes"],
+        "bounds": {"neg_elbo": [100, 550], "size_bytes": {"lo": 100, "hi": 1000000, "log": True}},
+        "budget": {"trials": trials}, "train": {"epochs": 1, "batch_size": 100, "lr": 0.002},
+        "latency": {"repeats": 5, "warmup": 1}, "seed": 0,
+    }
+    cfg.update(over)
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p

@@ -20,7 +20,7 @@ import torch
 from search_space import ArchSpec, build_vae, pack_model, packed_size_bytes
 from search_space.errors import SpecError
 
-GOLDEN = Path(__file__).parent / "data" / "golden_exports.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_exports.json"
 BITS = (2, 3, 4, 5, 6, 8, 32)
 ACTS = ("relu", "leaky_relu", "elu", "silu", "gelu", "tanh", "sigmoid")
 LIKS = ("bernoulli", "gaussian", "discretized_logistic")

@@ -13,6 +13,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from conftest import small_config
 
 from evaluator import evaluate_neg_elbo, load_data
 from search_space import ArchSpec, build_vae
@@ -21,23 +22,7 @@ from studies.config import StudyConfig
 from studies.trials import is_finished
 from strategies.trial_record import trial_attrs
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def small_config(tmp_path, data_root, name="e2e", trials=5, strategy="random", **over):
-    cfg = {
-        "name": name, "dataset": "mnist", "data_root": str(data_root), "n_train": 1000,
-        "space": {"family": ["mlp"], "latent_dim": [4, 8], "mlp": {"depth": [1, 2], "width": [16, 64]},
-                  "weight_bits": [2, 4, 8, 32]},
-        "strategy": {"name": strategy}, "objectives": ["neg_elbo", "size_bytes"],
-        "bounds": {"neg_elbo": [100, 550], "size_bytes": {"lo": 100, "hi": 1000000, "log": True}},
-        "budget": {"trials": trials}, "train": {"epochs": 1, "batch_size": 100, "lr": 0.002},
-        "latency": {"repeats": 5, "warmup": 1}, "seed": 0,
-    }
-    cfg.update(over)
-    p = tmp_path / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _png_ok(path: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 from search_space import ArchSpec, build_vae, pack_model
 
 spec_ = importlib.util.spec_from_file_location(
-    "compression_report", Path(__file__).resolve().parents[1] / "benchmarks" / "compression_report.py")
+    "compression_report", Path(__file__).resolve().parents[2] / "benchmarks" / "compression_report.py")
 cr = importlib.util.module_from_spec(spec_)
 spec_.loader.exec_module(cr)
 
@@ -201,7 +201,7 @@ def test_bad_presets_are_one_line_exit_2_before_anything_is_written(tmp_path, ca
 
 def test_seed_check_gaps_are_per_seed_and_refuses_rows_it_cannot_rebuild(tmp_path, capsys):
     spec_s = importlib.util.spec_from_file_location(
-        "compression_seeds", Path(__file__).resolve().parents[1] / "benchmarks" / "compression_seeds.py")
+        "compression_seeds", Path(__file__).resolve().parents[2] / "benchmarks" / "compression_seeds.py")
     cs = importlib.util.module_from_spec(spec_s)
     spec_s.loader.exec_module(cs)
     out = {"recipe": {"epochs": 30, "dataset": "mnist", "qat_delay": 0.5},

@@ -20,7 +20,7 @@ from studies.trials import is_finished
 
 from studies.run import run_search
 
-from test_studies import small_config
+from conftest import small_config
 
 BOUNDS = [Bound(0.0, 10.0), Bound(1.0, 1000.0, log=True)]
 

@@ -182,7 +182,7 @@ def test_nni_strategies_run_in_process_and_write_nothing_in_home(name, tmp_path)
             "assert not [c for c in psutil.Process().net_connections() if c.status == 'LISTEN'], 'listening port'")
     env = {**os.environ, "HOME": str(home), "MPLCONFIGDIR": str(tmp_path / "mpl")}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       cwd=str(Path(__file__).resolve().parents[1]))
+                       cwd=str(Path(__file__).resolve().parents[2]))
     assert r.returncode == 0, r.stderr[-2000:]
     assert list(home.rglob("*")) == []
 

@@ -1,5 +1,5 @@
-"""Seeing a search (issue 19): trial artifacts, optuna-dashboard, the HTML report in a real
-headless browser, and the newcomer's frictions (export names, show, hints, --help, mean bits)."""
+"""Seeing a search end to end: trial artifacts, optuna-dashboard, the HTML report in a real headless
+browser, and a newcomer's frictions (export names, show, hints, --help, mean bits)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import yaml
 
 from studies.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

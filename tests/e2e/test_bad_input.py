@@ -14,7 +14,7 @@ import yaml
 
 from search_space import ArchSpec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPACE = {"latent_dim": [4], "mlp": {"depth": [1], "width": [16]}, "weight_bits": [4, 32]}
 
 

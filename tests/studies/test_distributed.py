@@ -117,7 +117,7 @@ def test_wrong_password_is_one_line_and_writes_nothing(tmp_path, data_root, pg_u
 @pytest.fixture
 def own_pg():
     """A server of this test's own, which the test may stop and start (an outage)."""
-    sys.path.insert(0, os.path.dirname(__file__))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import pgserver
 
     try:

@@ -1,5 +1,5 @@
-"""Hardening: what a command may write over (studies/outputs.py), and the rest of issue 16's cases
-that need more than one command line."""
+"""Hostile inputs and faults that need more than one command line: what a command may write over
+(studies/outputs.py), full disks, signals, redacted secrets, resumed and copied studies."""
 
 from __future__ import annotations
 
@@ -258,7 +258,7 @@ def test_sigterm_is_handled_like_ctrl_c_and_stderr_stays_one_line_off_a_terminal
 
     import yaml
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     cfg = {"name": "term", "dataset": "mnist", "data_root": str(data_root), "n_train": 20000,
            "space": {"latent_dim": [4], "mlp": {"depth": [1], "width": [64, 128]}},
            "objectives": ["neg_elbo", "size_bytes"], "bounds": {"neg_elbo": [50, 600], "size_bytes": [100, 1e7]},
@@ -332,7 +332,7 @@ def test_three_processes_unpacking_a_fresh_data_root_do_not_race(tmp_path, data_
     import sys
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     code = "import sys; from evaluator import load_data; d = load_data('mnist', sys.argv[1], n_train=10); print(len(d.test))"
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1",
            "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("search_space", "evaluator", "strategies", "studies")
 MAY_IMPORT = {"search_space": set(), "evaluator": {"search_space"}, "strategies": {"search_space"},
               "studies": {"search_space", "evaluator", "strategies"}}

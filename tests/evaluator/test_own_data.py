@@ -304,7 +304,7 @@ def test_sklearn_table_loads_standardised():
 def test_readme_dataset_examples_are_valid_configs(tmp_path):
     from studies.config import StudyConfig
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     blocks = [b.split("```")[0] for b in text.split("```yaml\n")[1:]]
     studies = [yaml.safe_load(b) for b in blocks if "\nname: " in "\n" + b]
     assert {s["name"] for s in studies} >= {"photos", "vibration"}

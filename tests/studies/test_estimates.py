@@ -17,7 +17,7 @@ from studies.trials import is_finished
 
 from studies.run import run_search
 
-from test_studies import small_config
+from conftest import small_config
 
 SPACE = SearchSpace.from_dict({"family": ["mlp"], "latent_dim": [4, 8, 16], "mlp": {"depth": [1, 2, 3],
                                "width": [16, 64, 128]}, "weight_bits": [2, 4, 8, 32], "bits_per_layer": True,
