@@ -36,7 +36,7 @@ from studies.report import load_view, reported_mask  # noqa: E402
 from studies.run import run_search  # noqa: E402
 from strategies.trial_record import trial_attrs  # noqa: E402
 
-_bench = importlib.util.spec_from_file_location("bench_strategies", Path(__file__).with_name("strategies.py"))
+_bench = importlib.util.spec_from_file_location("bench_strategies", Path(__file__).with_name("strategy_comparison.py"))
 bench = importlib.util.module_from_spec(_bench)
 _bench.loader.exec_module(bench)
 
