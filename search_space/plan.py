@@ -289,6 +289,12 @@ def _chain_pairs(spec: ArchSpec) -> list[tuple[Step, Step]]:
     return pairs
 
 
+def prunable_units(spec: ArchSpec) -> dict[str, int]:
+    """Layers whose outputs structured pruning may remove - every layer another layer of its chain reads
+    (not the head, nor the output layer) - with their unit (feature or channel) counts."""
+    return {p.name: p.out_shape[0] for p, _ in _chain_pairs(spec)}
+
+
 def _group(producer: Step, consumer: Step, target: float) -> UnitGroup:
     per_unit = math.prod(producer.out_shape[1:]) if len(producer.out_shape) > 1 else 1
     return UnitGroup(producer.name, consumer.name, producer.out_shape[0], target,

@@ -38,7 +38,7 @@ from .activations import ACTIVATIONS as ACTIVATION_REGISTRY
 from .compression import MAX_SPARSITY, PRUNINGS, QUANTIZERS, kept_count
 from .errors import SpecError
 from .likelihood import LIKELIHOODS, get_likelihood
-from .plan import weighted_mean_bits
+from .plan import prunable_units, weighted_mean_bits
 
 SPEC_TYPE = "vaenas.ArchSpec"
 SPEC_VERSION = 3  # written only when a version-3 field is used (see the module docstring)
@@ -221,15 +221,9 @@ class ArchSpec:
                                 f"output), so structured pruning cannot remove them; set its sparsity to 0")
 
     def prunable_units(self) -> dict[str, int]:
-        """Layers whose outputs structured pruning may remove, with their unit (feature or channel) counts."""
-        out = {f"enc.conv{i}": c for i, c in enumerate(self.enc_channels)}
-        out.update({f"enc.fc{i}": w for i, w in enumerate(self.enc_hidden)})
-        out.update({f"dec.fc{i}": w for i, w in enumerate(self.decoder_hidden)})
-        if self.family == "conv":
-            dch = self.decoder_channels
-            out["dec.proj"] = dch[0]
-            out.update({f"dec.tconv{i}": dch[i + 1] for i in range(len(dch) - 1)})
-        return out
+        """Layers whose outputs structured pruning may remove, with their unit (feature or channel) counts
+        (:func:`search_space.plan.prunable_units`)."""
+        return prunable_units(self)
 
     def deployed(self) -> "ArchSpec":
         """What ships: for structured pruning the dense spec with the removed units gone (narrower widths and

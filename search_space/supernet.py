@@ -175,8 +175,33 @@ class _SharedWeights(nn.Module):
     def head_for(self, spec: ArchSpec) -> nn.Linear:
         raise NotImplementedError
 
-    def sliced(self, spec: ArchSpec) -> list[tuple[str, torch.Tensor, torch.Tensor, int, torch.Tensor | None]]:
+    def shared_layers(self, spec: ArchSpec) -> dict[str, nn.Module]:
+        """The shared module each weight layer of ``spec`` takes its slice of (the family's sharing rules)."""
         raise NotImplementedError
+
+    def sliced(self, spec: ArchSpec) -> list[tuple[str, torch.Tensor, torch.Tensor, int, torch.Tensor | None]]:
+        """``(layer name, weight slice, bias slice, bits, step-size slice or None)`` of every layer of ``spec``'s
+        plan, in order (None: 32-bit, or max-abs scales without ``learned_scales``): leading output and input
+        channels of the shared weight, the centre taps of a larger kernel; the head's mu and logvar rows."""
+        shared = self.shared_layers(spec)
+        out = []
+        for layer in layer_plan(spec).layers:
+            op, m = layer.op, shared[layer.name]
+            if op.name == "head":
+                out.append(self._head_slice(m, spec, op.in_size, op.bits))
+                continue
+            s = self._scale(m, op.bits)
+            rows = op.out_channels
+            out.append((op.name, self._weight_slice(m, op), m.bias[:rows], op.bits, None if s is None else s[:rows]))
+        return out
+
+    def _weight_slice(self, m: nn.Module, op: Step) -> torch.Tensor:
+        if op.kind == "linear":
+            return m.weight[:op.out_size, :op.in_size]
+        t = _crop(m.weight.shape[-1], op.kernel)
+        if op.kind == "conv":
+            return m.weight[:op.out_channels, :op.in_channels, t, t]
+        return m.weight[:op.in_channels, :op.out_channels, t, t]  # ConvTranspose2d: (in, out, k, k)
 
     @torch.no_grad()
     def extract(self, spec: ArchSpec) -> VAE:
@@ -257,29 +282,13 @@ class MLPSupernet(_SharedWeights):
             return [self.dec_in["0"]]
         return [self.dec_in[str(depth)]] + [self.dec[depth - 1 - k] for k in range(1, depth)] + [self.out]
 
-    # ------------------------------------------------------------------ slicing
-    def sliced(self, spec: ArchSpec) -> list[tuple[str, torch.Tensor, torch.Tensor, int, torch.Tensor | None]]:
-        """``(layer name, weight slice, bias slice, bits, step-size slice or None)`` in ``spec.layer_names()``
-        order (None: 32-bit, or max-abs scales without ``learned_scales``)."""
-        bits = dict(zip(spec.layer_names(), spec.weight_bits))
-        out = []
-        width = self.n_in
-
-        def rows(m, name, w, width):
-            s = self._scale(m, bits[name])
-            return (name, m.weight[:w, :width], m.bias[:w], bits[name], None if s is None else s[:w])
-
-        for i, w in enumerate(spec.enc_hidden):
-            out.append(rows(self.enc[i], f"enc.fc{i}", w, width))
-            width = w
-        out.append(self._head_slice(self.head_for(spec), spec, width, bits["head"]))
-        width = spec.latent_dim
-        dec = spec.decoder_hidden
-        for k, (w, m) in enumerate(zip(dec, self.decoder_layers(len(dec)))):
-            out.append(rows(m, f"dec.fc{k}", w, width))
-            width = w
-        m = self.decoder_layers(len(dec))[-1]
-        out.append(rows(m, "dec.out", m.weight.shape[0], width))
+    # ------------------------------------------------------------------ which shared layer each layer uses
+    def shared_layers(self, spec: ArchSpec) -> dict[str, nn.Module]:
+        dec = len(spec.decoder_hidden)
+        names = [f"dec.fc{k}" for k in range(dec)] + ["dec.out"]
+        out = {f"enc.fc{i}": self.enc[i] for i in range(len(spec.enc_hidden))}
+        out["head"] = self.head_for(spec)
+        out.update(zip(names, self.decoder_layers(dec)))
         return out
 
     # ------------------------------------------------------------------ running one spec
@@ -372,44 +381,15 @@ class ConvSupernet(_SharedWeights):
     def head_for(self, spec: ArchSpec) -> nn.Linear:
         return self.heads[self._key(spec)]
 
-    # ------------------------------------------------------------------ slicing
-    def sliced(self, spec: ArchSpec) -> list[tuple[str, torch.Tensor, torch.Tensor, int, torch.Tensor | None]]:
-        """``(layer name, weight slice, bias slice, bits, step-size slice or None)`` in ``spec.layer_names()`` order."""
-        bits = dict(zip(spec.layer_names(), spec.weight_bits))
-        g, key = self._geometry(spec), self._key(spec)
-        K, n = self.max_kernel, len(spec.enc_channels)
-        _, h, w = spec.feature_shapes()[-1]
-        out = []
-
-        def take(m, name, weight, rows):
-            s = self._scale(m, bits[name])
-            return (name, weight, m.bias[:rows], bits[name], None if s is None else s[:rows])
-
-        cin = spec.input_shape[0]
-        for i, (ch, k) in enumerate(zip(spec.enc_channels, spec.kernels)):
-            m, t = self.convs[i], _crop(K, k)
-            out.append(take(m, f"enc.conv{i}", m.weight[:ch, :cin, t, t], ch))
-            cin = ch
-        width = cin * h * w
-        for i, fw in enumerate(spec.enc_hidden):
-            m = self.fc_in[g] if i == 0 else self.enc_fc[i - 1]
-            out.append(take(m, f"enc.fc{i}", m.weight[:fw, :width], fw))
-            width = fw
-        out.append(self._head_slice(self.heads[key], spec, width, bits["head"]))
-        width = spec.latent_dim
-        dec = spec.decoder_hidden
-        for k_, fw in enumerate(dec):
-            m = self.dec_in[key] if k_ == 0 else self.dec_fc[len(dec) - 1 - k_]
-            out.append(take(m, f"dec.fc{k_}", m.weight[:fw, :width], fw))
-            width = fw
-        dch = spec.decoder_channels
-        m = self.proj[key]
-        out.append(take(m, "dec.proj", m.weight[: dch[0] * h * w, :width], dch[0] * h * w))
-        for i in range(n):
-            j = n - 1 - i  # the encoder layer this one mirrors
-            cout = dch[i + 1] if i + 1 < n else spec.output_shape[0]
-            m, t = self.tconvs[j], _crop(K, spec.kernels[j])
-            out.append(take(m, f"dec.tconv{i}", m.weight[: dch[i], :cout, t, t], cout))
+    # ------------------------------------------------------------------ which shared layer each layer uses
+    def shared_layers(self, spec: ArchSpec) -> dict[str, nn.Module]:
+        g, key, n, dec = self._geometry(spec), self._key(spec), len(spec.enc_channels), len(spec.decoder_hidden)
+        out: dict[str, nn.Module] = {f"enc.conv{i}": self.convs[i] for i in range(n)}
+        out.update({f"enc.fc{i}": self.fc_in[g] if i == 0 else self.enc_fc[i - 1] for i in range(len(spec.enc_hidden))})
+        out["head"] = self.heads[key]
+        out.update({f"dec.fc{k}": self.dec_in[key] if k == 0 else self.dec_fc[dec - 1 - k] for k in range(dec)})
+        out["dec.proj"] = self.proj[key]
+        out.update({f"dec.tconv{i}": self.tconvs[n - 1 - i] for i in range(n)})  # shared by the layer it mirrors
         return out
 
     # ------------------------------------------------------------------ running one spec

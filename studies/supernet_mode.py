@@ -19,7 +19,7 @@ from strategies.trial_record import FAIL_REASON, FEASIBLE, PHASE, SEED, SPEC, SP
 
 from .config import StudyConfig
 from .files import data_meta, save_checkpoint, save_tensors
-from .trial import WORKER_ID
+from .trial import WORKER_ID, Outcome, add
 from .trials import REMEASURE, constraint_values, is_estimate, is_feasible
 
 
@@ -218,19 +218,15 @@ def _add_remeasured(study: optuna.Study, cfg: StudyConfig, spec: ArchSpec, resul
     from optuna.distributions import CategoricalDistribution
 
     if not isinstance(result, Objectives):
-        attrs[FAIL_REASON] = result.reason
-        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs=attrs))
+        add(study, Outcome(optuna.trial.TrialState.FAIL, attrs={**attrs, FAIL_REASON: result.reason}))
         return False
     attrs.update(result.to_dict())
-    system = {}
+    cons = dict(zip(cfg.constraints, constraint_values(result.to_dict(), cfg.constraints))) if cfg.constraints else {}
     if cfg.constraints:
-        cons = constraint_values(result.to_dict(), cfg.constraints)
-        system = {f"constraints:{k}": v for k, v in zip(cfg.constraints, cons)}  # as Trial.set_constraint
-        attrs[FEASIBLE] = all(c <= 0 for c in cons)
+        attrs[FEASIBLE] = all(c <= 0 for c in cons.values())
     params = {k: v for k, v in cfg.space.to_params(spec).items()}
     dists = {k: CategoricalDistribution(list(c)) for k, c in cfg.space.dimensions().items() if k in params}
-    study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
-                                              values=list(result.values(cfg.objectives)),
-                                              user_attrs=attrs, system_attrs=system))
+    add(study, Outcome(optuna.trial.TrialState.COMPLETE, list(result.values(cfg.objectives)), attrs, cons),
+        params, dists)
     return True
 

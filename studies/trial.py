@@ -58,6 +58,15 @@ def tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> str:
     return outcome.kind
 
 
+def add(study: optuna.Study, outcome: Outcome, params: dict | None = None, distributions: dict | None = None) -> None:
+    """A trial that ran outside the study's ask (a re-measurement) added whole, in one write; its
+    constraints stored as ``Trial.set_constraint`` stores them."""
+    system = {f"constraints:{k}": v for k, v in outcome.constraints.items()}
+    study.add_trial(optuna.trial.create_trial(state=outcome.state, values=outcome.values, params=params,
+                                              distributions=distributions, user_attrs=outcome.attrs,
+                                              system_attrs=system))
+
+
 def cut_off(study: optuna.Study, trial: optuna.Trial, reason: str = INTERRUPTED) -> None:
     """Fail a trial that was cut off (Ctrl-C) or lost the race for the last slot: not the spec's fault."""
     tell(study, trial, Outcome(TrialState.FAIL, attrs={FAIL_REASON: reason}))
