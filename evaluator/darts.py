@@ -35,6 +35,7 @@ from search_space import ArchSpec, SearchSpace, SpaceError, VaenasInputError
 from search_space.errors import check_block, check_type
 from search_space.quant import fake_quant_weight
 from search_space.activations import get_activation
+from search_space.plan import layer_plan
 from search_space.supernet import MLPSupernet
 
 from .elbo import kl_terms
@@ -157,27 +158,29 @@ class DartsSearch(nn.Module):
         return sum(p[k] * (w if b >= 32 else fake_quant_weight(w, b, 0)) for k, b in enumerate(self.bits))
 
     def neg_elbo(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        net, act = self.net, get_activation(self.space.activation[0]).fn
-        W, Lm = net.max_width, net.max_latent
-        masks = [self._mask(self.width_logits[i], self.widths, W) for i in range(self.depth)]
-        lmask = self._mask(self.latent_logits, self.latents, Lm)
-        h = x.flatten(1)
-        j = 0
-        for i in range(self.depth):
-            m = net.enc[i]
-            h = act(F.linear(h, self._weight(m.weight[:, : h.shape[1]], j), m.bias)) * masks[i]
-            j += 1
-        head, dec_layers = net.head(self.depth), net.decoder_layers(self.depth)
-        out = F.linear(h, self._weight(head.weight[:, :W], j), head.bias)
-        j += 1
-        mu, logvar = out[:, :Lm], out[:, Lm:]
+        """The relaxed model's −ELBO: the widest spec's layer plan on the supernet's shared layers, each
+        hidden layer's outputs scaled by the expected "unit is on" mask of its width, the latent by that
+        of the latent size, every weight the bit-probability mixture of its quantised forms."""
+        net, act, plan = self.net, get_activation(self.space.activation[0]).fn, layer_plan(self.template)
+        shared = net.shared_layers(self.template)
+        masks = [self._mask(self.width_logits[i], self.widths, net.max_width) for i in range(self.depth)]
+        # mirrored: decoder layer k has the width of encoder layer depth-1-k
+        unit_mask = {**{f"enc.fc{i}": masks[i] for i in range(self.depth)},
+                     **{f"dec.fc{k}": masks[self.depth - 1 - k] for k in range(self.depth)}}
+        lmask = self._mask(self.latent_logits, self.latents, net.max_latent)
+
+        def chain(layers, h, j):
+            for layer in layers:
+                m = shared[layer.name]
+                h = F.linear(h, self._weight(m.weight[:, :h.shape[1]], j), m.bias)
+                h = act(h) * unit_mask[layer.name] if layer.op.act_after else h
+                j += 1
+            return h
+
+        out = chain(plan.encoder, x.flatten(1), 0)
+        mu, logvar = out[:, :net.max_latent], out[:, net.max_latent:]
         z = (mu + torch.exp(0.5 * logvar) * eps) * lmask
-        h = z
-        for k in range(self.depth):  # mirrored: decoder layer k has the width of encoder layer depth-1-k
-            m = dec_layers[k]
-            h = act(F.linear(h, self._weight(m.weight[:, : h.shape[1]], j), m.bias)) * masks[self.depth - 1 - k]
-            j += 1
-        out = F.linear(h, self._weight(dec_layers[-1].weight[:, :W], j), dec_layers[-1].bias)
+        out = chain(plan.decoder, z, len(plan.encoder))
         rec = -net.likelihood.log_prob(out.view(len(x), *self.template.output_shape), x)
         kl = (kl_terms(mu, logvar) * lmask).sum(1)
         return (rec + kl).mean()
