@@ -34,7 +34,7 @@ import torch
 from search_space import ArchSpec, SearchSpace, VaenasInputError
 
 from .base import MAX_TRIES, Observation, SpecSampler, domination_reward, observations
-from strategies.trial_record import trial_attrs
+from strategies.trial_record import SPEC_ID, trial_attrs
 
 EXTRA = "pip install -e '.[nni]'"
 NAMES = ("nni-evolution", "nni-rl")
@@ -118,7 +118,7 @@ class _NNIStrategy(SpecSampler):
         raise RuntimeError(f"{self.name}: no novel feasible spec in {MAX_TRIES} draws")
 
     def _sync(self, study, history: list[Observation]) -> None:
-        ids_by_number = {t.number: trial_attrs(t).get("spec_id") for t in study.get_trials(deepcopy=False)}
+        ids_by_number = {t.number: trial_attrs(t).get(SPEC_ID) for t in study.get_trials(deepcopy=False)}
         for o in history:
             if o.number in self._fed:
                 continue
@@ -137,7 +137,7 @@ class _NNIStrategy(SpecSampler):
     def before_trial(self, study, trial) -> None:
         history = observations(study)
         self._sync(study, history)
-        seen = {trial_attrs(t)["spec_id"] for t in study.get_trials(deepcopy=False) if "spec_id" in trial_attrs(t)}
+        seen = {trial_attrs(t)[SPEC_ID] for t in study.get_trials(deepcopy=False) if SPEC_ID in trial_attrs(t)}
         self._before_propose(history)
         spec, handle = self._propose_for(trial.number, seen)
         self._handles[trial.number] = (handle, spec.id)

@@ -16,6 +16,8 @@ import optuna
 
 from search_space import ArchSpec, SearchSpace, packed_layout, packed_size_bytes
 
+from .trial_record import FAIL_REASON, SPEC, SPEC_ID
+
 
 def synthetic_objectives(spec: ArchSpec) -> tuple[float, float]:
     layers = packed_layout(spec)
@@ -36,10 +38,10 @@ def run_synthetic(space: SearchSpace, sampler: optuna.samplers.BaseSampler, tria
     for _ in range(trials):
         t = study.ask()
         spec = suggest_spec(space, t)
-        t.set_user_attr("spec", spec.to_json())
-        t.set_user_attr("spec_id", spec.id)
+        t.set_user_attr(SPEC, spec.to_json())
+        t.set_user_attr(SPEC_ID, spec.id)
         if fail_every and (t.number + 1) % fail_every == 0:
-            t.set_user_attr("fail_reason", "synthetic failure")
+            t.set_user_attr(FAIL_REASON, "synthetic failure")
             study.tell(t, state=optuna.trial.TrialState.FAIL)
         else:
             study.tell(t, list(synthetic_objectives(spec)))

@@ -26,7 +26,7 @@ from search_space import ArchSpec
 from .plots import BIT_COLOURS, BIT_EDGES, BIT_LEVELS, LABELS, bits_colour
 from .report import StudyView, feasible_trials, hypervolume_curve, reported_mask, study_hypervolume
 from .files import study_dir
-from strategies.trial_record import trial_attrs
+from strategies.trial_record import FAIL_REASON, SPEC_ID, trial_attrs
 
 MAX_THUMBNAILS = 60  # front points (and the knee) get their picture embedded; the page stays small
 
@@ -117,13 +117,13 @@ def _all_trials(view: StudyView) -> list[dict]:
     out = []
     for t in view.study.trials:
         a = trial_attrs(t)
-        reason = a.get("fail_reason", "")
+        reason = a.get(FAIL_REASON, "")
         if "stopped_at_rung" in a:  # early stopping: its figures are partial and never on a front
             reason = (f"stopped at rung {a['stopped_at_rung']} (after {a['stopped_at_fraction']:g} of its training; "
                       f"PARTIAL −ELBO {a.get('partial', {}).get('neg_elbo', float('nan')):.2f})")
         if "reused_from_trial" in a:
             reason = (reason + "; " if reason else "") + f"repeat of trial {a['reused_from_trial']} (not counted)"
-        d = {"trial": t.number, "state": t.state.name, "fail_reason": reason, "spec_id": a.get("spec_id", ""),
+        d = {"trial": t.number, "state": t.state.name, "fail_reason": reason, "spec_id": a.get(SPEC_ID, ""),
              "worker": a.get("worker", "")}
         if rows is not None and t.number in rows.index:
             r = rows.loc[t.number]

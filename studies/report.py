@@ -18,7 +18,7 @@ from search_space import ArchSpec, VaenasInputError
 from .config import check_name
 from .invocation import prog
 from .files import atomic_write, study_dir
-from strategies.trial_record import trial_attrs
+from strategies.trial_record import FAIL_REASON, trial_attrs
 
 COST_COLUMNS = ["flops", "bitops", "params", "size_bytes", "latency_ms", "ram_bytes", "flash_bytes"]
 
@@ -62,7 +62,7 @@ def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = No
     for t in study.get_trials(deepcopy=False):
         a = trial_attrs(t)  # once per trial: a packed record is unpacked by each call
         partial = a.get("partial") or {}
-        all_rows.append({"number": t.number, "state": t.state.name, "fail_reason": a.get("fail_reason", ""),
+        all_rows.append({"number": t.number, "state": t.state.name, "fail_reason": a.get(FAIL_REASON, ""),
                          "worker": a.get("worker", ""), "stopped_at_rung": a.get("stopped_at_rung"),
                          "stopped_at_fraction": a.get("stopped_at_fraction"),
                          "partial_neg_elbo": partial.get("neg_elbo"),
