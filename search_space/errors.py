@@ -23,13 +23,27 @@ def check_type(key: str, value, typ, allow_none: bool = False):
     return value
 
 
-def check_block(key: str, value, allowed: set[str]) -> dict:
+def check_block(key: str, value, allowed: set[str], error: type[VaenasInputError] = VaenasInputError) -> dict:
     """A config block: a mapping with only ``allowed`` keys (``{}`` for None), else one line."""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise VaenasInputError(f"{key}: expected a mapping, got {value!r}")
+        raise error(f"{key}: expected a mapping, got {value!r}")
     unknown = sorted(set(value) - allowed)
     if unknown:
-        raise VaenasInputError(f"{key}.{unknown[0]}: unknown key; allowed keys are {sorted(allowed)}")
+        raise error(f"{key}.{unknown[0]}: unknown key; allowed keys are {sorted(allowed)}")
     return value
+
+
+def read_text(path, missing: str, unreadable, error: type[VaenasInputError] = VaenasInputError) -> str:
+    """A text file's content, or one line: ``missing`` when it is not a file, ``unreadable(exception)`` when
+    it cannot be read as text."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise error(missing)
+    try:
+        return p.read_text()
+    except (UnicodeDecodeError, OSError) as e:
+        raise error(unreadable(e)) from None

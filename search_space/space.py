@@ -44,7 +44,7 @@ from typing import Any, Callable
 import yaml
 
 from .compression import MAX_SPARSITY, QUANTIZERS
-from .errors import SpaceError, SpecError
+from .errors import SpaceError, SpecError, check_block, read_text
 from .likelihood import LIKELIHOODS
 from .spec import ACTIVATIONS, ALLOWED_ACT_BITS, ALLOWED_BITS, FAMILIES, ArchSpec, conv_out
 
@@ -202,9 +202,7 @@ def _family_block(fname: str, keys: set[str], raw: Any, fam: tuple) -> dict:
         return {}
     if not isinstance(raw, dict):
         raise SpaceError(f"{fname}: family {fname!r} needs a {fname}: block with keys {sorted(keys)}")
-    unknown = sorted(set(raw) - keys)
-    if unknown:
-        raise SpaceError(f"{fname}.{unknown[0]}: unknown key; allowed keys are {sorted(keys)}")
+    check_block(fname, raw, keys, SpaceError)
     missing = sorted(keys - set(raw) - {"fc_depth", "fc_width"})
     if missing:
         raise SpaceError(f"{fname}.{missing[0]}: required")
@@ -339,13 +337,9 @@ class SearchSpace:
     @classmethod
     def load(cls, path: str | Path) -> "SearchSpace":
         p = Path(path)
-        if not p.is_file():
-            raise SpaceError(f"search space file {str(p)!r} does not exist; check the path")
-        try:
-            text = p.read_text()
-        except (UnicodeDecodeError, OSError) as e:
-            raise SpaceError(f"search space file {str(p)!r} is not readable text ({type(e).__name__})") from None
-        return cls.from_yaml(text)
+        return cls.from_yaml(read_text(p, f"search space file {str(p)!r} does not exist; check the path",
+                                       lambda e: f"search space file {str(p)!r} is not readable text "
+                                                 f"({type(e).__name__})", SpaceError))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {

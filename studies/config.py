@@ -61,7 +61,7 @@ from strategies.pareto import Bound
 from evaluator.data import DatasetSpec, Splits
 from evaluator.supernet import SupernetConfig
 from search_space import ArchSpec, SearchSpace, VaenasInputError
-from search_space.errors import check_block, check_type
+from search_space.errors import check_block, check_type, read_text
 from search_space.space import safe_yaml
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -189,13 +189,9 @@ class StudyConfig:
     @classmethod
     def load(cls, path: str | Path) -> "StudyConfig":
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist; check the path")
-        try:
-            text = p.read_text()
-        except (UnicodeDecodeError, OSError) as e:
-            raise ConfigError(f"{p.name}: not a readable text file ({type(e).__name__}); give a YAML study config") \
-                from None
+        text = read_text(p, f"config file {str(p)!r} does not exist; check the path",
+                         lambda e: f"{p.name}: not a readable text file ({type(e).__name__}); give a YAML study config",
+                         ConfigError)
         return cls.from_dict(safe_yaml(text, p.name, ConfigError), base_dir=p.parent)
 
 

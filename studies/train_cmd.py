@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from search_space import ArchSpec
+from search_space.errors import read_text
 
 from .invocation import CliError
 
@@ -23,13 +24,9 @@ def load_arch(path: str) -> ArchSpec:
 
 def load_arch_doc(path: str) -> tuple[ArchSpec, dict | None]:
     """The spec of an arch file and, for an exported one, the whole export document."""
-    p = Path(path)
-    if not p.is_file():
-        raise CliError(f"--arch: file {path!r} does not exist")
-    try:
-        text = p.read_text()
-    except (UnicodeDecodeError, OSError) as e:
-        raise CliError(f"--arch: {path!r} is not a readable text file ({type(e).__name__}); give an arch JSON") from None
+    text = read_text(path, f"--arch: file {path!r} does not exist",
+                     lambda e: f"--arch: {path!r} is not a readable text file ({type(e).__name__}); give an arch JSON",
+                     CliError)
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:

@@ -91,3 +91,48 @@ def small_config(tmp_path, data_root, name="e2e", trials=5, strategy="random", *
     p = tmp_path / f"{name}.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
+
+
+def close_to(got, ref, what: str, tol: float = 1e-4) -> None:
+    """``got`` equals the torch tensor ``ref`` within ``tol`` relative to ``ref``'s magnitude."""
+    import numpy as np
+
+    got, ref = np.asarray(got, np.float64).reshape(ref.shape), ref.numpy().astype(np.float64)
+    err = float(np.abs(got - ref).max()) / max(float(np.abs(ref).max()), 1e-6)
+    assert err <= tol, f"{what}: max error {err:.2e} relative to the output's magnitude"
+
+
+def check_onnx_export(folder: Path, x, mu, logvar, out) -> None:
+    """The exported encoder.onnx and decoder.onnx in onnxruntime give the model's mu, logvar and out."""
+    import onnxruntime as ort
+
+    enc = ort.InferenceSession(str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    o_mu, o_lv = enc.run(None, {"x": x.numpy()})
+    close_to(o_mu, mu, "onnx mu")
+    close_to(o_lv, logvar, "onnx logvar")
+    close_to(dec.run(None, {"z": mu.numpy()})[0], out, "onnx out")
+
+
+def trained_like(spec, seed: int, low: float = 0.7, calibrate: bool = False):
+    """A model as training leaves it: pruned along the schedule, step sizes / codebooks perturbed (times
+    U(low, 1.2), after a max-abs calibration with ``calibrate``), biases set."""
+    import torch
+
+    from search_space import build_vae
+
+    torch.manual_seed(seed)
+    m = build_vae(spec)
+    with torch.no_grad():
+        for step in range(1, 21):
+            m.after_step(step, 20)
+        m.finalize_sparsity()
+        for layer in m.weight_layers().values():
+            if layer.bits < 32:
+                if calibrate:
+                    layer.calibrate()
+                p = layer.step_size()
+                p.mul_(torch.empty_like(p).uniform_(low, 1.2))
+            if layer.bias is not None:
+                layer.bias.normal_(0, 0.1)
+    return m.eval()

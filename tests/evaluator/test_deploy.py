@@ -6,10 +6,10 @@ import re
 import shutil
 import subprocess
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import check_onnx_export, close_to
 import torch
 
 from search_space import ArchSpec, build_vae, pack_model, packed_layout
@@ -71,13 +71,6 @@ def _model(spec: ArchSpec, seed: int):
 SPECS = [(_spec(random.Random(1000 + i), "mlp" if i % 2 == 0 else "conv"), i) for i in range(20)]
 
 
-def _close(got, ref, what):
-    got, ref = np.asarray(got, np.float64).reshape(ref.shape), ref.numpy().astype(np.float64)
-    scale = max(float(np.abs(ref).max()), 1e-6)
-    err = float(np.abs(got - ref).max()) / scale
-    assert err <= 1e-4, f"{what}: max error {err:.2e} relative to the output's magnitude"
-
-
 def _c_arrays(src: str) -> list[bytes]:
     arrays = re.findall(r"const uint8_t (\w+)\[[^\]]*\] = \{([^}]*)\}", src)
     return [bytes(int(v, 16) for v in re.findall(r"0x([0-9a-f]{2})", body)) for _, body in arrays]
@@ -94,7 +87,6 @@ def test_specs_cover_families_bits_likelihoods_and_shapes():
 @pytest.mark.parametrize("spec,seed", SPECS, ids=[f"{s.family}-{i}" for s, i in SPECS])
 def test_round_trip_onnx_c_executorch(spec, seed, tmp_path):
     import onnx
-    import onnxruntime as ort
     from executorch.exir._serialize._program import deserialize_pte_binary
     from executorch.runtime import Runtime
 
@@ -110,12 +102,7 @@ def test_round_trip_onnx_c_executorch(spec, seed, tmp_path):
     quant = [lay for lay in layout if lay.bits < 32]
 
     # ONNX in onnxruntime, weights as integer initializers
-    enc = ort.InferenceSession(str(tmp_path / "encoder.onnx"), providers=["CPUExecutionProvider"])
-    dec = ort.InferenceSession(str(tmp_path / "decoder.onnx"), providers=["CPUExecutionProvider"])
-    o_mu, o_lv = enc.run(None, {"x": x.numpy()})
-    _close(o_mu, mu, "onnx mu")
-    _close(o_lv, logvar, "onnx logvar")
-    _close(dec.run(None, {"z": mu.numpy()})[0], out, "onnx out")
+    check_onnx_export(tmp_path, x, mu, logvar, out)
     ints, floats_2d = Counter(), Counter()
     for f in ("encoder.onnx", "decoder.onnx"):
         for init in onnx.load(str(tmp_path / f)).graph.initializer:
@@ -141,11 +128,11 @@ def test_round_trip_onnx_c_executorch(spec, seed, tmp_path):
     run = lambda mode, inp: np.array([[float(v) for v in line.split()] for line in subprocess.run(  # noqa: E731
         ["./vae_demo", mode], input=inp, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.splitlines()])
     c_enc = run("encode", text)
-    _close(c_enc[:, :spec.latent_dim], mu, "C mu")
-    _close(c_enc[:, spec.latent_dim:], logvar, "C logvar")
-    _close(run("reconstruct", text), out, "C reconstruct")
+    close_to(c_enc[:, :spec.latent_dim], mu, "C mu")
+    close_to(c_enc[:, spec.latent_dim:], logvar, "C logvar")
+    close_to(run("reconstruct", text), out, "C reconstruct")
     ztext = "\n".join(" ".join(f"{v:.9g}" for v in row.tolist()) for row in mu)
-    _close(run("decode", ztext), out, "C decode")
+    close_to(run("decode", ztext), out, "C decode")
     t, d, bss = (int(v) for v in subprocess.run(["size", "vae_model.o"], cwd=tmp_path, capture_output=True, text=True,
                                                 check=True).stdout.splitlines()[1].split()[:3])
     assert bss == ram_bytes(spec) == doc["ram_bytes"]
@@ -154,9 +141,9 @@ def test_round_trip_onnx_c_executorch(spec, seed, tmp_path):
     # ExecuTorch: int8 codes in the program, same outputs
     prog = Runtime.get().load_program(str(tmp_path / "model.pte"))
     e_mu, e_lv = prog.load_method("encode").execute([x[:1]])
-    _close(e_mu, mu[:1], "executorch mu")
-    _close(e_lv, logvar[:1], "executorch logvar")
-    _close(prog.load_method("decode").execute([mu[:1]])[0], out[:1], "executorch out")
+    close_to(e_mu, mu[:1], "executorch mu")
+    close_to(e_lv, logvar[:1], "executorch logvar")
+    close_to(prog.load_method("decode").execute([mu[:1]])[0], out[:1], "executorch out")
     pte = deserialize_pte_binary((tmp_path / "model.pte").read_bytes())
     pte = getattr(pte, "program", pte)
     consts = Counter()

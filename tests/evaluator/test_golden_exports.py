@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import trained_like
 
-from search_space import ArchSpec, build_vae, pack_model, packed_size_bytes
+from search_space import ArchSpec, pack_model, packed_size_bytes
 from search_space.errors import SpecError
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_exports.json"
@@ -94,21 +94,8 @@ def golden_specs() -> list[ArchSpec]:
 
 
 def model_of(spec: ArchSpec, seed: int):
-    """A model as training leaves it: pruned along the schedule, step sizes/codebooks perturbed, biases set."""
-    torch.manual_seed(seed)
-    m = build_vae(spec)
-    with torch.no_grad():
-        for step in range(1, 21):
-            m.after_step(step, 20)
-        m.finalize_sparsity()
-        for layer in m.weight_layers().values():
-            if layer.bits < 32:
-                layer.calibrate()
-                p = layer.step_size()
-                p.mul_(torch.empty_like(p).uniform_(0.6, 1.2))
-            if layer.bias is not None:
-                layer.bias.normal_(0, 0.1)
-    return m.eval()
+    """A model as training leaves it (step sizes calibrated, then perturbed by U(0.6, 1.2))."""
+    return trained_like(spec, seed, low=0.6, calibrate=True)
 
 
 def _sha(b: bytes) -> str:

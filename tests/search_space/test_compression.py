@@ -10,6 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import check_onnx_export, close_to, trained_like
 import torch
 
 from search_space import ArchSpec, SearchSpace, SpaceError, SpecError, build_vae, pack_model, packed_layout
@@ -53,23 +54,6 @@ def _compressed_spec(rng: random.Random, family: str) -> ArchSpec:
             continue
 
 
-def _trained_like(spec: ArchSpec, seed: int):
-    """A model as training leaves it: pruned along the schedule, codebooks/scales perturbed, biases set."""
-    torch.manual_seed(seed)
-    m = build_vae(spec)
-    with torch.no_grad():
-        for step in range(1, 21):
-            m.after_step(step, 20)
-        m.finalize_sparsity()
-        for layer in m.weight_layers().values():
-            if layer.bits < 32:
-                p = layer.step_size()
-                p.mul_(torch.empty_like(p).uniform_(0.7, 1.2))
-            if layer.bias is not None:
-                layer.bias.normal_(0, 0.1)
-    return m.eval()
-
-
 SPECS = [(_compressed_spec(random.Random(500 + i), "mlp" if i % 2 == 0 else "conv"), i) for i in range(16)]
 
 
@@ -83,7 +67,7 @@ def test_specs_cover_every_new_dimension():
 
 @pytest.mark.parametrize("spec,seed", SPECS, ids=[f"{s.family}-{i}" for s, i in SPECS])
 def test_pack_unpack_exact(spec, seed):
-    model = _trained_like(spec, seed)
+    model = trained_like(spec, seed)
     data = pack_model(model)
     assert len(data) == packed_size_bytes(spec) == sum(lay.nbytes for lay in packed_layout(spec))
     back = unpack_model(spec, data).eval()
@@ -339,10 +323,9 @@ def test_supernet_and_darts_refuse_compression(tmp_path):
 
 @pytest.mark.parametrize("spec,seed", SPECS[:6], ids=[f"{s.family}-{i}" for s, i in SPECS[:6]])
 def test_exports_carry_the_new_dimensions(spec, seed, tmp_path):
-    import onnxruntime as ort
     from executorch.runtime import Runtime
 
-    model = _trained_like(spec, seed)
+    model = trained_like(spec, seed)
     packed = pack_model(model)
     doc = export_model(spec, packed, tmp_path, ("arch", "onnx", "c", "executorch"))
     assert ArchSpec.from_json((tmp_path / "arch.json").read_text()) == spec and doc["weights"]["packed_bytes"] == len(packed)
@@ -351,17 +334,7 @@ def test_exports_carry_the_new_dimensions(spec, seed, tmp_path):
         mu, logvar = model.encode(x)
         out = model.decode(mu)
 
-    def close(got, ref, what):
-        got, ref = np.asarray(got, np.float64).reshape(ref.shape), ref.numpy().astype(np.float64)
-        err = float(np.abs(got - ref).max()) / max(float(np.abs(ref).max()), 1e-6)
-        assert err <= 1e-4, f"{what}: max error {err:.2e}"
-
-    enc = ort.InferenceSession(str(tmp_path / "encoder.onnx"), providers=["CPUExecutionProvider"])
-    dec = ort.InferenceSession(str(tmp_path / "decoder.onnx"), providers=["CPUExecutionProvider"])
-    o_mu, o_lv = enc.run(None, {"x": x.numpy()})
-    close(o_mu, mu, "onnx mu")
-    close(o_lv, logvar, "onnx logvar")
-    close(dec.run(None, {"z": mu.numpy()})[0], out, "onnx out")
+    check_onnx_export(tmp_path, x, mu, logvar, out)
 
     cc = shutil.which("cc")
     assert cc, "a C compiler (cc) is needed for this test"
@@ -369,12 +342,12 @@ def test_exports_carry_the_new_dimensions(spec, seed, tmp_path):
     text = "\n".join(" ".join(f"{v:.9g}" for v in row.reshape(-1).tolist()) for row in x)
     res = subprocess.run(["./vae_demo", "reconstruct"], input=text, cwd=tmp_path, capture_output=True, text=True,
                          check=True).stdout.splitlines()
-    close(np.array([[float(v) for v in line.split()] for line in res]), out, "C reconstruct")
+    close_to(np.array([[float(v) for v in line.split()] for line in res]), out, "C reconstruct")
 
     prog = Runtime.get().load_program(str(tmp_path / "model.pte"))
     e_mu, _ = prog.load_method("encode").execute([x[:1]])
-    close(e_mu, mu[:1], "executorch mu")
-    close(prog.load_method("decode").execute([mu[:1]])[0], out[:1], "executorch out")
+    close_to(e_mu, mu[:1], "executorch mu")
+    close_to(prog.load_method("decode").execute([mu[:1]])[0], out[:1], "executorch out")
 
 
 STRUCTURED = [

@@ -12,7 +12,6 @@ import numpy as np
 import optuna
 import pytest
 import torch
-import yaml
 from conftest import small_config
 
 from evaluator import evaluate_neg_elbo, load_data
