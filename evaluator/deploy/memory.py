@@ -12,8 +12,8 @@ tables (exact, :func:`c_table_bytes`: one uint32 per 64 weights of a sparse laye
 bitmap, so the C code finds a kept weight's slot in at most 63 steps) plus an **estimate** of the
 inference code (:func:`code_bytes_estimate`: a per-layer call, the conv kernels, the activation
 quantiser), fitted by least squares to ``size``'s text+data of ``vae_model.o`` built with
-``cc -std=c99 -O2`` (gcc, x86-64) over 60 random specs (largest miss 1.0 KB).
-tests/test_deploy.py checks every round-trip spec is within ``FLASH_MARGIN * size + FLASH_SLACK``
+``cc -std=c99 -O2`` (gcc, x86-64) over random specs (the fit's figures: ``benchmarks/README.md``).
+tests/evaluator/test_deploy.py checks every round-trip spec is within ``FLASH_MARGIN * size + FLASH_SLACK``
 of ``size``'s figure. Code for another instruction set (Thumb-2 is denser) differs; the weights
 do not.
 """
