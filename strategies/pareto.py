@@ -1,7 +1,7 @@
 """Pareto maths over objective vectors that are all minimised.
 
 Non-dominated sorting and hypervolume come from Optuna (``_is_pareto_front``,
-``compute_hypervolume``, private: reached through ``strategies.optuna_private``; tested against brute force in ``tests/test_pareto.py``). Hypervolume is
+``compute_hypervolume``, private: reached through ``strategies.optuna_private``; tested against brute force in ``tests/strategies/test_pareto.py``). Hypervolume is
 computed on objectives normalised with fixed, declared bounds: each objective is mapped by
 ``(v - lo) / (hi - lo)`` (or on a log10 scale when declared, for costs spanning decades), clipped
 to [0, 1], and measured against the reference point (1, ..., 1); so a study's hypervolume lies in

@@ -2,7 +2,7 @@
 kind; 16 with sparsity, rank, k-means and structured pruning) the spec id, the packed bytes and every
 export's files are byte-identical to the recorded ``tests/data/golden_exports.json``.
 
-The record was written from the code before the layer-plan redesign (``python tests/test_golden_exports.py
+The record was written from the code before the layer-plan redesign (``python tests/evaluator/test_golden_exports.py
 --write``); rewrite it only for a change that is meant to alter an id, the packing or an export, and say so
 in the commit."""
 
@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import trained_like
 
 from search_space import ArchSpec, pack_model, packed_size_bytes
 from search_space.errors import SpecError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest, also when run as a script
+from conftest import trained_like  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_exports.json"
 BITS = (2, 3, 4, 5, 6, 8, 32)
