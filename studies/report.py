@@ -20,7 +20,7 @@ from .invocation import prog
 from .files import atomic_write, study_dir
 from strategies.trial_record import FAIL_REASON, trial_attrs
 
-COST_COLUMNS = ["flops", "bitops", "params", "size_bytes", "latency_ms", "ram_bytes", "flash_bytes"]
+COST_COLUMNS = [n for n in OBJECTIVES if n != "neg_elbo"]  # the registry's costs, in its order
 
 
 @dataclass
