@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,9 +35,9 @@ from .compression import index_bits, kept_count, sparse_format, sparse_index_byt
 from .quant import kmeans_assign, pack_bits, qmax_for, quantize_weight
 from .plan import shipped_plan
 
-if TYPE_CHECKING:  # packing reads a spec's fields and its model's tensors; it needs neither's code
-    from .builder import VAE
-    from .spec import ArchSpec
+from .spec import ArchSpec
+
+VAE = Any  # a search_space.builder.VAE (builder imports this module to unpack, not the other way)
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,11 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .compression import factor_rank, kept_count
 
-if TYPE_CHECKING:  # the plan reads a spec's fields; it needs no spec code at run time
-    from .spec import ArchSpec
+ArchSpec = Any  # a search_space.spec.ArchSpec: the plan reads its fields; spec.py imports this module, not back
 
 KINDS = ("linear", "conv", "tconv")
 

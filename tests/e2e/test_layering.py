@@ -1,5 +1,5 @@
-"""Layers enforced, not remembered: every import of the four packages (top-level and lazy ones inside
-functions, read with ast) runs down the house - search_space <- evaluator, search_space <- strategies,
+"""Layers enforced, not remembered: every import of the four packages (top-level, lazy ones inside
+functions and ``TYPE_CHECKING`` ones, read with ast) runs down the house - search_space <- evaluator, search_space <- strategies,
 all <- studies - never up or sideways between evaluator and strategies; no two files import each other
 through any chain; search_space and evaluator never import Optuna; Optuna's private API (module paths
 and private attributes of its objects) is reached only through strategies/optuna_private.py."""
@@ -28,21 +28,11 @@ def _module_of(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    t = node.test
-    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
-        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
-
-
 def _imports(path: Path):
-    """(line, module, names) of every import that runs (``if TYPE_CHECKING:`` blocks never do)."""
+    """(line, module, names) of every import: top-level, inside functions, and for type checkers alike."""
     tree = ast.parse(path.read_text())
-    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node)
-            for body in node.body for n in ast.walk(body)}
     pkg = _module_of(path) if path.name == "__init__.py" else _module_of(path).rpartition(".")[0]
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             for a in node.names:
                 yield node.lineno, a.name, []
