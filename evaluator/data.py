@@ -307,9 +307,16 @@ def load_data(
         mean = train.mean(0)
         std = train.std(0, unbiased=False)
         std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature: centred, not scaled
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            raise VaenasInputError(f"dataset {ds.label}: the training split's mean or standard deviation overflows "
+                                   f"(values up to {float(train.abs().max()):.3g}); rescale the data to a smaller range")
         train, val, test = ((t - mean) / std for t in (train, val, test))
         norm = {"mean": mean.tolist(), "std": std.tolist()}
     train, val, test = (_stored_form(t, ds.likelihood) for t in (train, val, test))
+    for name, part in (("training", train), ("validation", val), ("test", test)):
+        if part.is_floating_point() and not torch.isfinite(part).all():
+            raise VaenasInputError(f"dataset {ds.label}: the {name} split holds values that are not finite once "
+                                   "stored as float32 (or standardised); rescale the data to a smaller range")
     val, test = lik.eval_data(val, BINARIZE_SEED), lik.eval_data(test, BINARIZE_SEED + 1)
     if n_train is not None:
         train = train[:n_train]

@@ -230,7 +230,7 @@ def _npz_member_shape(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def _csv_table(path: Path, limit_mb: float, label: str) -> tuple[np.ndarray, list[str] | None]:
-    text = path.read_text(errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")  # a byte-order mark is not part of the first cell
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise VaenasInputError(f"dataset.path: {path} is empty; give a CSV with one example per row")

@@ -177,6 +177,9 @@ def _check_args(cfg: StudyConfig, runs_dir, n_trials, timeout_s, jobs: int, work
 
 def _check_existing(cfg: StudyConfig, url: str, heartbeat, path, resume: bool, worker: bool) -> list[str]:
     """The storage's study names; refuses a new study under a taken name and a resume of none."""
+    if cfg.storage is not None and path is not None and not path.parent.is_dir():
+        raise VaenasInputError(f"--storage: the folder {str(path.parent)!r} of {str(path)!r} does not exist; create "
+                               "it, or point --storage at a file in an existing folder")
     names = existing_studies(url, heartbeat, path)
     if cfg.name in names and not (resume or worker):
         raise StudyExistsError(f"study {cfg.name!r} already exists in {redact(url)}; pass --resume to continue it, "

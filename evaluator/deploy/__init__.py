@@ -131,7 +131,7 @@ def export_model(spec: ArchSpec, packed: bytes, out: str | Path, formats: tuple[
             written += REGISTRY[fmt].write(spec, packed, tmp)
         sizes = {f: (tmp / f).stat().st_size for f in written}
         doc = manifest(spec, packed, formats, sizes, meta)
-        (tmp / MANIFEST).write_text(json.dumps(doc, indent=2))
+        (tmp / MANIFEST).write_text(json.dumps(doc, indent=2, allow_nan=False))  # strict JSON, or no export
         for f in written + [MANIFEST]:
             os.replace(tmp / f, out / f)
     finally:

@@ -121,6 +121,10 @@ CASES = [
     ("retrain-iwae-k-0", {}, ["retrain", "ARCH", "--epochs", "1", "--iwae-k", "0"], "--iwae-k: must be"),
     ("binary-config", {"c.yaml": b"\xff\xfe\x00\x01\x89PNG"}, ["search", "c.yaml"], "not a readable text file"),
     # the rest of issue 16.8
+    ("storage-in-a-missing-folder", {"c.yaml": lambda d, u: good(d)},
+     ["search", "c.yaml", "--storage", "sqlite:////nonexistent/dir/x.db"], "--storage: the folder '/nonexistent/dir'"),
+    ("journal-in-a-missing-folder", {"c.yaml": lambda d, u: good(d)},
+     ["worker", "c.yaml", "--storage", "journal:/nonexistent/dir/x.log"], "--storage: the folder '/nonexistent/dir'"),
     ("show-mistyped-storage", {}, ["show", "ok", "--storage", "sqlite:///typo.db"], "'typo.db' does not exist or is empty"),
     ("list-mistyped-storage", {}, ["list", "--storage", "sqlite:///typo.db"], "'typo.db' does not exist or is empty"),
     ("show-zero-byte-db", {"z.db": ""}, ["show", "ok", "--storage", "sqlite:///z.db"], "does not exist or is empty"),

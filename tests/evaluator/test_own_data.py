@@ -255,6 +255,9 @@ BAD = [  # (id, setup(tmp) -> dataset block or config overrides, needle)
      "dataset.likelihood: 'poisson' is not a likelihood"),
     ("unknown-source-key", lambda t: {"source": "array", "path": "x.npy", "likelihood": "gaussian", "size": 3},
      "dataset.size: unknown key for source array"),
+    ("values-that-overflow", lambda t: {"source": "array", "likelihood": "gaussian",
+                                        "path": str(_npy(t / "h.npy", np.abs(vectors()) * 1e300))},
+     "mean or standard deviation overflows"),
     ("npz-ambiguous", lambda t: (np.savez(t / "two.npz", a=np.ones((30, 2)), b=np.ones((30, 2))),
                                  {"source": "array", "path": str(t / "two.npz"), "likelihood": "gaussian"})[1],
      "holds arrays ['a', 'b']; name the one to use"),
@@ -366,3 +369,15 @@ def test_supernet_study_on_an_rgb_folder(tmp_path, capsys):
     assert any(trial_attrs(t).get("phase") == "remeasure" for t in done)
     assert all(trial_attrs(t).get("bits_per_dim") is not None for t in done)
     assert not r["doc"]["neg_elbo_is_estimate"]  # the exported knee was measured
+
+
+def test_a_csv_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
+    """A CSV saved by a spreadsheet starts with a UTF-8 BOM; its first data row is data, not a header."""
+    rows = np.random.default_rng(3).random((40, 3))
+    text = "\n".join(",".join(f"{v:.6f}" for v in r) for r in rows)
+    (tmp_path / "bom.csv").write_text(text, encoding="utf-8-sig")
+    (tmp_path / "plain.csv").write_text(text)
+    a = load_data({"source": "array", "path": str(tmp_path / "bom.csv"), "likelihood": "gaussian"}, tmp_path)
+    b = load_data({"source": "array", "path": str(tmp_path / "plain.csv"), "likelihood": "gaussian"}, tmp_path)
+    assert len(a.train) + len(a.val) + len(a.test) == 40 and a.feature_names is None
+    assert torch.equal(a.train, b.train) and a.normalization == b.normalization
