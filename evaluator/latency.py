@@ -281,11 +281,12 @@ def _executorch(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
     write_pte(spec, pack_model(model), workdir)
     program = Runtime.get().load_program(str(workdir / "model.pte"))
     enc, dec = program.load_method("encode"), program.load_method("decode")
-    xs = [_input(spec, 1) for _ in range(cfg.batch_size)]  # the program is exported at batch 1
+    # batch 1 (as exported); contiguous: ExecuTorch's runtime misreads strided input tensors (upstream bug)
+    xs = [_input(spec, 1).contiguous() for _ in range(cfg.batch_size)]
 
     def run():
         for x in xs:
-            dec.execute([enc.execute([x])[0]])
+            dec.execute([enc.execute([x])[0].contiguous()])
 
     version = getattr(executorch, "__version__", "")
     return Prepared(lambda w, r: _timed(run, w, r),
@@ -305,13 +306,19 @@ def command_artifact(model: VAE, fmt: str, workdir: Path) -> Path:
 
 
 def run_command(command: str, artifact: Path) -> float:
-    """Run the user's latency command on ``artifact``; the last number it prints, in ms (one line if not)."""
+    """Run the user's latency command on ``artifact``; the last number it prints, in ms (one line if not).
+
+    Never through a shell. ``{artifact}`` in a word is replaced by the path shell-quoted (``shlex.quote``:
+    the path itself when it holds no shell syntax, as vaenas' own temporary paths never do), so a
+    command that hands it to ``sh -c`` cannot be made to run anything; the path is also in the
+    environment as ``VAENAS_ARTIFACT`` - the safe way for a shell script to read it ("$VAENAS_ARTIFACT")."""
     words = shlex.split(command)
-    args = [w.replace("{artifact}", str(artifact)) for w in words]
+    args = [w.replace("{artifact}", shlex.quote(str(artifact))) for w in words]
     if not any("{artifact}" in w for w in words):
         args.append(str(artifact))
+    env = {**os.environ, "VAENAS_ARTIFACT": str(artifact)}
     try:
-        r = subprocess.run(args, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        r = subprocess.run(args, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, env=env)
     except FileNotFoundError:
         raise LatencyError(f"latency.command: {words[0]!r} was not found; give a program on PATH or a path to one") from None
     except PermissionError:
@@ -348,9 +355,18 @@ def prepare(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
     return _RUN[cfg.backend](model.eval(), cfg, Path(workdir))
 
 
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+-]+$")  # nothing a shell would read as syntax
+
+
+def _temp_root() -> str | None:
+    """Where the exported artifacts go: the system's temporary folder, unless its path holds characters a
+    shell would interpret (``$TMPDIR`` is anyone's text) - then ``/tmp``, which never does."""
+    return None if _SAFE_PATH.match(tempfile.gettempdir()) else "/tmp"
+
+
 def measure_latency(model: VAE, cfg: LatencyConfig = LatencyConfig()) -> LatencyResult:
     """Export ``model`` for ``cfg.backend`` into a temporary folder and time a reconstruction pass there."""
-    with tempfile.TemporaryDirectory(prefix="vaenas-latency-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vaenas-latency-", dir=_temp_root()) as tmp:
         p = prepare(model, cfg, Path(tmp))
         return summarise(p.times(cfg.warmup, cfg.repeats), cfg, p.path)
 

@@ -13,7 +13,7 @@ from strategies import optuna_private
 from .export_cmd import deploy_knee
 from .files import study_dir
 from .invocation import CliError, prog
-from .tables import print_front
+from .tables import print_front, printable
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -92,7 +92,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .report import list_studies
 
     df = list_studies(args.runs_dir, args.storage)
-    print(df.to_string(index=False) if len(df) else f"no studies under {args.runs_dir}/")
+    for col in ("study", "storage"):  # stored names are anyone's text: no terminal escapes
+        df[col] = df[col].map(printable)
+    print(df.to_string(index=False) if len(df) else f"no studies under {printable(args.runs_dir)}/")
     return 0
 
 

@@ -64,6 +64,8 @@ def export_weights(model, out: Path, formats: tuple[str, ...], meta: dict | None
         from .files import atomic_write
 
         atomic_write(out / "arch.json", json.dumps(arch_doc, indent=2).encode())
+        doc["files"]["arch.json"] = (out / "arch.json").stat().st_size  # the manifest lists the file written
+        atomic_write(out / MANIFEST, json.dumps(doc, indent=2, allow_nan=False).encode())
     return doc
 
 

@@ -5,6 +5,13 @@ from __future__ import annotations
 
 from evaluator import OBJECTIVES
 
+def printable(text) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences, carriage returns, bells) shown
+    as Python escapes, never sent raw."""
+    s = str(text)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+
+
 # columns beyond the objectives: −ELBO-like in nats to 2 decimals, bits/dim to 4
 _FORMATS = {**{name: o.fmt for name, o in OBJECTIVES.items()}, "estimate_neg_elbo": "{:.2f}",
             "bits_per_dim": "{:.4f}", "mean_bits": "{:.2f}"}

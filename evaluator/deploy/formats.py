@@ -73,7 +73,8 @@ register_format(ExportFormat(
         "weights": "int8 codes + float32 scales, dequantised in the graph (XNNPACK)"},
     artifact="model.pte", missing=executorch_available,
     run_hint=lambda out, spec: (f"ExecuTorch: executorch.runtime.Runtime.get().load_program('{out / 'model.pte'}')"
-                                ".load_method('encode').execute([x]) (methods encode, decode; batch 1)")))
+                                ".load_method('encode').execute([x]) (methods encode, decode; batch 1; pass contiguous "
+                                "tensors, x.contiguous(): ExecuTorch's runtime misreads strided ones)")))
 
 
 

@@ -477,3 +477,18 @@ def test_tests_take_mnist_from_vaenas_data(tmp_path, monkeypatch):
     assert conftest.shared_data_dir() == tmp_path
     monkeypatch.setenv("VAENAS_DATA", str(tmp_path / "empty"))
     assert conftest.shared_data_dir() != tmp_path / "empty"
+
+
+def test_list_never_prints_a_stored_name_s_terminal_escapes(tmp_path, capsys):
+    """A study name is anyone's text on a shared storage: `vaenas list` shows its escapes, never sends them."""
+    import optuna
+
+    from studies.cli import main
+
+    (tmp_path / "x").mkdir()
+    url = f"sqlite:///{tmp_path / 'x' / 'study.db'}"
+    optuna.create_study(study_name="evil\x1b[2J\x1b]0;pwned\x07\rname", storage=url)
+    assert main(["list", "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out
+    assert "evil\\x1b[2J\\x1b]0;pwned\\x07\\rname" in out

@@ -61,6 +61,21 @@ def test_command_backend_takes_the_last_number_and_fails_in_one_line(trained_4bi
         measure_latency(trained_4bit, LatencyConfig(backend="command", command="no-such-program-xyz"))
 
 
+def test_a_hostile_tmpdir_cannot_make_a_shell_command_run_anything(trained_4bit, tmp_path, monkeypatch):
+    """A latency command that hands {artifact} to `sh -c` gets a path with no shell syntax even when $TMPDIR
+    holds a $(...) payload; the path is also in $VAENAS_ARTIFACT."""
+    import tempfile
+
+    evil = tmp_path / "t$(touch PWNED)x"
+    evil.mkdir()
+    monkeypatch.setenv("TMPDIR", str(evil))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read $TMPDIR
+    monkeypatch.chdir(tmp_path)
+    cmd = "sh -c 'test -f {artifact}/vae_model.c && test -f \"$VAENAS_ARTIFACT\"/main.c && echo 2.5'"
+    assert measure_latency(trained_4bit, LatencyConfig(backend="command", command=cmd)).median_ms == 2.5
+    assert not (tmp_path / "PWNED").exists() and not (evil / "PWNED").exists()
+
+
 def test_c_backend_without_a_compiler_says_so(trained_4bit, monkeypatch, tmp_path):
     from evaluator import LatencyError
 

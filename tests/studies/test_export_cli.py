@@ -136,3 +136,18 @@ def test_flash_and_ram_are_objectives_and_static_constraints(tmp_path, data_root
         spec = ArchSpec.from_json(t.user_attrs["spec"])
         assert t.user_attrs["ram_bytes"] == ram_bytes(spec) <= 4000
         assert t.user_attrs["flash_bytes"] == flash_bytes(spec) <= 60000
+
+
+def test_manifest_records_the_size_of_the_arch_file_written(tmp_path):
+    """With other formats, arch.json is the export document (provenance, retrain command), not the bare spec:
+    manifest.json gives that file's size."""
+    from search_space import ArchSpec, build_vae
+    from studies.deploy import export_weights
+
+    spec = ArchSpec.mlp((8,), 2, bits=4, input_shape=(6,), likelihood="gaussian")
+    doc = {"type": "vaenas.Export", "spec": spec.to_dict(), "provenance": {"study": "s", "trial": 3},
+           "retrain_command": "vaenas retrain arch.json --epochs 30"}
+    export_weights(build_vae(spec), tmp_path, ("arch", "onnx"), {"study": "s", "trial": 3}, doc)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["files"]["arch.json"] == (tmp_path / "arch.json").stat().st_size
+    assert json.loads((tmp_path / "arch.json").read_text())["provenance"] == {"study": "s", "trial": 3}
