@@ -47,6 +47,15 @@ def _write_arch(spec: ArchSpec, packed: bytes, out: Path) -> list[str]:
     return ["arch.json"]
 
 
+def _c_hint(out: Path, spec: ArchSpec) -> str:
+    """How to build and run the C library; names input.txt only where one was written beside it."""
+    if (Path(out) / "input.txt").is_file():
+        return (f"C: cd {out} && make && ./vae_demo reconstruct < input.txt   "
+                f"(input: {spec.n_inputs} floats per example, model space; see manifest.json)")
+    return (f"C: cd {out} && make && ./vae_demo reconstruct < FILE   (FILE: your examples, {spec.n_inputs} "
+            "whitespace-separated floats each, one per line, model space; see manifest.json)")
+
+
 register_format(ExportFormat("arch", ("arch.json",), _write_arch, artifact=None))
 register_format(ExportFormat(
     "onnx", ONNX_FILES, write_onnx,
@@ -64,8 +73,7 @@ register_format(ExportFormat(
         "api": ["vae_encode(x, mu, logvar)", "vae_decode(z, out)", "vae_reconstruct(x, out)"],
         "packed_array": "vae_packed[] in vae_model.c = weights.packed.bin byte for byte", "ram_bytes": ram_bytes(spec)},
     build_files=("vae_demo", "vae_model.o"),
-    run_hint=lambda out, spec: (f"C: cd {out} && make && ./vae_demo reconstruct < input.txt   "
-                                f"(input: {spec.n_inputs} floats per example, model space; see manifest.json)")))
+    run_hint=lambda out, spec: _c_hint(out, spec)))
 register_format(ExportFormat(
     "executorch", PTE_FILES, write_pte,
     manifest=lambda spec: {

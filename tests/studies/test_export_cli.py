@@ -40,7 +40,8 @@ def test_model_export_writes_formats_manifest_and_builds_c(checkpoint, tmp_path)
     m = json.loads((out / "manifest.json").read_text())
     assert set(m["formats"]) == {"arch", "onnx", "c"} and m["input"]["normalization"]["std"] == [2.0] * 7
     assert m["c"]["size"]["bss"] == ram_bytes(SPEC) and "make" in r.stdout and "vae_demo" in r.stdout
-    assert (out / "vae_demo").exists()
+    assert (out / "vae_demo").exists() and not (out / "input.txt").exists()
+    assert "input.txt" not in r.stdout and "./vae_demo reconstruct < FILE" in r.stdout  # no hint at a missing file
     y = subprocess.run(["./vae_demo", "reconstruct"], input="0 1 2 3 4 5 6\n", cwd=out, capture_output=True, text=True,
                        check=True).stdout.split()
     assert len(y) == 14  # gaussian: mean and raw log-std per feature
