@@ -235,6 +235,24 @@ def shipped_plan(spec: ArchSpec) -> LayerPlan:
     return layer_plan(spec.deployed())
 
 
+MAX_PARAMS = 100_000_000  # parameters of the largest model vaenas builds (Adam's training state is ~16 B each)
+
+
+def param_count(spec: ArchSpec) -> int:
+    """Weights + biases of ``spec`` as trained (:meth:`VAE.num_params`), counted without building it."""
+    return sum(s.n_weights + (s.out_channels if s.bias else 0) for s in layer_plan(spec).steps())
+
+
+def check_param_cap(spec: ArchSpec, what: str = "arch") -> None:
+    """One line (a ``SpecError``) when ``spec`` is over :data:`MAX_PARAMS`: checked before anything is built."""
+    from .errors import SpecError
+
+    n = param_count(spec)
+    if n > MAX_PARAMS:
+        raise SpecError(f"{what + ': ' if what else ''}spec {spec.id} has {n:,} parameters, over the {MAX_PARAMS:,} "
+                        "vaenas builds; use narrower layers, fewer channels or a smaller latent_dim")
+
+
 _MEAN_BITS: dict[str, float] = {}
 
 

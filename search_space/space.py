@@ -46,11 +46,11 @@ import yaml
 from .compression import MAX_SPARSITY, QUANTIZERS
 from .errors import SpaceError, SpecError, check_block, read_text
 from .likelihood import LIKELIHOODS
+from .plan import MAX_PARAMS, param_count
 from .spec import ACTIVATIONS, ALLOWED_ACT_BITS, ALLOWED_BITS, FAMILIES, ArchSpec, conv_out
 
 Choose = Callable[[str, tuple], Any]
 MAX_CHOICES = 10_000  # values one decision may list or a range may span
-MAX_PARAMS = 100_000_000  # parameters of the space's largest spec (Adam's training state is ~16 B each)
 MAX_YAML_NODES = 100_000  # values a config may expand to (YAML aliases included): no alias bombs
 
 
@@ -373,7 +373,7 @@ class SearchSpace:
 
     def _check_buildable(self) -> None:
         """Every conv geometry the space allows must fit the input (no layer shrinks it to nothing), and
-        its largest spec must stay under :data:`MAX_PARAMS` (counted on the meta device: no memory)."""
+        its largest spec must stay under :data:`MAX_PARAMS` (counted from the layer plan: no memory)."""
         self._check_size()
         if "conv" not in self.family:
             return
@@ -393,10 +393,6 @@ class SearchSpace:
                 )
 
     def _check_size(self) -> None:
-        import torch
-
-        from .builder import build_vae
-
         def largest(fam: str):
             def choose(name: str, choices: tuple) -> Any:
                 if name == "family":
@@ -412,8 +408,7 @@ class SearchSpace:
                 spec = largest(fam)
             except SpecError:
                 continue  # e.g. a conv geometry that does not fit: reported by the caller
-            with torch.device("meta"):
-                n = build_vae(spec).num_params()
+            n = param_count(spec)
             if n > MAX_PARAMS:
                 raise SpaceError(f"{fam}: the largest spec of this space has {n:,} parameters, over the "
                                  f"{MAX_PARAMS:,} vaenas builds; lower the widths, channels or latent_dim")

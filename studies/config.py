@@ -62,6 +62,7 @@ from evaluator.data import DatasetSpec, Splits
 from evaluator.supernet import SupernetConfig
 from search_space import ArchSpec, SearchSpace, VaenasInputError
 from search_space.errors import check_block, check_type, read_text
+from search_space.plan import check_param_cap
 from search_space.space import safe_yaml
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -310,6 +311,7 @@ def _enqueue(raw_q: Any) -> list[ArchSpec]:
     for i, item in enumerate(raw_q):
         try:
             out.append(ArchSpec.from_dict(item))
+            check_param_cap(out[-1], "")
         except VaenasInputError as e:
             raise ConfigError(f"enqueue[{i}]: {e}") from None
     return out

@@ -23,6 +23,7 @@ from evaluator import (
 )
 from evaluator.elbo import kl_gaussians
 from search_space import ArchSpec, VaenasInputError, build_vae, pack_model
+from search_space.plan import check_param_cap
 
 from .files import atomic_write, data_meta, save_checkpoint
 
@@ -39,6 +40,7 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint", with_meta: bool 
     if not isinstance(ck, dict) or ck.get("format") != "vaenas.checkpoint" or "spec" not in ck:
         raise VaenasInputError(f"{what}: {str(p)!r} is not a vaenas checkpoint (no 'format: vaenas.checkpoint')")
     spec = ArchSpec.from_json(ck["spec"])
+    check_param_cap(spec, what)  # a checkpoint's spec is counted before its model is built
     model = build_vae(spec)
     try:
         model.load_state_dict(ck["state_dict"])

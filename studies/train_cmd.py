@@ -9,6 +9,7 @@ from pathlib import Path
 
 from search_space import ArchSpec
 from search_space.errors import read_text
+from search_space.plan import check_param_cap
 
 from .invocation import CliError
 
@@ -31,9 +32,10 @@ def load_arch_doc(path: str) -> tuple[ArchSpec, dict | None]:
         d = json.loads(text)
     except json.JSONDecodeError as e:
         raise CliError(f"--arch: {path!r} is not valid JSON ({e})") from None
-    if isinstance(d, dict) and isinstance(d.get("spec"), dict):  # an exported arch file wraps the spec
-        return ArchSpec.from_dict(d["spec"]), d
-    return ArchSpec.from_dict(d), None
+    spec, doc = (ArchSpec.from_dict(d["spec"]), d) if isinstance(d, dict) and isinstance(d.get("spec"), dict) \
+        else (ArchSpec.from_dict(d), None)  # an exported arch file wraps the spec
+    check_param_cap(spec, "--arch")  # counted before anything is built
+    return spec, doc
 
 
 def dataset_arg(value: str | None):

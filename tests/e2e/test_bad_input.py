@@ -43,6 +43,10 @@ BOMB = "name: [" + ", ".join(
     f"&{c} [" + ", ".join(["l"] * 9 if c == "a" else [f"*{chr(ord(c) - 1)}"] * 9) + "]" for c in "abcdefgh") + "]"
 
 
+HUGE = json.dumps({"type": "vaenas.ArchSpec", "version": 1, "family": "mlp", "enc_hidden": [1000000], "latent_dim": 8,
+                   "weight_bits": [32, 32, 32, 32]})  # 1.6 billion parameters: refused before anything is built
+
+
 def _space(**over):
     return {**SPACE, **over}
 
@@ -121,6 +125,11 @@ CASES = [
     ("retrain-iwae-k-0", {}, ["retrain", "ARCH", "--epochs", "1", "--iwae-k", "0"], "--iwae-k: must be"),
     ("binary-config", {"c.yaml": b"\xff\xfe\x00\x01\x89PNG"}, ["search", "c.yaml"], "not a readable text file"),
     # the rest of issue 16.8
+    ("huge-arch-retrain", {"big.json": HUGE}, ["retrain", "big.json", "--epochs", "1"],
+     "has 1,594,000,800 parameters, over the 100,000,000 vaenas builds"),
+    ("huge-arch-train", {"big.json": HUGE}, ["train", "--arch", "big.json"], "over the 100,000,000 vaenas builds"),
+    ("huge-enqueued-spec", {"c.yaml": lambda d, u: good(d, enqueue=[json.loads(HUGE)])}, ["search", "c.yaml"],
+     "enqueue[0]: spec 7b896b78687e has 1,594,000,800 parameters"),
     ("storage-in-a-missing-folder", {"c.yaml": lambda d, u: good(d)},
      ["search", "c.yaml", "--storage", "sqlite:////nonexistent/dir/x.db"], "--storage: the folder '/nonexistent/dir'"),
     ("journal-in-a-missing-folder", {"c.yaml": lambda d, u: good(d)},
