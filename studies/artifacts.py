@@ -8,6 +8,11 @@ shows them per trial (``vaenas dashboard STUDY``). The store is chosen by the co
 ``artifacts:`` - absent: a filesystem store in ``runs/<study>/artifacts``; a folder; ``false``: none;
 ``{backend: boto3, bucket: NAME}`` (S3) or ``{backend: gcs, bucket: NAME}`` for workers on several
 machines - and recorded in the study (``artifact_store``), so the dashboard and report find it.
+
+A study folder is self-contained and relocatable: the default store is recorded as "the study
+folder's ``artifacts/``" and found wherever the study is now (:func:`resolve`; so is the absolute
+path older studies recorded); every process writes where its own config says (:func:`describe`),
+never where a stored attribute points, and a reader never creates a folder.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from search_space import VaenasInputError
 
 _BACKENDS = {"filesystem", "boto3", "gcs"}
 _MIME = {".png": "image/png", ".json": "application/json"}  # model.pt: application/octet-stream
+IN_STUDY_FOLDER = {"backend": "filesystem", "in_study_folder": "artifacts"}  # the default, wherever the study is
 
 
 def check_artifacts_config(value: Any) -> Any:
@@ -44,13 +50,28 @@ def describe(value: Any, sdir: Path) -> dict | None:
     if value is False:
         return None
     if value is None:
-        return {"backend": "filesystem", "path": str((sdir / "artifacts").resolve())}
+        return dict(IN_STUDY_FOLDER)
     if isinstance(value, str):
         return {"backend": "filesystem", "path": str(Path(value).resolve())}
     d = dict(value)
     if d.get("backend", "filesystem") == "filesystem":
         return {"backend": "filesystem", "path": str(Path(d["path"]).resolve())}
     return {"backend": d["backend"], "bucket": d["bucket"]}
+
+
+def resolve(desc: dict | None, sdir: Path) -> dict | None:
+    """A stored description made concrete for the study folder ``sdir`` as it is now: the default store is
+    ``sdir/artifacts`` - also for a study that recorded its default as an absolute path (``.../<study>/
+    artifacts``) and was copied or moved since."""
+    if desc is None:
+        return None
+    if desc.get("in_study_folder"):
+        return {"backend": "filesystem", "path": str((Path(sdir) / desc["in_study_folder"]).resolve())}
+    path = desc.get("path")
+    if desc.get("backend", "filesystem") == "filesystem" and path and Path(path).name == "artifacts" \
+            and Path(path).parent.name == Path(sdir).name:
+        return {"backend": "filesystem", "path": str((Path(sdir) / "artifacts").resolve())}
+    return desc
 
 
 def open_store(desc: dict | None, create: bool = True):

@@ -173,7 +173,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """optuna-dashboard on the study, with its artifact store: every trial's arch.json, model.pt and
     samples.png are listed (and images shown) on the trial's page."""
-    from .artifacts import open_store
+    from .artifacts import open_store, resolve
     from .report import load_view
 
     view = load_view(args.study, args.runs_dir, args.storage)
@@ -182,7 +182,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     except ImportError:
         raise CliError("dashboard: optuna-dashboard is not installed; install it with "
                        "`pip install -e '.[dashboard]'`") from None
-    desc = view.study.user_attrs.get("artifact_store")
+    desc = resolve(view.study.user_attrs.get("artifact_store"), study_dir(args.runs_dir, view.name))
     store = open_store(desc, create=False) if desc else None
     where = desc.get("path") or desc.get("bucket") if desc else "none (a study made before artifacts, or artifacts: false)"
     print(f"optuna-dashboard: http://{args.host}:{args.port}/dashboard/studies/{optuna_private.study_id(view.study)} "

@@ -42,9 +42,10 @@ def trial_checkpoint(view, number: int, runs_dir, tmp: Path) -> Path:
     try:
         from optuna.artifacts import download_artifact
 
-        from .artifacts import open_store, trial_artifacts
+        from .artifacts import open_store, resolve, trial_artifacts
 
-        store = open_store(view.study.user_attrs["artifact_store"])
+        store = open_store(resolve(view.study.user_attrs["artifact_store"], study_dir(runs_dir, view.name)),
+                           create=False)
         ids = [a["artifact_id"] for a in trial_artifacts(view.study, number) if a["filename"] == "model.pt"]
         if ids:
             dest = tmp / "model.pt"

@@ -67,6 +67,7 @@ from strategies.trial_record import WORKER
 
 from .artifacts import describe as describe_artifacts
 from .artifacts import open_store as open_artifact_store
+from .artifacts import resolve as resolve_artifacts
 from .config import StudyConfig
 from .files import check_runs_dir, study_dir
 from .identity import StudyExistsError, enqueue_config_specs, existing_studies, open_study, resume_study, storage_url
@@ -222,11 +223,12 @@ def _open(cfg: StudyConfig, url, heartbeat, path, sampler, data, names, resume, 
 
 
 def _artifact_store(study: optuna.Study, cfg: StudyConfig, sdir: Path):
-    """The study's artifact store: the one recorded in the study (set by its first process from the
-    config's ``artifacts:``), so every worker writes to the same place."""
+    """This process's artifact store: where its own config says (the default: the study folder as it is
+    now), never where a stored attribute points; the first process records it for the readers."""
+    desc = describe_artifacts(cfg.artifacts, sdir)
     if "artifact_store" not in study.user_attrs:
-        study.set_user_attr("artifact_store", describe_artifacts(cfg.artifacts, sdir))
-    return open_artifact_store(study.user_attrs["artifact_store"])
+        study.set_user_attr("artifact_store", desc)
+    return open_artifact_store(resolve_artifacts(desc, sdir))
 
 
 def _run_loops(run: _Run, runs_dir, jobs: int, progress: bool) -> bool:

@@ -492,3 +492,38 @@ def test_list_never_prints_a_stored_name_s_terminal_escapes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and "\r" not in out
     assert "evil\\x1b[2J\\x1b]0;pwned\\x07\\rname" in out
+
+
+def _files(root):
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_copied_study_resumes_writing_only_inside_the_copy(tmp_path, data_root, monkeypatch):
+    """A study folder is self-contained: copy runs/ elsewhere, `search --resume` there, and every file
+    created or changed is inside the copy - none in the original (its artifacts folder included), none
+    beside it. The original recorded its artifact folder as an absolute path, as studies made before
+    did: that path is not followed."""
+    import shutil
+
+    import optuna
+
+    from conftest import small_config
+    from studies.cli import main
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    cfgp = small_config(a, data_root, name="ok", trials=2)
+    monkeypatch.chdir(a)
+    assert main(["search", str(cfgp), "--runs-dir", "runs", "--quiet"]) == 0
+    study = optuna.load_study(study_name="ok", storage=f"sqlite:///{a / 'runs' / 'ok' / 'study.db'}")
+    study.set_user_attr("artifact_store", {"backend": "filesystem", "path": str(a / "runs" / "ok" / "artifacts")})
+    shutil.copytree(a, b)
+    before = _files(tmp_path)
+    monkeypatch.chdir(b)
+    assert main(["search", str(b / cfgp.name), "--runs-dir", "runs", "--resume", "--n-trials", "4", "--quiet"]) == 0
+    after = _files(tmp_path)
+    changed = sorted(str(p.relative_to(tmp_path)) for p in after if before.get(p) != after[p])
+    assert changed and all(c.startswith("b/runs/ok/") for c in changed), changed
+    assert {p for p in after if p.is_relative_to(a)} == {p for p in before if p.is_relative_to(a)}
+    new_art = [c for c in changed if c.startswith("b/runs/ok/artifacts/")]
+    assert new_art  # the resumed trials' files went to the copy's own artifact folder

@@ -42,10 +42,11 @@ def _study(seen):
 def test_every_trained_trial_has_its_files_as_optuna_artifacts(seen):
     from optuna.artifacts import FileSystemArtifactStore, download_artifact
 
-    from studies.artifacts import trial_artifacts
+    from studies.artifacts import resolve, trial_artifacts
 
     study = _study(seen)
-    store = FileSystemArtifactStore(study.user_attrs["artifact_store"]["path"])
+    assert study.user_attrs["artifact_store"] == {"backend": "filesystem", "in_study_folder": "artifacts"}
+    store = FileSystemArtifactStore(resolve(study.user_attrs["artifact_store"], seen / "runs" / "see")["path"])
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "reused_from_trial" not in t.user_attrs]
     assert done
     for t in done:
