@@ -151,12 +151,22 @@ def build_report(view: StudyView, runs_dir, images=None) -> str:
         "hypervolume": study_hypervolume(view),
         "bits": {"edges": list(BIT_EDGES), "levels": list(BIT_LEVELS), "colours": list(BIT_COLOURS)},
     }
-    blob = json.dumps(data, allow_nan=False).replace("</", "<\\/")
-    return _PAGE.replace("__TITLE__", html.escape(f"vaenas report: {view.name}")).replace("__DATA__", blob)
+    return _PAGE.replace("__TITLE__", html.escape(f"vaenas report: {view.name}")).replace("__DATA__", embedded_json(data))
+
+
+def embedded_json(data) -> str:
+    """``data`` as JSON that cannot end or comment out its ``<script>`` block: ``<``, ``>`` and ``&`` (and the
+    two JavaScript line separators) as ``\\uXXXX`` escapes, which ``JSON.parse`` reads back unchanged."""
+    text = json.dumps(data, allow_nan=False)
+    for ch in ("<", ">", "&", "\u2028", "\u2029"):
+        text = text.replace(ch, f"\\u{ord(ch):04x}")
+    return text
 
 
 _PAGE = r"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src __SCRIPT_HASH__; style-src 'unsafe-inline'; img-src data:">
+<title>__TITLE__</title>
 <style>
 body{font:14px system-ui,sans-serif;margin:20px;color:#222;max-width:1200px}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px}
@@ -188,6 +198,7 @@ th{cursor:pointer;background:#f3f3f3}td.l{text-align:left}
 "use strict";
 const D = JSON.parse(document.getElementById("data").textContent);
 const NS = "http://www.w3.org/2000/svg";
+const esc = v => String(v).replace(/[&<>"']/g, m => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[m]));
 const fmt = (v, d) => v === null || v === undefined ? "" : (Number.isInteger(v) || Math.abs(v) >= 1e4
   ? Math.round(v).toLocaleString("en") : Number(v).toPrecision(d || 5));
 function el(tag, attrs, parent) {
@@ -218,14 +229,14 @@ function axes(svg, fx, fy, W, H, M, xl, yl) {
 }
 const tip = document.getElementById("tip");
 function showTip(p, ev) {
-  let h = `<b>trial ${p.trial}</b> ${p.spec_id} (${p.family}, latent ${p.latent_dim})` +
+  let h = `<b>trial ${esc(p.trial)}</b> ${esc(p.spec_id)} (${esc(p.family)}, latent ${esc(p.latent_dim)})` +
     (p.knee ? " <b>knee</b>" : "") + (p.on_front ? " on the front" : "") + (p.feasible ? "" : " <span class=note>infeasible</span>") +
     (p.estimate ? " <span class=note>−ELBO ESTIMATED on the supernet</span>" : "") + "<br>";
   for (const o of new Set([...D.objectives, "neg_elbo", "bits_per_dim", "size_bytes", "params", "flops"]))
-    if (p[o] !== undefined && p[o] !== null) h += `${o}: ${fmt(p[o], 6)}<br>`;
-  h += `mean bits (weighted by parameters): ${fmt(p.mean_bits, 3)}<br>widths: ${p.widths.join(", ")}<br>bits per layer: ` +
-    p.layers.map(l => `${l[0]}=${l[1]}`).join(", ");
-  if (p.picture) h += `<br><img src="${p.picture}" alt="samples of trial ${p.trial}">`;
+    if (p[o] !== undefined && p[o] !== null) h += `${esc(o)}: ${esc(fmt(p[o], 6))}<br>`;
+  h += `mean bits (weighted by parameters): ${esc(fmt(p.mean_bits, 3))}<br>widths: ${esc(p.widths.join(", "))}<br>` +
+    "bits per layer: " + esc(p.layers.map(l => `${l[0]}=${l[1]}`).join(", "));
+  if (p.picture) h += `<br><img src="${esc(p.picture)}" alt="samples of trial ${esc(p.trial)}">`;
   tip.innerHTML = h; tip.style.display = "block";
   tip.style.left = (ev.pageX + 14) + "px"; tip.style.top = (ev.pageY + 10) + "px";
 }
@@ -288,10 +299,10 @@ function drawTable() {
     rows.sort((a, b) => { const x = a[key], y = b[key];
       const c = (x === undefined || x === null) - (y === undefined || y === null) || (x < y ? -1 : x > y ? 1 : 0);
       return asc ? c : -c; });
-    t.innerHTML = "<tr>" + cols.map(c => `<th data-k="${c}">${c}${c === key ? (asc ? " ▲" : " ▼") : ""}</th>`).join("") + "</tr>" +
-      rows.map(r => "<tr data-row=\"" + r.trial + "\">" + cols.map(c => { const v = r[c];
+    t.innerHTML = "<tr>" + cols.map(c => `<th data-k="${esc(c)}">${esc(c)}${c === key ? (asc ? " ▲" : " ▼") : ""}</th>`).join("") + "</tr>" +
+      rows.map(r => "<tr data-row=\"" + esc(r.trial) + "\">" + cols.map(c => { const v = r[c];
         const s = typeof v === "number" ? fmt(v, 6) : (v === undefined || v === null ? "" : String(v));
-        return `<td class="${typeof v === "number" ? "" : "l"}">${s.replace(/[&<>]/g, m => ({"&": "&amp;", "<": "&lt;", ">": "&gt;"}[m]))}</td>`; }).join("") + "</tr>").join("");
+        return `<td class="${typeof v === "number" ? "" : "l"}">${esc(s)}</td>`; }).join("") + "</tr>").join("");
     for (const th of t.querySelectorAll("th")) th.onclick = () => { const k = th.dataset.k; asc = k === key ? !asc : true; key = k; render(); };
   }
   render();
@@ -301,8 +312,9 @@ function drawGallery() {
   const shown = D.points.filter(p => p.picture).sort((a, b) => b.knee - a.knee || a.neg_elbo - b.neg_elbo);
   for (const p of shown) {
     const f = document.createElement("figure");
-    f.innerHTML = `<img src="${p.picture}" alt="trial ${p.trial}"><figcaption>${p.knee ? "<b>knee</b>, " : ""}trial ${p.trial} ` +
-      `${p.spec_id}: −ELBO ${fmt(p.neg_elbo, 5)}${p.estimate ? " (ESTIMATE)" : ""}, ${fmt(p.size_bytes)} bytes, ${fmt(p.mean_bits, 3)} bits/weight</figcaption>`;
+    f.innerHTML = `<img src="${esc(p.picture)}" alt="trial ${esc(p.trial)}"><figcaption>${p.knee ? "<b>knee</b>, " : ""}` +
+      `trial ${esc(p.trial)} ${esc(p.spec_id)}: −ELBO ${esc(fmt(p.neg_elbo, 5))}${p.estimate ? " (ESTIMATE)" : ""}, ` +
+      `${esc(fmt(p.size_bytes))} bytes, ${esc(fmt(p.mean_bits, 3))} bits/weight</figcaption>`;
     g.appendChild(f);
   }
   if (!shown.length) g.textContent = "no pictures (no trained checkpoint on the front)";
@@ -325,3 +337,15 @@ drawEstimates(); drawTable(); drawGallery();
 document.body.dataset.rendered = "yes";
 </script></body></html>
 """
+
+
+def _script_hash(page: str) -> str:
+    """The CSP source of the page's one script: its SHA-256 (no other script, no inline handler runs)."""
+    import base64
+    import hashlib
+
+    body = page.split("<script>", 1)[1].split("</script>", 1)[0]
+    return "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+
+
+_PAGE = _PAGE.replace("__SCRIPT_HASH__", _script_hash(_PAGE))

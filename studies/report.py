@@ -57,6 +57,9 @@ def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = No
     except KeyError:
         raise VaenasInputError(f"study {name!r} is not in {redact(url)}; run `vaenas list` to see studies") from None
     objectives = study.user_attrs.get("objectives") or study.metric_names
+    if not isinstance(objectives, list) or not objectives or not all(o in OBJECTIVES for o in objectives):
+        raise VaenasInputError(f"study {name!r}: its stored objectives {objectives!r:.200} are not objectives of this "
+                               f"vaenas ({', '.join(OBJECTIVES)}); the study's attributes were changed - restore them")
     bounds = [Bound(*b) for b in study.user_attrs["bounds"]]
     rows, all_rows = [], []
     for t in study.get_trials(deepcopy=False):

@@ -209,3 +209,50 @@ def test_mean_bits_is_weighted_by_parameters():
     from studies.plots import bits_colour
 
     assert len({bits_colour(b) for b in (2, 3, 4, 6, 8)}) == 5  # the usual widths get colours of their own
+
+
+HOSTILE = "</script><!--<script>\"'<img src=x onerror=\"document.title='PWNED'\">\x1b[31m"
+
+
+def test_hostile_text_in_a_study_runs_no_script_and_the_report_still_draws(seen, tmp_path):
+    """Every text a study holds that the report shows - a --runs-dir name (in the storage URL), a fail
+    reason, a worker - is escaped in the HTML and in the embedded JSON, under a Content-Security-Policy
+    that runs no inline handler; an objective name that is not one is refused in one line."""
+    import shutil
+
+    runs = tmp_path / "r</script><!--<script>\"'x"
+    shutil.copytree(seen / "runs" / "see", runs / "see", ignore=shutil.ignore_patterns("report.html"))
+    study = optuna.load_study(study_name="see", storage=f"sqlite:///{runs / 'see' / 'study.db'}")
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL,
+                                              user_attrs={"fail_reason": HOSTILE, "worker": HOSTILE}))
+    assert main(["report", "see", "--runs-dir", str(runs)]) == 0
+    page = runs / "see" / "report.html"
+    text = page.read_text()
+    assert "Content-Security-Policy" in text and "onerror=" not in text.split("</head>")[0]
+    data = text.split('<script type="application/json" id="data">', 1)[1].split("</script>", 1)[0]
+    assert "<" not in data and ">" not in data  # nothing in the JSON can end or comment out its block
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("no chromium here: install Debian's chromium to run the browser check")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path}/prof"]
+    dom = subprocess.run([browser, *flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert 'data-rendered="yes"' in dom and dom.count('class="hv"') == 2 and dom.count('class="pt') >= 1
+    assert "PWNED" not in dom.split("<body", 1)[0]  # the title was never rewritten
+    assert "<img src=\"x\"" not in dom and "<img src=x" not in dom  # the payload is text in the table
+    assert "&lt;img src=x onerror=" in dom
+
+
+def test_a_stored_objective_that_is_not_one_is_one_line(seen, tmp_path, capsys):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(seen / "runs" / "see", runs / "see", ignore=shutil.ignore_patterns("report.html"))
+    study = optuna.load_study(study_name="see", storage=f"sqlite:///{runs / 'see' / 'study.db'}")
+    study.set_user_attr("objectives", ["neg_elbo", HOSTILE])
+    assert main(["report", "see", "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "are not objectives of this vaenas" in err[0] and "\x1b" not in err[0]
+    assert not (runs / "see" / "report.html").exists()
