@@ -85,9 +85,27 @@ def _to_nchw_uint8(ds) -> torch.Tensor:
     out = []  # any other dataset: decode item by item (PIL images)
     for i in range(len(ds)):
         img = ds[i][0]
-        a = np.asarray(img.convert("RGB" if img.mode not in GREY_MODES else "L"))
+        a = np.asarray(eight_bit(img, "RGB" if img.mode not in GREY_MODES else "L"))
         out.append(torch.from_numpy(a.copy()).reshape(a.shape[0], a.shape[1], -1).permute(2, 0, 1))
     return torch.stack(out)
+
+
+def eight_bit(im, mode: str, name: str = "an image"):
+    """``im`` as 8-bit ``mode`` ("L" or "RGB"), scaled by its bit depth: a 16-bit grey image's 0..65535 map
+    to 0..255 (PIL's own conversion clips them, turning 64 grey levels into two); 32-bit integer images
+    with values beyond 16 bits and float images are refused in one line, never clipped."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N") or im.mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        if im.mode == "I" and (a.min(initial=0) < 0 or a.max(initial=0) > 65535):
+            raise VaenasInputError(f"dataset: {name} is a 32-bit integer image with values outside 0..65535; save "
+                                   "the images as 8- or 16-bit PNG")
+        im = Image.fromarray(np.round(a / 257.0).astype(np.uint8), "L")
+    elif im.mode == "F":
+        raise VaenasInputError(f"dataset: {name} is a floating-point image; save the images as 8- or 16-bit PNG "
+                               "(or give the values as an array: source: array)")
+    return im.convert(mode)
 
 
 class _unpack_lock:
@@ -207,7 +225,7 @@ def read_folder(path: Path, image_size: tuple[int, int] | None, channels: int | 
     def decode(f: Path) -> torch.Tensor:
         try:
             with Image.open(f) as im:
-                im = im.convert(mode)
+                im = eight_bit(im, mode, f.name)
                 if (im.height, im.width) != (h, w):
                     im = im.resize((w, h), Image.Resampling.BILINEAR)
                 a = np.asarray(im, dtype=np.uint8)

@@ -381,3 +381,25 @@ def test_a_csv_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
     b = load_data({"source": "array", "path": str(tmp_path / "plain.csv"), "likelihood": "gaussian"}, tmp_path)
     assert len(a.train) + len(a.val) + len(a.test) == 40 and a.feature_names is None
     assert torch.equal(a.train, b.train) and a.normalization == b.normalization
+
+
+def test_16_bit_grey_pngs_keep_their_levels(tmp_path):
+    """A folder of 16-bit grey PNGs with 64 levels (0-63,000) loads as 64 levels scaled by the bit depth, not
+    clipped to 0 and 255; a float image is refused in one line."""
+    from search_space import VaenasInputError
+
+    d = tmp_path / "png16"
+    d.mkdir()
+    for i in range(12):
+        a = ((np.arange(16 * 16).reshape(16, 16) + i) % 64 * 1000).astype(np.uint16)
+        Image.fromarray(a).save(d / f"{i}.png")
+    assert Image.open(d / "0.png").mode == "I;16"
+    s = load_data({"source": "folder", "path": str(d), "likelihood": "discretized_logistic"}, tmp_path)
+    levels = torch.unique(s.train)  # stored as 8-bit grey levels
+    assert s.train.dtype == torch.uint8 and len(levels) == 64 and int(levels.max()) == round(63000 / 257)
+    from evaluator.sources import eight_bit
+
+    with pytest.raises(VaenasInputError, match="floating-point image"):
+        eight_bit(Image.fromarray(np.random.default_rng(0).random((8, 8)).astype(np.float32), "F"), "L")
+    with pytest.raises(VaenasInputError, match="values outside 0..65535"):
+        eight_bit(Image.fromarray(np.full((4, 4), 70000, np.int32), "I"), "L")
