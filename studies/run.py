@@ -76,7 +76,7 @@ from .storage import StorageUnreachable, lock_study, redact, storage_file
 from .supernet_mode import Evaluators, darts_enqueue, remeasure_front
 from .trial import WORKER_ID, cut_off, index_result, run_trial, surplus
 from .trials import counts, front_stats, is_finished, static_feasibility
-from .workers import check_jobs, join_workers, share_cores, signals_deferred, start_workers
+from .workers import check_jobs, join_workers, share_cores, signals_deferred, start_workers, watch_parent
 
 __all__ = ["SearchSummary", "StudyExistsError", "run_search"]
 MAX_REPEATS = 200  # proposals in a row of specs already measured before the search gives up (space exhausted)
@@ -239,7 +239,7 @@ def _run_loops(run: _Run, runs_dir, jobs: int, progress: bool) -> bool:
     try:
         if jobs > 1:
             share_cores(jobs)
-            args = (run.cfg, str(runs_dir), run.budget, run.timeout, run.poll_s, jobs)
+            args = (run.cfg, str(runs_dir), run.budget, run.timeout, run.poll_s, jobs, os.getpid())
             children = start_workers(_worker_process, args, jobs - 1)
         interrupted = _supernet_loop(run) if run.cfg.supernet is not None else _trial_loop(run)
     finally:
@@ -373,7 +373,8 @@ def _supernet_loop(run: _Run) -> bool:
                          run.sampler, WORKER_ID, lambda m, n_fin: _show_progress(run, m, n_fin))
 
 
-def _worker_process(cfg: StudyConfig, runs_dir: str, budget: int, timeout, poll_s: float, jobs: int) -> None:
+def _worker_process(cfg: StudyConfig, runs_dir: str, budget: int, timeout, poll_s: float, jobs: int,
+                    parent_pid: int) -> None:
     """One of ``search --jobs N``'s worker processes: ``run_search(worker=True)`` without output;
     SIGTERM (sent by the parent on Ctrl-C) marks its trial interrupted, like Ctrl-C."""
     import signal
@@ -382,6 +383,7 @@ def _worker_process(cfg: StudyConfig, runs_dir: str, budget: int, timeout, poll_
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _term)
+    watch_parent(parent_pid)
     share_cores(jobs)
     try:
         s = run_search(cfg, runs_dir=runs_dir, worker=True, n_trials=budget, timeout_s=timeout, progress=False,

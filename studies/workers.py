@@ -34,6 +34,21 @@ def start_workers(target, args: tuple, n: int) -> list:
     return procs
 
 
+def watch_parent(parent_pid: int, every_s: float = 1.0) -> None:
+    """In a worker process: when the parent that started it is gone (killed with -9, so it could not stop its
+    workers), deliver SIGTERM to this process - its trial is marked interrupted and it exits."""
+    import signal
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="vaenas-parent-watch", daemon=True).start()
+
+
 def join_workers(procs: list, stop: bool) -> list[tuple[int, int]]:
     """Wait for the worker processes (after SIGTERM when ``stop``); the (pid, exit code) of each that
     did not end cleanly. Exit code 2 (bad input) and 1 (a failure) are raised here as errors."""

@@ -194,3 +194,42 @@ def test_search_jobs_sigterm_interrupts_every_worker(tmp_path, data_root):
     r = subprocess.run(cli("search", str(cfgp), "--runs-dir", str(runs), "--resume", "--quiet", "--n-trials", "4"),
                        env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie (exited, not yet reaped by init) is gone too
+        return f.read().split(") ", 1)[1][0] != "Z"
+
+
+def test_workers_stop_when_their_parent_is_killed_with_sigkill(tmp_path, data_root):
+    """`kill -9` of a `search --jobs 2` parent: its worker notices within seconds, marks its trial
+    interrupted and exits - it does not train on until the budget is spent."""
+    name, budget = "orphan", 40
+    cfgp = config(tmp_path, data_root, name, budget, n_train=12000, epochs=5)
+    runs = tmp_path / "runs"
+    url = f"sqlite:///{runs / name / 'study.db'}"
+    parent = subprocess.Popen(cli("search", str(cfgp), "--runs-dir", str(runs), "--jobs", "2", "--quiet"),
+                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+
+    def child_running(trials):
+        pids = {w.rsplit(":", 1)[-1] for t in trials if (w := t.user_attrs.get("worker"))} - {str(parent.pid)}
+        return running_of(trials, pids)
+
+    victim = wait_for_victim(url, name, child_running)
+    if victim is None:
+        parent.kill()
+        pytest.fail("no worker process ran a trial")
+    parent.kill()  # SIGKILL: the parent cannot stop its workers
+    parent.wait()
+    worker_pid, trial = victim
+    deadline = time.time() + 30
+    while _alive(worker_pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker_pid), "the orphaned worker kept training"
+    trials = load(url, name).get_trials(deepcopy=False)
+    assert trials[trial].state == optuna.trial.TrialState.FAIL and trials[trial].user_attrs["fail_reason"] == "interrupted"
+    assert sum(is_finished(t) for t in trials) < budget
