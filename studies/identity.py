@@ -63,17 +63,51 @@ def check_same_study(study: optuna.Study, cfg: StudyConfig) -> None:
                                    f"this config {cfg.objectives}; use another study name")
         return
     now = cfg.fingerprint()
-    for key in now:
-        if stored.get(key) != now[key]:
-            where, was, new = first_difference(key, stored.get(key), now[key])
+    unknown = sorted(set(stored) - set(now) - set(_DEFAULTS))
+    if unknown:
+        raise VaenasInputError(f"study {cfg.name!r} was run by a newer vaenas: its fingerprint has {unknown[0]!r}, "
+                               "which this vaenas does not know; upgrade vaenas to resume it")
+    for key in sorted(set(now) | set(stored)):
+        diff = first_difference(key, _filled(key, stored), _filled(key, now))
+        if diff is not None:
+            where, was, new = diff
             raise VaenasInputError(
                 f"study {cfg.name!r} was run with {where} = {was}, this config has {new}: its trials would not be "
                 f"comparable; restore {where} to resume it, or start a new study under another name: in the config")
 
 
-def first_difference(key: str, a: str | None, b: str) -> tuple[str, str, str]:
-    """The first (dotted) key at which two fingerprint values differ, and the two values, shortened."""
-    va, vb = json.loads(a) if a is not None else None, json.loads(b)
+def _defaults() -> dict:
+    """What a fingerprint key (and each key inside it) meant before it was recorded: its default."""
+    import dataclasses
+
+    from evaluator import LatencyConfig, TrainConfig
+    from evaluator.supernet import SupernetConfig
+
+    train = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("device", "seed")}
+    return {"n_train": None, "constraints": {}, "supernet": None, "darts": None, "rungs": None, "train": train,
+            "latency": dataclasses.asdict(LatencyConfig()),
+            # latency_table: false is left out of a fingerprint (studies before the table measured every estimate)
+            "supernet.": {**dataclasses.asdict(SupernetConfig()), "latency_table": False}}
+
+
+_DEFAULTS = _defaults()
+
+
+def _filled(key: str, fingerprint: dict):
+    """One key of a fingerprint, decoded, a missing key or sub-key taking its default: studies made by an
+    earlier vaenas (before the key existed) compare as what they ran."""
+    value = json.loads(fingerprint[key]) if key in fingerprint else _DEFAULTS.get(key)
+    sub = _DEFAULTS.get(f"{key}.", _DEFAULTS.get(key))
+    if isinstance(value, dict) and isinstance(sub, dict):
+        value = {**sub, **value}
+    return value
+
+
+def first_difference(key: str, va, vb) -> tuple[str, str, str] | None:
+    """The first (dotted) key at which two decoded fingerprint values differ, and the two values, shortened;
+    None when they are equal."""
+    if va == vb:
+        return None
     while isinstance(va, dict) and isinstance(vb, dict):
         sub = next((k for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)), None)
         if sub is None:

@@ -527,3 +527,50 @@ def test_a_copied_study_resumes_writing_only_inside_the_copy(tmp_path, data_root
     assert {p for p in after if p.is_relative_to(a)} == {p for p in before if p.is_relative_to(a)}
     new_art = [c for c in changed if c.startswith("b/runs/ok/artifacts/")]
     assert new_art  # the resumed trials' files went to the copy's own artifact folder
+
+
+def _older_study(study_runs_small, tmp_path, edit):
+    """A copy of the small study whose stored fingerprint ``edit`` changed (as another vaenas wrote it)."""
+    import json
+    import shutil
+
+    import optuna
+
+    runs = tmp_path / "runs"
+    shutil.copytree(study_runs_small, runs)
+    study = optuna.load_study(study_name="hard", storage=f"sqlite:///{runs / 'hard' / 'study.db'}")
+    fp = dict(study.user_attrs["fingerprint"])
+    edit(fp, json)
+    study.set_user_attr("fingerprint", fp)
+    return runs
+
+
+@pytest.mark.parametrize("edit", [
+    lambda fp, json: [fp.pop("darts"), fp.pop("constraints"), fp.pop("supernet")],  # keys added later
+    lambda fp, json: fp.update(train=json.dumps({k: v for k, v in json.loads(fp["train"]).items()
+                                                 if k not in ("lr_warmup_steps", "qat_delay")}, sort_keys=True)),
+], ids=["blocks-added-later", "train-keys-added-later"])
+def test_a_study_from_an_earlier_vaenas_resumes_when_the_config_uses_the_defaults(edit, study_runs_small, tmp_path):
+    from studies.cli import main
+
+    runs = _older_study(study_runs_small, tmp_path, edit)
+    cfg = study_runs_small.parent / "c.yaml"
+    assert main(["search", str(cfg), "--resume", "--n-trials", "2", "--runs-dir", str(runs), "--quiet"]) == 0
+
+
+def test_fingerprints_name_a_real_difference_and_refuse_a_newer_vaenas(study_runs_small, tmp_path, capsys):
+    import yaml
+
+    from studies.cli import main
+
+    runs = _older_study(study_runs_small, tmp_path, lambda fp, json: fp.pop("darts"))
+    cfg = yaml.safe_load((study_runs_small.parent / "c.yaml").read_text())
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({**cfg, "darts": {"lambdas": [0, 10]}}))
+    assert main(["search", str(tmp_path / "d.yaml"), "--resume", "--runs-dir", str(runs), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "was run with darts = null, this config has {" in err  # not "null ... has null"
+    runs2 = _older_study(study_runs_small, tmp_path / "2", lambda fp, json: fp.update(quantum="\"on\""))
+    assert main(["search", str(study_runs_small.parent / "c.yaml"), "--resume", "--runs-dir", str(runs2),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "newer vaenas" in err[0] and "'quantum'" in err[0]
