@@ -101,6 +101,15 @@ def open_store(desc: dict | None, create: bool = True):
                                "artifacts: to a folder") from None
 
 
+def store_for(study, config_value: Any, sdir: Path):
+    """This process's artifact store: where its own config says (the default: the study folder as it is
+    now), never where a stored attribute points; the first process records it for the readers."""
+    desc = describe(config_value, sdir)
+    if "artifact_store" not in study.user_attrs:
+        study.set_user_attr("artifact_store", desc)
+    return open_store(resolve(desc, sdir))
+
+
 def upload(store, trial, paths: list[Path]) -> list[str]:
     """Upload each file as an artifact of the (still running) trial; returns their artifact ids."""
     if store is None:

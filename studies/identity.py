@@ -33,7 +33,7 @@ def existing_studies(url: str, heartbeat, path: Path | None) -> list[str]:
     if path is None:
         return _study_names(open_storage(url, heartbeat))
     _check_file_storage(url, readonly=False)
-    if not path.exists():
+    if not path.exists() or path.stat().st_size == 0:  # nothing in it; opening it would write Optuna's tables
         return []
     with claim_lock(claim_path(path)):
         return _study_names(open_storage(url, heartbeat))

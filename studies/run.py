@@ -65,9 +65,7 @@ from search_space import VaenasInputError
 from strategies import SpecSampler, create_sampler, optuna_private
 from strategies.trial_record import WORKER
 
-from .artifacts import describe as describe_artifacts
-from .artifacts import open_store as open_artifact_store
-from .artifacts import resolve as resolve_artifacts
+from .artifacts import store_for as artifact_store
 from .config import StudyConfig
 from .files import check_runs_dir, study_dir
 from .identity import StudyExistsError, enqueue_config_specs, existing_studies, open_study, resume_study, storage_url
@@ -132,7 +130,7 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     url = storage_url(cfg, runs_dir)
     path = storage_file(url)
     heartbeat = cfg.heartbeat if path is None else None  # file storages: lock files tell the living (liveness.py)
-    names = _check_existing(cfg, url, heartbeat, path, resume, worker)
+    names = _check_existing(cfg, url, heartbeat, path, resume, worker, runs_dir)
     data, sampler, feasible = _prepare(cfg, worker, progress)
     sdir = study_dir(runs_dir, cfg.name)
     study, lock = _open(cfg, url, heartbeat, path, sampler, data, names, resume, worker, _child, sdir)
@@ -143,7 +141,7 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
         darts_enqueue(study, cfg, data, progress)
     run = _Run(cfg, study, sampler, liveness_for(path, optuna_private.heartbeat_enabled(study)),
                Evaluators(cfg, data, sdir, study, progress), feasible, budget, timeout, poll_s,
-               store=_artifact_store(study, cfg, sdir))
+               store=artifact_store(study, cfg.artifacts, sdir))
     finished_before, t_start = counts(study)[0], time.perf_counter()
     interrupted = _run_loops(run, runs_dir, jobs, progress)
     remeasured = 0
@@ -176,7 +174,7 @@ def _check_args(cfg: StudyConfig, runs_dir, n_trials, timeout_s, jobs: int, work
     return budget, timeout
 
 
-def _check_existing(cfg: StudyConfig, url: str, heartbeat, path, resume: bool, worker: bool) -> list[str]:
+def _check_existing(cfg: StudyConfig, url: str, heartbeat, path, resume: bool, worker: bool, runs_dir) -> list[str]:
     """The storage's study names; refuses a new study under a taken name and a resume of none."""
     if cfg.storage is not None and path is not None and not path.parent.is_dir():
         raise VaenasInputError(f"--storage: the folder {str(path.parent)!r} of {str(path)!r} does not exist; create "
@@ -187,6 +185,10 @@ def _check_existing(cfg: StudyConfig, url: str, heartbeat, path, resume: bool, w
                                "run `vaenas worker` to add a worker, or choose another name")
     if resume and cfg.name not in names:
         raise VaenasInputError(f"--resume: no study {cfg.name!r} in {redact(url)}; run without --resume to start it")
+    trials = study_dir(runs_dir, cfg.name) / "trials"
+    if cfg.name not in names and not (resume or worker) and trials.is_dir() and any(trials.iterdir()):
+        raise StudyExistsError(f"study {cfg.name!r}: {trials} holds an earlier study's trials, but {redact(url)} has "
+                               "no such study (emptied or replaced?); restore the storage, or move the folder away")
     return names
 
 
@@ -220,15 +222,6 @@ def _open(cfg: StudyConfig, url, heartbeat, path, sampler, data, names, resume, 
             resume_study(study, sampler, path is not None)
         enqueue_config_specs(study, cfg)
     return study, lock
-
-
-def _artifact_store(study: optuna.Study, cfg: StudyConfig, sdir: Path):
-    """This process's artifact store: where its own config says (the default: the study folder as it is
-    now), never where a stored attribute points; the first process records it for the readers."""
-    desc = describe_artifacts(cfg.artifacts, sdir)
-    if "artifact_store" not in study.user_attrs:
-        study.set_user_attr("artifact_store", desc)
-    return open_artifact_store(resolve_artifacts(desc, sdir))
 
 
 def _run_loops(run: _Run, runs_dir, jobs: int, progress: bool) -> bool:

@@ -574,3 +574,24 @@ def test_fingerprints_name_a_real_difference_and_refuse_a_newer_vaenas(study_run
                  "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "newer vaenas" in err[0] and "'quantum'" in err[0]
+
+
+def test_an_emptied_study_db_never_costs_the_earlier_trials_files(study_runs_small, tmp_path, capsys):
+    """study.db emptied (0 bytes): a plain `search` would have started a new study and written over
+    trials/0/model.pt, and `--resume` wrote Optuna's schema into the file before refusing. Both are one
+    line, exit 2, nothing written."""
+    import shutil
+
+    from studies.cli import main
+
+    runs = tmp_path / "runs"
+    shutil.copytree(study_runs_small, runs)
+    db = runs / "hard" / "study.db"
+    db.write_bytes(b"")
+    before = _files(runs)
+    cfg = str(study_runs_small.parent / "c.yaml")
+    for extra, needle in (([], "holds an earlier study's trials"), (["--resume"], "--resume: no study 'hard'")):
+        assert main(["search", cfg, "--runs-dir", str(runs), "--quiet", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+        assert _files(runs) == before and db.stat().st_size == 0
