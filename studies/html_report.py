@@ -213,8 +213,23 @@ function scale(vals, lo, hi, log) {
   if (a === b) { a -= 1; b += 1; }
   const pad = (b - a) * 0.05; a -= pad; b += pad;
   const f = v => lo + ((log ? Math.log10(v) : v) - a) / (b - a) * (hi - lo);
-  f.ticks = () => { const t = []; for (let i = 0; i <= 4; i++) { const u = a + (b - a) * i / 4; t.push(log ? 10 ** u : u); } return t; };
+  f.ticks = () => log ? logTicks(a, b) : linTicks(a, b);
   return f;
+}
+function niceStep(span, n) {  // 1, 2 or 5 times a power of ten, about span / n
+  const raw = span / n, p = 10 ** Math.floor(Math.log10(raw)), m = raw / p;
+  return (m < 1.5 ? 1 : m < 3 ? 2 : m < 7 ? 5 : 10) * p;
+}
+function linTicks(a, b) {
+  const s = niceStep(b - a, 4), t = [];
+  for (let u = Math.ceil(a / s) * s; u <= b + 1e-9 * s; u += s) t.push(+u.toPrecision(12));
+  return t;
+}
+function logTicks(a, b) {  // a, b: log10 of the ends; ticks at 1, 2, 5 x 10^k (1 x 10^k only over many decades)
+  const ms = b - a > 4 ? [1] : [1, 2, 5], t = [];
+  for (let e = Math.floor(a); e <= Math.ceil(b); e++)
+    for (const m of ms) { const u = Math.log10(m) + e; if (u >= a && u <= b) t.push(+(m * 10 ** e).toPrecision(12)); }
+  return t.length >= 2 ? t : linTicks(10 ** a, 10 ** b);
 }
 function axes(svg, fx, fy, W, H, M, xl, yl) {
   el("line", {x1: M, y1: H - M, x2: W - 10, y2: H - M, stroke: "#444"}, svg);

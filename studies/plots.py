@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -87,7 +88,7 @@ def front_plot(view: StudyView, x: str, y: str, path: Path) -> Path:
                     label=f"Pareto front, {kind} −ELBO ({int(on2d.sum())})", zorder=3)
     ax.step(xs[on2d][order], ys[on2d][order], where="post", color="black", lw=1, alpha=0.7, zorder=2)
     if len(xs) and xs.min() > 0 and xs.max() / xs.min() > 30:
-        ax.set_xscale("log")
+        log_axis(ax.xaxis)
     ax.set_xlabel(LABELS.get(x, x))
     ax.set_ylabel(LABELS.get(y, y))
     tag = " [−ELBO ESTIMATED on a supernet]" if kind == "estimated" else \
@@ -97,6 +98,22 @@ def front_plot(view: StudyView, x: str, y: str, path: Path) -> Path:
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def log_axis(axis) -> None:
+    """A log-scaled axis labelled at 1, 2 and 5 (1 and 3; 1 over many decades) times powers of ten, in plain
+    numbers, minor ticks unlabelled:
+    over a decade or two matplotlib's default labels every minor tick (2x10^-2 3x10^-2 ...) and they print
+    over each other."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.axes.set_xscale("log") if axis is axis.axes.xaxis else axis.axes.set_yscale("log")
+    lo, hi = sorted(abs(v) for v in axis.get_data_interval())
+    decades = math.log10(hi / lo) if lo > 0 else 9.0
+    subs = (1.0, 2.0, 5.0) if decades <= 1.6 else ((1.0, 3.0) if decades <= 2.6 else (1.0,))
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1000 else f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def kendall_tau(a, b) -> float:

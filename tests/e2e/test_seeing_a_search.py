@@ -256,3 +256,58 @@ def test_a_stored_objective_that_is_not_one_is_one_line(seen, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "are not objectives of this vaenas" in err[0] and "\x1b" not in err[0]
     assert not (runs / "see" / "report.html").exists()
+
+
+@pytest.mark.parametrize("lo,hi", [(0.02, 0.7), (0.03, 0.09), (900, 2e6), (5e3, 9e5)])
+def test_log_axis_tick_labels_never_print_over_each_other(lo, hi, tmp_path):
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from studies.plots import log_axis
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.scatter(np.geomspace(lo, hi, 20), np.linspace(90, 140, 20))
+    log_axis(ax.xaxis)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    labels = [t for t in ax.xaxis.get_ticklabels(minor=False) + ax.xaxis.get_ticklabels(minor=True)
+              if t.get_text() and t.get_visible() and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+    boxes = sorted((b.x0, b.x1) for b in (t.get_window_extent(r) for t in labels))
+    assert len(boxes) >= 2, [t.get_text() for t in labels]
+    assert all(a[1] <= b[0] for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in labels]
+    assert all("10^" not in t.get_text() and "times" not in t.get_text() for t in labels)
+    plt.close(fig)
+
+
+def test_html_report_axes_tick_at_round_numbers(seen, tmp_path):
+    """The report's axes tick at round numbers - multiples of 1, 2 or 5 times a power of ten, two significant
+    digits at most (was 27,975 / 74,248)."""
+    import re
+
+    assert main(["report", "see", "--runs-dir", str(seen / "runs"), "--out", str(tmp_path / "r.html")]) == 0
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("no chromium here: install Debian's chromium to run the browser check")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path}/prof"]
+    dom = subprocess.run([browser, *flags, "--virtual-time-budget=5000", "--dump-dom", (tmp_path / "r.html").as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    def nice(v: float) -> bool:  # 1, 2 or 5 times a power of ten
+        return v > 0 and f"{v:.6e}"[0] in "125" and set(f"{v:.6e}".split("e")[0][2:]) <= {"0"}
+
+    groups = 0
+    for svg in re.findall(r"<svg[^>]*>(.*?)</svg>", dom, flags=re.S):
+        for anchor in ("middle", "end"):  # x-axis ticks, y-axis ticks
+            vals = [float(t.replace(",", "")) for t in re.findall(
+                rf'<text [^>]*text-anchor="{anchor}" font-size="10"[^>]*>([^<]*)</text>', svg)]
+            if len(vals) < 2:
+                continue
+            groups += 1
+            steps = {round(b - a, 9) for a, b in zip(vals, vals[1:])}
+            even = len(steps) == 1 and nice(steps.pop())  # a linear axis: one round step
+            assert even or all(nice(v) for v in vals), vals  # or a log axis at 1, 2, 5 x 10^k
+    assert groups >= 4
