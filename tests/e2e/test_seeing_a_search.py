@@ -117,6 +117,24 @@ def _chromium() -> str | None:
     return next((shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
 
 
+def _browser(tmp_path) -> tuple[str, list[str]]:
+    """Headless chromium and its flags; the test skips without it (naming the package), and fails under CI."""
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("no chromium here: install Debian's chromium to run the browser check")
+    return browser, ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     f"--user-data-dir={tmp_path}/prof"]
+
+
+def _dom(page: Path, tmp_path) -> str:
+    """The page's DOM after its script ran in headless chromium."""
+    browser, flags = _browser(tmp_path)
+    return subprocess.run([browser, *flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=120).stdout
+
+
 def test_html_report_renders_in_a_headless_browser(seen, tmp_path):
     """The report is one self-contained file (nothing fetched) whose script draws the front: one SVG
     circle per complete trial, the front's points marked; a screenshot is kept for a person."""
@@ -124,14 +142,8 @@ def test_html_report_renders_in_a_headless_browser(seen, tmp_path):
     page = seen / "runs" / "see" / "report.html"
     text = page.read_text()
     assert "src=\"http" not in text and "href=\"http" not in text and "@import" not in text  # offline
-    browser = _chromium()
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
-        pytest.skip("no chromium here: install Debian's chromium to run the browser check")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path}/prof"]
-    dom = subprocess.run([browser, *flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    browser, flags = _browser(tmp_path)
+    dom = _dom(page, tmp_path)
     study = _study(seen)
     n_complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     assert 'data-rendered="yes"' in dom  # the script ran to its end
@@ -231,14 +243,7 @@ def test_hostile_text_in_a_study_runs_no_script_and_the_report_still_draws(seen,
     assert "Content-Security-Policy" in text and "onerror=" not in text.split("</head>")[0]
     data = text.split('<script type="application/json" id="data">', 1)[1].split("</script>", 1)[0]
     assert "<" not in data and ">" not in data  # nothing in the JSON can end or comment out its block
-    browser = _chromium()
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
-        pytest.skip("no chromium here: install Debian's chromium to run the browser check")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path}/prof"]
-    dom = subprocess.run([browser, *flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = _dom(page, tmp_path)
     assert 'data-rendered="yes"' in dom and dom.count('class="hv"') == 2 and dom.count('class="pt') >= 1
     assert "PWNED" not in dom.split("<body", 1)[0]  # the title was never rewritten
     assert "<img src=\"x\"" not in dom and "<img src=x" not in dom  # the payload is text in the table
@@ -288,14 +293,7 @@ def test_html_report_axes_tick_at_round_numbers(seen, tmp_path):
     import re
 
     assert main(["report", "see", "--runs-dir", str(seen / "runs"), "--out", str(tmp_path / "r.html")]) == 0
-    browser = _chromium()
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
-        pytest.skip("no chromium here: install Debian's chromium to run the browser check")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path}/prof"]
-    dom = subprocess.run([browser, *flags, "--virtual-time-budget=5000", "--dump-dom", (tmp_path / "r.html").as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = _dom(tmp_path / "r.html", tmp_path)
     def nice(v: float) -> bool:  # 1, 2 or 5 times a power of ten
         return v > 0 and f"{v:.6e}"[0] in "125" and set(f"{v:.6e}".split("e")[0][2:]) <= {"0"}
 

@@ -95,11 +95,10 @@ def check_study(study, budget, killed=None):
     return trials
 
 
-def test_search_jobs_2_kill_one_worker_mid_trial(tmp_path, data_root):
-    """The acceptance case: `vaenas search CONFIG --jobs 2`, one worker process kill -9'ed mid-trial."""
-    name, budget = "jobs", 8
-    # trials long enough (about 2 s each here) that the parent cannot finish the budget alone before its
-    # spawned worker has imported torch and joined (about 3.5 s here); at 6,000 images x 2 epochs it did (CI failed)
+def _jobs_2_with_a_worker_trial(tmp_path, data_root, name, budget):
+    """`vaenas search --jobs 2` started, once its spawned worker process runs a trial: (runs dir, storage URL,
+    the parent process, (the worker's pid, its trial's number)). Trials last seconds (12,000 images x 5
+    epochs), so the parent cannot finish the budget alone before its worker has imported torch and joined."""
     cfgp = config(tmp_path, data_root, name, budget, n_train=12000, epochs=5)
     runs = tmp_path / "runs"
     url = f"sqlite:///{runs / name / 'study.db'}"
@@ -114,6 +113,15 @@ def test_search_jobs_2_kill_one_worker_mid_trial(tmp_path, data_root):
     if victim is None:
         parent.kill()
         pytest.fail(f"no worker process ran a trial: {parent.communicate()}")
+    return runs, url, parent, victim
+
+
+def test_search_jobs_2_kill_one_worker_mid_trial(tmp_path, data_root):
+    """The acceptance case: `vaenas search CONFIG --jobs 2`, one worker process kill -9'ed mid-trial."""
+    name, budget = "jobs", 8
+    # trials long enough (about 2 s each here) that the parent cannot finish the budget alone before its
+    # spawned worker has imported torch and joined (about 3.5 s here); at 6,000 images x 2 epochs it did (CI failed)
+    runs, url, parent, victim = _jobs_2_with_a_worker_trial(tmp_path, data_root, name, budget)
     os.kill(victim[0], signal.SIGKILL)
     out, err = parent.communicate(timeout=600)
     assert parent.returncode == 0, (out, err)
@@ -209,20 +217,7 @@ def test_workers_stop_when_their_parent_is_killed_with_sigkill(tmp_path, data_ro
     """`kill -9` of a `search --jobs 2` parent: its worker notices within seconds, marks its trial
     interrupted and exits - it does not train on until the budget is spent."""
     name, budget = "orphan", 40
-    cfgp = config(tmp_path, data_root, name, budget, n_train=12000, epochs=5)
-    runs = tmp_path / "runs"
-    url = f"sqlite:///{runs / name / 'study.db'}"
-    parent = subprocess.Popen(cli("search", str(cfgp), "--runs-dir", str(runs), "--jobs", "2", "--quiet"),
-                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-
-    def child_running(trials):
-        pids = {w.rsplit(":", 1)[-1] for t in trials if (w := t.user_attrs.get("worker"))} - {str(parent.pid)}
-        return running_of(trials, pids)
-
-    victim = wait_for_victim(url, name, child_running)
-    if victim is None:
-        parent.kill()
-        pytest.fail("no worker process ran a trial")
+    _, url, parent, victim = _jobs_2_with_a_worker_trial(tmp_path, data_root, name, budget)
     parent.kill()  # SIGKILL: the parent cannot stop its workers
     parent.wait()
     worker_pid, trial = victim
