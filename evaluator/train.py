@@ -189,6 +189,8 @@ class _Loop:
         self.model, self.cfg, self.extra_loss, self.step_loss = model, cfg, extra_loss, step_loss
         self.log_every, self.at_checkpoint = log_every, at_checkpoint
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda":  # the same run twice on a GPU: no autotuned or nondeterministic conv kernels
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         model.to(self.device).train()
         self.data = train_u8.to(self.device)
         self.n = len(self.data)

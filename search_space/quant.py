@@ -130,9 +130,30 @@ def kmeans_assign(w: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(w.detach(), mids)
 
 
+SEGMENT_CHUNK = 65536  # values per one-hot product in segment_sum on CUDA (64 MB at 256 entries)
+
+
+def segment_sum(idx: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
+    """Per entry ``j < k``: the sum of the ``values`` whose ``idx`` is ``j``, the same on every run. On the CPU
+    one ``bincount``; on CUDA, whose scatter-adds (``bincount``, ``index_add_``) add in a different order on
+    each run, one-hot products over fixed chunks added in a fixed order."""
+    idx, values = idx.reshape(-1), values.reshape(-1)
+    if not values.is_cuda:
+        return torch.bincount(idx, weights=values, minlength=k).to(values.dtype)
+    return _chunked_segment_sum(idx, values, k)
+
+
+def _chunked_segment_sum(idx: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
+    out = torch.zeros(k, dtype=values.dtype, device=values.device)
+    for s in range(0, values.numel(), SEGMENT_CHUNK):
+        one_hot = torch.nn.functional.one_hot(idx[s:s + SEGMENT_CHUNK], k).to(values.dtype)
+        out = out + values[s:s + SEGMENT_CHUNK] @ one_hot
+    return out
+
+
 class _KMeansSTE(torch.autograd.Function):
     """Forward: ``cb[nearest]``; backward: the weights' gradient straight through, each entry's the sum of
-    its weights' gradients (one ``bincount``, not an indexing scatter)."""
+    its weights' gradients (:func:`segment_sum`, not an indexing scatter)."""
 
     @staticmethod
     def forward(ctx, w, cb):  # type: ignore[override]
@@ -144,7 +165,7 @@ class _KMeansSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (idx,) = ctx.saved_tensors
-        g_cb = torch.bincount(idx.reshape(-1), weights=grad.reshape(-1), minlength=ctx.k).to(grad.dtype)
+        g_cb = segment_sum(idx, grad, ctx.k)
         return grad, g_cb
 
 
@@ -166,8 +187,11 @@ def lloyd_codebook(values: torch.Tensor, k: int, iters: int = 20) -> torch.Tenso
     cb = torch.linspace(0, 1, k, device=v.device) * (hi - lo) + lo
     for _ in range(iters):
         idx = kmeans_assign(v, cb)
-        sums = torch.zeros(k, device=v.device).index_add_(0, idx, v)
-        counts = torch.zeros(k, device=v.device).index_add_(0, idx, torch.ones_like(v))
+        if v.is_cuda:  # the same codebook on every run (index_add_ on CUDA adds in any order)
+            sums, counts = segment_sum(idx, v, k), segment_sum(idx, torch.ones_like(v), k)
+        else:
+            sums = torch.zeros(k, device=v.device).index_add_(0, idx, v)
+            counts = torch.zeros(k, device=v.device).index_add_(0, idx, torch.ones_like(v))
         cb = torch.where(counts > 0, sums / counts.clamp(min=1), cb).sort().values
     return cb
 

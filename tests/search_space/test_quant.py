@@ -211,3 +211,19 @@ def test_enabling_fake_quant_recalibrates_but_loading_keeps_learned_scales():
     m2.load_state_dict(m.state_dict())
     assert torch.equal(m2.quantized_weight(), m.quantized_weight())
     assert torch.equal(m2.weight_scale.detach(), learned)
+
+
+def test_segment_sum_on_cuda_is_the_fixed_order_one_hot_path_and_equals_bincount():
+    """k-means gradients and Lloyd steps sum per codebook entry; on CUDA through fixed-order one-hot
+    products (scatter-adds there differ run to run). The CUDA path, run here on the CPU, equals bincount."""
+    from search_space import quant
+
+    g = torch.Generator().manual_seed(0)
+    for n, k in ((10, 4), (quant.SEGMENT_CHUNK + 1234, 16), (3, 256)):
+        idx = torch.randint(0, k, (n,), generator=g)
+        v = torch.randn(n, generator=g)
+        want = torch.bincount(idx, weights=v, minlength=k).float()
+        got = quant._chunked_segment_sum(idx, v, k)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-4)
+        assert torch.equal(quant._chunked_segment_sum(idx, v, k), got)  # the same sum every time
+        assert torch.equal(quant.segment_sum(idx, v, k), torch.bincount(idx, weights=v, minlength=k).to(v.dtype))
