@@ -39,6 +39,8 @@ def trial_checkpoint(view, number: int, runs_dir, tmp: Path) -> Path:
             f"retrain it (`vaenas export {view.name} --trial {number}`, then `vaenas retrain` the arch file and "
             f"`vaenas export --model RETRAIN_DIR/model.pt`) or re-measure it (supernet: {{remeasure: N}}); "
             "--format arch exports its spec alone")
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
     try:
         from optuna.artifacts import download_artifact
 
@@ -51,7 +53,7 @@ def trial_checkpoint(view, number: int, runs_dir, tmp: Path) -> Path:
             dest = tmp / "model.pt"
             download_artifact(artifact_store=store, file_path=str(dest), artifact_id=ids[-1])
             return dest
-    except (KeyError, VaenasInputError, OSError):
+    except (KeyError, VaenasInputError, OSError, ArtifactNotFound):
         pass
     raise VaenasInputError(f"trial {number}: no weights found ({local} is missing and the trial has no model.pt "
                            f"artifact); retrain it (`vaenas export {view.name} --trial {number}`, then `vaenas retrain`)")

@@ -309,3 +309,23 @@ def test_html_report_axes_tick_at_round_numbers(seen, tmp_path):
             even = len(steps) == 1 and nice(steps.pop())  # a linear axis: one round step
             assert even or all(nice(v) for v in vals), vals  # or a log axis at 1, 2, 5 x 10^k
     assert groups >= 4
+
+
+@pytest.mark.parametrize("artifacts", ["gone", "emptied"])
+def test_export_of_a_trial_without_weights_is_one_line_and_creates_nothing(seen, tmp_path, capsys, artifacts):
+    """Its model.pt and its artifact gone (or the whole artifact folder): one line, exit 2 - no folder
+    created where the study once kept its artifacts, no ArtifactNotFound."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(seen / "runs" / "see", runs / "see")
+    for f in (runs / "see" / "trials").glob("*/model.pt"):
+        f.unlink()
+    art = runs / "see" / "artifacts"
+    shutil.rmtree(art)
+    if artifacts == "emptied":
+        art.mkdir()
+    assert main(["export", "see", "--runs-dir", str(runs), "--trial", "0", "--format", "c"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no weights found" in err[0], err
+    assert art.exists() == (artifacts == "emptied") and not (runs / "see" / "export" / "trial0").exists()

@@ -174,3 +174,15 @@ def test_manifest_says_what_inputs_and_outputs_mean(tmp_path):
     assert "mean" in m["outputs"]["out"]["parameters"][0] and "log-std" in m["outputs"]["out"]["parameters"][1]
     assert m["flash_bytes_is_estimate"] is True and m["ram_bytes"] == ram_bytes(spec)
     assert not list(tmp_path.glob(".vaenas-export-*"))  # the staging folder is gone
+
+
+def test_run_hints_say_what_a_user_must_pass(tmp_path):
+    """ExecuTorch's runtime misreads non-contiguous inputs (upstream): its hint says to pass contiguous
+    tensors; the C hint names input.txt only where one was written."""
+    from evaluator.deploy.formats import FORMATS as REGISTRY
+
+    spec = ArchSpec.mlp((8,), 2, input_shape=(6,), likelihood="gaussian")
+    assert "x.contiguous()" in REGISTRY["executorch"].run_hint(tmp_path, spec)
+    assert "< FILE" in REGISTRY["c"].run_hint(tmp_path, spec)
+    (tmp_path / "input.txt").write_text("0 0 0 0 0 0\n")
+    assert "< input.txt" in REGISTRY["c"].run_hint(tmp_path, spec)
