@@ -60,6 +60,7 @@ class VAE(nn.Module):
         self.act = get_activation(spec.activation).module()
         self.enc, self.dec = nn.Module(), nn.Module()
         self.plan = layer_plan(spec)
+        self._encoder, self._decoder = self._chain(self.plan.encoder, True), self._chain(self.plan.decoder, False)
         for layer in self.plan.layers:
             part, _, attr = layer.name.rpartition(".")
             setattr(getattr(self, part) if part else self, attr, layer_module(layer))
@@ -117,27 +118,36 @@ class VAE(nn.Module):
         (pruned ones are zeros in every deployable form); the packed bytes count only the kept ones."""
         return sum(p.numel() for n, p in self.named_parameters() if not n.endswith(("weight_scale", "codebook")))
 
+    @staticmethod
+    def _chain(layers, encoder: bool) -> tuple:
+        """Per layer, what a forward pass needs, read from the plan once: (module name's parts, flatten the
+        input - the encoder's linear layers, the feature map to reshape the output to or None, the activation
+        follows)."""
+        return tuple((tuple(layer.name.split(".")), encoder and layer.op.kind == "linear",
+                      layer.op.out_shape if layer.op.reshapes_output else None, layer.op.act_after) for layer in layers)
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = x.reshape(x.shape[0], *self.spec.input_shape)
-        for layer in self.plan.encoder:
-            if layer.op.kind == "linear":
-                h = h.flatten(1)  # the maps as one vector before the first FC layer (a no-op after it)
-            h = self._apply_layer(layer, h)
-        mu, logvar = h.chunk(2, dim=1)
+        mu, logvar = self._run(self._encoder, h).chunk(2, dim=1)
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The likelihood's parameters, ``(N, *spec.output_shape)``; works for any leading batch size."""
-        h = z
-        for layer in self.plan.decoder:
-            h = self._apply_layer(layer, h)
-        return h
+        return self._run(self._decoder, z)
 
-    def _apply_layer(self, layer: Layer, h: torch.Tensor) -> torch.Tensor:
-        h = self.get_submodule(layer.name)(h)
-        if layer.op.reshapes_output:
-            h = h.view(h.shape[0], *layer.op.out_shape)
-        return self.act(h) if layer.op.act_after else h
+    def _run(self, chain: tuple, h: torch.Tensor) -> torch.Tensor:
+        for parts, flatten, shape, act in chain:
+            m = self
+            for p in parts:  # the module as it is now (a layer may be replaced after construction)
+                m = getattr(m, p)
+            if flatten:
+                h = h.flatten(1)  # the maps as one vector before the first FC layer (a no-op after it)
+            h = m(h)
+            if shape is not None:
+                h = h.view(h.shape[0], *shape)
+            if act:
+                h = self.act(h)
+        return h
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
         mu, logvar = self.encode(x)

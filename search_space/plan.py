@@ -150,10 +150,11 @@ def tconv_output_padding(in_size: int, target: int, k: int, s: int) -> int:
 class _Layers:
     """Builds a spec's layers with its per-layer bits, quantizer, sparsity, rank and masks."""
 
-    def __init__(self, spec: ArchSpec):
+    def __init__(self, spec: ArchSpec, masks: bool = True):
+        """``masks``: mark structured pruning's masked layers (False: shapes only, as the unit groups need)."""
         self.spec = spec
         self.names = spec.layer_names()
-        self.structured = spec.pruning == "structured"
+        self.structured = masks and spec.pruning == "structured"
         self.masked = _structured_touched(spec) if self.structured else frozenset()
 
     def __call__(self, name: str, kind: str, in_shape, out_shape, act_after: bool, kernel: int = 1,
@@ -298,8 +299,7 @@ class UnitGroup:
 
 def _chain_pairs(spec: ArchSpec) -> list[tuple[Step, Step]]:
     """(producer, consumer) of every layer whose outputs another layer of the same chain reads."""
-    make = _Layers.__new__(_Layers)  # shapes only: no masks needed to find the pairs
-    make.spec, make.names, make.structured, make.masked = spec, spec.layer_names(), False, frozenset()
+    make = _Layers(spec, masks=False)  # shapes only: no masks needed to find the pairs
     pairs = []
     for chain in (_encoder(spec, make), _decoder(spec, make)):
         pairs += [(a.op, b.op) for a, b in zip(chain, chain[1:])]
