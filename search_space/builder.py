@@ -8,6 +8,7 @@ from torch import nn
 
 from .activations import get_activation
 from .compression import sparsity_at
+from .integer import ActQuant, integer_step, quantized_tensors
 from .likelihood import Likelihood, get_likelihood
 from .packing import unpack_state_dict
 from .plan import Layer, Step, layer_plan, unit_groups
@@ -68,6 +69,8 @@ class VAE(nn.Module):
         self._units = unit_groups(spec)  # structured pruning's plan (empty otherwise)
         self._layers = self.weight_layers() if self._units else {}
         self._masked = [m for m in self.modules() if isinstance(m, QUANT_LAYERS) and m.masked]
+        if spec.is_integer:  # the int8 tensors' static quantisers (search_space/integer.py)
+            self.aq = nn.ModuleDict({aq_key(n): ActQuant() for n in quantized_tensors(spec)})
 
     @property
     def likelihood(self) -> Likelihood:
@@ -116,7 +119,8 @@ class VAE(nn.Module):
         """Weights + biases: the model's parameter count (quantisers' learned step sizes and k-means codebooks
         are not counted here; they are part of the packed size). A sparse layer counts all its weights
         (pruned ones are zeros in every deployable form); the packed bytes count only the kept ones."""
-        return sum(p.numel() for n, p in self.named_parameters() if not n.endswith(("weight_scale", "codebook")))
+        return sum(p.numel() for n, p in self.named_parameters() if not n.endswith(("weight_scale", "codebook"))
+                   and not n.startswith("aq."))
 
     @staticmethod
     def _chain(layers, encoder: bool) -> tuple:
@@ -128,12 +132,33 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = x.reshape(x.shape[0], *self.spec.input_shape)
-        mu, logvar = self._run(self._encoder, h).chunk(2, dim=1)
+        if self.spec.is_integer:
+            h = self._run_integer(self.plan.encoder, h, "x")
+        else:
+            h = self._run(self._encoder, h)
+        mu, logvar = h.chunk(2, dim=1)
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The likelihood's parameters, ``(N, *spec.output_shape)``; works for any leading batch size."""
+        if self.spec.is_integer:
+            return self._run_integer(self.plan.decoder, z, "z").reshape(z.shape[0], *self.spec.output_shape)
         return self._run(self._decoder, z)
+
+    def _run_integer(self, layers, h: torch.Tensor, first: str) -> torch.Tensor:
+        """The integer chain (``search_space/integer.py``): values exactly the int8 model's, QAT gradients."""
+        steps = [s for layer in layers for s in layer.steps]
+        aq = self.aq[first]
+        x, xq = aq(h)
+        for i, st in enumerate(steps):
+            n = x.shape[0]
+            x, xq = x.reshape(n, *st.in_shape), xq.reshape(n, *st.in_shape)
+            last = i == len(steps) - 1
+            out = None if last else self.aq[aq_key(st.name)]
+            pre = None if last else self.aq[aq_key(st.name + ".pre")] if aq_key(st.name + ".pre") in self.aq else None
+            x, xq = integer_step(st, self.get_submodule(st.name), x, xq, aq, out, pre, self.spec.activation)
+            aq = out
+        return x
 
     def _run(self, chain: tuple, h: torch.Tensor) -> torch.Tensor:
         for parts, flatten, shape, act in chain:
@@ -155,6 +180,11 @@ class VAE(nn.Module):
             eps = torch.randn_like(mu)
         z = mu + torch.exp(0.5 * logvar) * eps
         return self.decode(z), mu, logvar
+
+
+def aq_key(tensor: str) -> str:
+    """The ``VAE.aq`` key of an int8 tensor's quantiser (module names cannot hold dots)."""
+    return tensor.replace(".", "_")
 
 
 def build_vae(spec: ArchSpec) -> VAE:

@@ -16,6 +16,9 @@ section starting on a byte:
    ``2**bits`` float32;
 4. the float32 bias.
 
+An integer spec (``arithmetic: int8``, ``search_space/integer.py``) appends, after the last layer, each int8
+tensor's static quantiser (``integer.quantized_tensors`` order): float32 scale, then the int8 zero point.
+
 A pruned weight is exactly 0. Structured pruning packs the narrower dense model that ships
 (``spec.deployed()``, ``search_space/structured.py``). :func:`packed_layout` gives every term from the spec alone (the
 kept count is exact: ``compression.kept_count``), so ``packed_size_bytes`` is exact before
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 
 from .compression import index_bits, kept_count, sparse_format, sparse_index_bytes
+from .integer import QMAX, QMIN, quantized_tensors
 from .quant import kmeans_assign, pack_bits, qmax_for, quantize_weight
 from .plan import shipped_plan
 
@@ -102,8 +106,35 @@ def packed_layout(spec: ArchSpec) -> tuple[LayerLayout, ...]:
                  for s in shipped_plan(spec).steps())
 
 
+ACT_QUANT_BYTES = 5  # float32 scale + int8 zero point
+
+
+def act_quant_bytes(spec: ArchSpec) -> int:
+    """The integer spec's activation-quantiser section (0 for a float spec)."""
+    return ACT_QUANT_BYTES * len(quantized_tensors(spec)) if spec.is_integer else 0
+
+
 def packed_size_bytes(spec: ArchSpec) -> int:
-    return sum(layer.nbytes for layer in packed_layout(spec))
+    return sum(layer.nbytes for layer in packed_layout(spec)) + act_quant_bytes(spec)
+
+
+def _act_quant_section(model: VAE) -> bytes:
+    out = []
+    for name in quantized_tensors(model.spec):
+        aq = model.aq[name.replace(".", "_")]
+        out.append(_f32_bytes(aq.step()) + np.array([int(aq.zero_point.item())], np.int8).tobytes())
+    return b"".join(out)
+
+
+def unpack_act_quant(spec: ArchSpec, data: bytes) -> dict[str, tuple[np.float32, int]]:
+    """An integer spec's quantisers from its packed bytes: tensor name -> (scale, zero point)."""
+    n = act_quant_bytes(spec)
+    buf = np.frombuffer(data, dtype=np.uint8)[len(data) - n:]
+    out = {}
+    for i, name in enumerate(quantized_tensors(spec)):
+        rec = buf[ACT_QUANT_BYTES * i:ACT_QUANT_BYTES * (i + 1)]
+        out[name] = (rec[:4].view("<f4").astype(np.float32)[0], int(rec[4:5].view(np.int8)[0]))
+    return out
 
 
 def _f32_bytes(t: torch.Tensor) -> bytes:
@@ -146,8 +177,10 @@ def pack_model(model: VAE) -> bytes:
     chunks: list[bytes] = []
     for lay, m in zip(layout, model.weight_layers().values()):
         chunks += _layer_bytes(m, lay)
+    if model.spec.is_integer:
+        chunks.append(_act_quant_section(model))
     data = b"".join(chunks)
-    assert len(data) == sum(x.nbytes for x in layout), "packed bytes disagree with packed_layout"
+    assert len(data) == packed_size_bytes(model.spec), "packed bytes disagree with packed_layout"
     return data
 
 
@@ -197,8 +230,7 @@ def unpack_layers(spec: ArchSpec, data: bytes) -> dict[str, dict[str, np.ndarray
     * 32-bit: ``w`` (float32; 0 where pruned);
     * ``mask`` (bool, weight shape) for a sparse layer; ``b`` the bias if any.
     """
-    layout = packed_layout(spec)
-    expected = sum(layer.nbytes for layer in layout)
+    expected = packed_size_bytes(spec)
     if len(data) != expected:
         raise ValueError(f"packed weights: spec {spec.id} needs {expected} bytes, got {len(data)} (wrong spec or file?)")
     buf = np.frombuffer(data, dtype=np.uint8)
@@ -275,4 +307,10 @@ def unpack_state_dict(spec: ArchSpec, data: bytes) -> dict[str, torch.Tensor]:
             state[f"{layer.name}.weight_mask"] = torch.from_numpy(t["mask"].astype(np.float32))
         if "b" in t:
             state[f"{layer.name}.bias"] = torch.from_numpy(t["b"].copy())
+    for name, (scale, zp) in (unpack_act_quant(spec, data).items() if spec.is_integer else ()):
+        key = f"aq.{name.replace('.', '_')}"
+        state[f"{key}.scale"] = torch.tensor([scale], dtype=torch.float32)
+        state[f"{key}.lo"] = torch.tensor([(QMIN - zp) * float(scale)], dtype=torch.float32)
+        state[f"{key}.hi"] = torch.tensor([(QMAX - zp) * float(scale)], dtype=torch.float32)
+        state[f"aq.{name.replace('.', '_')}.zero_point"] = torch.tensor([float(zp)], dtype=torch.float32)
     return state

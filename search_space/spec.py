@@ -19,7 +19,7 @@ Compression beyond bit-widths (``search_space/compression.py``): optional per-la
 and ``quantizer`` (``uniform`` | ``kmeans``), each ``None`` when no layer uses it.
 
 JSON versions: version 2 added ``likelihood`` and vector input shapes; version 3 the compression
-tuples. A spec is written at the lowest version that holds it: a Bernoulli image VAE without them
+tuples; version 4 ``arithmetic`` (``int8``: integer inference, ``search_space/integer.py``). A spec is written at the lowest version that holds it: a Bernoulli image VAE without them
 is still written as version 1, byte for byte as before, so its ``id`` - and every id recorded in
 a study, a benchmark or an export - is unchanged; older files load with the defaults.
 """
@@ -41,8 +41,9 @@ from .likelihood import LIKELIHOODS, get_likelihood
 from .plan import prunable_units, weighted_mean_bits
 
 SPEC_TYPE = "vaenas.ArchSpec"
-SPEC_VERSION = 3  # written only when a version-3 field is used (see the module docstring)
-READ_VERSIONS = (1, 2, 3)
+SPEC_VERSION = 4  # written only when a version-4 field is used (see the module docstring)
+READ_VERSIONS = (1, 2, 3, 4)
+ARITHMETICS = ("float", "int8")  # "int8": integer inference (search_space/integer.py)
 COMPRESSION_FIELDS = ("sparsity", "rank", "quantizer", "pruning")
 FAMILIES = ("mlp", "conv")
 ACTIVATIONS = tuple(ACTIVATION_REGISTRY)  # the registered names (search_space/activations.py)
@@ -89,6 +90,7 @@ class ArchSpec:
     rank: tuple[float | None, ...] | None = None
     quantizer: tuple[str, ...] | None = None
     pruning: str | None = None  # "structured": sparsity removes whole units/channels; None = unstructured
+    arithmetic: str | None = None  # "int8": integer inference (search_space/integer.py); None = float
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
@@ -132,6 +134,36 @@ class ArchSpec:
         if self.act_bits is not None and (isinstance(self.act_bits, bool) or self.act_bits not in ALLOWED_ACT_BITS):
             raise SpecError(f"act_bits: must be null (float) or one of {list(ALLOWED_ACT_BITS)}, got {self.act_bits!r}")
         self._check_compression(n_layers)
+        self._check_arithmetic()
+
+    def _check_arithmetic(self) -> None:
+        """``arithmetic: int8`` needs every layer integer: uniform weights of 2-8 bits, no ``act_bits`` (the
+        integer mode quantises activations itself), no structured pruning."""
+        if self.arithmetic == "float":
+            object.__setattr__(self, "arithmetic", None)  # canonical: the default is written as absent
+        if self.arithmetic is None:
+            return
+        if self.arithmetic not in ARITHMETICS:
+            raise SpecError(f"arithmetic: {self.arithmetic!r} is not allowed; use one of {list(ARITHMETICS)}")
+        names = self.layer_names()
+        for name, b, q in zip(names, self.weight_bits, self.quantizer or ("uniform",) * len(names)):
+            if b > 8:
+                raise SpecError(f"arithmetic int8: layer {name} has {b}-bit (float) weights, which cannot run in "
+                                "integers; give it 2-8 bits or use arithmetic float")
+            if q != "uniform":
+                raise SpecError(f"arithmetic int8: layer {name} uses a k-means codebook, which keeps the float path; "
+                                "use quantizer uniform for it or arithmetic float")
+        if self.act_bits is not None:
+            raise SpecError("arithmetic int8: act_bits must be null (the integer mode quantises every activation to "
+                            "int8 with learned static scales)")
+        if self.pruning == "structured":
+            raise SpecError("arithmetic int8: structured pruning is not supported in the integer mode yet; "
+                            "use unstructured pruning or arithmetic float")
+
+    @property
+    def is_integer(self) -> bool:
+        """Integer inference (``arithmetic: int8``)."""
+        return self.arithmetic == "int8"
 
     def _check_mlp(self) -> None:
         for name in ("enc_channels", "kernels", "strides"):
@@ -321,12 +353,12 @@ class ArchSpec:
     # ----------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         v2 = self.likelihood != "bernoulli" or not self.is_image
-        version = 3 if self.uses_compression else 2 if v2 else 1
+        version = 4 if self.arithmetic else 3 if self.uses_compression else 2 if v2 else 1
         d: dict[str, Any] = {"type": SPEC_TYPE, "version": version}
         for f in dataclasses.fields(self):
             if f.name == "likelihood" and version == 1:
                 continue  # version 1 form: unchanged bytes, unchanged id
-            if f.name in COMPRESSION_FIELDS and getattr(self, f.name) is None:
+            if f.name in COMPRESSION_FIELDS + ("arithmetic",) and getattr(self, f.name) is None:
                 continue  # absent = unused: older specs keep their bytes and ids
             v = getattr(self, f.name)
             d[f.name] = list(v) if isinstance(v, tuple) else v

@@ -507,7 +507,12 @@ clean:
 
 
 def c_sources(spec: ArchSpec, packed: bytes) -> dict[str, str]:
-    """File name -> text of the C library export."""
+    """File name -> text of the C library export (an integer spec's computes in integers: :mod:`.c_int`)."""
+    if spec.is_integer:
+        from .c_int import int_header_source, int_model_source
+
+        return {"vae_model.h": int_header_source(spec, packed), "vae_model.c": int_model_source(spec, packed),
+                "main.c": MAIN_C, "Makefile": MAKEFILE}
     return {"vae_model.h": header_source(spec, packed), "vae_model.c": model_source(spec, packed),
             "main.c": MAIN_C, "Makefile": MAKEFILE}
 

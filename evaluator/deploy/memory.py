@@ -7,6 +7,9 @@ at its end for odd ``j``, so a layer never overwrites its own input; the arena i
 (input and output of the widest step live together, MCUNet's definition), input and output
 tensors of the pass included. Activations and activation quantisation work in place.
 
+Integer specs (``arithmetic: int8``): one byte per int8 activation in an int8 arena laid out the same way
+(:func:`int8_arena_bytes`), plus the head's float output and the kernels' weight scratch (:func:`ram_bytes`).
+
 ``flash_bytes``: the packed weights (exact, ``packed_size_bytes``), the bitmap layers' prefix
 tables (exact, :func:`c_table_bytes`: one uint32 per 64 weights of a sparse layer stored as a
 bitmap, so the C code finds a kept weight's slot in at most 63 steps) plus an **estimate** of the
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 from search_space.packing import packed_layout, packed_size_bytes
 from search_space.spec import ArchSpec
-from search_space.plan import tensor_sizes
+from search_space.plan import decoder_steps, encoder_steps, tensor_sizes
 
 FLOAT_BYTES = 4
 # fitted code-size model, bytes (see the module docstring): an estimate, not a measurement
@@ -35,13 +38,38 @@ FLASH_MARGIN = 0.10  # |estimate - size(text+data)| <= FLASH_MARGIN * size + FLA
 FLASH_SLACK = 1024
 
 
+def int8_chains(spec: ArchSpec) -> list[list[int]]:
+    """An integer spec's int8 tensor sizes per chain: the input (``x`` / ``z``), then every step's output but the
+    exit's (which is float)."""
+    enc, dec = encoder_steps(spec), decoder_steps(spec)
+    return [[spec.n_inputs] + [s.out_size for s in enc[:-1]], [spec.latent_dim] + [s.out_size for s in dec[:-1]]]
+
+
+def int8_arena_bytes(spec: ArchSpec) -> int:
+    """The int8 arena: tensor ``j`` of a chain at the start (even ``j``) or the end (odd ``j``), as the float arena."""
+    sizes = [max(a + b for a, b in zip(c, c[1:])) if len(c) > 1 else c[0] for c in int8_chains(spec)]
+    return max(sizes)
+
+
+def row_scratch_bytes(spec: ArchSpec) -> int:
+    """The int8 weight scratch of the integer C kernels: one decoded row (linear layers off the direct paths),
+    one output channel's kernels (conv, transposed conv)."""
+    from .c_int import scratch_len
+
+    return max([scratch_len(s) for s in encoder_steps(spec) + decoder_steps(spec)] + [1])
+
+
 def arena_floats(spec: ArchSpec) -> int:
     sizes = tensor_sizes(spec)
     return max(a + b for a, b in zip(sizes, sizes[1:]))
 
 
 def ram_bytes(spec: ArchSpec) -> int:
-    """Peak activation memory of the exported C inference (its static arena), bytes."""
+    """Peak activation memory of the exported C inference (its static arenas), bytes: float specs one float
+    arena; integer specs the int8 arena, the head's float output (``2 * latent_dim`` floats) and the kernels'
+    int8 weight scratch."""
+    if spec.is_integer:
+        return int8_arena_bytes(spec) + FLOAT_BYTES * 2 * spec.latent_dim + row_scratch_bytes(spec)
     return FLOAT_BYTES * arena_floats(spec)
 
 
