@@ -142,14 +142,15 @@ class ActQuant(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(fake-quantised x with straight-through gradients, its exact codes)``."""
-        if self.training or bool(self.scale.eq(0).all()):
+        if self.training:
             self.observe(x)
-        codes = quantize(x, self.scale, self.zero_point)
-        return _STE.apply(x, (codes - self.zero_point) * self.scale), codes
+        s = self.step()
+        codes = quantize(x, s, self.zero_point)
+        return _STE.apply(x, (codes - self.zero_point) * s), codes
 
     def step(self) -> torch.Tensor:
-        """The scale, float32 (what packing stores)."""
-        return self.scale
+        """The scale, float32 (what packing stores; 1.0 for a quantiser that never saw training data)."""
+        return torch.where(self.scale.eq(0), torch.ones_like(self.scale), self.scale)
 
 
 class _Value(torch.autograd.Function):

@@ -24,12 +24,53 @@ from search_space.spec import ArchSpec
 from .int_program import IntProgram, IntStep, integer_program
 
 
+GROUP = {8: (1, 1), 6: (4, 3), 5: (8, 5), 4: (2, 1), 3: (8, 3), 2: (4, 1)}  # bits -> (codes, bytes) per group
+
+
 def direct_bits(step: Step) -> int:
-    """The direct-read width of a dense linear step (8, 4 or 2, rows on byte boundaries), else 0."""
+    """The width of a dense linear step whose rows are read in place, group by group (every row starts on a
+    group boundary: ``in_size`` a multiple of the group's codes), else 0 (rows are decoded first)."""
     if step.kind != "linear" or step.sparsity > 0:
         return 0
-    per_byte = {8: 1, 4: 2, 2: 4}.get(step.bits)
-    return step.bits if per_byte and step.in_size % per_byte == 0 else 0
+    return step.bits if step.in_size % GROUP[step.bits][0] == 0 else 0
+
+
+def _code_expr(k: int, bits: int) -> str:
+    """C expression of code ``k`` of a group held in bytes ``b0 .. b{B-1}`` (LSB first)."""
+    start, end, parts = k * bits, (k + 1) * bits, []
+    for byte in range(start // 8, (end - 1) // 8 + 1):
+        lo, hi = max(start, 8 * byte), min(end, 8 * byte + 8)
+        part = f"(b{byte} >> {lo - 8 * byte})" if lo > 8 * byte else f"b{byte}"
+        if hi < 8 * byte + 8:
+            part = f"({part} & {(1 << (hi - lo)) - 1}u)"
+        parts.append(f"({part} << {lo - start})" if lo > start else part)
+    return " | ".join(parts)
+
+
+def plane_dot(bits: int) -> str:
+    """``dot_p{bits}``: sum over a row's codes c times the input, the input split in planes (plane ``k`` holds
+    input ``G*j + k``), whole groups of codes from whole bytes; blocks of 16 groups with a constant trip count,
+    so gcc vectorises them at -O2."""
+    g, nb = GROUP[bits]
+    loads = " ".join(f"uint32_t b{i} = q[{i}];" for i in range(nb))
+    terms = " + ".join(f"(int32_t)xp[{k} * ng + J] * (int32_t)({_code_expr(k, bits)})" for k in range(g))
+    body = f"{{ const uint8_t *q = p + {nb} * (J); {loads} T += {terms}; }}"
+    return f"""
+static int32_t dot_p{bits}(const int8_t *xp, const uint8_t *p, int ng)
+{{
+    int32_t d = 0;
+    int j = 0, k;
+    for (; j + 16 <= ng; j += 16) {{
+        int32_t t = 0;
+        for (k = 0; k < 16; k++)
+            {body.replace("J", "j + k").replace("T", "t")}
+        d += t;
+    }}
+    for (; j < ng; j++)
+        {body.replace("J", "j").replace("T", "d")}
+    return d;
+}}
+"""
 
 
 def rows(step: Step) -> tuple[int, int]:
@@ -41,13 +82,29 @@ def rows(step: Step) -> tuple[int, int]:
     return step.out_channels, n // step.out_channels
 
 
-def scratch_len(step: Step) -> int:
-    """int8 scratch the step's kernel needs (0 on a direct path)."""
-    if direct_bits(step):
-        return 0
-    if step.kind == "linear":
-        return step.in_size
-    return step.in_shape[0] * step.kernel * step.kernel
+def scratch(steps: list[Step]) -> dict[str, int]:
+    """Elements of each scratch array the kernels of ``steps`` need (0: not declared): ``wrow`` (int8, a decoded
+    row or output channel's kernels), ``xplanes`` (int8, a linear input split in planes), ``xc`` (int16, a
+    convolution's centered input), ``acc`` (int32, one output channel's accumulators)."""
+    out = {"wrow": 1, "xplanes": 1, "xc": 0, "acc": 0}  # the linear kernel names the first two in any case
+    for st in steps:
+        d = direct_bits(st)
+        if st.kind == "linear":
+            key = "wrow" if not d else "xplanes" if d != 8 else None
+            if key:
+                out[key] = max(out[key], st.in_size)
+            continue
+        out["wrow"] = max(out["wrow"], st.in_shape[0] * st.kernel * st.kernel)
+        out["xc"] = max(out["xc"], st.in_size)
+        out["acc"] = max(out["acc"], st.out_shape[1] * st.out_shape[2])
+    return out
+
+
+SCRATCH_TYPES = {"wrow": ("int8_t", 1), "xplanes": ("int8_t", 1), "xc": ("int16_t", 2), "acc": ("int32_t", 4)}
+
+
+def scratch_bytes(steps: list[Step]) -> int:
+    return sum(n * SCRATCH_TYPES[k][1] for k, n in scratch(steps).items())
 
 
 def _arr(ctype: str, name: str, vals) -> str:
@@ -157,39 +214,102 @@ static uint32_t br_get(bitrd *b, uint32_t bits)
     return v;
 }
 
-/* Signed codes q of decode row r into dst (pruned weights 0). */
+/* Codes j0 .. j0+n-1 of the bits-bit stream at byte w_off, as signed q = c - qmax, into dst: whole groups of
+   codes from whole bytes (8 bits: 1 code per byte, 4: 2, 2: 4, 6: 4 per 3 bytes, 3 and 5: 8 per 3 and 5 bytes);
+   the stream reader only for the codes before the first group boundary and after the last. */
+static void decode_codes(uint32_t w_off, uint32_t j0, uint32_t n, uint32_t bits, int32_t qmax, int8_t *dst)
+{
+    static const uint8_t group[9] = {0, 0, 4, 8, 2, 8, 4, 0, 1};
+    uint32_t g = group[bits], i = 0, lead, k;
+    const uint8_t *p;
+    bitrd b;
+    lead = (g - j0 % g) % g;
+    if (lead > n)
+        lead = n;
+    if (lead) {
+        br_init(&b, w_off * 8u + j0 * bits);
+        for (; i < lead; i++)
+            dst[i] = (int8_t)((int32_t)br_get(&b, bits) - qmax);
+    }
+    p = vae_packed + w_off + (j0 + i) * bits / 8u; /* a group boundary: a whole byte */
+    switch (bits) {
+    case 8:
+        for (; i < n; i++)
+            dst[i] = (int8_t)((int32_t)*p++ - qmax);
+        return;
+    case 4:
+        for (; i + 2 <= n; i += 2, p++) {
+            dst[i] = (int8_t)((int32_t)(*p & 15u) - qmax);
+            dst[i + 1] = (int8_t)((int32_t)(*p >> 4) - qmax);
+        }
+        break;
+    case 2:
+        for (; i + 4 <= n; i += 4, p++)
+            for (k = 0; k < 4; k++)
+                dst[i + k] = (int8_t)((int32_t)((*p >> (2u * k)) & 3u) - qmax);
+        break;
+    case 6:
+        for (; i + 4 <= n; i += 4, p += 3) {
+            uint32_t v = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16);
+            for (k = 0; k < 4; k++)
+                dst[i + k] = (int8_t)((int32_t)((v >> (6u * k)) & 63u) - qmax);
+        }
+        break;
+    default: /* 3 and 5 bits: 8 codes in `bits` bytes */
+        for (; i + 8 <= n; i += 8, p += bits) {
+            uint64_t v = 0;
+            for (k = 0; k < bits; k++)
+                v |= (uint64_t)p[k] << (8u * k);
+            for (k = 0; k < 8; k++)
+                dst[i + k] = (int8_t)((int32_t)((v >> (bits * k)) & ((1u << bits) - 1u)) - qmax);
+        }
+    }
+    if (i < n) {
+        br_init(&b, w_off * 8u + (j0 + i) * bits);
+        for (; i < n; i++)
+            dst[i] = (int8_t)((int32_t)br_get(&b, bits) - qmax);
+    }
+}
+
+/* Signed codes q of decode row r into dst (pruned weights 0). A sparse row's kept codes are decoded into the end
+   of dst, then spread forward to their positions (a kept code is never overwritten before it is read). */
 static void unpack_row(const qlayer *L, uint32_t r, int8_t *dst)
 {
-    uint32_t i, n = L->row_len;
-    bitrd c;
+    uint32_t i, j = 0, n = L->row_len, j0, kept;
+    int8_t *tail;
     if (L->x_off < 0) {
-        if (L->bits == 8) {
-            const uint8_t *p = vae_packed + L->w_off + r * n;
-            for (i = 0; i < n; i++)
-                dst[i] = (int8_t)((int32_t)p[i] - L->qmax);
-            return;
-        }
-        br_init(&c, L->w_off * 8u + r * n * L->bits);
-        for (i = 0; i < n; i++)
-            dst[i] = (int8_t)((int32_t)br_get(&c, L->bits) - L->qmax);
+        decode_codes(L->w_off, r * n, n, L->bits, L->qmax, dst);
         return;
     }
-    memset(dst, 0, n);
-    br_init(&c, L->w_off * 8u + L->rowpre[r] * L->bits);
+    j0 = L->rowpre[r];
+    kept = L->rowpre[r + 1] - j0;
+    tail = dst + (n - kept);
+    decode_codes(L->w_off, j0, kept, L->bits, L->qmax, tail);
     if (L->idx_bits == 0) {
         const uint8_t *map = vae_packed + L->x_off;
         uint32_t base = r * n;
-        for (i = 0; i < n; i++)
-            if ((map[(base + i) >> 3] >> ((base + i) & 7u)) & 1u)
-                dst[i] = (int8_t)((int32_t)br_get(&c, L->bits) - L->qmax);
+        for (i = 0; i < n; i++) {
+            if ((map[(base + i) >> 3] >> ((base + i) & 7u)) & 1u) {
+                int8_t v = tail[j++];
+                dst[i] = v;
+            } else {
+                dst[i] = 0;
+            }
+        }
     } else {
         bitrd x;
-        uint32_t j;
-        br_init(&x, (uint32_t)L->x_off * 8u + L->rowpre[r] * L->idx_bits);
-        for (j = L->rowpre[r]; j < L->rowpre[r + 1]; j++) {
+        uint32_t prev = 0;
+        br_init(&x, (uint32_t)L->x_off * 8u + j0 * L->idx_bits);
+        for (j = 0; j < kept; j++) {
             uint32_t pos = br_get(&x, L->idx_bits) - r * n;
-            dst[pos] = (int8_t)((int32_t)br_get(&c, L->bits) - L->qmax);
+            int8_t v = tail[j];
+            for (; prev < pos; prev++)
+                dst[prev] = 0;
+            dst[pos] = v;
+            prev = pos + 1;
         }
+        for (; prev < n; prev++)
+            dst[prev] = 0;
     }
 }
 
@@ -212,60 +332,44 @@ static void finish(const qlayer *L, int o, int32_t acc, int idx, int8_t *y, floa
     y[idx] = (int8_t)q;
 }
 
-static int32_t dot_u8(const int8_t *x, const uint8_t *c, int n)
-{
-    int32_t d = 0;
-    int i;
-    for (i = 0; i < n; i++)
-        d += (int32_t)x[i] * (int32_t)c[i];
-    return d;
-}
-
-static int32_t dot_u4(const int8_t *x, const uint8_t *c, int n)
-{
-    int32_t d = 0;
-    int j;
-    for (j = 0; j < n / 2; j++)
-        d += (int32_t)x[2 * j] * (int32_t)(c[j] & 15u) + (int32_t)x[2 * j + 1] * (int32_t)(c[j] >> 4);
-    return d;
-}
-
-static int32_t dot_u2(const int8_t *x, const uint8_t *c, int n)
-{
-    int32_t d = 0;
-    int j;
-    for (j = 0; j < n / 4; j++) {
-        uint32_t b = c[j];
-        d += (int32_t)x[4 * j] * (int32_t)(b & 3u) + (int32_t)x[4 * j + 1] * (int32_t)((b >> 2) & 3u) +
-             (int32_t)x[4 * j + 2] * (int32_t)((b >> 4) & 3u) + (int32_t)x[4 * j + 3] * (int32_t)(b >> 6);
-    }
-    return d;
-}
-
 static int32_t dot_s8(const int8_t *x, const int8_t *w, int n)
 {
     int32_t d = 0;
-    int i;
-    for (i = 0; i < n; i++)
+    int i = 0, k;
+    for (; i + 16 <= n; i += 16) {
+        int32_t t = 0;
+        for (k = 0; k < 16; k++)
+            t += (int32_t)x[i + k] * (int32_t)w[i + k];
+        d += t;
+    }
+    for (; i < n; i++)
         d += (int32_t)x[i] * (int32_t)w[i];
     return d;
 }
-
+%(PLANES)s
+/* Linear: acc = B' + sum x * c - qmax * sum x on rows read in place (L->direct), or B' + sum x * q on a decoded row. */
 static void qlinear(const int8_t *x, int n_in, int n_out, const qlayer *L, int8_t *y, float *yf)
 {
-    int o, i;
+    int o, i, g = 1, ng;
     int32_t sx = 0;
+    const int8_t *xp = x;
+    uint32_t row_bytes;
     for (i = 0; i < n_in; i++)
         sx += x[i];
+    if (L->direct && L->direct != 8) { /* the input in planes: plane k holds x[g*j + k] */
+        g = L->direct == 4 ? 2 : (L->direct == 3 || L->direct == 5) ? 8 : 4;
+        for (i = 0; i < n_in; i++)
+            vae_xplanes[(i % g) * (n_in / g) + i / g] = x[i];
+        xp = vae_xplanes;
+    }
+    ng = n_in / g;
+    row_bytes = (uint32_t)n_in * L->bits / 8u;
     for (o = 0; o < n_out; o++) {
         int32_t acc = L->bias[o];
-        if (L->direct == 8)
-            acc += dot_u8(x, vae_packed + L->w_off + (uint32_t)o * (uint32_t)n_in, n_in) - L->qmax * sx;
-        else if (L->direct == 4)
-            acc += dot_u4(x, vae_packed + L->w_off + (uint32_t)o * (uint32_t)(n_in / 2), n_in) - L->qmax * sx;
-        else if (L->direct == 2)
-            acc += dot_u2(x, vae_packed + L->w_off + (uint32_t)o * (uint32_t)(n_in / 4), n_in) - L->qmax * sx;
-        else {
+        const uint8_t *row = vae_packed + L->w_off + (uint32_t)o * row_bytes;
+        switch (L->direct) {
+%(CASES)s
+        default:
             unpack_row(L, (uint32_t)o, vae_wrow);
             acc += dot_s8(x, vae_wrow, n_in);
         }
@@ -275,68 +379,90 @@ static void qlinear(const int8_t *x, int n_in, int n_out, const qlayer *L, int8_
 """
 
 _CONV = r"""
-/* Conv2d, weight (O, C, k, k), zero padding p (padded inputs are real 0: skipped), stride s. */
+/* First index i >= 0 with i * s >= d (d = p - tap), and one past the last with i * s <= num, at most n. */
+static int first_tap(int d, int s)
+{
+    return d <= 0 ? 0 : (d + s - 1) / s;
+}
+
+static int tap_end(int num, int s, int n)
+{
+    int e = num < 0 ? 0 : num / s + 1;
+    return e < n ? e : n;
+}
+
+/* The input of a convolution centered on its zero point (int16: real 0 is 0, so padding is skipped). */
+static void center(const int8_t *in, int n, int32_t zp)
+{
+    int i;
+    for (i = 0; i < n; i++)
+        vae_xc[i] = (int16_t)((int32_t)in[i] - zp);
+}
+
+/* Conv2d, weight (O, C, k, k), zero padding p, stride s: per output channel an int32 plane of accumulators,
+   each kernel tap added over the output positions it reaches (no per-element bounds checks). */
 static void qconv2d(const int8_t *in, int C, int H, int W, int O, int OH, int OW, int k, int s, int p,
                     const qlayer *L, int8_t *out, float *outf)
 {
-    int o, oy, ox, c, ky, kx;
+    int o, c, ky, kx, oy, t, i;
+    center(in, C * H * W, L->zp_in);
     for (o = 0; o < O; o++) {
         unpack_row(L, (uint32_t)o, vae_wrow);
-        for (oy = 0; oy < OH; oy++)
-            for (ox = 0; ox < OW; ox++) {
-                int32_t acc = L->bias[o];
-                for (c = 0; c < C; c++)
-                    for (ky = 0; ky < k; ky++) {
-                        int iy = oy * s - p + ky;
-                        const int8_t *wr = vae_wrow + (c * k + ky) * k;
-                        if (iy < 0 || iy >= H)
-                            continue;
-                        for (kx = 0; kx < k; kx++) {
-                            int ix = ox * s - p + kx;
-                            if (ix < 0 || ix >= W)
-                                continue;
-                            acc += ((int32_t)in[(c * H + iy) * W + ix] - L->zp_in) * (int32_t)wr[kx];
-                        }
+        for (i = 0; i < OH * OW; i++)
+            vae_acc[i] = L->bias[o];
+        for (c = 0; c < C; c++)
+            for (ky = 0; ky < k; ky++) {
+                int y0 = first_tap(p - ky, s), y1 = tap_end(H - 1 + p - ky, s, OH);
+                for (kx = 0; kx < k; kx++) {
+                    int32_t w = vae_wrow[(c * k + ky) * k + kx];
+                    int x0 = first_tap(p - kx, s), x1 = tap_end(W - 1 + p - kx, s, OW);
+                    if (w == 0)
+                        continue;
+                    for (oy = y0; oy < y1; oy++) {
+                        const int16_t *src = vae_xc + (c * H + oy * s - p + ky) * W + x0 * s - p + kx;
+                        int32_t *dst = vae_acc + oy * OW + x0;
+                        for (t = 0; t < x1 - x0; t++)
+                            dst[t] += w * (int32_t)src[t * s];
                     }
-                finish(L, o, acc, (o * OH + oy) * OW + ox, out, outf);
+                }
             }
+        for (i = 0; i < OH * OW; i++)
+            finish(L, o, vae_acc[i], o * OH * OW + i, out, outf);
     }
 }
 """
 
 _TCONV = r"""
-/* ConvTranspose2d, weight (C, O, k, k), as a gather: out[o][y][x] sums in[c][iy][ix] * w[c][o][ky][kx]. */
+/* ConvTranspose2d, weight (C, O, k, k): input (iy, ix) reaches output (iy*s - p + ky, ix*s - p + kx); per output
+   channel an int32 plane, each tap scattered over the input positions whose target lies inside. */
 static void qtconv2d(const int8_t *in, int C, int H, int W, int O, int OH, int OW, int k, int s, int p,
                      const qlayer *L, int8_t *out, float *outf)
 {
-    int o, y, x, c, ky, kx;
+    int o, c, ky, kx, iy, t, i;
+    center(in, C * H * W, L->zp_in);
     for (o = 0; o < O; o++) {
         for (c = 0; c < C; c++)
             unpack_row(L, (uint32_t)(c * O + o), vae_wrow + c * k * k);
-        for (y = 0; y < OH; y++)
-            for (x = 0; x < OW; x++) {
-                int32_t acc = L->bias[o];
-                for (c = 0; c < C; c++)
-                    for (ky = 0; ky < k; ky++) {
-                        int ty = y + p - ky, iy;
-                        const int8_t *wr = vae_wrow + (c * k + ky) * k;
-                        if (ty < 0 || ty % s)
-                            continue;
-                        iy = ty / s;
-                        if (iy >= H)
-                            continue;
-                        for (kx = 0; kx < k; kx++) {
-                            int tx = x + p - kx, ix;
-                            if (tx < 0 || tx % s)
-                                continue;
-                            ix = tx / s;
-                            if (ix >= W)
-                                continue;
-                            acc += ((int32_t)in[(c * H + iy) * W + ix] - L->zp_in) * (int32_t)wr[kx];
-                        }
+        for (i = 0; i < OH * OW; i++)
+            vae_acc[i] = L->bias[o];
+        for (c = 0; c < C; c++)
+            for (ky = 0; ky < k; ky++) {
+                int y0 = first_tap(p - ky, s), y1 = tap_end(OH - 1 + p - ky, s, H);
+                for (kx = 0; kx < k; kx++) {
+                    int32_t w = vae_wrow[(c * k + ky) * k + kx];
+                    int x0 = first_tap(p - kx, s), x1 = tap_end(OW - 1 + p - kx, s, W);
+                    if (w == 0)
+                        continue;
+                    for (iy = y0; iy < y1; iy++) {
+                        const int16_t *src = vae_xc + (c * H + iy) * W + x0;
+                        int32_t *dst = vae_acc + (iy * s - p + ky) * OW + x0 * s - p + kx;
+                        for (t = 0; t < x1 - x0; t++)
+                            dst[t * s] += w * (int32_t)src[t];
                     }
-                finish(L, o, acc, (o * OH + y) * OW + x, out, outf);
+                }
             }
+        for (i = 0; i < OH * OW; i++)
+            finish(L, o, vae_acc[i], o * OH * OW + i, out, outf);
     }
 }
 """
@@ -377,10 +503,10 @@ const uint8_t vae_packed[VAE_PACKED_BYTES] = {{
 {hex_rows}
 }};
 
-/* The only RAM the inference uses: {ram_bytes} bytes (int8 arena, the head's floats, the weight scratch). */
+/* The only RAM the inference uses: {ram_bytes} bytes (int8 arena, the head's floats, the kernels' scratch). */
 static int8_t vae_arena[{arena}];
 static float vae_head[2 * VAE_LATENT];
-static int8_t vae_wrow[{scratch}];
+{scratch}
 {kernels}
 {tables}
 
@@ -434,18 +560,26 @@ def _f(v) -> str:
 
 def int_model_source(spec: ArchSpec, packed: bytes, p: IntProgram | None = None) -> str:
     from .c_lib import _hex_rows
-    from .memory import int8_arena_bytes, ram_bytes, row_scratch_bytes
+    from .memory import int8_arena_bytes, ram_bytes
 
     p = p or integer_program(spec, packed)
     steps = p.encoder + p.decoder
+    plan_steps = [x.step for x in steps]
+    scr = scratch(plan_steps)
+    declared = "\n".join(f"static {SCRATCH_TYPES[k][0]} vae_{k}[{n}];" for k, n in scr.items() if n)
+    widths = sorted({direct_bits(st) for st in plan_steps} - {0})
+    cases = "\n".join(f"        case {b}:\n            acc += dot_p{b}(xp, row, ng) - L->qmax * sx;\n            break;"
+                      for b in widths)
     offs = {o.layout.name: o for o in layer_offsets(spec)}
     tables = [t for k, s in enumerate(steps) for t in _step_tables(k, s, offs[s.step.name], packed)]
     kinds = {s.step.kind for s in steps}
-    kernels = _KERNELS + (_CONV if "conv" in kinds else "") + (_TCONV if "tconv" in kinds else "")
+    kernels = (_KERNELS.replace("%(PLANES)s", "".join(plane_dot(b) for b in widths)).replace("%(CASES)s", cases)
+               + (_CONV if kinds & {"conv", "tconv"} else "").split("/* Conv2d")[0]
+               + ("/* Conv2d" + _CONV.split("/* Conv2d")[1] if "conv" in kinds else "") + (_TCONV if "tconv" in kinds else ""))
     arena = int8_arena_bytes(spec)
     return _MODEL_C.format(
         spec_id=spec.id, family=spec.family, likelihood=spec.likelihood, hex_rows=_hex_rows(packed),
-        ram_bytes=ram_bytes(spec), arena=arena, scratch=row_scratch_bytes(spec), kernels=kernels,
+        ram_bytes=ram_bytes(spec), arena=arena, scratch=declared, kernels=kernels,
         tables="\n".join(tables), enc_body="\n".join(_body(p.encoder, 0, arena, "vae_head")),
         dec_body="\n".join(_body(p.decoder, len(p.encoder), arena, "out")),
         sx=_f(p.x_quant[0]), zx=p.x_quant[1], sz=_f(p.z_quant[0]), zz=p.z_quant[1])

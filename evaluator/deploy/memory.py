@@ -51,12 +51,12 @@ def int8_arena_bytes(spec: ArchSpec) -> int:
     return max(sizes)
 
 
-def row_scratch_bytes(spec: ArchSpec) -> int:
-    """The int8 weight scratch of the integer C kernels: one decoded row (linear layers off the direct paths),
-    one output channel's kernels (conv, transposed conv)."""
-    from .c_int import scratch_len
+def kernel_scratch_bytes(spec: ArchSpec) -> int:
+    """The integer C kernels' scratch (:func:`evaluator.deploy.c_int.scratch`): a decoded weight row, a linear
+    input split in planes, a convolution's int16 centered input and one output channel's int32 accumulators."""
+    from .c_int import scratch_bytes
 
-    return max([scratch_len(s) for s in encoder_steps(spec) + decoder_steps(spec)] + [1])
+    return scratch_bytes(encoder_steps(spec) + decoder_steps(spec))
 
 
 def arena_floats(spec: ArchSpec) -> int:
@@ -69,7 +69,7 @@ def ram_bytes(spec: ArchSpec) -> int:
     arena; integer specs the int8 arena, the head's float output (``2 * latent_dim`` floats) and the kernels'
     int8 weight scratch."""
     if spec.is_integer:
-        return int8_arena_bytes(spec) + FLOAT_BYTES * 2 * spec.latent_dim + row_scratch_bytes(spec)
+        return int8_arena_bytes(spec) + FLOAT_BYTES * 2 * spec.latent_dim + kernel_scratch_bytes(spec)
     return FLOAT_BYTES * arena_floats(spec)
 
 
