@@ -20,10 +20,15 @@ Example YAML (every key is optional except ``latent_dim`` and the block of each 
     weight_bits: [2, 4, 8, 32]
     bits_per_layer: true        # false: one bit-width shared by every layer
     act_bits: [null]            # null = float activations; e.g. [null, 8]
+    arithmetic: [float]         # or [int8] / [float, int8]: integer inference (search_space/integer.py)
     quantizer: [uniform, kmeans] # optional: per quantised layer, uniform grid or k-means codebook
     rank: [null, 0.25, 0.5]     # optional: per layer, unfactorised or a low-rank product (fraction of full rank)
     sparsity: [0, 0.3, 0.5, 0.7] # optional: per unfactorised layer, the fraction pruned by magnitude
     pruning: [unstructured, structured] # optional: structured removes whole units/channels
+
+``arithmetic`` (asked before ``act_bits``, only when the space lists ``int8``): an ``int8`` spec runs in
+integers, so its decisions differ - no ``act_bits``, ``quantizer`` or ``pruning``, and its bit-widths are
+``ibits.<layer>`` (or ``ibits``) over the space's ``weight_bits`` of 8 or fewer.
 
 The compression keys (``search_space/compression.py``) are decided after the bit-widths:
 ``pruning`` once (only with float activations: structured pruning refuses ``act_bits``), then
@@ -47,7 +52,7 @@ from .compression import MAX_SPARSITY, QUANTIZERS
 from .errors import SpaceError, SpecError, check_block, read_text
 from .likelihood import LIKELIHOODS
 from .plan import MAX_PARAMS, param_count
-from .spec import ACTIVATIONS, ALLOWED_ACT_BITS, ALLOWED_BITS, FAMILIES, ArchSpec, conv_out
+from .spec import ACTIVATIONS, ALLOWED_ACT_BITS, ALLOWED_BITS, ARITHMETICS, FAMILIES, ArchSpec, conv_out
 
 Choose = Callable[[str, tuple], Any]
 MAX_CHOICES = 10_000  # values one decision may list or a range may span
@@ -84,7 +89,7 @@ def safe_yaml(text: str, what: str, error=None) -> Any:
 Rng = random.Random | int | None
 
 _TOP_KEYS = {"name", "family", "input_shape", "likelihood", "latent_dim", "activation", "mlp", "conv", "decoder",
-             "weight_bits", "bits_per_layer", "act_bits", "quantizer", "rank", "sparsity", "pruning"}
+             "weight_bits", "bits_per_layer", "act_bits", "quantizer", "rank", "sparsity", "pruning", "arithmetic"}
 COMPRESSION_KEYS = ("pruning", "quantizer", "rank", "sparsity")
 _COMPRESSION_DEFAULT = {"pruning": ("unstructured",), "quantizer": ("uniform",), "rank": (None,), "sparsity": (0.0,)}
 _MLP_KEYS = {"depth", "width"}
@@ -231,6 +236,17 @@ def _bit_choices(d: dict) -> tuple[tuple, tuple]:
     return bits, abits
 
 
+def _arithmetic_choices(d: dict, bits: tuple) -> tuple[str, ...]:
+    arith = _choices("arithmetic", d.get("arithmetic", ["float"]), minimum=None)
+    for a in arith:
+        if a not in ARITHMETICS:
+            raise SpaceError(f"arithmetic: {a!r} is not allowed; use values from {list(ARITHMETICS)}")
+    if "int8" in arith and not any(b <= 8 for b in bits):
+        raise SpaceError("arithmetic: int8 needs integer weights, but weight_bits has none of 8 bits or fewer; "
+                         "add e.g. 4 or 8 to weight_bits")
+    return arith
+
+
 @dataclass
 class SearchSpace:
     latent_dim: tuple[int, ...]
@@ -249,6 +265,7 @@ class SearchSpace:
     rank: tuple[float | None, ...] = (None,)
     sparsity: tuple[float, ...] = (0.0,)
     pruning: tuple[str, ...] = ("unstructured",)
+    arithmetic: tuple[str, ...] = ("float",)
     declared: frozenset = field(default=frozenset(), compare=False)  # data keys the YAML stated itself
 
     # ------------------------------------------------------------------ construction
@@ -304,6 +321,7 @@ class SearchSpace:
             name=str(name),
             likelihood=lik,
             **compression,
+            arithmetic=_arithmetic_choices(d, bits),
             declared=frozenset(k for k in ("input_shape", "likelihood") if k in d),
         )
         space._check_buildable()
@@ -360,7 +378,14 @@ class SearchSpace:
         for k in COMPRESSION_KEYS:  # only when searched: older spaces keep their dict (and fingerprints)
             if self.searches(k):
                 d[k] = list(getattr(self, k))
+        if self.arithmetic != ("float",):
+            d["arithmetic"] = list(self.arithmetic)
         return d
+
+    @property
+    def int_bits(self) -> tuple[int, ...]:
+        """The bit-widths an ``int8`` spec may use: ``weight_bits`` of 8 or fewer."""
+        return tuple(b for b in self.weight_bits if b <= 8)
 
     def searches(self, key: str) -> bool:
         """Whether the space decides compression ``key`` (``quantizer``, ``rank``, ``sparsity``) per layer."""
@@ -440,22 +465,28 @@ class SearchSpace:
             if self.decoder == "free":
                 dec = tuple(choose(f"conv.dec.width{i}", c["fc_width"]) for i in range(fc_depth))
                 kw["dec_channels"] = tuple(choose(f"conv.dec.channels{i}", c["channels"]) for i in range(depth))
-        act_bits = choose("act_bits", self.act_bits)
+        arithmetic = choose("arithmetic", self.arithmetic) if self.arithmetic != ("float",) else "float"
+        integer = arithmetic == "int8"
+        act_bits = None if integer else choose("act_bits", self.act_bits)
         skeleton = ArchSpec(
             family=family, enc_hidden=enc, dec_hidden=dec, latent_dim=latent, activation=activation,
             weight_bits=(32,) * (len(enc) + (len(dec) if dec is not None else len(enc)) + 2 + 2 * len(kw.get("enc_channels", ()))),
             act_bits=act_bits, input_shape=self.input_shape, likelihood=self.likelihood, **kw,
         )
         names = skeleton.layer_names()
+        key, choices = ("ibits", self.int_bits) if integer else ("bits", self.weight_bits)
         if self.bits_per_layer:
-            bits = tuple(choose(f"bits.{n}", self.weight_bits) for n in names)
+            bits = tuple(choose(f"{key}.{n}", choices) for n in names)
         else:
-            bits = (choose("bits", self.weight_bits),) * len(names)
-        return skeleton.replace(weight_bits=bits, **self._define_compression(choose, skeleton, bits))
+            bits = (choose(key, choices),) * len(names)
+        return skeleton.replace(weight_bits=bits, arithmetic=arithmetic,
+                                **self._define_compression(choose, skeleton, bits, integer))
 
-    def _define_compression(self, choose: Choose, skeleton: ArchSpec, bits: tuple[int, ...]) -> dict[str, Any]:
-        """The compression decisions (none unless the space searches them)."""
-        keys = self.compression_keys
+    def _define_compression(self, choose: Choose, skeleton: ArchSpec, bits: tuple[int, ...],
+                            integer: bool = False) -> dict[str, Any]:
+        """The compression decisions (none unless the space searches them; an int8 spec is never k-means
+        quantised nor structurally pruned, so neither is asked)."""
+        keys = tuple(k for k in self.compression_keys if not (integer and k in ("quantizer", "pruning")))
         if not keys:
             return {}
         pruning = "unstructured"
@@ -475,13 +506,16 @@ class SearchSpace:
     def dimensions(self) -> dict[str, tuple]:
         """Every named categorical decision the space can ask, with its choices (for Optuna etc.)."""
         dims: dict[str, tuple] = {}
-        for fam in self.family:  # walk the deepest program of each family (unstructured: every decision)
+        walks = [(fam, a) for fam in self.family for a in self.arithmetic]
+        for fam, arith in walks:  # the deepest program of each family and arithmetic (unstructured: every decision)
 
-            def choose(name: str, choices: tuple, fam: str = fam) -> Any:
+            def choose(name: str, choices: tuple, fam: str = fam, arith: str = arith) -> Any:
                 dims.setdefault(name, tuple(choices))
                 if name == "family":
                     return fam
-                if name.startswith("bits"):  # a quantised width, so the quantizer decisions are asked
+                if name == "arithmetic":
+                    return arith
+                if name.startswith(("bits", "ibits")):  # a quantised width, so the quantizer decisions are asked
                     return min(choices)
                 if name.startswith("rank.") or name == "act_bits":  # unfactorised / float activations if
                     return None if None in choices else choices[0]  # allowed: sparsity and pruning are asked
@@ -521,13 +555,18 @@ class SearchSpace:
         if self.decoder == "free":
             for i, w in enumerate(spec.decoder_hidden):
                 p[f"{spec.family}.dec.width{i}"] = w
-        p["act_bits"] = spec.act_bits
+        integer = spec.is_integer
+        if self.arithmetic != ("float",):
+            p["arithmetic"] = "int8" if integer else "float"
+        if not integer:
+            p["act_bits"] = spec.act_bits
+        key = "ibits" if integer else "bits"
         if self.bits_per_layer:
             for n, b in zip(spec.layer_names(), spec.weight_bits):
-                p[f"bits.{n}"] = b
+                p[f"{key}.{n}"] = b
         else:
-            p["bits"] = spec.weight_bits[0]
-        keys = self.compression_keys
+            p[key] = spec.weight_bits[0]
+        keys = tuple(k for k in self.compression_keys if not (integer and k in ("quantizer", "pruning")))
         structured = spec.pruning == "structured"
         if "pruning" in keys and spec.act_bits is None:
             p["pruning"] = spec.pruning or "unstructured"
@@ -636,12 +675,21 @@ class SearchSpace:
                     sum(per_fixed(b) for b in self.weight_bits) ** n_fixed
             return sum(per(b) ** (layers - n_fixed) * per_fixed(b) ** n_fixed for b in self.weight_bits)
 
+        base_int = len(self.latent_dim) * len(self.activation) if "int8" in self.arithmetic else 0
+        if "float" not in self.arithmetic:
+            base_float = base_quant = 0
+
         def layer_choices(layers: int) -> int:
             unstructured = combos(layers, lambda b: q(b) * r, q, 0)
             # structured: no rank; sparsity only on the hidden-unit layers (all but the head and the output layer)
             structured = combos(layers, lambda b: q(b) * n_s, q, 2)
             per_float = sum(unstructured if k == "unstructured" else structured for k in kinds)
-            return base_float * per_float + base_quant * unstructured
+            return base_float * per_float + base_quant * unstructured + base_int * integer(layers)
+
+        def integer(layers: int) -> int:  # int8: bits <= 8, uniform, unstructured
+            if self.bits_per_layer:
+                return (len(self.int_bits) * r) ** layers
+            return len(self.int_bits) * r ** layers
 
         for fam in self.family:
             if fam == "mlp":

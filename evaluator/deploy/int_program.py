@@ -34,6 +34,7 @@ class IntStep:
     m: np.ndarray | None  # int64 fixed-point multipliers (requantising steps)
     sh: np.ndarray | None  # int64 shifts
     zp_req: int | None  # zero point of the requantisation target (the .pre quantiser for a table activation)
+    s_pre: np.float32 | None  # the .pre quantiser's scale (table activation)
     s_out: np.float32 | None
     zp_out: int | None
     relu: bool  # clamp at zp_out after requantising
@@ -60,7 +61,7 @@ def _int_step(spec: ArchSpec, st: Step, t: dict, s_in, zp_in: int, out, pre) -> 
                   s_in=np.float32(s_in), zp_in=int(zp_in))
     if out is None:
         return IntStep(**common, exit_scale=I.exit_scale(_t(s_in), s_w).numpy(), m=None, sh=None, zp_req=None,
-                       s_out=None, zp_out=None, relu=False, table=None)
+                       s_pre=None, s_out=None, zp_out=None, relu=False, table=None)
     target = pre if pre is not None else out
     m, sh = I.multiplier(_t(s_in), s_w, _t(target[0]))
     table = None
@@ -68,7 +69,7 @@ def _int_step(spec: ArchSpec, st: Step, t: dict, s_in, zp_in: int, out, pre) -> 
         table = I.act_table(spec.activation, _t(pre[0]), torch.tensor([float(pre[1])]), _t(out[0]),
                             torch.tensor([float(out[1])])).numpy().astype(np.int64)
     return IntStep(**common, exit_scale=None, m=m.numpy().astype(np.int64), sh=sh.numpy().astype(np.int64),
-                   zp_req=int(target[1]), s_out=np.float32(out[0]), zp_out=int(out[1]),
+                   zp_req=int(target[1]), s_pre=None if pre is None else np.float32(pre[0]), s_out=np.float32(out[0]), zp_out=int(out[1]),
                    relu=st.act_after and pre is None, table=table)
 
 

@@ -187,8 +187,18 @@ def decoder_model(spec: ArchSpec, packed: bytes):
 
 
 def write_onnx(spec: ArchSpec, packed: bytes, out: Path) -> list[str]:
+    """``encoder.onnx`` and ``decoder.onnx``; an integer spec's are QDQ graphs onnxruntime runs in integers
+    (:mod:`.onnx_int`)."""
     import onnx
 
-    onnx.save(encoder_model(spec, packed), str(out / "encoder.onnx"))
-    onnx.save(decoder_model(spec, packed), str(out / "decoder.onnx"))
+    if spec.is_integer:
+        from .int_program import integer_program
+        from .onnx_int import decoder_model as int_decoder, encoder_model as int_encoder
+
+        prog = integer_program(spec, packed)
+        enc, dec = int_encoder(prog), int_decoder(prog)
+    else:
+        enc, dec = encoder_model(spec, packed), decoder_model(spec, packed)
+    onnx.save(enc, str(out / "encoder.onnx"))
+    onnx.save(dec, str(out / "decoder.onnx"))
     return list(ONNX_FILES)

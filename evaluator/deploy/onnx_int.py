@@ -1,0 +1,191 @@
+"""The ONNX export of an integer spec (``arithmetic: int8``): QDQ on activations *and* weights, so onnxruntime's
+optimiser fuses the integer kernels (QGemm, QLinearConv, ...) instead of running a float op on dequantised
+weights.
+
+Built from the integer program (:mod:`.int_program`): the entry ``QuantizeLinear(x, s_x, zp_x)``; per step the
+int8 input through ``DequantizeLinear``, the weight codes as an **INT8** initializer (every bit-width: the fused
+kernels take int8) with per-channel scales, the bias as INT32 codes ``B`` with scale ``float32(s_x * s_w)``, then
+``Gemm``/``Conv``/``ConvTranspose``, ReLU (its output quantiser's zero point is -128, so onnxruntime drops it
+into the requantisation) or a table activation written as ``Q(pre) -> DQ -> act``, and the output's
+``QuantizeLinear``/``DequantizeLinear``; the exits (the head, the decoder's last step) stay float. Flatten and
+reshape act on the int8 codes.
+
+onnxruntime requantises in float (``acc * s_x * s_w / s_y``, ties to even) where the C library and the training
+forward use the 16-bit fixed-point multiplier; the two differ by one step on a few values
+(tests/evaluator/test_integer.py measures it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from search_space import integer as I
+from search_space.activations import get_activation
+
+from .int_program import IntProgram, IntStep
+
+
+class _QGraph:
+    def __init__(self) -> None:
+        from .onnx_graph import _Graph
+
+        self.g = _Graph()
+
+    def quantize(self, x: str, s, zp) -> str:
+        g = self.g
+        return g.op("QuantizeLinear", [x, g.const("s", np.float32(s)), g.const("zp", _u8(zp))], "q")
+
+    def dequantize(self, q: str, s, zp) -> str:
+        g = self.g
+        return g.op("DequantizeLinear", [q, g.const("s", np.float32(s)), g.const("zp", _u8(zp))], "dq")
+
+    def weight(self, s: IntStep, transposed: bool = False) -> list[str]:
+        g, st = self.g, s.step
+        n = st.weight_shape[st.ch_axis]
+        q = s.q.T if transposed else s.q
+        w = g.op("DequantizeLinear", [g.const(f"{st.name}.weight_q", np.ascontiguousarray(q).astype(np.int8)),
+                                      g.const(f"{st.name}.weight_scale", s.w_scale),
+                                      g.const("wzp", np.zeros(n, np.int8))], f"{st.name}.weight",
+                 axis=1 if transposed else st.ch_axis)
+        bscale = I.exit_scale(_t(s.s_in), _t(s.w_scale)).numpy()
+        b = g.op("DequantizeLinear", [g.const(f"{st.name}.bias_q", s.bias.astype(np.int32)),
+                                      g.const(f"{st.name}.bias_scale", bscale),
+                                      g.const("bzp", np.zeros(n, np.int32))], f"{st.name}.bias", axis=0)
+        return [w, b]
+
+    def dilate(self, q: str, s: IntStep) -> str:
+        """A transposed conv's input codes spread for a plain convolution: ``stride - 1`` zeros (code ``zp``)
+        between inputs, ``k - 1 - p`` around (``+ output_padding`` after), so onnxruntime fuses QLinearConv."""
+        g, st = self.g, s.step
+        c, h, w = st.in_shape
+        sd, k, p = st.stride, st.kernel, st.padding
+        zp = g.const("zp", _u8(s.zp_in))
+        if sd > 1:
+            q = g.op("Reshape", [q, g.const("shape", np.array([-1, c, h, 1, w, 1], np.int64))], "split")
+            pads = [0, 0, 0, 0, 0, 0, 0, 0, 0, sd - 1, 0, sd - 1]
+            q = g.op("Pad", [q, g.const("pads", np.array(pads, np.int64)), zp], "spread")
+            q = g.op("Reshape", [q, g.const("shape", np.array([-1, c, h * sd, w * sd], np.int64))], "dilated")
+        lead = k - 1 - p
+        ends = [lead + op - (sd - 1) for op in st.output_padding]  # the reshape left sd - 1 trailing zeros
+        pads = [0, 0, lead, lead, 0, 0, max(ends[0], 0), max(ends[1], 0)]
+        q = g.op("Pad", [q, g.const("pads", np.array(pads, np.int64)), zp], "padded")
+        if min(ends) < 0:
+            stop = [h * sd + lead + ends[0], w * sd + lead + ends[1]]
+            q = g.op("Slice", [q, g.const("starts", np.array([0, 0], np.int64)),
+                               g.const("ends", np.array(stop, np.int64)), g.const("axes", np.array([2, 3], np.int64))],
+                     "cropped")
+        return q
+
+    def conv_exit(self, s: IntStep, q_in: str) -> str:
+        """A convolution leaving the integer domain: ``ConvInteger`` (int32), ``+ B``, then ``float32(acc) * float32(s_x
+        * s_w)`` per channel - the exit's arithmetic exactly (weights as uint8 codes + 128, zero point 128)."""
+        g, st = self.g, s.step
+        o, p, k, sd = st.out_shape[0], st.padding, st.kernel, st.stride
+        w = g.const(f"{st.name}.weight_u8", (s.q + 128).astype(np.uint8))
+        acc = g.op("ConvInteger", [q_in, w, g.const("zp", _u8(s.zp_in)), g.const("wzp", np.uint8(128))], st.name,
+                   kernel_shape=[k, k], strides=[sd, sd], pads=[p, p, p, p])
+        acc = g.op("Add", [acc, g.const(f"{st.name}.bias_q", s.bias.astype(np.int32).reshape(1, o, 1, 1))], "acc")
+        y = g.op("Cast", [acc], "acc_f", to=1)
+        return g.op("Mul", [y, g.const(f"{st.name}.exit_scale", s.exit_scale.reshape(1, o, 1, 1))], f"{st.name}.out")
+
+    def step(self, s: IntStep, q_in: str, activation: str) -> str:
+        """int8 codes in; int8 codes out (or the float exit)."""
+        g, st = self.g, s.step
+        if st.kind == "tconv":
+            return self.step(_as_conv(s), self.dilate(q_in, s), activation)
+        if st.kind == "conv" and s.exit_scale is not None:
+            return self.conv_exit(s, q_in)
+        x = self.dequantize(q_in, s.s_in, s.zp_in)
+        p, k, sd = st.padding, st.kernel, st.stride
+        if st.kind == "linear" and s.exit_scale is not None:  # MatMul + Add: onnxruntime's MatMulIntegerToFloat
+            w, b = self.weight(s, transposed=True)
+            return g.op("Add", [g.op("MatMul", [x, w], st.name), b], f"{st.name}.out")
+        ins = [x] + self.weight(s)
+        if st.kind == "linear":
+            y = g.op("Gemm", ins, st.name, transB=1)
+        elif st.kind == "conv":
+            y = g.op("Conv", ins, st.name, kernel_shape=[k, k], strides=[sd, sd], pads=[p, p, p, p])
+        else:
+            y = g.op("ConvTranspose", ins, st.name, kernel_shape=[k, k], strides=[sd, sd], pads=[p, p, p, p],
+                     output_padding=list(st.output_padding))
+        if s.exit_scale is not None:
+            return y
+        if s.table is not None:
+            pre = self.dequantize(self.quantize(y, s.s_pre, s.zp_req), s.s_pre, s.zp_req)
+            y = get_activation(activation).onnx(g.op, pre)
+        elif s.relu:
+            y = g.op("Relu", [y], "relu")
+        return self.quantize(y, s.s_out, s.zp_out)
+
+
+def _as_conv(s: IntStep) -> IntStep:
+    """A transposed conv's step as the stride-1 convolution over its dilated input: the kernel flipped, its
+    input and output channels swapped (the same products, so the same integer sums)."""
+    import dataclasses
+
+    st = s.step
+    c, o, k = st.in_shape[0], st.out_shape[0], st.kernel
+    lead = k - 1 - st.padding
+    h, w = ((n - 1) * st.stride + 1 + 2 * lead + op for n, op in zip(st.in_shape[1:], st.output_padding))
+    conv = dataclasses.replace(st, kind="conv", in_shape=(c, h, w), stride=1, padding=0, output_padding=(0, 0))
+    q = np.ascontiguousarray(s.q[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    return dataclasses.replace(s, step=conv, q=q)
+
+
+def _u8(zp: int) -> np.uint8:
+    """An int8 tensor's zero point as onnxruntime's preferred uint8 activations hold it (codes + 128: the same
+    arithmetic, ``(q + 128) - (zp + 128) = q - zp``; x86's fused kernels are U8S8)."""
+    return np.uint8(zp - I.QMIN)
+
+
+def _t(v):
+    import torch
+
+    return torch.as_tensor(np.asarray(v, np.float32).reshape(-1))
+
+
+def _chain(qg: _QGraph, steps, q: str, rank: int, activation: str) -> tuple[str, int]:
+    g = qg.g
+    for s in steps:
+        st = s.step
+        if st.kind == "linear" and rank > 2:
+            q, rank = g.op("Flatten", [q], "flat", axis=1), 2
+        elif st.kind != "linear" and rank == 2:
+            q, rank = g.op("Reshape", [q, g.const("shape", np.array([-1, *st.in_shape], np.int64))], "map"), 4
+        q = qg.step(s, q, activation)
+        rank = 2 if st.kind == "linear" else 4
+    return q, rank
+
+
+def encoder_model(p: IntProgram):
+    from onnx import TensorProto, helper
+
+    from .onnx_graph import _model
+
+    spec, qg = p.spec, _QGraph()
+    g = qg.g
+    q = qg.quantize("x", *p.x_quant)
+    y, _ = _chain(qg, p.encoder, q, 1 + len(spec.input_shape), spec.activation)
+    L = spec.latent_dim
+    g.op("Split", [y, g.const("split", np.array([L, L], np.int64))], "head", n_out=2, axis=1)
+    g.nodes[-1].output[:] = ["mu", "logvar"]
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *spec.input_shape])]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", L]) for n in ("mu", "logvar")]
+    return _model(g, ins, outs, f"vaenas {spec.id} integer encoder (QDQ): x -> mu, logvar")
+
+
+def decoder_model(p: IntProgram):
+    from onnx import TensorProto, helper
+
+    from .onnx_graph import _model
+
+    spec, qg = p.spec, _QGraph()
+    g = qg.g
+    y, rank = _chain(qg, p.decoder, qg.quantize("z", *p.z_quant), 2, spec.activation)
+    if len(spec.output_shape) > 1 and rank == 2:
+        y = g.op("Reshape", [y, g.const("shape", np.array([-1, *spec.output_shape], np.int64))], "out_map")
+    g.op("Identity", [y], "out")
+    g.nodes[-1].output[:] = ["out"]
+    ins = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", spec.latent_dim])]
+    outs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", *spec.output_shape])]
+    return _model(g, ins, outs, f"vaenas {spec.id} integer decoder (QDQ): z -> {spec.likelihood} parameters")
