@@ -8,7 +8,13 @@ kernels take int8) with per-channel scales, the bias as INT32 codes ``B`` with s
 ``Gemm``/``Conv``/``ConvTranspose``, ReLU (its output quantiser's zero point is -128, so onnxruntime drops it
 into the requantisation) or a table activation written as ``Q(pre) -> DQ -> act``, and the output's
 ``QuantizeLinear``/``DequantizeLinear``; the exits (the head, the decoder's last step) stay float. Flatten and
-reshape act on the int8 codes.
+reshape act on the int8 codes. A convolution exit is ``ConvInteger`` (int32) then the exit's float scaling.
+
+Transposed convolutions: onnxruntime's CPU provider has no integer transposed convolution
+(``QLinearConvTranspose`` is the XNNPACK provider's), so ``DQ -> ConvTranspose -> Q`` runs it in float on the
+int8 inputs and weights (exact products, float sums) and requantises; rewriting it as ``QLinearConv`` over a
+zero-inserted input (``Pad``) was tried and measured: the uint8 ``Pad`` alone took 72 us of a 0.14 ms decoder
+whose float twin runs in 0.01 ms.
 
 onnxruntime requantises in float (``acc * s_x * s_w / s_y``, ties to even) where the C library and the training
 forward use the 16-bit fixed-point multiplier; the two differ by one step on a few values
@@ -53,29 +59,6 @@ class _QGraph:
                                       g.const("bzp", np.zeros(n, np.int32))], f"{st.name}.bias", axis=0)
         return [w, b]
 
-    def dilate(self, q: str, s: IntStep) -> str:
-        """A transposed conv's input codes spread for a plain convolution: ``stride - 1`` zeros (code ``zp``)
-        between inputs, ``k - 1 - p`` around (``+ output_padding`` after), so onnxruntime fuses QLinearConv."""
-        g, st = self.g, s.step
-        c, h, w = st.in_shape
-        sd, k, p = st.stride, st.kernel, st.padding
-        zp = g.const("zp", _u8(s.zp_in))
-        if sd > 1:
-            q = g.op("Reshape", [q, g.const("shape", np.array([-1, c, h, 1, w, 1], np.int64))], "split")
-            pads = [0, 0, 0, 0, 0, 0, 0, 0, 0, sd - 1, 0, sd - 1]
-            q = g.op("Pad", [q, g.const("pads", np.array(pads, np.int64)), zp], "spread")
-            q = g.op("Reshape", [q, g.const("shape", np.array([-1, c, h * sd, w * sd], np.int64))], "dilated")
-        lead = k - 1 - p
-        ends = [lead + op - (sd - 1) for op in st.output_padding]  # the reshape left sd - 1 trailing zeros
-        pads = [0, 0, lead, lead, 0, 0, max(ends[0], 0), max(ends[1], 0)]
-        q = g.op("Pad", [q, g.const("pads", np.array(pads, np.int64)), zp], "padded")
-        if min(ends) < 0:
-            stop = [h * sd + lead + ends[0], w * sd + lead + ends[1]]
-            q = g.op("Slice", [q, g.const("starts", np.array([0, 0], np.int64)),
-                               g.const("ends", np.array(stop, np.int64)), g.const("axes", np.array([2, 3], np.int64))],
-                     "cropped")
-        return q
-
     def conv_exit(self, s: IntStep, q_in: str) -> str:
         """A convolution leaving the integer domain: ``ConvInteger`` (int32), ``+ B``, then ``float32(acc) * float32(s_x
         * s_w)`` per channel - the exit's arithmetic exactly (weights as uint8 codes + 128, zero point 128)."""
@@ -91,18 +74,15 @@ class _QGraph:
     def step(self, s: IntStep, q_in: str, activation: str) -> str:
         """int8 codes in; int8 codes out (or the float exit)."""
         g, st = self.g, s.step
-        if st.kind == "tconv":
-            return self.step(_as_conv(s), self.dilate(q_in, s), activation)
         if st.kind == "conv" and s.exit_scale is not None:
             return self.conv_exit(s, q_in)
         x = self.dequantize(q_in, s.s_in, s.zp_in)
         p, k, sd = st.padding, st.kernel, st.stride
-        if st.kind == "linear" and s.exit_scale is not None:  # MatMul + Add: onnxruntime's MatMulIntegerToFloat
-            w, b = self.weight(s, transposed=True)
-            return g.op("Add", [g.op("MatMul", [x, w], st.name), b], f"{st.name}.out")
-        ins = [x] + self.weight(s)
-        if st.kind == "linear":
-            y = g.op("Gemm", ins, st.name, transB=1)
+        ins = [x] + self.weight(s, transposed=st.kind == "linear")
+        if st.kind == "linear":  # MatMul on (in, out) weights + Add: onnxruntime fuses QGemm, prepacking the weights
+            y = g.op("Add", [g.op("MatMul", ins[:2], st.name), ins[2]], f"{st.name}.out")
+            if s.exit_scale is not None:
+                return y
         elif st.kind == "conv":
             y = g.op("Conv", ins, st.name, kernel_shape=[k, k], strides=[sd, sd], pads=[p, p, p, p])
         else:
@@ -116,20 +96,6 @@ class _QGraph:
         elif s.relu:
             y = g.op("Relu", [y], "relu")
         return self.quantize(y, s.s_out, s.zp_out)
-
-
-def _as_conv(s: IntStep) -> IntStep:
-    """A transposed conv's step as the stride-1 convolution over its dilated input: the kernel flipped, its
-    input and output channels swapped (the same products, so the same integer sums)."""
-    import dataclasses
-
-    st = s.step
-    c, o, k = st.in_shape[0], st.out_shape[0], st.kernel
-    lead = k - 1 - st.padding
-    h, w = ((n - 1) * st.stride + 1 + 2 * lead + op for n, op in zip(st.in_shape[1:], st.output_padding))
-    conv = dataclasses.replace(st, kind="conv", in_shape=(c, h, w), stride=1, padding=0, output_padding=(0, 0))
-    q = np.ascontiguousarray(s.q[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    return dataclasses.replace(s, step=conv, q=q)
 
 
 def _u8(zp: int) -> np.uint8:

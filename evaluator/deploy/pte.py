@@ -103,11 +103,19 @@ class _Method(nn.Module):
 
 
 def pte_bytes(spec: ArchSpec, packed: bytes) -> bytes:
-    """The ``.pte`` program: methods ``encode`` and ``decode``, batch 1."""
+    """The ``.pte`` program: methods ``encode`` and ``decode``, batch 1 (an integer spec's: :mod:`.pte_int`)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    vae = PackedVAE(spec, packed).eval()
+    if spec.is_integer:
+        import executorch.kernels.quantized  # noqa: F401 - out variants of the quantize/dequantize ops
+
+        from .int_program import integer_program
+        from .pte_int import IntegerVAE
+
+        vae = IntegerVAE(integer_program(spec, packed)).eval()
+    else:
+        vae = PackedVAE(spec, packed).eval()
     with torch.no_grad():
         programs = {
             "encode": torch.export.export(_Method(vae, "encode"), (torch.zeros(1, *spec.input_shape),)),
