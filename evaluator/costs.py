@@ -67,7 +67,8 @@ def count_flops(spec: ArchSpec, batch_size: int = 1) -> FlopReport:
     """FLOPs of the deployed float graph: the same for every bit-width assignment of one structure, so
     counted once per structure (cached)."""
     spec = spec.deployed()  # structured pruning: the narrower model that ships
-    float_spec = spec.replace(weight_bits=(32,) * len(spec.weight_bits), act_bits=None, quantizer=None, sparsity=None)
+    float_spec = spec.replace(weight_bits=(32,) * len(spec.weight_bits), act_bits=None, quantizer=None, sparsity=None,
+                              arithmetic=None)
     return _count_float_flops(float_spec, batch_size)
 
 
@@ -92,7 +93,7 @@ def _count_float_flops(float_spec: ArchSpec, batch_size: int) -> FlopReport:
 def count_bitops(spec: ArchSpec, flops: FlopReport | None = None) -> int:
     flops = flops or count_flops(spec)
     spec = spec.deployed()
-    a_bits = spec.act_bits or 32
+    a_bits = 8 if spec.is_integer else spec.act_bits or 32
     w_bits = [32 if spec.layer_quantizer(i) == "kmeans" else b for i, b in enumerate(spec.weight_bits)]
     return sum((flops.per_layer[n] // 2) * b * a_bits for n, b in zip(spec.layer_names(), w_bits))
 

@@ -22,6 +22,12 @@ Backends (``latency: {backend: ...}`` in a study config):
 ``torch``
     PyTorch eager on float32 layers holding the dequantised weights, on ``device`` (CPU or CUDA,
     synchronised). No integer kernels: the float baseline.
+``cortex_m``
+    The integer (or float) C library cross-compiled for ``cpu`` (``cortex-m4`` | ``cortex-m7`` |
+    ``cortex-m0plus``) and run once in an emulator of that core (:mod:`evaluator.mcu`): the exact
+    instruction count, flash and RAM of that build. An emulator counts instructions, not time, so
+    ``latency_ms`` is an ESTIMATE (instructions x CPI 1 at ``clock_mhz``, default 100) and flagged so;
+    the measured figures are the objectives ``mcu_instructions``, ``flash_bytes`` and ``ram_bytes``.
 ``command``
     A user's program: ``command`` with the exported artifact's path (``format``: the C folder, the
     ONNX folder or the ``.pte`` file) in place of ``{artifact}`` (appended if absent); it must
@@ -53,7 +59,7 @@ from search_space.errors import check_block, check_type
 
 from .deploy.formats import runnable
 
-BACKENDS = ("onnxruntime", "c", "executorch", "torch", "command")
+BACKENDS = ("onnxruntime", "c", "executorch", "torch", "cortex_m", "command")
 COMMAND_FORMATS = runnable()  # the export formats a latency command can be given
 COMMAND_TIMEOUT_S = 600
 
@@ -72,6 +78,8 @@ class LatencyConfig:
     device: str = "cpu"  # the torch backend only
     command: str | None = None  # backend "command": the program to run ({artifact} = the export's path)
     format: str = "c"  # backend "command": which export the command receives
+    cpu: str | None = None  # backend "cortex_m": the core (default cortex-m4)
+    clock_mhz: float = 100.0  # backend "cortex_m": the clock of its latency ESTIMATE
 
     def __post_init__(self) -> None:
         for k, lo, hi in (("repeats", 2, 100_000), ("warmup", 0, 100_000), ("threads", 1, 1024), ("batch_size", 1, 65536)):
@@ -92,18 +100,32 @@ class LatencyConfig:
             raise VaenasInputError(f"latency.command: only backend 'command' runs a command (backend is {self.backend!r})")
         if self.format not in COMMAND_FORMATS:
             raise VaenasInputError(f"latency.format: {self.format!r} is unknown; choose from {', '.join(COMMAND_FORMATS)}")
+        self._check_cortex_m()
         if self.device != "cpu" and self.backend != "torch":
             raise VaenasInputError(f"latency.device: {self.device!r} is only for backend 'torch'; "
                                    f"{self.backend!r} runs on the CPU")
 
-    CONFIG_KEYS = ("backend", "repeats", "threads", "batch_size", "warmup", "command", "format")
+    def _check_cortex_m(self) -> None:
+        from .mcu import check_cpu
+
+        if self.backend != "cortex_m":
+            if self.cpu is not None:
+                raise VaenasInputError(f"latency.cpu: only backend 'cortex_m' runs on a core (backend is {self.backend!r})")
+            return
+        object.__setattr__(self, "cpu", check_cpu("cortex-m4" if self.cpu is None else self.cpu))
+        if isinstance(self.clock_mhz, bool) or not isinstance(self.clock_mhz, (int, float)) \
+                or not 0 < self.clock_mhz <= 10_000:
+            raise VaenasInputError(f"latency.clock_mhz: must be a number of MHz in (0, 10000], got {self.clock_mhz!r}")
+
+    CONFIG_KEYS = ("backend", "repeats", "threads", "batch_size", "warmup", "command", "format", "cpu", "clock_mhz")
 
     @classmethod
     def from_config(cls, block) -> "LatencyConfig":
         """A study config's ``latency:`` block (one line naming ``latency.KEY`` on bad input)."""
         lat = check_block("latency", block, set(cls.CONFIG_KEYS))
         for k in lat:
-            check_type(f"latency.{k}", lat[k], str if k in ("backend", "command", "format") else int)
+            want = str if k in ("backend", "command", "format", "cpu") else (int, float) if k == "clock_mhz" else int
+            check_type(f"latency.{k}", lat[k], want)
         return cls(**lat)
 
 
@@ -265,7 +287,9 @@ def _c(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
             raise LatencyError(f"the C export's benchmark failed: {r.stderr.strip()[:200]}")
         return [float(v) for v in r.stdout.split()]
 
-    return Prepared(times, "C99 reference (cc -O2, 1 thread, sub-byte weights unpacked on the fly)")
+    what = ("integer kernels: int8 activations, int32 accumulation" if spec.is_integer
+            else "sub-byte weights unpacked on the fly")
+    return Prepared(times, f"C99 (cc -O2, 1 thread, {what})")
 
 
 def _executorch(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
@@ -347,7 +371,37 @@ def _command(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
     return Prepared(times, f"command ({cfg.format} export): {cfg.command}")
 
 
-_RUN = {"torch": _torch, "onnxruntime": _onnxruntime, "c": _c, "executorch": _executorch, "command": _command}
+def measure_mcu(model: VAE, cfg: LatencyConfig, workdir: Path) -> dict:
+    """The Cortex-M build of ``model`` measured in the emulator (:func:`evaluator.mcu.measure`); one line if the
+    cross-compiler or the emulator is missing."""
+    from . import mcu
+
+    missing = mcu.missing_tools()
+    if missing:
+        raise LatencyError(f"latency.backend cortex_m: {missing}")
+    model = model.eval()
+    x = _input(model.spec, 1)[0].reshape(-1).numpy()
+    return mcu.measure(model.spec, pack_model(model), workdir, cfg.cpu or "cortex-m4", x)
+
+
+def mcu_estimate_ms(m: dict, cfg: LatencyConfig) -> float:
+    """The latency ESTIMATE of a Cortex-M measurement: cycles (instructions x the assumed CPI) at ``clock_mhz``."""
+    return m["cycles_estimate"] / (cfg.clock_mhz * 1e3)
+
+
+def mcu_path(m: dict, cfg: LatencyConfig) -> str:
+    return (f"{m['cpu']} emulator (unicorn): {m['instructions']:,} instructions; latency ESTIMATE at CPI "
+            f"{m['cpi_assumed']:g}, {cfg.clock_mhz:g} MHz")
+
+
+def _cortex_m(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
+    m = measure_mcu(model, cfg, workdir)
+    ms = mcu_estimate_ms(m, cfg)
+    return Prepared(lambda w, r: [ms] * max(2, r), mcu_path(m, cfg))
+
+
+_RUN = {"torch": _torch, "onnxruntime": _onnxruntime, "c": _c, "executorch": _executorch, "cortex_m": _cortex_m,
+        "command": _command}
 
 
 def prepare(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:

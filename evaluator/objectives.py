@@ -57,8 +57,12 @@ register_objective("latency_ms", "median reconstruction-pass latency, ms, of the
                    "ms", "latency (ms, median, batch 1, exported artifact)", "{:.4f}")
 register_objective("ram_bytes", "peak activation RAM of the exported C inference, bytes", "bytes",
                    "peak activation RAM of the C export (bytes)", static=True)
-register_objective("flash_bytes", "flash of the C export: packed weights + estimated code, bytes (an estimate)",
-                   "bytes", "flash of the C export (bytes, ESTIMATE: weights + est. code)", static=True)
+register_objective("flash_bytes", "flash of the C export: packed weights + estimated code, bytes (an estimate; exact "
+                   "for the core with latency.backend cortex_m)",
+                   "bytes", "flash of the C export (bytes; ESTIMATE unless measured on a Cortex-M build)", static=True)
+register_objective("mcu_instructions", "instructions one reconstruction executes on the Cortex-M core (latency.backend "
+                   "cortex_m; counted in an emulator: instructions, not cycles)", "instructions",
+                   "instructions per reconstruction (Cortex-M, emulated)")
 DIRECTIONS: dict[str, str] = {name: o.direction for name, o in OBJECTIVES.items()}
 STATIC_OBJECTIVES = tuple(n for n, o in OBJECTIVES.items() if o.static)  # decided by the spec alone
 LABELS: dict[str, str] = {name: o.label for name, o in OBJECTIVES.items()}
@@ -96,6 +100,9 @@ class Objectives:
     uncounted_ops: tuple[str, ...] = field(default=())
     bits_per_dim: float | None = None  # image data: neg_elbo in bits per data dimension (None for vectors)
     latency_is_estimate: bool = False  # True when latency_ms comes from a latency table, not a measurement
+    mcu_instructions: int = 0  # latency.backend cortex_m: instructions per reconstruction (0: not measured)
+    mcu: dict | None = None  # latency.backend cortex_m: the core, text/data/bss, stack (measured and .su bound)
+    flash_is_estimate: bool = True  # False when flash_bytes and ram_bytes were measured on a Cortex-M build
 
     def values(self, names: list[str]) -> tuple[float, ...]:
         return tuple(float(getattr(self, n)) for n in names)
@@ -216,17 +223,39 @@ def score_model(model, spec: ArchSpec, val_data, latency_cfg: LatencyConfig, *, 
     if not math.isfinite(val):
         return EvalFailure(spec.id, f"validation −ELBO is {val}"), None
     costs = static_costs(spec)
+    mcu = {}
     if latency_table is not None:
         lat_ms, lat_iqr, lat_path, threads = latency_table.estimate_ms(spec), float("nan"), \
             f"latency table ({latency_table.backend}): ESTIMATE", latency_cfg.threads
+    elif latency_cfg.backend == "cortex_m":
+        mcu = _mcu_figures(model, latency_cfg)
+        lat_ms, lat_iqr, lat_path, threads = mcu.pop("latency_ms"), 0.0, mcu.pop("latency_path"), 1
     else:
         lat = measure_latency(model, latency_cfg)
         lat_ms, lat_iqr, lat_path, threads = lat.median_ms, lat.iqr_ms, lat.path, lat.threads
     return Objectives(
         spec_id=spec.id, neg_elbo=val, flops=costs.flops, bitops=costs.bitops, params=costs.params,
-        size_bytes=costs.size_bytes, ram_bytes=costs.ram_bytes, flash_bytes=costs.flash_bytes, latency_ms=lat_ms,
+        size_bytes=costs.size_bytes, ram_bytes=mcu.get("ram_bytes", costs.ram_bytes),
+        flash_bytes=mcu.get("flash_bytes", costs.flash_bytes), latency_ms=lat_ms,
         latency_iqr_ms=lat_iqr, latency_path=lat_path, latency_threads=threads, train_seconds=train_seconds,
         eval_seconds=time.perf_counter() - t0, epochs=epochs, seed=seed, neg_elbo_is_estimate=estimate,
         uncounted_ops=costs.uncounted_ops, bits_per_dim=image_bits_per_dim(spec, val),
-        latency_is_estimate=latency_table is not None,
+        latency_is_estimate=latency_table is not None or bool(mcu), mcu_instructions=mcu.get("instructions", 0),
+        mcu=mcu.get("mcu"), flash_is_estimate=not mcu,
     ), model
+
+
+def _mcu_figures(model, cfg: LatencyConfig) -> dict:
+    """The Cortex-M build measured: exact flash, RAM and instructions, and the latency ESTIMATE from them."""
+    import tempfile
+    from pathlib import Path
+
+    from .latency import measure_mcu, mcu_estimate_ms, mcu_path
+
+    with tempfile.TemporaryDirectory(prefix="vaenas-mcu-") as tmp:
+        m = measure_mcu(model, cfg, Path(tmp))
+    m.pop("out")
+    return {"flash_bytes": m["flash_bytes"], "ram_bytes": m["ram_bytes"], "instructions": m["instructions"],
+            "latency_ms": mcu_estimate_ms(m, cfg), "latency_path": mcu_path(m, cfg),
+            "mcu": {k: m[k] for k in ("cpu", "text", "data", "bss", "stack_bytes", "stack_bytes_su",
+                                     "cycles_estimate", "cpi_assumed")}}

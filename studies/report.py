@@ -76,11 +76,14 @@ def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = No
         row = {"trial": t.number, "spec_id": spec.id, "family": spec.family, "latent_dim": spec.latent_dim,
                "enc_hidden": list(spec.enc_hidden), "enc_channels": list(spec.enc_channels),
                "weight_bits": list(spec.weight_bits), "mean_bits": spec.mean_bits}
-        for k in ["neg_elbo", "bits_per_dim"] + COST_COLUMNS + ["train_seconds", "latency_path", "neg_elbo_is_estimate"]:
+        for k in ["neg_elbo", "bits_per_dim"] + COST_COLUMNS + ["train_seconds", "latency_path", "neg_elbo_is_estimate",
+                                                                 "latency_is_estimate"]:
             row[k] = a.get(k)
+        row["flash_is_estimate"] = bool(a.get("flash_is_estimate", True))
         row["reused_from_trial"] = a.get("reused_from_trial")
         row["feasible"] = bool(a.get("feasible", True))
         row["neg_elbo_is_estimate"] = bool(row["neg_elbo_is_estimate"] or False)
+        row["latency_is_estimate"] = bool(row["latency_is_estimate"] or False)
         row["phase"] = a.get("phase", "search")
         row["remeasure_of"] = a.get("remeasure_of")
         row["estimate_neg_elbo"] = a.get("estimate_neg_elbo")

@@ -57,9 +57,12 @@ def print_front(view, limit: int | None = None, every: bool = False) -> None:
         table = front
         header = f"Pareto front: {len(front)} of {len(view.trials)} complete trials (`show --all` lists every trial):"
     if "flash_bytes" in cols:
-        print("flash_bytes is an ESTIMATE: packed weights (exact) + estimated C code (see evaluator/deploy/memory.py)")
+        exact = "flash_is_estimate" in table and len(table) and not table["flash_is_estimate"].fillna(True).astype(bool).any()
+        print("flash_bytes and ram_bytes are measured on the Cortex-M build (arm-none-eabi-size, emulated stack)" if exact
+              else "flash_bytes is an ESTIMATE: packed weights (exact) + estimated C code (see evaluator/deploy/memory.py)")
     if "latency_ms" in cols and "latency_path" in table and len(table) and table["latency_path"].iloc[0]:
-        print(f"latency_ms measured on: {table['latency_path'].iloc[0]}")
+        est = "latency_is_estimate" in table and bool(table["latency_is_estimate"].fillna(False).astype(bool).any())
+        print(f"latency_ms {'is an ESTIMATE from' if est else 'measured on'}: {table['latency_path'].iloc[0]}")
     print(header)
     with pd.option_context("display.max_columns", 30, "display.width", 220):
         print(table[cols].head(limit).to_string(index=False, formatters={c: column_format(c) for c in cols}))
