@@ -370,6 +370,7 @@ static void qlinear(const int8_t *x, int n_in, int n_out, const qlayer *L, int8_
         switch (L->direct) {
 %(CASES)s
         default:
+            (void)row, (void)xp, (void)ng; /* no direct width in this model */
             unpack_row(L, (uint32_t)o, vae_wrow);
             acc += dot_s8(x, vae_wrow, n_in);
         }
