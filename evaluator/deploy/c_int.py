@@ -22,17 +22,7 @@ from search_space.quant import qmax_for
 from search_space.spec import ArchSpec
 
 from .int_program import IntProgram, IntStep, integer_program
-
-
-GROUP = {8: (1, 1), 6: (4, 3), 5: (8, 5), 4: (2, 1), 3: (8, 3), 2: (4, 1)}  # bits -> (codes, bytes) per group
-
-
-def direct_bits(step: Step) -> int:
-    """The width of a dense linear step whose rows are read in place, group by group (every row starts on a
-    group boundary: ``in_size`` a multiple of the group's codes), else 0 (rows are decoded first)."""
-    if step.kind != "linear" or step.sparsity > 0:
-        return 0
-    return step.bits if step.in_size % GROUP[step.bits][0] == 0 else 0
+from .memory import GROUP, SCRATCH_TYPES, direct_bits, scratch
 
 
 def _code_expr(k: int, bits: int) -> str:
@@ -80,31 +70,6 @@ def rows(step: Step) -> tuple[int, int]:
     if step.kind == "tconv":
         return step.in_shape[0] * step.out_shape[0], step.kernel * step.kernel
     return step.out_channels, n // step.out_channels
-
-
-def scratch(steps: list[Step]) -> dict[str, int]:
-    """Elements of each scratch array the kernels of ``steps`` need (0: not declared): ``wrow`` (int8, a decoded
-    row or output channel's kernels), ``xplanes`` (int8, a linear input split in planes), ``xc`` (int16, a
-    convolution's centered input), ``acc`` (int32, one output channel's accumulators)."""
-    out = {"wrow": 1, "xplanes": 1, "xc": 0, "acc": 0}  # the linear kernel names the first two in any case
-    for st in steps:
-        d = direct_bits(st)
-        if st.kind == "linear":
-            key = "wrow" if not d else "xplanes" if d != 8 else None
-            if key:
-                out[key] = max(out[key], st.in_size)
-            continue
-        out["wrow"] = max(out["wrow"], st.in_shape[0] * st.kernel * st.kernel)
-        out["xc"] = max(out["xc"], st.in_size)
-        out["acc"] = max(out["acc"], st.out_shape[1] * st.out_shape[2])
-    return out
-
-
-SCRATCH_TYPES = {"wrow": ("int8_t", 1), "xplanes": ("int8_t", 1), "xc": ("int16_t", 2), "acc": ("int32_t", 4)}
-
-
-def scratch_bytes(steps: list[Step]) -> int:
-    return sum(n * SCRATCH_TYPES[k][1] for k, n in scratch(steps).items())
 
 
 def _arr(ctype: str, name: str, vals) -> str:
@@ -560,7 +525,7 @@ def _f(v) -> str:
 
 
 def int_model_source(spec: ArchSpec, packed: bytes, p: IntProgram | None = None) -> str:
-    from .c_lib import _hex_rows
+    from .c_common import _hex_rows
     from .memory import int8_arena_bytes, ram_bytes
 
     p = p or integer_program(spec, packed)
@@ -587,7 +552,7 @@ def int_model_source(spec: ArchSpec, packed: bytes, p: IntProgram | None = None)
 
 
 def int_header_source(spec: ArchSpec, packed: bytes) -> str:
-    from .c_lib import header_source
+    from .c_common import header_source
     from .memory import arena_floats, int8_arena_bytes
 
     text = header_source(spec, packed)

@@ -31,6 +31,7 @@ from search_space.activations import get_activation
 from search_space.compression import index_bits
 from search_space.packing import LayerOffsets, layer_offsets
 from search_space.spec import ArchSpec
+from .c_common import _hex_rows, header_source
 from .memory import arena_floats, prefix_entries, ram_bytes
 from search_space.plan import Step, decoder_steps, encoder_steps, tensor_sizes
 
@@ -213,11 +214,6 @@ static void act_quant(float *x, int n, int levels)
 }
 
 
-def _hex_rows(data: bytes, per_row: int = 16) -> str:
-    return "\n".join("    " + ", ".join(f"0x{b:02x}" for b in data[i:i + per_row]) + ","
-                     for i in range(0, len(data), per_row)) or "    0x00,"
-
-
 def _layer_struct(o: LayerOffsets, var: str, prefix: str) -> str:
     lay = o.layout
     idx_bits = index_bits(lay.n_weights) if lay.index_format == "indices" else 0
@@ -361,35 +357,6 @@ def model_source(spec: ArchSpec, packed: bytes) -> str:
         hex_rows=_hex_rows(packed), tables=tables, ram_bytes=ram_bytes(spec), kernels="".join(kernels), act=act,
         enc_body="\n".join(enc_body), dec_body="\n".join(dec_body), x_at=place[0], head_at=place[h],
         out_at=last, latent=L)
-
-
-def header_source(spec: ArchSpec, packed: bytes) -> str:
-    n_out = 1
-    for d in spec.output_shape:
-        n_out *= d
-    guard = "VAE_MODEL_H"
-    return f"""/* vaenas export of spec {spec.id}. Inputs are in model space (see manifest.json: normalisation). */
-#ifndef {guard}
-#define {guard}
-
-#include <stdint.h>
-
-#define VAE_SPEC_ID "{spec.id}"
-#define VAE_N_INPUT {spec.n_inputs}        /* input shape {list(spec.input_shape)} */
-#define VAE_LATENT {spec.latent_dim}
-#define VAE_N_OUTPUT {n_out}       /* decoder output shape {list(spec.output_shape)}: the {spec.likelihood} likelihood's parameters */
-#define VAE_PACKED_BYTES {len(packed)}
-#define VAE_ARENA_FLOATS {arena_floats(spec)}
-#define VAE_RAM_BYTES {ram_bytes(spec)}
-
-extern const uint8_t vae_packed[VAE_PACKED_BYTES];
-
-void vae_encode(const float *x, float *mu, float *logvar);
-void vae_decode(const float *z, float *out);
-void vae_reconstruct(const float *x, float *out); /* decode(mu) */
-
-#endif
-"""
 
 
 MAIN_C = r"""/* Command-line driver for the vaenas C export (POSIX clock for `bench`).

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from search_space.packing import packed_layout, packed_size_bytes
 from search_space.spec import ArchSpec
-from search_space.plan import decoder_steps, encoder_steps, tensor_sizes
+from search_space.plan import Step, decoder_steps, encoder_steps, tensor_sizes
 
 FLOAT_BYTES = 4
 # fitted code-size model, bytes (see the module docstring): an estimate, not a measurement
@@ -52,11 +52,49 @@ def int8_arena_bytes(spec: ArchSpec) -> int:
 
 
 def kernel_scratch_bytes(spec: ArchSpec) -> int:
-    """The integer C kernels' scratch (:func:`evaluator.deploy.c_int.scratch`): a decoded weight row, a linear
-    input split in planes, a convolution's int16 centered input and one output channel's int32 accumulators."""
-    from .c_int import scratch_bytes
-
+    """The integer C kernels' scratch (:func:`scratch`): a decoded weight row, a linear input split in planes, a
+    convolution's int16 centered input and one output channel's int32 accumulators."""
     return scratch_bytes(encoder_steps(spec) + decoder_steps(spec))
+
+
+# the integer C kernels' layout (evaluator/deploy/c_int.py), which their RAM follows
+GROUP = {8: (1, 1), 6: (4, 3), 5: (8, 5), 4: (2, 1), 3: (8, 3), 2: (4, 1)}  # bits -> (codes, bytes) per group
+
+
+def direct_bits(step: Step) -> int:
+    """The width of a dense linear step whose rows are read in place, group by group (every row starts on a
+    group boundary: ``in_size`` a multiple of the group's codes), else 0 (rows are decoded first)."""
+    if step.kind != "linear" or step.sparsity > 0:
+        return 0
+    return step.bits if step.in_size % GROUP[step.bits][0] == 0 else 0
+
+
+def scratch(steps: list[Step]) -> dict[str, int]:
+    """Elements of each scratch array the kernels of ``steps`` need (0: not declared): ``wrow`` (int8, a decoded
+    row or output channel's kernels), ``xplanes`` (int8, a linear input split in planes), ``xc`` (int16, a
+    convolution's centered input), ``acc`` (int32, one output channel's accumulators)."""
+    out = {"wrow": 1, "xplanes": 1, "xc": 0, "acc": 0}  # the linear kernel names the first two in any case
+    for st in steps:
+        d = direct_bits(st)
+        if st.kind == "linear":
+            key = "wrow" if not d else "xplanes" if d != 8 else None
+            if key:
+                out[key] = max(out[key], st.in_size)
+            continue
+        out["wrow"] = max(out["wrow"], st.in_shape[0] * st.kernel * st.kernel)
+        out["xc"] = max(out["xc"], st.in_size)
+        out["acc"] = max(out["acc"], st.out_shape[1] * st.out_shape[2])
+    return out
+
+
+SCRATCH_TYPES = {"wrow": ("int8_t", 1), "xplanes": ("int8_t", 1), "xc": ("int16_t", 2), "acc": ("int32_t", 4)}
+
+
+def scratch_bytes(steps: list[Step]) -> int:
+    return sum(n * SCRATCH_TYPES[k][1] for k, n in scratch(steps).items())
+
+
+
 
 
 def arena_floats(spec: ArchSpec) -> int:

@@ -28,38 +28,13 @@ from search_space.packing import unpack_layers
 from search_space.spec import ArchSpec
 from search_space.plan import Step, decoder_steps, encoder_steps
 
-OPSET = 21
+from .onnx_common import OPSET, _Graph, _model  # noqa: F401 - OPSET is this module's public constant
 ONNX_FILES = ("encoder.onnx", "decoder.onnx")
 
 
 def int_type(bits: int) -> str:
     """The ONNX integer type a ``bits``-bit weight is stored as ("" for a float layer)."""
     return "" if bits >= 32 else ("INT4" if bits <= 4 else "INT8")
-
-
-class _Graph:
-    def __init__(self) -> None:
-        self.nodes: list = []
-        self.inits: list = []
-        self._n = 0
-
-    def name(self, base: str) -> str:
-        self._n += 1
-        return f"{base}_{self._n}"
-
-    def const(self, base: str, arr: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        n = self.name(base)
-        self.inits.append(numpy_helper.from_array(np.asarray(arr), n))
-        return n
-
-    def op(self, op_type: str, inputs: list[str], base: str, n_out: int = 1, **attrs) -> list[str] | str:
-        from onnx import helper
-
-        outs = [self.name(base) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.name(op_type), **attrs))
-        return outs if n_out > 1 else outs[0]
 
 
 def _int_weight(g: _Graph, name: str, q: np.ndarray, bits: int) -> str:
@@ -134,17 +109,6 @@ def _layer(g: _Graph, spec: ArchSpec, step: Step, x: str, t: dict[str, np.ndarra
         y = g.op("ConvTranspose", ins, step.name, kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p],
                  output_padding=list(step.output_padding))
     return _activation(g, y, spec.activation) if step.act_after else y
-
-
-def _model(g: _Graph, inputs, outputs, doc: str):
-    from onnx import checker, helper
-
-    graph = helper.make_graph(g.nodes, "vaenas", inputs, outputs, initializer=g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="vaenas",
-                              doc_string=doc)
-    model.ir_version = 10  # opset 21's IR; onnxruntime reads it
-    checker.check_model(model, full_check=True)
-    return model
 
 
 def encoder_model(spec: ArchSpec, packed: bytes):

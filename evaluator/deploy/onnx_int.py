@@ -33,7 +33,7 @@ from .int_program import IntProgram, IntStep
 
 class _QGraph:
     def __init__(self) -> None:
-        from .onnx_graph import _Graph
+        from .onnx_common import _Graph
 
         self.g = _Graph()
 
@@ -126,7 +126,7 @@ def _chain(qg: _QGraph, steps, q: str, rank: int, activation: str) -> tuple[str,
 def encoder_model(p: IntProgram):
     from onnx import TensorProto, helper
 
-    from .onnx_graph import _model
+    from .onnx_common import _model
 
     spec, qg = p.spec, _QGraph()
     g = qg.g
@@ -143,7 +143,7 @@ def encoder_model(p: IntProgram):
 def decoder_model(p: IntProgram):
     from onnx import TensorProto, helper
 
-    from .onnx_graph import _model
+    from .onnx_common import _model
 
     spec, qg = p.spec, _QGraph()
     g = qg.g
