@@ -110,7 +110,7 @@ def build(folder: Path, cpu: str) -> Path:
     (folder / "mcu_bench.c").write_text(BENCH_C)
     (folder / "mcu_link.ld").write_text(LINK_LD)
     elf = folder / f"vae_{core.name}.elf"
-    cmd = [CC, *core.flags, "-std=c99", "-O2", "-ffunction-sections", "-fdata-sections", "-fstack-usage",
+    cmd = [CC, *core.flags, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections", "-fstack-usage",
            "--specs=nano.specs", "-nostartfiles", "-Wl,--gc-sections", "-T", "mcu_link.ld",
            "mcu_bench.c", "vae_model.c", "-lm", "-o", elf.name]
     r = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)

@@ -72,6 +72,14 @@ def rows(step: Step) -> tuple[int, int]:
     return step.out_channels, n // step.out_channels
 
 
+def dsp_words(steps: list[Step]) -> int:
+    """int32 words of the Cortex-M DSP kernels' arranged input (``vae_x16``): half the widest input they read
+    (dense linear layers of 8, 4 or 2 bits whose rows are whole words). Declared only where the DSP
+    extension is (Cortex-M4/M7 builds); 0 when no layer takes that path."""
+    ok = [st.in_size for st in steps if direct_bits(st) in (8, 4, 2) and st.in_size * st.bits % 32 == 0]
+    return max(ok, default=0) // 2
+
+
 def _arr(ctype: str, name: str, vals) -> str:
     vals = [int(v) if ctype != "float" else float(v) for v in vals]
     fmt = (lambda v: f"{np.float32(v).item()!r}f".replace("inf", "INFINITY")) if ctype == "float" else str
@@ -311,6 +319,152 @@ static int32_t dot_s8(const int8_t *x, const int8_t *w, int n)
         d += (int32_t)x[i] * (int32_t)w[i];
     return d;
 }
+
+#if defined(__ARM_FEATURE_DSP) && VAE_X16_WORDS > 0
+/* Cortex-M4/M7 (DSP extension): dual 16-bit MACs (SMLAD), four rows at a time. UXTB16 unpacks bytes 0 and 2 of
+   a word of codes (with ROR #8: bytes 1 and 3) into two halfwords, so one word of 8-bit codes gives pairs
+   (c0, c2), (c1, c3); of 4-bit codes (low nibbles, then high) (c0, c4), (c2, c6), (c1, c5), (c3, c7); of 2-bit
+   codes, for k = 0..3, (c_k, c_8+k), (c_4+k, c_12+k). The input is arranged once per layer as int16 pairs in
+   that order (vae_x16), so each SMLAD adds two products. */
+#include <arm_acle.h>
+
+static int32_t vae_x16[VAE_X16_WORDS];
+
+static uint32_t rd32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static int32_t lo16(uint32_t v) /* bytes 0 and 2 as halfwords */
+{
+    return (int32_t)__uxtb16(v);
+}
+
+static int32_t hi16(uint32_t v) /* bytes 1 and 3 as halfwords: one UXTB16 with a rotated operand */
+{
+    uint32_t r;
+    __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return (int32_t)r;
+}
+
+static int32_t pair(int8_t a, int8_t b)
+{
+    return (int32_t)((uint32_t)(uint16_t)(int16_t)a | ((uint32_t)(uint16_t)(int16_t)b << 16));
+}
+
+static void arrange(const int8_t *x, int n, int bits)
+{
+    int g, k, w = 0;
+    for (g = 0; g < n; g += 32 / bits) {
+        const int8_t *q = x + g;
+        if (bits == 8) {
+            vae_x16[w++] = pair(q[0], q[2]);
+            vae_x16[w++] = pair(q[1], q[3]);
+        } else if (bits == 4) {
+            vae_x16[w++] = pair(q[0], q[4]);
+            vae_x16[w++] = pair(q[2], q[6]);
+            vae_x16[w++] = pair(q[1], q[5]);
+            vae_x16[w++] = pair(q[3], q[7]);
+        } else {
+            for (k = 0; k < 4; k++) {
+                vae_x16[w++] = pair(q[k], q[8 + k]);
+                vae_x16[w++] = pair(q[4 + k], q[12 + k]);
+            }
+        }
+    }
+}
+
+/* Whole words of codes per row (n_in * bits a multiple of 32). */
+static int dsp_rows(const qlayer *L, int n_in)
+{
+    return (L->direct == 8 || L->direct == 4 || L->direct == 2) && (n_in * L->direct) % 32 == 0;
+}
+
+static int32_t mac8(uint32_t v, const int32_t *xp, int32_t a)
+{
+    a = __smlad(xp[0], lo16(v), a);
+    return __smlad(xp[1], hi16(v), a);
+}
+
+static int32_t mac4(uint32_t v, const int32_t *xp, int32_t a)
+{
+    uint32_t l = v & 0x0F0F0F0Fu, h = (v >> 4) & 0x0F0F0F0Fu;
+    a = __smlad(xp[0], lo16(l), a);
+    a = __smlad(xp[1], hi16(l), a);
+    a = __smlad(xp[2], lo16(h), a);
+    return __smlad(xp[3], hi16(h), a);
+}
+
+static int32_t mac2(uint32_t v, const int32_t *xp, int32_t a)
+{
+    uint32_t m0 = v & 0x03030303u, m1 = (v >> 2) & 0x03030303u, m2 = (v >> 4) & 0x03030303u,
+             m3 = (v >> 6) & 0x03030303u;
+    a = __smlad(xp[0], lo16(m0), a);
+    a = __smlad(xp[1], hi16(m0), a);
+    a = __smlad(xp[2], lo16(m1), a);
+    a = __smlad(xp[3], hi16(m1), a);
+    a = __smlad(xp[4], lo16(m2), a);
+    a = __smlad(xp[5], hi16(m2), a);
+    a = __smlad(xp[6], lo16(m3), a);
+    return __smlad(xp[7], hi16(m3), a);
+}
+
+/* Four rows (r, r + rb, r + 2rb, r + 3rb) of nw code words into acc[0..3]: one pass over the input, PER input
+   words per code word (a function of its own per width, so its few live values stay in registers). */
+#if defined(__GNUC__)
+#define VAE_NOINLINE __attribute__((noinline))
+#else
+#define VAE_NOINLINE
+#endif
+#define VAE_ROWS4(NAME, MAC, PER)                                                                      \
+    static VAE_NOINLINE void NAME(const uint8_t *r, uint32_t rb, int nw, int32_t *acc)                              \
+    {                                                                                                  \
+        const int32_t *xp = vae_x16;                                                                   \
+        const uint8_t *end = r + 4 * (uint32_t)nw, *r2 = r + 2 * rb;                                   \
+        int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                                        \
+        for (; r < end; xp += (PER), r += 4, r2 += 4) {                                                \
+            a0 = MAC(rd32(r), xp, a0);                                                                 \
+            a1 = MAC(rd32(r + rb), xp, a1);                                                            \
+            a2 = MAC(rd32(r2), xp, a2);                                                                \
+            a3 = MAC(rd32(r2 + rb), xp, a3);                                                           \
+        }                                                                                              \
+        acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;                                            \
+    }
+VAE_ROWS4(rows4_8, mac8, 2)
+VAE_ROWS4(rows4_4, mac4, 4)
+VAE_ROWS4(rows4_2, mac2, 8)
+
+static void qlinear_dsp(const int8_t *x, int n_in, int n_out, const qlayer *L, int8_t *y, float *yf, int32_t sx)
+{
+    int bits = L->direct, nw = n_in * bits / 32, per = 16 / bits, o = 0, j;
+    uint32_t rb = (uint32_t)nw * 4u;
+    const uint8_t *base = vae_packed + L->w_off;
+    int32_t off = -L->qmax * sx;
+    arrange(x, n_in, bits);
+    for (; o + 4 <= n_out; o += 4) {
+        const uint8_t *r = base + (uint32_t)o * rb;
+        int32_t acc[4], k;
+        if (bits == 8)
+            rows4_8(r, rb, nw, acc);
+        else if (bits == 4)
+            rows4_4(r, rb, nw, acc);
+        else
+            rows4_2(r, rb, nw, acc);
+        for (k = 0; k < 4; k++)
+            finish(L, o + k, L->bias[o + k] + acc[k] + off, o + k, y, yf);
+    }
+    for (; o < n_out; o++) { /* the last n_out % 4 rows, one at a time */
+        const uint8_t *r = base + (uint32_t)o * rb;
+        const int32_t *xp = vae_x16;
+        int32_t a0 = 0;
+        for (j = 0; j < nw; j++, xp += per, r += 4)
+            a0 = bits == 8 ? mac8(rd32(r), xp, a0) : bits == 4 ? mac4(rd32(r), xp, a0) : mac2(rd32(r), xp, a0);
+        finish(L, o, L->bias[o] + a0 + off, o, y, yf);
+    }
+}
+#endif
 %(PLANES)s
 /* Linear: acc = B' + sum x * c - qmax * sum x on rows read in place (L->direct), or B' + sum x * q on a decoded row. */
 static void qlinear(const int8_t *x, int n_in, int n_out, const qlayer *L, int8_t *y, float *yf)
@@ -321,6 +475,12 @@ static void qlinear(const int8_t *x, int n_in, int n_out, const qlayer *L, int8_
     uint32_t row_bytes;
     for (i = 0; i < n_in; i++)
         sx += x[i];
+#if defined(__ARM_FEATURE_DSP) && VAE_X16_WORDS > 0
+    if (dsp_rows(L, n_in)) {
+        qlinear_dsp(x, n_in, n_out, L, y, yf, sx);
+        return;
+    }
+#endif
     if (L->direct && L->direct != 8) { /* the input in planes: plane k holds x[g*j + k] */
         g = L->direct == 4 ? 2 : (L->direct == 3 || L->direct == 5) ? 8 : 4;
         for (i = 0; i < n_in; i++)
@@ -533,6 +693,7 @@ def int_model_source(spec: ArchSpec, packed: bytes, p: IntProgram | None = None)
     plan_steps = [x.step for x in steps]
     scr = scratch(plan_steps)
     declared = "\n".join(f"static {SCRATCH_TYPES[k][0]} vae_{k}[{n}];" for k, n in scr.items() if n)
+    declared += f"\n#define VAE_X16_WORDS {dsp_words(plan_steps)} /* Cortex-M DSP kernels' input pairs */"
     widths = sorted({direct_bits(st) for st in plan_steps} - {0})
     cases = "\n".join(f"        case {b}:\n            acc += dot_p{b}(xp, row, ng) - L->qmax * sx;\n            break;"
                       for b in widths)
