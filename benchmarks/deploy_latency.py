@@ -1,20 +1,29 @@
 """Deployable exports side by side: file size and batch-1 latency per backend, for N models (default 20).
 
-Every model is exported once per backend (ONNX in onnxruntime, the C library compiled with
-``cc -std=c99 -O2``, the ExecuTorch ``.pte`` with XNNPACK, PyTorch eager fp32) and timed twice: pass 1
+Each model is an integer spec (``arithmetic: int8``: int8 activations, its searched 2-8-bit weights) beside its
+float twin (the same architecture with every layer at 32 bits, float arithmetic), both exported by the same
+generators and timed the same way. Backends: ONNX in onnxruntime, the C library compiled with
+``cc -std=c99 -O2`` (``c``) and, as a build option for the host's own instruction set, with
+``-O3 -march=native`` (``c_native``, both twins), the ExecuTorch ``.pte`` with XNNPACK, PyTorch eager fp32.
+Every model is exported once per backend and timed twice: pass 1
 over the models in order, pass 2 in reverse order (so drift cannot pass for agreement), each pass in
 ``--rounds`` rounds that visit every model (so a transient stall of the machine hits all models
 alike; a model's latency in a pass is the median of all its timed runs); Spearman's
 rank correlation between the passes per backend (target >= 0.95). Each model also has a float twin
 (the same architecture with every layer at 32 bits) exported and timed the same way, which gives
-the int-vs-float verdict per backend: the median over models of quantised / float latency.
+the int-vs-float verdict per backend: the median over models of quantised / float latency. Each artifact's
+GMAC/s (MACs / latency) is printed beside the machine's floor (``machine_floor.py``: GEMV GMAC/s and memory
+bandwidth), with the floor latency ``max(weight bytes / bandwidth, MACs / peak MAC rate)`` per model.
 
 Sizes: ``onnx`` = encoder.onnx + decoder.onnx bytes; ``c`` = ``size``'s text+data of ``vae_model.o``
 (the flash the model takes); ``pte`` = model.pte bytes; ``packed`` = pack_model's bytes (the
 weights alone); ``fp32`` = 4 bytes per parameter. Models are untrained (latency and size do not
 depend on weight values; all models run with one thread).
 
-    python benchmarks/deploy_latency.py [--n 20] [--repeats 200] [--rounds 5] [--backends onnxruntime,c,executorch,torch]
+Integer models are untrained but calibrated (their activation quantisers have seen one batch of random binary
+images): the integer kernels' work does not depend on the values, only the table activations' lookups would.
+
+    python benchmarks/deploy_latency.py [--n 20] [--repeats 200] [--rounds 5] [--backends onnxruntime,c,c_native,executorch,torch]
 """
 
 from __future__ import annotations
@@ -33,11 +42,16 @@ import torch
 from scipy.stats import spearmanr
 
 from evaluator import LatencyConfig
-from evaluator.latency import prepare
+from evaluator.costs import count_flops
+from evaluator.latency import Prepared, prepare
 from search_space import ArchSpec, build_vae, pack_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_floor import measure as measure_floor  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-BACKENDS = ("onnxruntime", "c", "executorch", "torch")
+BACKENDS = ("onnxruntime", "c", "c_native", "executorch", "torch")
+NATIVE = ("-std=c99", "-O3", "-march=native")
 
 
 def specs(n: int, seed: int) -> list[ArchSpec]:
@@ -59,6 +73,23 @@ def specs(n: int, seed: int) -> list[ArchSpec]:
         if s.id not in {x.id for x in out}:
             out.append(s)
     return out
+
+
+def prepare_native(model, cfg: LatencyConfig, workdir: Path) -> Prepared:
+    """The C library built with the host's own instruction set (``-O3 -march=native``), timed by its driver."""
+    p = prepare(model, LatencyConfig(backend="c", repeats=cfg.repeats, warmup=cfg.warmup), workdir)
+    subprocess.run(["cc", *NATIVE, "-o", "vae_demo", "main.c", "vae_model.c", "-lm"], cwd=workdir, check=True)
+    return Prepared(p.times, "C99 (cc -O3 -march=native, 1 thread)")
+
+
+def calibrated(spec: ArchSpec, seed: int):
+    """An untrained model of ``spec`` whose activation quantisers have seen one batch (integer specs)."""
+    torch.manual_seed(seed)
+    model = build_vae(spec)
+    if spec.is_integer:
+        with torch.no_grad():
+            model.train()(torch.rand(64, *spec.input_shape).round())
+    return model.eval()
 
 
 def file_sizes(spec: ArchSpec, folders: dict[str, Path]) -> dict[str, int]:
@@ -87,28 +118,32 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
     torch.set_num_threads(1)
+    floor = measure_floor()
+    print(f"machine floor: {json.dumps(floor)}", flush=True)
     models = []
     for s in specs(args.n, args.seed):
-        models.append(("quant", s))
+        models.append(("quant", s.replace(arithmetic="int8")))
         models.append(("float", s.replace(weight_bits=(32,) * len(s.weight_bits))))
     tmp = Path(tempfile.mkdtemp(prefix="vaenas-deploy-bench-"))
     prepared, rows = {}, []
     t0 = time.perf_counter()
     for i, (kind, spec) in enumerate(models):
-        torch.manual_seed(i)
-        model = build_vae(spec).eval()
+        model = calibrated(spec, i)
         folders = {}
         row = {"i": i // 2, "kind": kind, "spec_id": spec.id, "family": spec.family, "params": model.num_params(),
+               "macs": count_flops(spec).macs,
                "mean_bits": round(spec.mean_bits, 2), "packed_bytes": len(pack_model(model)),
                "fp32_bytes": 4 * model.num_params(), "prepare_s": {}}
         for b in backends:
             d = tmp / f"{i}-{b}"
             d.mkdir()
             ts = time.perf_counter()
-            prepared[(i, b)] = prepare(model, LatencyConfig(backend=b, repeats=args.repeats, warmup=args.warmup), d)
+            cfg = LatencyConfig(backend="c" if b == "c_native" else b, repeats=args.repeats, warmup=args.warmup)
+            prepared[(i, b)] = (prepare_native if b == "c_native" else prepare)(model, cfg, d)
             row["prepare_s"][b] = round(time.perf_counter() - ts, 2)
             folders[b] = d
         row["sizes"] = {k: v for k, v in file_sizes(spec, folders).items() if v is not None}
+        row["floor_ms"] = floor_ms(row, floor, spec.is_integer)
         rows.append(row)
         print(f"prepared {i + 1}/{len(models)} ({kind} {spec.family} {spec.id}) {time.perf_counter() - t0:.0f} s",
               flush=True)
@@ -137,33 +172,52 @@ def main(argv=None) -> int:
                    f"{faster}/{len(ratios)})" if med < 1 else
                    f"quantised is {med:.2f}x SLOWER than float32 (median over {len(ratios)} models; faster on "
                    f"{faster}/{len(ratios)})")
-        summary[b] = {"path": paths[b], "spearman": rho, "median_quant_over_float": med, "verdict": verdict}
-    doc = {"args": vars(args), "backends": summary, "rows": rows, "seconds": time.perf_counter() - t0,
-           "torch": torch.__version__}
+        gmacs = [r["macs"] / (statistics.mean([r["pass1"][b], r["pass2"][b]]) * 1e6) for r in quant]
+        f_gmacs = [floors["macs"] / (statistics.mean([floors["pass1"][b], floors["pass2"][b]]) * 1e6)
+                   for floors in floats.values()]
+        summary[b] = {"path": paths[b], "spearman": rho, "median_quant_over_float": med, "verdict": verdict,
+                      "faster": faster, "median_speedup": 1 / med, "median_int_gmacs": statistics.median(gmacs),
+                      "median_float_gmacs": statistics.median(f_gmacs)}
+    doc = {"args": vars(args), "floor": floor, "backends": summary, "rows": rows,
+           "seconds": time.perf_counter() - t0, "torch": torch.__version__}
     Path(args.out).write_text(json.dumps(doc, indent=2))
     print(table(rows, backends, summary))
     return 0 if all(s["spearman"] >= 0.95 for s in summary.values()) else 1
 
 
+def floor_ms(row: dict, floor: dict, integer: bool) -> float:
+    """The model's floor latency on this machine: reading its weights once, or its MACs at the peak rate."""
+    g = floor["gemv"]
+    rate = g["i8_O3_native_gmacs"] if integer else g["f32_O2_gmacs"]
+    weight_bytes = row["packed_bytes"]
+    return max(weight_bytes / (floor["bandwidth_gbs"] * 1e6), row["macs"] / (rate * 1e6))
+
+
 def table(rows, backends, summary) -> str:
-    short = {"onnxruntime": "ORT", "c": "C", "executorch": "ET", "torch": "torch"}
-    head = ("| # | model | family | params | mean bits | packed B | fp32 B | ONNX B | C text+data B | PTE B | "
-            + " | ".join(f"{short[b]} ms (pass 2)" for b in backends) + " |")
+    short = {"onnxruntime": "ORT", "c": "C", "c_native": "C native", "executorch": "ET", "torch": "torch"}
+    head = ("| # | model | family | MACs | mean bits | packed B | ONNX B | C text+data B | PTE B | floor ms | "
+            + " | ".join(f"{short[b]} int ms (float ms) speed-up, int GMAC/s" for b in backends) + " |")
     lines = [head, "|" + "---|" * (10 + len(backends))]
+    floats = {r["i"]: r for r in rows if r["kind"] == "float"}
     for r in rows:
         if r["kind"] != "quant":
             continue
-        s = r["sizes"]
-        lines.append(f"| {r['i']} | {r['spec_id']} | {r['family']} | {r['params']:,} | {r['mean_bits']} | "
-                     f"{r['packed_bytes']:,} | {r['fp32_bytes']:,} | {s.get('onnx', 0):,} | {s.get('c', 0):,} | "
-                     f"{s.get('pte', 0):,} | "
-                     + " | ".join(f"{r['pass1'][b]:.3f} ({r['pass2'][b]:.3f})" for b in backends) + " |")
+        s, f = r["sizes"], floats[r["i"]]
+        cells = []
+        for b in backends:
+            qi, fl = statistics.mean([r["pass1"][b], r["pass2"][b]]), statistics.mean([f["pass1"][b], f["pass2"][b]])
+            cells.append(f"{qi:.4f} ({fl:.4f}) {fl / qi:.2f}x, {r['macs'] / (qi * 1e6):.2f}")
+        lines.append(f"| {r['i']} | {r['spec_id']} | {r['family']} | {r['macs']:,} | {r['mean_bits']} | "
+                     f"{r['packed_bytes']:,} | {s.get('onnx', 0):,} | {s.get('c', 0):,} | {s.get('pte', 0):,} | "
+                     f"{r['floor_ms']:.4f} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("| backend | what ran | Spearman pass1 vs pass2 | quantised / float32 latency (median) | verdict |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("| backend | what ran | Spearman pass1 vs pass2 | int faster on | median speed-up (float / int) | "
+                 "median GMAC/s int (float) |")
+    lines.append("|---|---|---|---|---|---|")
     for b in backends:
         s = summary[b]
-        lines.append(f"| {b} | {s['path']} | {s['spearman']:.3f} | {s['median_quant_over_float']:.2f} | {s['verdict']} |")
+        lines.append(f"| {b} | {s['path']} | {s['spearman']:.3f} | {s['faster']}/{len(floats)} | "
+                     f"{s['median_speedup']:.2f}x | {s['median_int_gmacs']:.2f} ({s['median_float_gmacs']:.2f}) |")
     return "\n".join(lines)
 
 

@@ -162,9 +162,12 @@ def _plain(layer: nn.Module) -> nn.Module:
 
 def float_model(model: VAE) -> VAE:
     """A copy whose weight layers are plain ``torch.nn`` layers holding the dequantised weights (of the model
-    that ships: structured pruning's narrower one)."""
+    that ships: structured pruning's narrower one; of an integer spec, its float-arithmetic twin)."""
     model = model.shipped()
-    out = copy.deepcopy(model)
+    if model.spec.is_integer:
+        out = VAE(model.spec.replace(arithmetic=None)).to(next(model.parameters()).device)
+    else:
+        out = copy.deepcopy(model)
     for name, layer in model.weight_layers().items():
         parent, _, attr = name.rpartition(".")
         setattr(out.get_submodule(parent) if parent else out, attr, _plain(layer))

@@ -182,7 +182,9 @@ def deploy_knee(view, knee: int, runs_dir: str, out: Path, data_root: str | None
         built = f"; C built: size text+data {sz['flash_bytes_measured']:,} bytes, bss {sz['bss']:,} bytes" if sz else ""
     except NotBuilt as e:
         built = f"; {e}"
-    print(f"deployable winner (arch, onnx, c): {out} - packed {doc['weights']['packed_bytes']:,} bytes, "
+    kind = ("an INTEGER C library (int8 activations, int32 accumulation, fixed-point requantisation)"
+            if model.spec.is_integer else "a float C library")
+    print(f"deployable winner (arch, onnx, c: {kind}): {out} - packed {doc['weights']['packed_bytes']:,} bytes, "
           f"RAM {doc['ram_bytes']:,} bytes{built}")
     for line in how_to_run(out, formats, model.spec):
         print("  " + line)

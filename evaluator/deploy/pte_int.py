@@ -26,7 +26,7 @@ from .int_program import IntProgram, IntStep
 
 
 def _ops():
-    import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers quantized_decomposed (op library only)
+    import executorch.kernels.quantized  # noqa: F401 - ExecuTorch's quantized_decomposed operators (and out variants)
 
     return torch.ops.quantized_decomposed
 
