@@ -253,7 +253,9 @@ def _onnxruntime(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
         mu = enc.run(["mu"], {"x": x})[0]
         dec.run(None, {"z": mu})
 
-    return Prepared(lambda w, r: _timed(run, w, r), f"onnxruntime {ort.__version__} CPU (QDQ int4/int8 weights)")
+    what = ("integer QDQ: uint8 activations, int8 weights, fused QGemm/QLinearConv" if spec.is_integer
+            else "QDQ int4/int8 weights")
+    return Prepared(lambda w, r: _timed(run, w, r), f"onnxruntime {ort.__version__} CPU ({what})")
 
 
 def c_compiler() -> str | None:
@@ -317,7 +319,8 @@ def _executorch(model: VAE, cfg: LatencyConfig, workdir: Path) -> Prepared:
 
     version = getattr(executorch, "__version__", "")
     return Prepared(lambda w, r: _timed(run, w, r),
-                    f"executorch {version} (XNNPACK partitioner, int8 codes)".replace("  ", " "))
+                    f"executorch {version} (XNNPACK partitioner, "
+                    f"{'static int8 activations and weights' if spec.is_integer else 'int8 codes'})".replace("  ", " "))
 
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")

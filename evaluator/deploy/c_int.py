@@ -22,7 +22,7 @@ from search_space.quant import qmax_for
 from search_space.spec import ArchSpec
 
 from .int_program import IntProgram, IntStep, integer_program
-from .memory import GROUP, SCRATCH_TYPES, direct_bits, scratch
+from .memory import GROUP, SCRATCH_TYPES, direct_bits, rows, scratch
 
 
 def _code_expr(k: int, bits: int) -> str:
@@ -63,21 +63,12 @@ static int32_t dot_p{bits}(const int8_t *xp, const uint8_t *p, int ng)
 """
 
 
-def rows(step: Step) -> tuple[int, int]:
-    """``(rows, row length)`` of the weight tensor as the kernels decode it (a transposed conv's rows are one
-    input channel's kernels for one output channel)."""
-    n = step.n_weights
-    if step.kind == "tconv":
-        return step.in_shape[0] * step.out_shape[0], step.kernel * step.kernel
-    return step.out_channels, n // step.out_channels
-
-
 def dsp_words(steps: list[Step]) -> int:
     """int32 words of the Cortex-M DSP kernels' arranged input (``vae_x16``): half the widest input they read
     (dense linear layers of 8, 4 or 2 bits whose rows are whole words). Declared only where the DSP
     extension is (Cortex-M4/M7 builds); 0 when no layer takes that path."""
     ok = [st.in_size for st in steps if direct_bits(st) in (8, 4, 2) and st.in_size * st.bits % 32 == 0]
-    return max(ok, default=0) // 2
+    return max(max(ok) // 2, 8) if ok else 0  # at least the 8 words of a 2-bit group: gcc checks every width's loop
 
 
 def _arr(ctype: str, name: str, vals) -> str:

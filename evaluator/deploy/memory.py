@@ -8,7 +8,11 @@ at its end for odd ``j``, so a layer never overwrites its own input; the arena i
 tensors of the pass included. Activations and activation quantisation work in place.
 
 Integer specs (``arithmetic: int8``): one byte per int8 activation in an int8 arena laid out the same way
-(:func:`int8_arena_bytes`), plus the head's float output and the kernels' weight scratch (:func:`ram_bytes`).
+(:func:`int8_arena_bytes`), plus the head's float output and the kernels' scratch (:func:`ram_bytes`); the
+library declares them as separate static arrays, so its bss adds the compiler's alignment of each (at most 32
+bytes per array on x86-64). The Cortex-M target's RAM is measured on its own build (:mod:`evaluator.mcu`). Their
+flash: the packed weights and the integer tables (exact, :func:`int_table_bytes`) plus a code estimate fitted
+the same way (``CODE_INT_*``).
 
 ``flash_bytes``: the packed weights (exact, ``packed_size_bytes``), the bitmap layers' prefix
 tables (exact, :func:`c_table_bytes`: one uint32 per 64 weights of a sparse layer stored as a
@@ -34,6 +38,13 @@ CODE_PER_LAYER = 330
 CODE_CONV = 820  # conv + transposed-conv kernels
 CODE_ACT_QUANT = 500  # the activation quantiser ...
 CODE_ACT_QUANT_PER_LAYER = 180  # ... and its call before every layer
+# the integer library's code, fitted the same way over 30 random int8 specs (largest residual 1.3 KB):
+CODE_INT_BASE = 2330  # kernels, decoders, entry quantiser ...
+CODE_INT_PER_STEP = 235  # ... a step's call and descriptor
+CODE_INT_CONV = 1100  # convolution kernels and their input centring
+CODE_INT_TCONV = 1100
+CODE_INT_PER_WIDTH = 815  # a plane dot product per directly read sub-8-bit width
+CODE_INT_TABLE = 636  # the table activation's path
 FLASH_MARGIN = 0.10  # |estimate - size(text+data)| <= FLASH_MARGIN * size + FLASH_SLACK
 FLASH_SLACK = 1024
 
@@ -67,6 +78,15 @@ def direct_bits(step: Step) -> int:
     if step.kind != "linear" or step.sparsity > 0:
         return 0
     return step.bits if step.in_size % GROUP[step.bits][0] == 0 else 0
+
+
+def rows(step: Step) -> tuple[int, int]:
+    """``(rows, row length)`` of the weight tensor as the kernels decode it (a transposed conv's rows are one
+    input channel's kernels for one output channel)."""
+    n = step.n_weights
+    if step.kind == "tconv":
+        return step.in_shape[0] * step.out_shape[0], step.kernel * step.kernel
+    return step.out_channels, n // step.out_channels
 
 
 def scratch(steps: list[Step]) -> dict[str, int]:
@@ -121,9 +141,35 @@ def c_table_bytes(spec: ArchSpec) -> int:
     return sum(4 * prefix_entries(lay.n_weights) for lay in packed_layout(spec) if lay.index_format == "bitmap")
 
 
+def int_table_bytes(spec: ArchSpec) -> int:
+    """The integer C library's per-step tables (exact): int32 bias, int32 multiplier + uint8 shift (or float exit
+    scales), the 256-entry activation table, a sparse layer's row prefix table."""
+    from search_space.integer import uses_table
+
+    total = 0
+    for steps in (encoder_steps(spec), decoder_steps(spec)):
+        for i, st in enumerate(steps):
+            n = st.out_channels
+            total += 4 * n + (4 * n if i == len(steps) - 1 else 5 * n)
+            if i < len(steps) - 1 and st.act_after and uses_table(spec.activation):
+                total += 256
+            if st.sparsity > 0:
+                total += 4 * (rows(st)[0] + 1)
+    return total
+
+
 def code_bytes_estimate(spec: ArchSpec) -> int:
     """Bytes of inference code (estimated, see the module docstring)."""
     n = len(packed_layout(spec))
+    if spec.is_integer:
+        from search_space.integer import uses_table
+
+        steps = encoder_steps(spec) + decoder_steps(spec)
+        kinds = {s.kind for s in steps}
+        widths = len({direct_bits(s) for s in steps} - {0, 8})
+        return (CODE_INT_BASE + CODE_INT_PER_STEP * n + (CODE_INT_CONV if kinds & {"conv", "tconv"} else 0)
+                + (CODE_INT_TCONV if "tconv" in kinds else 0) + CODE_INT_PER_WIDTH * widths
+                + (CODE_INT_TABLE if uses_table(spec.activation) else 0))
     code = CODE_BASE + CODE_PER_LAYER * n + (CODE_CONV if spec.family == "conv" else 0)
     if spec.act_bits:
         code += CODE_ACT_QUANT + CODE_ACT_QUANT_PER_LAYER * n
@@ -131,5 +177,8 @@ def code_bytes_estimate(spec: ArchSpec) -> int:
 
 
 def flash_bytes(spec: ArchSpec) -> int:
-    """Packed weights and prefix tables (exact) + inference code (estimated): what the C library puts in flash."""
+    """Packed weights and prefix tables (exact) + inference code (estimated): what the C library puts in flash
+    (an integer spec's: its integer tables, exact, instead of the prefix tables)."""
+    if spec.is_integer:
+        return packed_size_bytes(spec) + int_table_bytes(spec) + code_bytes_estimate(spec)
     return packed_size_bytes(spec) + c_table_bytes(spec) + code_bytes_estimate(spec)

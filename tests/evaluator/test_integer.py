@@ -91,6 +91,19 @@ def test_c_library_is_bit_exact_on_20_random_integer_specs(tmp_path):
         rmu, rlv = reference_encode(p, x)
         assert np.array_equal(run_c(d, "encode", x), np.concatenate([rmu, rlv], 1)), spec.to_json()
         assert np.array_equal(run_c(d, "reconstruct", x), reference_decode(p, rmu).reshape(4, -1)), spec.to_json()
+        _check_memory(spec, d)
+
+
+def _check_memory(spec: ArchSpec, folder: Path) -> None:
+    """bss is ram_bytes (plus the compiler's alignment of each of the <= 7 static arrays: <= 32 bytes each on
+    x86-64); flash_bytes (the integer tables exact, the code estimated) within the fitted margin of text+data."""
+    from evaluator.deploy.memory import FLASH_MARGIN, FLASH_SLACK, flash_bytes, ram_bytes
+
+    subprocess.run(["cc", "-std=c99", "-O2", "-c", "-o", "vae_model.o", "vae_model.c"], cwd=folder, check=True)
+    t, d, bss = (int(v) for v in subprocess.run(["size", "vae_model.o"], cwd=folder, capture_output=True, text=True,
+                                                check=True).stdout.splitlines()[1].split()[:3])
+    assert ram_bytes(spec) <= bss <= ram_bytes(spec) + 7 * 32, (bss, ram_bytes(spec))
+    assert abs(flash_bytes(spec) - (t + d)) <= FLASH_MARGIN * (t + d) + FLASH_SLACK, (flash_bytes(spec), t + d)
 
 
 def test_integer_c_reads_whole_bytes_and_packs_the_weights(tmp_path):
@@ -306,6 +319,21 @@ def test_cortex_m_build_is_bit_exact_and_measured(tmp_path, cpu):
     assert n["int8"] < n[None], n
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("cpu", ["cortex-m4", "cortex-m7"])
+def test_cortex_m_dsp_kernels_are_bit_exact_on_20_random_specs(tmp_path, cpu):
+    from evaluator import mcu
+
+    for i, spec in enumerate(random_specs(20, seed=0)):
+        m = calibrated(spec, 100 + i)
+        packed = pack_model(m)
+        p = integer_program(spec, packed)
+        x = torch.rand(spec.n_inputs).numpy()
+        r = mcu.measure(spec, packed, tmp_path / f"{i}", cpu, x)
+        rmu, _ = reference_encode(p, x[None])
+        assert np.array_equal(r["out"], reference_decode(p, rmu).reshape(-1)), spec.to_json()
+
+
 def test_cortex_m_bad_input_is_one_line(tmp_path, monkeypatch):
     from evaluator import LatencyConfig, LatencyError
     from evaluator.latency import measure_mcu
@@ -321,3 +349,55 @@ def test_cortex_m_bad_input_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(LatencyError, match="cross-compiler is not installed .*gcc-arm-none-eabi"):
         measure_mcu(calibrated(spec, 0), LatencyConfig(backend="cortex_m"), tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def _cli(argv, cwd: Path, env: dict | None = None):
+    import os
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "studies.cli", *argv], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["cpu", "tools", "space", "arch"])
+def test_integer_and_cortex_m_bad_input_from_the_cli(case, tmp_path, data_root):
+    """One line, exit 2, nothing written: a cpu that is not one, no cross-compiler on PATH, a space whose int8
+    specs have no integer widths, an arch file whose int8 spec has a 32-bit layer."""
+    import sys
+
+    import yaml
+
+    cfg = {"name": "mcu", "dataset": "mnist", "data_root": str(data_root), "n_train": 200,
+           "space": {"latent_dim": [2], "mlp": {"depth": [1], "width": [8]}, "weight_bits": [4],
+                     "arithmetic": ["int8"]},
+           "strategy": {"name": "random"}, "objectives": ["neg_elbo", "mcu_instructions"],
+           "bounds": {"neg_elbo": [100, 600], "mcu_instructions": {"lo": 1000, "hi": 10000000, "log": True}},
+           "budget": {"trials": 1}, "train": {"epochs": 1}, "latency": {"backend": "cortex_m"}, "seed": 0}
+    env = None
+    if case == "cpu":
+        cfg["latency"]["cpu"] = "cortex-m99"
+        needle = "latency.cpu: 'cortex-m99' is not a core"
+    elif case == "tools":
+        bin_ = tmp_path / "bin"
+        bin_.mkdir()
+        (bin_ / "python").symlink_to(sys.executable)
+        env = {"PATH": str(bin_)}
+        needle = "cross-compiler is not installed"
+    elif case == "space":
+        cfg["space"]["weight_bits"] = [32]
+        needle = "arithmetic: int8 needs integer weights"
+    if case == "arch":
+        arch = tmp_path / "arch.json"
+        arch.write_text('{"type": "vaenas.ArchSpec", "version": 4, "family": "mlp", "enc_hidden": [8], "latent_dim": 2, '
+                        '"weight_bits": [4, 32, 4, 4], "arithmetic": "int8"}')
+        argv, needle = ["train", "--arch", str(arch), "--out", str(tmp_path / "o"), "--data-root", str(data_root)], \
+            "arithmetic int8: layer head has 32-bit (float) weights"
+    else:
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        argv = ["search", "c.yaml", "--runs-dir", str(tmp_path / "runs")]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = _cli(argv, tmp_path, env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
