@@ -17,7 +17,10 @@ section starting on a byte:
 4. the float32 bias.
 
 An integer spec (``arithmetic: int8``, ``search_space/integer.py``) appends, after the last layer, each int8
-tensor's static quantiser (``integer.quantized_tensors`` order): float32 scale, then the int8 zero point.
+tensor's static quantiser (``integer.quantized_tensors`` order): float32 scale, then the int8 zero point. Its
+3-, 5- and 6-bit layers store each code split in two streams (:data:`SPLITS`): the low bits of every kept
+weight (2, 4, 4 bits), then the high bits (1, 1, 2) - the same bits in at most one extra byte, and every
+stream a power-of-two width whose whole bytes integer kernels read directly (``code = low + (high << low bits)``).
 
 A pruned weight is exactly 0. Structured pruning packs the narrower dense model that ships
 (``spec.deployed()``, ``search_space/structured.py``). :func:`packed_layout` gives every term from the spec alone (the
@@ -44,6 +47,9 @@ from .spec import ArchSpec
 VAE = Any  # a search_space.builder.VAE (builder imports this module to unpack, not the other way)
 
 
+SPLITS = {3: (2, 1), 5: (4, 1), 6: (4, 2)}  # an integer spec's code widths stored as (low, high) bit streams
+
+
 @dataclass(frozen=True)
 class LayerLayout:
     name: str
@@ -53,6 +59,12 @@ class LayerLayout:
     n_bias: int
     quantizer: str = "uniform"
     sparsity: float = 0.0
+    split: tuple[int, int] | None = None  # integer specs' 3/5/6-bit codes: (low, high) stream widths
+
+    @property
+    def low_bytes(self) -> int:
+        """Bytes of the low-bits stream of a split layer (its high stream follows)."""
+        return (self.kept * self.split[0] + 7) // 8 if self.split else 0
 
     @property
     def n_weights(self) -> int:
@@ -90,6 +102,8 @@ class LayerLayout:
     @property
     def weight_bytes(self) -> int:
         m = self.kept
+        if self.split:
+            return self.low_bytes + (m * self.split[1] + 7) // 8
         return 4 * m if self.bits >= 32 else (m * self.bits + 7) // 8
 
     @property
@@ -102,7 +116,8 @@ def packed_layout(spec: ArchSpec) -> tuple[LayerLayout, ...]:
     """Per-layer sizes of the packed model, from the layer plan alone (once per spec: it is frozen);
     structured pruning packs the narrower model that ships (``spec.deployed()``)."""
     return tuple(LayerLayout(s.name, s.weight_shape, s.ch_axis, s.bits, s.out_channels if s.bias else 0,
-                             s.quantizer if s.bits < 32 else "uniform", s.sparsity)
+                             s.quantizer if s.bits < 32 else "uniform", s.sparsity,
+                             SPLITS.get(s.bits) if spec.is_integer else None)
                  for s in shipped_plan(spec).steps())
 
 
@@ -161,11 +176,29 @@ def _layer_bytes(m, layout: LayerLayout) -> list[bytes]:
         chunks.append(_f32_bytes(cb))
     else:
         q, scale = quantize_weight(w, layout.bits, layout.ch_axis, m.step_size().detach().cpu().float())
-        chunks.append(pack_bits(kept(q.to(torch.int64) + qmax_for(layout.bits)), layout.bits).numpy().tobytes())
+        chunks += _code_streams(kept(q.to(torch.int64) + qmax_for(layout.bits)), layout)
         chunks.append(_f32_bytes(scale))
     if m.bias is not None:
         chunks.append(_f32_bytes(m.bias))
     return chunks
+
+
+def _code_streams(codes: torch.Tensor, layout: LayerLayout) -> list[bytes]:
+    """Unsigned codes as one ``bits``-wide stream, or a split layer's low stream then its high stream."""
+    if not layout.split:
+        return [pack_bits(codes, layout.bits).numpy().tobytes()]
+    lo = layout.split[0]
+    return [pack_bits(codes & ((1 << lo) - 1), lo).numpy().tobytes(), pack_bits(codes >> lo, layout.split[1]).numpy().tobytes()]
+
+
+def read_codes(buf: np.ndarray, offset: int, layout: LayerLayout) -> np.ndarray:
+    """The unsigned codes of a layer's weight section (either layout), as int32."""
+    if not layout.split:
+        return unpack_bits_np(buf[offset:offset + layout.weight_bytes], layout.bits, layout.kept).astype(np.int32)
+    lo, hi = layout.split
+    low = unpack_bits_np(buf[offset:offset + layout.low_bytes], lo, layout.kept).astype(np.int32)
+    high = unpack_bits_np(buf[offset + layout.low_bytes:offset + layout.weight_bytes], hi, layout.kept).astype(np.int32)
+    return low + (high << lo)
 
 
 def pack_model(model: VAE) -> bytes:
@@ -261,11 +294,10 @@ def unpack_layers(spec: ArchSpec, data: bytes) -> dict[str, dict[str, np.ndarray
             return full.reshape(lay.weight_shape)
 
         t: dict[str, np.ndarray] = {}
-        w_end = o.weights + lay.weight_bytes
         if lay.bits >= 32:
             t["w"] = dense(f32(o.weights, lay.kept), 0.0)
         else:
-            codes = unpack_bits_np(buf[o.weights:w_end], lay.bits, lay.kept).astype(np.int32)
+            codes = read_codes(buf, o.weights, lay)
             if lay.is_kmeans:
                 t["codes"] = dense(codes, -1)
                 t["codebook"] = f32(o.params, lay.n_codebook)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from search_space.compression import index_bits
-from search_space.packing import layer_offsets, unpack_wide_np
+from search_space.packing import SPLITS, layer_offsets, unpack_wide_np
 from search_space.plan import Step
 from search_space.quant import qmax_for
 from search_space.spec import ArchSpec
@@ -123,7 +123,9 @@ def _step_tables(k: int, s: IntStep, o, packed: bytes) -> tuple[str, str]:
         pre = f"q{k}_rowpre"
     n_rows, r_len = rows(st)
     idx_bits = index_bits(lay.n_weights) if lay.index_format == "indices" else 0
-    desc = (f"{{{o.weights}u, {o.index}, {pre}, {r_len}u, {lay.bits}u, {qmax_for(lay.bits)}, {idx_bits}u, "
+    lo, hi = lay.split or (0, 0)
+    desc = (f"{{{o.weights}u, {o.index}, {pre}, {r_len}u, {lay.bits}u, {lo}u, {hi}u, {o.weights + lay.low_bytes}u, "
+            f"{qmax_for(lay.bits)}, {idx_bits}u, "
             f"{direct_bits(st)}u, {q_or0(s.zp_in)}, {q_or0(s.zp_req)}, {q_or0(s.zp_out)}, {int(s.relu)}u, "
             f"q{k}_bias, {m}, {sh}, {esc}, {table}}}")
     return "\n".join(lines), f"/* {st.name} */\nstatic const qlayer qlayer{k} = {desc};"
@@ -140,9 +142,11 @@ typedef struct {
     const uint32_t *rowpre; /* sparse: kept weights before each decode row */
     uint32_t row_len;       /* codes per decode row */
     uint8_t bits;
+    uint8_t lo_bits, hi_bits; /* a split layer's two streams (low bits, then high bits at hi_off); 0 0 unsplit */
+    uint32_t hi_off;
     int32_t qmax;
     uint8_t idx_bits;       /* sparse index list: bits per index; 0 bitmap */
-    uint8_t direct;         /* dense linear rows read in place at 8/4/2 bits; 0 decode */
+    uint8_t direct;         /* dense linear rows read in place (the layer's width); 0 decode */
     int32_t zp_in, zp_req, zp_out;
     uint8_t relu;           /* clamp at zp_out */
     const int32_t *bias;    /* B (convolutions) or B' = B - zp_in * rowsum(q) (linear) */
@@ -235,6 +239,23 @@ static void decode_codes(uint32_t w_off, uint32_t j0, uint32_t n, uint32_t bits,
     }
 }
 
+/* Kept codes j0 .. j0+n-1 of a layer as signed q into dst (either stream layout). */
+static void decode_signed(const qlayer *L, uint32_t j0, uint32_t n, int8_t *dst)
+{
+    uint32_t i;
+    bitrd b;
+    if (!L->hi_bits) {
+        decode_codes(L->w_off, j0, n, L->bits, L->qmax, dst);
+        return;
+    }
+    decode_codes(L->w_off, j0, n, L->lo_bits, 0, dst); /* the low bits, then the high bits added */
+    if (!n)
+        return;
+    br_init(&b, L->hi_off * 8u + j0 * L->hi_bits);
+    for (i = 0; i < n; i++)
+        dst[i] = (int8_t)((int32_t)dst[i] + (int32_t)(br_get(&b, L->hi_bits) << L->lo_bits) - L->qmax);
+}
+
 /* Signed codes q of decode row r into dst (pruned weights 0). A sparse row's kept codes are decoded into the end
    of dst, then spread forward to their positions (a kept code is never overwritten before it is read). */
 static void unpack_row(const qlayer *L, uint32_t r, int8_t *dst)
@@ -242,13 +263,13 @@ static void unpack_row(const qlayer *L, uint32_t r, int8_t *dst)
     uint32_t i, j = 0, n = L->row_len, j0, kept;
     int8_t *tail;
     if (L->x_off < 0) {
-        decode_codes(L->w_off, r * n, n, L->bits, L->qmax, dst);
+        decode_signed(L, r * n, n, dst);
         return;
     }
     j0 = L->rowpre[r];
     kept = L->rowpre[r + 1] - j0;
     tail = dst + (n - kept);
-    decode_codes(L->w_off, j0, kept, L->bits, L->qmax, tail);
+    decode_signed(L, j0, kept, tail);
     if (L->idx_bits == 0) {
         const uint8_t *map = vae_packed + L->x_off;
         uint32_t base = r * n;
@@ -458,12 +479,26 @@ static void qlinear_dsp(const int8_t *x, int n_in, int n_out, const qlayer *L, i
 #endif
 %(PLANES)s
 /* Linear: acc = B' + sum x * c - qmax * sum x on rows read in place (L->direct), or B' + sum x * q on a decoded row. */
+#if VAE_PLANES
+/* The input in g planes: plane k holds x[g*j + k] (whole groups of codes then meet their inputs in place). */
+static const int8_t *planes(const int8_t *x, int n, int g, int8_t *dst)
+{
+    int i;
+    if (g == 1)
+        return x;
+    for (i = 0; i < n; i++)
+        dst[(i % g) * (n / g) + i / g] = x[i];
+    return dst;
+}
+#endif
+
 static void qlinear(const int8_t *x, int n_in, int n_out, const qlayer *L, int8_t *y, float *yf)
 {
-    int o, i, g = 1, ng;
+    int o, i, lo = L->hi_bits ? L->lo_bits : L->bits, ga = 8 / lo, gb = L->hi_bits ? 8 / L->hi_bits : 1;
+    int na = n_in / ga, nb = n_in / gb;
     int32_t sx = 0;
-    const int8_t *xp = x;
-    uint32_t row_bytes;
+    const int8_t *xa = x, *xb = x;
+    uint32_t ra = (uint32_t)n_in * (uint32_t)lo / 8u, rb = (uint32_t)n_in * L->hi_bits / 8u;
     for (i = 0; i < n_in; i++)
         sx += x[i];
 #if defined(__ARM_FEATURE_DSP) && VAE_X16_WORDS > 0
@@ -472,21 +507,20 @@ static void qlinear(const int8_t *x, int n_in, int n_out, const qlayer *L, int8_
         return;
     }
 #endif
-    if (L->direct && L->direct != 8) { /* the input in planes: plane k holds x[g*j + k] */
-        g = L->direct == 4 ? 2 : (L->direct == 3 || L->direct == 5) ? 8 : 4;
-        for (i = 0; i < n_in; i++)
-            vae_xplanes[(i % g) * (n_in / g) + i / g] = x[i];
-        xp = vae_xplanes;
+#if VAE_PLANES
+    if (L->direct) {
+        xa = planes(x, n_in, ga, vae_xplanes);
+        if (L->hi_bits)
+            xb = planes(x, n_in, gb, vae_xplanes + n_in);
     }
-    ng = n_in / g;
-    row_bytes = (uint32_t)n_in * L->bits / 8u;
+#endif
     for (o = 0; o < n_out; o++) {
         int32_t acc = L->bias[o];
-        const uint8_t *row = vae_packed + L->w_off + (uint32_t)o * row_bytes;
+        const uint8_t *row = vae_packed + L->w_off + (uint32_t)o * ra, *rowh = vae_packed + L->hi_off + (uint32_t)o * rb;
         switch (L->direct) {
 %(CASES)s
         default:
-            (void)row, (void)xp, (void)ng; /* no direct width in this model */
+            (void)row, (void)rowh, (void)xa, (void)xb, (void)na, (void)nb; /* this layer decodes its rows */
             unpack_row(L, (uint32_t)o, vae_wrow);
             acc += dot_s8(x, vae_wrow, n_in);
         }
@@ -675,6 +709,16 @@ def _f(v) -> str:
     return f"{np.float32(v).item()!r}f"
 
 
+def _case(bits: int) -> str:
+    """The qlinear switch case of a direct width: one plane dot product, or a split layer's two."""
+    if bits in SPLITS:
+        lo, hi = SPLITS[bits]
+        dot = f"dot_p{lo}(xa, row, na) + (dot_p{hi}(xb, rowh, nb) << {lo})"
+    else:
+        dot = f"dot_p{bits}(xa, row, na)"
+    return f"        case {bits}:\n            acc += {dot} - L->qmax * sx;\n            break;"
+
+
 def int_model_source(spec: ArchSpec, packed: bytes, p: IntProgram | None = None) -> str:
     from .c_common import _hex_rows
     from .memory import int8_arena_bytes, ram_bytes
@@ -686,12 +730,13 @@ def int_model_source(spec: ArchSpec, packed: bytes, p: IntProgram | None = None)
     declared = "\n".join(f"static {SCRATCH_TYPES[k][0]} vae_{k}[{n}];" for k, n in scr.items() if n)
     declared += f"\n#define VAE_X16_WORDS {dsp_words(plan_steps)} /* Cortex-M DSP kernels' input pairs */"
     widths = sorted({direct_bits(st) for st in plan_steps} - {0})
-    cases = "\n".join(f"        case {b}:\n            acc += dot_p{b}(xp, row, ng) - L->qmax * sx;\n            break;"
-                      for b in widths)
+    declared += f"\n#define VAE_PLANES {int(any(b != 8 for b in widths))} /* a layer reads sub-8-bit rows in place */"
+    cases = "\n".join(_case(b) for b in widths)
+    dots = sorted({w for b in widths for w in (SPLITS.get(b) or (b,))})
     offs = {o.layout.name: o for o in layer_offsets(spec)}
     tables = [t for k, s in enumerate(steps) for t in _step_tables(k, s, offs[s.step.name], packed)]
     kinds = {s.step.kind for s in steps}
-    kernels = (_KERNELS.replace("%(PLANES)s", "".join(plane_dot(b) for b in widths)).replace("%(CASES)s", cases)
+    kernels = (_KERNELS.replace("%(PLANES)s", "".join(plane_dot(b) for b in dots)).replace("%(CASES)s", cases)
                + (_CONV if kinds & {"conv", "tconv"} else "").split("/* Conv2d")[0]
                + ("/* Conv2d" + _CONV.split("/* Conv2d")[1] if "conv" in kinds else "") + (_TCONV if "tconv" in kinds else ""))
     arena = int8_arena_bytes(spec)

@@ -27,7 +27,7 @@ do not.
 
 from __future__ import annotations
 
-from search_space.packing import packed_layout, packed_size_bytes
+from search_space.packing import SPLITS, packed_layout, packed_size_bytes
 from search_space.spec import ArchSpec
 from search_space.plan import Step, decoder_steps, encoder_steps, tensor_sizes
 
@@ -38,13 +38,13 @@ CODE_PER_LAYER = 330
 CODE_CONV = 820  # conv + transposed-conv kernels
 CODE_ACT_QUANT = 500  # the activation quantiser ...
 CODE_ACT_QUANT_PER_LAYER = 180  # ... and its call before every layer
-# the integer library's code, fitted the same way over 30 random int8 specs (largest residual 1.3 KB):
-CODE_INT_BASE = 2330  # kernels, decoders, entry quantiser ...
-CODE_INT_PER_STEP = 235  # ... a step's call and descriptor
-CODE_INT_CONV = 1100  # convolution kernels and their input centring
-CODE_INT_TCONV = 1100
-CODE_INT_PER_WIDTH = 815  # a plane dot product per directly read sub-8-bit width
-CODE_INT_TABLE = 636  # the table activation's path
+# the integer library's code, fitted the same way over 40 random int8 specs (largest residual 2.4 KB):
+CODE_INT_BASE = 2050  # kernels, decoders, entry quantiser ...
+CODE_INT_PER_STEP = 145  # ... a step's call and descriptor
+CODE_INT_CONV = 1250  # convolution kernels and their input centring
+CODE_INT_TCONV = 1250
+CODE_INT_PER_WIDTH = 1925  # a plane dot product per stream width read in place (8, 4, 2, 1 bits)
+CODE_INT_TABLE = 1065  # the table activation's path
 FLASH_MARGIN = 0.10  # |estimate - size(text+data)| <= FLASH_MARGIN * size + FLASH_SLACK
 FLASH_SLACK = 1024
 
@@ -69,7 +69,7 @@ def kernel_scratch_bytes(spec: ArchSpec) -> int:
 
 
 # the integer C kernels' layout (evaluator/deploy/c_int.py), which their RAM follows
-GROUP = {8: (1, 1), 6: (4, 3), 5: (8, 5), 4: (2, 1), 3: (8, 3), 2: (4, 1)}  # bits -> (codes, bytes) per group
+GROUP = {8: (1, 1), 6: (4, 3), 5: (8, 5), 4: (2, 1), 3: (8, 3), 2: (4, 1), 1: (8, 1)}  # bits -> (codes, bytes) per group
 
 
 def direct_bits(step: Step) -> int:
@@ -93,13 +93,13 @@ def scratch(steps: list[Step]) -> dict[str, int]:
     """Elements of each scratch array the kernels of ``steps`` need (0: not declared): ``wrow`` (int8, a decoded
     row or output channel's kernels), ``xplanes`` (int8, a linear input split in planes), ``xc`` (int16, a
     convolution's centered input), ``acc`` (int32, one output channel's accumulators)."""
-    out = {"wrow": 1, "xplanes": 1, "xc": 0, "acc": 0}  # the linear kernel names the first two in any case
+    out = {"wrow": 1, "xplanes": 0, "xc": 0, "acc": 0}  # the linear kernel names wrow in any case
     for st in steps:
         d = direct_bits(st)
         if st.kind == "linear":
             key = "wrow" if not d else "xplanes" if d != 8 else None
-            if key:
-                out[key] = max(out[key], st.in_size)
+            if key:  # a split width's input in two arrangements (its low and high streams group differently)
+                out[key] = max(out[key], (2 if key == "xplanes" and d in SPLITS else 1) * st.in_size)
             continue
         out["wrow"] = max(out["wrow"], st.in_shape[0] * st.kernel * st.kernel)
         out["xc"] = max(out["xc"], st.in_size)
@@ -166,7 +166,8 @@ def code_bytes_estimate(spec: ArchSpec) -> int:
 
         steps = encoder_steps(spec) + decoder_steps(spec)
         kinds = {s.kind for s in steps}
-        widths = len({direct_bits(s) for s in steps} - {0, 8})
+        direct = {direct_bits(s) for s in steps} - {0}
+        widths = len({w for b in direct for w in SPLITS.get(b, (b,))})
         return (CODE_INT_BASE + CODE_INT_PER_STEP * n + (CODE_INT_CONV if kinds & {"conv", "tconv"} else 0)
                 + (CODE_INT_TCONV if "tconv" in kinds else 0) + CODE_INT_PER_WIDTH * widths
                 + (CODE_INT_TABLE if uses_table(spec.activation) else 0))
