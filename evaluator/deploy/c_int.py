@@ -39,25 +39,28 @@ def _code_expr(k: int, bits: int) -> str:
 
 def plane_dot(bits: int) -> str:
     """``dot_p{bits}``: sum over a row's codes c times the input, the input split in planes (plane ``k`` holds
-    input ``G*j + k``), whole groups of codes from whole bytes; blocks of 16 groups with a constant trip count,
-    so gcc vectorises them at -O2."""
+    input ``G*j + k``), whole groups of codes from whole bytes; blocks of groups with a constant trip count, so
+    gcc vectorises them at -O2. Below 8 bits a block's partial sum is int16 (at most 30,720 in magnitude: 16
+    groups of 8 x 1-bit or 4 x 2-bit products, 8 groups of 2 x 4-bit ones), so 8 lanes work per instruction."""
     g, nb = GROUP[bits]
+    wide = "int32_t" if bits == 8 else "int16_t"
+    block = 8 if bits == 4 else 16
     loads = " ".join(f"uint32_t b{i} = q[{i}];" for i in range(nb))
-    terms = " + ".join(f"(int32_t)xp[{k} * ng + J] * (int32_t)({_code_expr(k, bits)})" for k in range(g))
-    body = f"{{ const uint8_t *q = p + {nb} * (J); {loads} T += {terms}; }}"
+    terms = " + ".join(f"(W)xp[{k} * ng + J] * (W)({_code_expr(k, bits)})" for k in range(g))
+    body = f"{{ const uint8_t *q = p + {nb} * (J); {loads} T = (W)(T + {terms}); }}"
     return f"""
 static int32_t dot_p{bits}(const int8_t *xp, const uint8_t *p, int ng)
 {{
     int32_t d = 0;
     int j = 0, k;
-    for (; j + 16 <= ng; j += 16) {{
-        int32_t t = 0;
-        for (k = 0; k < 16; k++)
-            {body.replace("J", "j + k").replace("T", "t")}
+    for (; j + {block} <= ng; j += {block}) {{
+        {wide} t = 0;
+        for (k = 0; k < {block}; k++)
+            {body.replace("J", "j + k").replace("T", "t").replace("(W)", f"({wide})")}
         d += t;
     }}
     for (; j < ng; j++)
-        {body.replace("J", "j").replace("T", "d")}
+        {body.replace("J", "j").replace("T", "d").replace("(W)", "(int32_t)")}
     return d;
 }}
 """
