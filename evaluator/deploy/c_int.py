@@ -43,7 +43,7 @@ def plane_dot(bits: int) -> str:
     gcc vectorises them at -O2. Below 8 bits a block's partial sum is int16 (at most 30,720 in magnitude: 16
     groups of 8 x 1-bit or 4 x 2-bit products, 8 groups of 2 x 4-bit ones), so 8 lanes work per instruction."""
     g, nb = GROUP[bits]
-    wide = "int32_t" if bits == 8 else "int16_t"
+    wide = "int32_t" if bits == 8 else "vae_part"
     block = 8 if bits == 4 else 16
     loads = " ".join(f"uint32_t b{i} = q[{i}];" for i in range(nb))
     terms = " + ".join(f"(W)xp[{k} * ng + J] * (W)({_code_expr(k, bits)})" for k in range(g))
@@ -66,12 +66,28 @@ static int32_t dot_p{bits}(const int8_t *xp, const uint8_t *p, int ng)
 """
 
 
-def dsp_words(steps: list[Step]) -> int:
-    """int32 words of the Cortex-M DSP kernels' arranged input (``vae_x16``): half the widest input they read
-    (dense linear layers of 8, 4 or 2 bits whose rows are whole words). Declared only where the DSP
-    extension is (Cortex-M4/M7 builds); 0 when no layer takes that path."""
-    ok = [st.in_size for st in steps if direct_bits(st) in (8, 4, 2) and st.in_size * st.bits % 32 == 0]
-    return max(max(ok) // 2, 8) if ok else 0  # at least the 8 words of a 2-bit group: gcc checks every width's loop
+PART_TYPE = """
+/* Partial sums of the plane dot products: int16 where a SIMD unit works on 8 lanes of them (x86 SSE2), int32
+   on Arm Cortex-M (no vector unit: an int16 sum costs a sign-extension per add). The same values either way. */
+#if defined(__arm__) || defined(__thumb__)
+typedef int32_t vae_part;
+#else
+typedef int16_t vae_part;
+#endif
+"""
+
+
+def _dsp_ok(st: Step) -> bool:
+    """A dense linear step the Cortex-M DSP kernels read: every one whose rows are read in place."""
+    return direct_bits(st) != 0
+
+
+def dsp_words(steps: list[Step], high: bool = False) -> int:
+    """int32 words of the Cortex-M DSP kernels' arranged input: half the widest input they read (``vae_x16``; with
+    ``high``, a split layer's high stream's arrangement, ``vae_x16b``). Declared only where the DSP extension is
+    (Cortex-M4/M7 builds); 0 when no layer takes that path."""
+    ok = [st.in_size for st in steps if _dsp_ok(st) and (not high or direct_bits(st) in SPLITS)]
+    return max(max(ok) // 2, 16) if ok else 0  # at least a 1-bit group's 16 words: gcc checks every width's loop
 
 
 def _arr(ctype: str, name: str, vals) -> str:
@@ -339,11 +355,15 @@ static int32_t dot_s8(const int8_t *x, const int8_t *w, int n)
 /* Cortex-M4/M7 (DSP extension): dual 16-bit MACs (SMLAD), four rows at a time. UXTB16 unpacks bytes 0 and 2 of
    a word of codes (with ROR #8: bytes 1 and 3) into two halfwords, so one word of 8-bit codes gives pairs
    (c0, c2), (c1, c3); of 4-bit codes (low nibbles, then high) (c0, c4), (c2, c6), (c1, c5), (c3, c7); of 2-bit
-   codes, for k = 0..3, (c_k, c_8+k), (c_4+k, c_12+k). The input is arranged once per layer as int16 pairs in
-   that order (vae_x16), so each SMLAD adds two products. */
+   codes, for k = 0..3, (c_k, c_8+k), (c_4+k, c_12+k); of 1-bit codes, for k = 0..7, (c_k, c_16+k),
+   (c_8+k, c_24+k). The input is arranged once per layer as int16 pairs in that order (vae_x16; a split layer's
+   high stream in its own order, vae_x16b), so each SMLAD adds two products. */
 #include <arm_acle.h>
 
 static int32_t vae_x16[VAE_X16_WORDS];
+#if VAE_X16B_WORDS > 0
+static int32_t vae_x16b[VAE_X16B_WORDS];
+#endif
 
 static uint32_t rd32(const uint8_t *p)
 {
@@ -369,32 +389,46 @@ static int32_t pair(int8_t a, int8_t b)
     return (int32_t)((uint32_t)(uint16_t)(int16_t)a | ((uint32_t)(uint16_t)(int16_t)b << 16));
 }
 
-static void arrange(const int8_t *x, int n, int bits)
+/* The input in the pair order of `bits`-bit code words (per word: 32 / bits inputs, 16 / bits pairs), for the
+   whole words of a row (the inputs of its last 0-3 bytes are read as they are, by tail()). */
+static void arrange(const int8_t *x, int n, int bits, int32_t *w)
 {
-    int g, k, w = 0;
-    for (g = 0; g < n; g += 32 / bits) {
+    int g, k, per = 32 / bits, step = per / 4; /* codes k and k + step share a byte position's lanes */
+    for (g = 0; g + per <= n; g += per) {
         const int8_t *q = x + g;
         if (bits == 8) {
-            vae_x16[w++] = pair(q[0], q[2]);
-            vae_x16[w++] = pair(q[1], q[3]);
+            *w++ = pair(q[0], q[2]);
+            *w++ = pair(q[1], q[3]);
         } else if (bits == 4) {
-            vae_x16[w++] = pair(q[0], q[4]);
-            vae_x16[w++] = pair(q[2], q[6]);
-            vae_x16[w++] = pair(q[1], q[5]);
-            vae_x16[w++] = pair(q[3], q[7]);
+            *w++ = pair(q[0], q[4]);
+            *w++ = pair(q[2], q[6]);
+            *w++ = pair(q[1], q[5]);
+            *w++ = pair(q[3], q[7]);
         } else {
-            for (k = 0; k < 4; k++) {
-                vae_x16[w++] = pair(q[k], q[8 + k]);
-                vae_x16[w++] = pair(q[4 + k], q[12 + k]);
+            for (k = 0; k < step; k++) {
+                *w++ = pair(q[k], q[2 * step + k]);
+                *w++ = pair(q[step + k], q[3 * step + k]);
             }
         }
     }
 }
 
-/* Whole words of codes per row (n_in * bits a multiple of 32). */
+/* Rows read in place (whole bytes; their whole words go through SMLAD, the last 0-3 bytes through tail()). */
 static int dsp_rows(const qlayer *L, int n_in)
 {
-    return (L->direct == 8 || L->direct == 4 || L->direct == 2) && (n_in * L->direct) % 32 == 0;
+    (void)n_in;
+    return L->direct != 0;
+}
+
+/* sum x * c over the last nbytes bytes of a row (codes LSB first), x their first input */
+static int32_t tail(int bits, const uint8_t *p, int nbytes, const int8_t *x)
+{
+    int t, k, per = 8 / bits;
+    int32_t a = 0;
+    for (t = 0; t < nbytes; t++)
+        for (k = 0; k < per; k++)
+            a += (int32_t)x[t * per + k] * (int32_t)((p[t] >> (bits * k)) & ((1u << bits) - 1u));
+    return a;
 }
 
 static int32_t mac8(uint32_t v, const int32_t *xp, int32_t a)
@@ -414,29 +448,36 @@ static int32_t mac4(uint32_t v, const int32_t *xp, int32_t a)
 
 static int32_t mac2(uint32_t v, const int32_t *xp, int32_t a)
 {
-    uint32_t m0 = v & 0x03030303u, m1 = (v >> 2) & 0x03030303u, m2 = (v >> 4) & 0x03030303u,
-             m3 = (v >> 6) & 0x03030303u;
-    a = __smlad(xp[0], lo16(m0), a);
-    a = __smlad(xp[1], hi16(m0), a);
-    a = __smlad(xp[2], lo16(m1), a);
-    a = __smlad(xp[3], hi16(m1), a);
-    a = __smlad(xp[4], lo16(m2), a);
-    a = __smlad(xp[5], hi16(m2), a);
-    a = __smlad(xp[6], lo16(m3), a);
-    return __smlad(xp[7], hi16(m3), a);
+    int k;
+    for (k = 0; k < 4; k++) {
+        uint32_t m = (v >> (2 * k)) & 0x03030303u;
+        a = __smlad(xp[2 * k], lo16(m), a);
+        a = __smlad(xp[2 * k + 1], hi16(m), a);
+    }
+    return a;
 }
 
-/* Four rows (r, r + rb, r + 2rb, r + 3rb) of nw code words into acc[0..3]: one pass over the input, PER input
-   words per code word (a function of its own per width, so its few live values stay in registers). */
+static int32_t mac1(uint32_t v, const int32_t *xp, int32_t a)
+{
+    int k;
+    for (k = 0; k < 8; k++) {
+        uint32_t m = (v >> k) & 0x01010101u;
+        a = __smlad(xp[2 * k], lo16(m), a);
+        a = __smlad(xp[2 * k + 1], hi16(m), a);
+    }
+    return a;
+}
+
 #if defined(__GNUC__)
 #define VAE_NOINLINE __attribute__((noinline))
 #else
 #define VAE_NOINLINE
 #endif
+/* Four rows (r, r + rb, r + 2rb, r + 3rb) of nw code words into acc[0..3]: one pass over the input xp, PER input
+   words per code word (a function of its own per width, so its few live values stay in registers). */
 #define VAE_ROWS4(NAME, MAC, PER)                                                                      \
-    static VAE_NOINLINE void NAME(const uint8_t *r, uint32_t rb, int nw, int32_t *acc)                              \
+    static VAE_NOINLINE void NAME(const uint8_t *r, uint32_t rb, int nw, const int32_t *xp, int32_t *acc) \
     {                                                                                                  \
-        const int32_t *xp = vae_x16;                                                                   \
         const uint8_t *end = r + 4 * (uint32_t)nw, *r2 = r + 2 * rb;                                   \
         int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                                        \
         for (; r < end; xp += (PER), r += 4, r2 += 4) {                                                \
@@ -450,33 +491,78 @@ static int32_t mac2(uint32_t v, const int32_t *xp, int32_t a)
 VAE_ROWS4(rows4_8, mac8, 2)
 VAE_ROWS4(rows4_4, mac4, 4)
 VAE_ROWS4(rows4_2, mac2, 8)
+VAE_ROWS4(rows4_1, mac1, 16)
+
+static void rows4(int bits, const uint8_t *r, uint32_t rb, int nw, const int32_t *xp, int32_t *acc)
+{
+    if (bits == 8)
+        rows4_8(r, rb, nw, xp, acc);
+    else if (bits == 4)
+        rows4_4(r, rb, nw, xp, acc);
+    else if (bits == 2)
+        rows4_2(r, rb, nw, xp, acc);
+    else
+        rows4_1(r, rb, nw, xp, acc);
+}
+
+static int32_t row1(int bits, const uint8_t *r, int nw, const int32_t *xp)
+{
+    int j, per = 16 / bits;
+    int32_t a = 0;
+    for (j = 0; j < nw; j++, xp += per, r += 4)
+        a = bits == 8 ? mac8(rd32(r), xp, a) : bits == 4 ? mac4(rd32(r), xp, a)
+            : bits == 2 ? mac2(rd32(r), xp, a) : mac1(rd32(r), xp, a);
+    return a;
+}
+
+/* sum x * c over rows o .. o+k-1 (k = 4, or 1) of one stream of `bits`-bit codes at byte offset off */
+static void stream_sums(int bits, uint32_t off, int n_in, int o, int k, const int32_t *xp, const int8_t *x, int32_t *acc)
+{
+    uint32_t rb = (uint32_t)n_in * (uint32_t)bits / 8u;
+    int nw = (int)(rb / 4u), nt = (int)(rb % 4u), i;
+    const uint8_t *r = vae_packed + off + (uint32_t)o * rb;
+    if (k == 4)
+        rows4(bits, r, rb, nw, xp, acc);
+    else
+        acc[0] = row1(bits, r, nw, xp);
+    if (nt)
+        for (i = 0; i < k; i++)
+            acc[i] += tail(bits, r + (uint32_t)i * rb + 4u * (uint32_t)nw, nt, x + nw * (32 / bits));
+}
+
+/* a split layer: its low stream plus its high stream << lo_bits */
+static void sums(const qlayer *L, const int8_t *x, int n_in, int o, int k, int32_t *acc)
+{
+    int lo = L->hi_bits ? L->lo_bits : L->bits;
+    stream_sums(lo, L->w_off, n_in, o, k, vae_x16, x, acc);
+#if VAE_X16B_WORDS > 0
+    if (L->hi_bits) {
+        int32_t hi[4];
+        int i;
+        stream_sums(L->hi_bits, L->hi_off, n_in, o, k, vae_x16b, x, hi);
+        for (i = 0; i < k; i++)
+            acc[i] += hi[i] << lo;
+    }
+#endif
+}
 
 static void qlinear_dsp(const int8_t *x, int n_in, int n_out, const qlayer *L, int8_t *y, float *yf, int32_t sx)
 {
-    int bits = L->direct, nw = n_in * bits / 32, per = 16 / bits, o = 0, j;
-    uint32_t rb = (uint32_t)nw * 4u;
-    const uint8_t *base = vae_packed + L->w_off;
-    int32_t off = -L->qmax * sx;
-    arrange(x, n_in, bits);
+    int o = 0, k;
+    int32_t off = -L->qmax * sx, acc[4];
+    arrange(x, n_in, L->hi_bits ? L->lo_bits : L->bits, vae_x16);
+#if VAE_X16B_WORDS > 0
+    if (L->hi_bits)
+        arrange(x, n_in, L->hi_bits, vae_x16b);
+#endif
     for (; o + 4 <= n_out; o += 4) {
-        const uint8_t *r = base + (uint32_t)o * rb;
-        int32_t acc[4], k;
-        if (bits == 8)
-            rows4_8(r, rb, nw, acc);
-        else if (bits == 4)
-            rows4_4(r, rb, nw, acc);
-        else
-            rows4_2(r, rb, nw, acc);
+        sums(L, x, n_in, o, 4, acc);
         for (k = 0; k < 4; k++)
             finish(L, o + k, L->bias[o + k] + acc[k] + off, o + k, y, yf);
     }
     for (; o < n_out; o++) { /* the last n_out % 4 rows, one at a time */
-        const uint8_t *r = base + (uint32_t)o * rb;
-        const int32_t *xp = vae_x16;
-        int32_t a0 = 0;
-        for (j = 0; j < nw; j++, xp += per, r += 4)
-            a0 = bits == 8 ? mac8(rd32(r), xp, a0) : bits == 4 ? mac4(rd32(r), xp, a0) : mac2(rd32(r), xp, a0);
-        finish(L, o, L->bias[o] + a0 + off, o, y, yf);
+        sums(L, x, n_in, o, 1, acc);
+        finish(L, o, L->bias[o] + acc[0] + off, o, y, yf);
     }
 }
 #endif
@@ -732,6 +818,7 @@ def int_model_source(spec: ArchSpec, packed: bytes, p: IntProgram | None = None)
     scr = scratch(plan_steps)
     declared = "\n".join(f"static {SCRATCH_TYPES[k][0]} vae_{k}[{n}];" for k, n in scr.items() if n)
     declared += f"\n#define VAE_X16_WORDS {dsp_words(plan_steps)} /* Cortex-M DSP kernels' input pairs */"
+    declared += f"\n#define VAE_X16B_WORDS {dsp_words(plan_steps, high=True)} /* ... a split layer's high stream's */"
     widths = sorted({direct_bits(st) for st in plan_steps} - {0})
     declared += f"\n#define VAE_PLANES {int(any(b != 8 for b in widths))} /* a layer reads sub-8-bit rows in place */"
     cases = "\n".join(_case(b) for b in widths)
@@ -739,7 +826,7 @@ def int_model_source(spec: ArchSpec, packed: bytes, p: IntProgram | None = None)
     offs = {o.layout.name: o for o in layer_offsets(spec)}
     tables = [t for k, s in enumerate(steps) for t in _step_tables(k, s, offs[s.step.name], packed)]
     kinds = {s.step.kind for s in steps}
-    kernels = (_KERNELS.replace("%(PLANES)s", "".join(plane_dot(b) for b in dots)).replace("%(CASES)s", cases)
+    kernels = (_KERNELS.replace("%(PLANES)s", PART_TYPE + "".join(plane_dot(b) for b in dots)).replace("%(CASES)s", cases)
                + (_CONV if kinds & {"conv", "tconv"} else "").split("/* Conv2d")[0]
                + ("/* Conv2d" + _CONV.split("/* Conv2d")[1] if "conv" in kinds else "") + (_TCONV if "tconv" in kinds else ""))
     arena = int8_arena_bytes(spec)
