@@ -639,35 +639,52 @@ static void center(const int8_t *in, int n, int32_t zp)
         vae_xc[i] = (int16_t)((int32_t)in[i] - zp);
 }
 
+/* One tap of a convolution: dst[t * ds] += w * src[t * ss] for t < n (the int32 plane, the centred input). */
+static void tap(int32_t *dst, int ds, const int16_t *src, int ss, int32_t w, int n)
+{
+    int t;
+    for (t = 0; t < n; t++)
+        dst[t * ds] += w * (int32_t)src[t * ss];
+}
+
+/* An output channel's plane: the bias first, the requantised (or exit) values at the end. */
+static void plane_start(const qlayer *L, int o, int n)
+{
+    int i;
+    for (i = 0; i < n; i++)
+        vae_acc[i] = L->bias[o];
+}
+
+static void plane_end(const qlayer *L, int o, int n, int8_t *out, float *outf)
+{
+    int i;
+    for (i = 0; i < n; i++)
+        finish(L, o, vae_acc[i], o * n + i, out, outf);
+}
+
 /* Conv2d, weight (O, C, k, k), zero padding p, stride s: per output channel an int32 plane of accumulators,
    each kernel tap added over the output positions it reaches (no per-element bounds checks). */
 static void qconv2d(const int8_t *in, int C, int H, int W, int O, int OH, int OW, int k, int s, int p,
                     const qlayer *L, int8_t *out, float *outf)
 {
-    int o, c, ky, kx, oy, t, i;
+    int o, c, ky, kx, oy;
     center(in, C * H * W, L->zp_in);
     for (o = 0; o < O; o++) {
         unpack_row(L, (uint32_t)o, vae_wrow);
-        for (i = 0; i < OH * OW; i++)
-            vae_acc[i] = L->bias[o];
+        plane_start(L, o, OH * OW);
         for (c = 0; c < C; c++)
             for (ky = 0; ky < k; ky++) {
                 int y0 = first_tap(p - ky, s), y1 = tap_end(H - 1 + p - ky, s, OH);
                 for (kx = 0; kx < k; kx++) {
                     int32_t w = vae_wrow[(c * k + ky) * k + kx];
                     int x0 = first_tap(p - kx, s), x1 = tap_end(W - 1 + p - kx, s, OW);
-                    if (w == 0)
-                        continue;
-                    for (oy = y0; oy < y1; oy++) {
-                        const int16_t *src = vae_xc + (c * H + oy * s - p + ky) * W + x0 * s - p + kx;
-                        int32_t *dst = vae_acc + oy * OW + x0;
-                        for (t = 0; t < x1 - x0; t++)
-                            dst[t] += w * (int32_t)src[t * s];
-                    }
+                    if (w != 0) /* gather: output (oy, x0 ..) reads input rows oy*s - p + ky at stride s */
+                        for (oy = y0; oy < y1; oy++)
+                            tap(vae_acc + oy * OW + x0, 1, vae_xc + (c * H + oy * s - p + ky) * W + x0 * s - p + kx, s,
+                                w, x1 - x0);
                 }
             }
-        for (i = 0; i < OH * OW; i++)
-            finish(L, o, vae_acc[i], o * OH * OW + i, out, outf);
+        plane_end(L, o, OH * OW, out, outf);
     }
 }
 """
@@ -678,31 +695,25 @@ _TCONV = r"""
 static void qtconv2d(const int8_t *in, int C, int H, int W, int O, int OH, int OW, int k, int s, int p,
                      const qlayer *L, int8_t *out, float *outf)
 {
-    int o, c, ky, kx, iy, t, i;
+    int o, c, ky, kx, iy;
     center(in, C * H * W, L->zp_in);
     for (o = 0; o < O; o++) {
         for (c = 0; c < C; c++)
             unpack_row(L, (uint32_t)(c * O + o), vae_wrow + c * k * k);
-        for (i = 0; i < OH * OW; i++)
-            vae_acc[i] = L->bias[o];
+        plane_start(L, o, OH * OW);
         for (c = 0; c < C; c++)
             for (ky = 0; ky < k; ky++) {
                 int y0 = first_tap(p - ky, s), y1 = tap_end(OH - 1 + p - ky, s, H);
                 for (kx = 0; kx < k; kx++) {
                     int32_t w = vae_wrow[(c * k + ky) * k + kx];
                     int x0 = first_tap(p - kx, s), x1 = tap_end(OW - 1 + p - kx, s, W);
-                    if (w == 0)
-                        continue;
-                    for (iy = y0; iy < y1; iy++) {
-                        const int16_t *src = vae_xc + (c * H + iy) * W + x0;
-                        int32_t *dst = vae_acc + (iy * s - p + ky) * OW + x0 * s - p + kx;
-                        for (t = 0; t < x1 - x0; t++)
-                            dst[t * s] += w * (int32_t)src[t];
-                    }
+                    if (w != 0) /* scatter: input (iy, x0 ..) adds to output row iy*s - p + ky at stride s */
+                        for (iy = y0; iy < y1; iy++)
+                            tap(vae_acc + (iy * s - p + ky) * OW + x0 * s - p + kx, s, vae_xc + (c * H + iy) * W + x0, 1,
+                                w, x1 - x0);
                 }
             }
-        for (i = 0; i < OH * OW; i++)
-            finish(L, o, vae_acc[i], o * OH * OW + i, out, outf);
+        plane_end(L, o, OH * OW, out, outf);
     }
 }
 """
