@@ -19,9 +19,10 @@ Compression beyond bit-widths (``search_space/compression.py``): optional per-la
 and ``quantizer`` (``uniform`` | ``kmeans``), each ``None`` when no layer uses it.
 
 JSON versions: version 2 added ``likelihood`` and vector input shapes; version 3 the compression
-tuples; version 4 ``arithmetic`` (``int8``: integer inference, ``search_space/integer.py``). A spec is written at the lowest version that holds it: a Bernoulli image VAE without them
-is still written as version 1, byte for byte as before, so its ``id`` - and every id recorded in
-a study, a benchmark or an export - is unchanged; older files load with the defaults.
+tuples; version 4 ``arithmetic`` (``int8``: integer inference, ``search_space/integer.py``). A spec
+is written at the lowest version that holds it: a Bernoulli image VAE without them is still
+written as version 1, byte for byte as before, so its ``id`` - and every id recorded in a study, a
+benchmark or an export - is unchanged; older files load with the defaults.
 """
 
 from __future__ import annotations
