@@ -83,8 +83,10 @@ class DartsSearch(nn.Module):
     @staticmethod
     def check_space(space: SearchSpace, depth: int | None = None) -> int:
         """The depth DARTS will search at; SpaceError if the space is not one it can search."""
-        if tuple(space.family) != ("mlp",) or space.decoder != "mirror" or tuple(space.act_bits) != (None,):
-            raise SpaceError("darts: needs an MLP-only space with a mirrored decoder and no activation quantisation")
+        if tuple(space.family) != ("mlp",) or space.decoder != "mirror" or tuple(space.act_bits) != (None,) \
+                or tuple(space.arithmetic) != ("float",):
+            raise SpaceError("darts: needs an MLP-only space with a mirrored decoder and no activation quantisation "
+                             "(act_bits null, arithmetic float)")
         if space.compression_keys:
             raise SpaceError(f"darts: cannot relax space.{space.compression_keys[0]} (the mixed model runs on the "
                              "supernet's shared dense weights); remove it from the space or the darts block")

@@ -129,6 +129,9 @@ class SupernetConfig:
             raise VaenasInputError(f"supernet: the weight-sharing supernet cannot carry space.{space.compression_keys[0]} "
                                    "(its one shared weight per layer is neither pruned, factorised nor k-means coded "
                                    "per subnet); remove it from the space or remove the supernet block")
+        if "int8" in space.arithmetic:
+            raise VaenasInputError("supernet: the weight-sharing supernet runs float activations, so it cannot estimate "
+                                   "an int8 spec (space.arithmetic); use arithmetic [float] or remove the supernet block")
         for k, t in (("epochs", (int, float)), ("n_random", int), ("kd_weight", (int, float)),
                      ("finetune_steps", int), ("remeasure", int), ("calibrate", bool), ("latency_table", bool)):
             if k in sn:

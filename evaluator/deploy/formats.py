@@ -56,12 +56,22 @@ def _c_hint(out: Path, spec: ArchSpec) -> str:
             "whitespace-separated floats each, one per line, model space; see manifest.json)")
 
 
+INT_ONNX = ("integer QDQ (arithmetic int8): uint8 activations with static scales and zero points, INT8 weight codes "
+            "(every width) with per-channel scales, INT32 bias codes -> onnxruntime's QGemm / QLinearConv; exits as "
+            "QGemm with float output or ConvInteger; transposed convolutions in float on the int8 values")
+INT_C = ("integer (arithmetic int8): int8 activations, int32 accumulation, 16-bit fixed-point requantisation "
+         "(search_space/integer.py); bit-exact with the integer reference")
+INT_PTE = ("static int8 weights and activations (quantized_decomposed ops) delegated to XNNPACK; exits dynamically "
+           "quantised; transposed convolutions on float weights")
+
+
 register_format(ExportFormat("arch", ("arch.json",), _write_arch, artifact=None))
 register_format(ExportFormat(
     "onnx", ONNX_FILES, write_onnx,
     manifest=lambda spec: {
         "opset": 21, "encoder": "encoder.onnx: x -> mu, logvar", "decoder": "decoder.onnx: z -> out",
-        "weights": "INT4 (2-4 bits) / INT8 (5-8 bits) initializers -> DequantizeLinear (per channel); "
+        "weights": INT_ONNX if spec.is_integer else
+                   "INT4 (2-4 bits) / INT8 (5-8 bits) initializers -> DequantizeLinear (per channel); "
                    "k-means: UINT8 indices -> Gather from the float32 codebook; "
                    "float32 for 32-bit layers; sparse layers dense with zeros"},
     run_hint=lambda out, spec: (f"ONNX: onnxruntime.InferenceSession('{out / 'encoder.onnx'}').run(None, {{'x': x}}) "
@@ -71,14 +81,15 @@ register_format(ExportFormat(
     manifest=lambda spec: {
         "build": "make", "run": "./vae_demo reconstruct < input.txt",
         "api": ["vae_encode(x, mu, logvar)", "vae_decode(z, out)", "vae_reconstruct(x, out)"],
-        "packed_array": "vae_packed[] in vae_model.c = weights.packed.bin byte for byte", "ram_bytes": ram_bytes(spec)},
+        "packed_array": "vae_packed[] in vae_model.c = weights.packed.bin byte for byte", "ram_bytes": ram_bytes(spec),
+        **({"arithmetic": INT_C} if spec.is_integer else {})},
     build_files=("vae_demo", "vae_model.o"),
     run_hint=lambda out, spec: _c_hint(out, spec)))
 register_format(ExportFormat(
     "executorch", PTE_FILES, write_pte,
     manifest=lambda spec: {
         "file": "model.pte", "methods": {"encode": "x (1, ...) -> mu, logvar", "decode": "z (1, latent) -> out"},
-        "weights": "int8 codes + float32 scales, dequantised in the graph (XNNPACK)"},
+        "weights": INT_PTE if spec.is_integer else "int8 codes + float32 scales, dequantised in the graph (XNNPACK)"},
     artifact="model.pte", missing=executorch_available,
     run_hint=lambda out, spec: (f"ExecuTorch: executorch.runtime.Runtime.get().load_program('{out / 'model.pte'}')"
                                 ".load_method('encode').execute([x]) (methods encode, decode; batch 1; pass contiguous "

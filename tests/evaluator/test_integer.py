@@ -401,3 +401,17 @@ def test_integer_and_cortex_m_bad_input_from_the_cli(case, tmp_path, data_root):
     assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
+
+
+def test_supernet_and_darts_refuse_int8_spaces():
+    from evaluator.darts import DartsSearch
+    from evaluator.supernet import SupernetConfig
+    from search_space import VaenasInputError
+    from search_space.errors import SpaceError
+
+    space = SearchSpace.from_dict({"latent_dim": [2], "mlp": {"depth": [1], "width": [8]}, "weight_bits": [4, 8],
+                                   "arithmetic": ["float", "int8"]})
+    with pytest.raises(VaenasInputError, match="supernet: the weight-sharing supernet runs float activations"):
+        SupernetConfig.from_config({}, space)
+    with pytest.raises(SpaceError, match="darts: needs .*arithmetic float"):
+        DartsSearch.check_space(space)
