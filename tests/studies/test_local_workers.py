@@ -194,8 +194,9 @@ def test_search_jobs_sigterm_interrupts_every_worker(tmp_path, data_root):
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     interrupted = {t.number for t in trials if t.user_attrs.get("fail_reason") == "interrupted"}
     # every trial in hand when the signal came is interrupted - unless it finished in the instant
-    # between the snapshot and the signal (then its worker held no trial; a loaded machine does this)
-    assert 1 <= len(interrupted) <= 2 and interrupted <= in_hand | {max(in_hand) + 1, max(in_hand) + 2}
+    # between the snapshot and the signal (then its worker held no trial, or a newer one: a loaded machine
+    # does this, and a repeated spec's trial completes at once from the earlier result, so several can pass)
+    assert 1 <= len(interrupted) <= 2 and all(n in in_hand or n > max(in_hand) for n in interrupted)
     for t in trials:
         if t.number in in_hand and t.number not in interrupted:
             assert t.state == optuna.trial.TrialState.COMPLETE
