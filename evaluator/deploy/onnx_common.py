@@ -41,3 +41,36 @@ def _model(g: _Graph, inputs, outputs, doc: str):
     model.ir_version = 10  # opset 21's IR; onnxruntime reads it
     checker.check_model(model, full_check=True)
     return model
+
+
+def split_head(g: _Graph, y: str, latent: int, names: tuple[str, str] | None = ("mu", "logvar")) -> list[str]:
+    """The encoder's head output split into mu and logvar (named ``names`` when given: graph outputs)."""
+    outs = g.op("Split", [y, g.const("split", np.array([latent, latent], np.int64))], "head", n_out=2, axis=1)
+    if names:
+        g.nodes[-1].output[:] = list(names)
+        return list(names)
+    return outs
+
+
+def finish_decoder(g: _Graph, spec, y: str, rank: int) -> None:
+    """The decoder's last value reshaped to the output shape (when a linear layer made it flat), named ``out``."""
+    if len(spec.output_shape) > 1 and rank == 2:
+        y = g.op("Reshape", [y, g.const("shape", np.array([-1, *spec.output_shape], np.int64))], "out_map")
+    g.op("Identity", [y], "out")
+    g.nodes[-1].output[:] = ["out"]
+
+
+def encoder_io(spec) -> tuple[list, list]:
+    from onnx import TensorProto, helper
+
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *spec.input_shape])]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", spec.latent_dim]) for n in ("mu", "logvar")]
+    return ins, outs
+
+
+def decoder_io(spec) -> tuple[list, list]:
+    from onnx import TensorProto, helper
+
+    ins = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", spec.latent_dim])]
+    outs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", *spec.output_shape])]
+    return ins, outs

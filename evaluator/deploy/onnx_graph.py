@@ -28,7 +28,9 @@ from search_space.packing import unpack_layers
 from search_space.spec import ArchSpec
 from search_space.plan import Step, decoder_steps, encoder_steps
 
-from .onnx_common import OPSET, _Graph, _model  # noqa: F401 - OPSET is this module's public constant
+from .onnx_common import (  # noqa: F401 - OPSET is this module's public constant
+    OPSET, _Graph, _model, decoder_io, encoder_io, finish_decoder, split_head,
+)
 ONNX_FILES = ("encoder.onnx", "decoder.onnx")
 
 
@@ -111,43 +113,38 @@ def _layer(g: _Graph, spec: ArchSpec, step: Step, x: str, t: dict[str, np.ndarra
     return _activation(g, y, spec.activation) if step.act_after else y
 
 
-def encoder_model(spec: ArchSpec, packed: bytes):
-    from onnx import TensorProto, helper
-
-    tensors = unpack_layers(spec, packed)
-    g = _Graph()
-    x, rank = "x", 1 + len(spec.input_shape)
+def encoder_body(g: _Graph, spec: ArchSpec, tensors: dict, x: str = "x") -> str:
+    """The encoder's nodes from input ``x`` to the head's output (mu and logvar side by side)."""
+    rank = 1 + len(spec.input_shape)
     for st in encoder_steps(spec):
         if st.kind == "linear" and rank > 2:
             x, rank = g.op("Flatten", [x], "flat", axis=1), 2
         x = _layer(g, spec, st, x, tensors[st.name])
         rank = 2 if st.kind == "linear" else 4
-    L = spec.latent_dim
-    g.op("Split", [x, g.const("split", np.array([L, L], np.int64))], "head", n_out=2, axis=1)
-    g.nodes[-1].output[:] = ["mu", "logvar"]
-    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *spec.input_shape])]
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", L]) for n in ("mu", "logvar")]
-    return _model(g, ins, outs, f"vaenas {spec.id} encoder: x -> mu, logvar")
+    return x
 
 
-def decoder_model(spec: ArchSpec, packed: bytes):
-    from onnx import TensorProto, helper
-
-    tensors = unpack_layers(spec, packed)
-    g = _Graph()
-    x, rank = "z", 2
+def decoder_body(g: _Graph, spec: ArchSpec, tensors: dict, z: str = "z") -> tuple[str, int]:
+    """The decoder's nodes from latent ``z``; its last value and that value's rank."""
+    x, rank = z, 2
     for st in decoder_steps(spec):
         if st.kind != "linear" and rank == 2:
             x = g.op("Reshape", [x, g.const("shape", np.array([-1, *st.in_shape], np.int64))], "map")
         x = _layer(g, spec, st, x, tensors[st.name])
         rank = 2 if st.kind == "linear" else 4
-    if len(spec.output_shape) > 1 and rank == 2:
-        x = g.op("Reshape", [x, g.const("shape", np.array([-1, *spec.output_shape], np.int64))], "out_map")
-    g.op("Identity", [x], "out")
-    g.nodes[-1].output[:] = ["out"]
-    ins = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", spec.latent_dim])]
-    outs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", *spec.output_shape])]
-    return _model(g, ins, outs, f"vaenas {spec.id} decoder: z -> {spec.likelihood} parameters")
+    return x, rank
+
+
+def encoder_model(spec: ArchSpec, packed: bytes):
+    g = _Graph()
+    split_head(g, encoder_body(g, spec, unpack_layers(spec, packed)), spec.latent_dim)
+    return _model(g, *encoder_io(spec), f"vaenas {spec.id} encoder: x -> mu, logvar")
+
+
+def decoder_model(spec: ArchSpec, packed: bytes):
+    g = _Graph()
+    finish_decoder(g, spec, *decoder_body(g, spec, unpack_layers(spec, packed)))
+    return _model(g, *decoder_io(spec), f"vaenas {spec.id} decoder: z -> {spec.likelihood} parameters")
 
 
 def write_onnx(spec: ArchSpec, packed: bytes, out: Path) -> list[str]:

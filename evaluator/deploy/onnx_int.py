@@ -123,35 +123,29 @@ def _chain(qg: _QGraph, steps, q: str, rank: int, activation: str) -> tuple[str,
     return q, rank
 
 
+def encoder_body(qg: _QGraph, p: IntProgram, x: str = "x") -> str:
+    """The integer encoder's nodes from the float input ``x`` to the head's float output."""
+    y, _ = _chain(qg, p.encoder, qg.quantize(x, *p.x_quant), 1 + len(p.spec.input_shape), p.spec.activation)
+    return y
+
+
+def decoder_body(qg: _QGraph, p: IntProgram, z: str = "z") -> tuple[str, int]:
+    """The integer decoder's nodes from the float latent ``z``; its last (float) value and that value's rank."""
+    return _chain(qg, p.decoder, qg.quantize(z, *p.z_quant), 2, p.spec.activation)
+
+
 def encoder_model(p: IntProgram):
-    from onnx import TensorProto, helper
+    from .onnx_common import _model, encoder_io, split_head
 
-    from .onnx_common import _model
-
-    spec, qg = p.spec, _QGraph()
-    g = qg.g
-    q = qg.quantize("x", *p.x_quant)
-    y, _ = _chain(qg, p.encoder, q, 1 + len(spec.input_shape), spec.activation)
-    L = spec.latent_dim
-    g.op("Split", [y, g.const("split", np.array([L, L], np.int64))], "head", n_out=2, axis=1)
-    g.nodes[-1].output[:] = ["mu", "logvar"]
-    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *spec.input_shape])]
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", L]) for n in ("mu", "logvar")]
-    return _model(g, ins, outs, f"vaenas {spec.id} integer encoder (QDQ): x -> mu, logvar")
+    qg = _QGraph()
+    split_head(qg.g, encoder_body(qg, p), p.spec.latent_dim)
+    return _model(qg.g, *encoder_io(p.spec), f"vaenas {p.spec.id} integer encoder (QDQ): x -> mu, logvar")
 
 
 def decoder_model(p: IntProgram):
-    from onnx import TensorProto, helper
+    from .onnx_common import _model, decoder_io, finish_decoder
 
-    from .onnx_common import _model
-
-    spec, qg = p.spec, _QGraph()
-    g = qg.g
-    y, rank = _chain(qg, p.decoder, qg.quantize("z", *p.z_quant), 2, spec.activation)
-    if len(spec.output_shape) > 1 and rank == 2:
-        y = g.op("Reshape", [y, g.const("shape", np.array([-1, *spec.output_shape], np.int64))], "out_map")
-    g.op("Identity", [y], "out")
-    g.nodes[-1].output[:] = ["out"]
-    ins = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", spec.latent_dim])]
-    outs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", *spec.output_shape])]
-    return _model(g, ins, outs, f"vaenas {spec.id} integer decoder (QDQ): z -> {spec.likelihood} parameters")
+    qg = _QGraph()
+    finish_decoder(qg.g, p.spec, *decoder_body(qg, p))
+    return _model(qg.g, *decoder_io(p.spec),
+                  f"vaenas {p.spec.id} integer decoder (QDQ): z -> {p.spec.likelihood} parameters")
