@@ -45,6 +45,8 @@ import torch
 
 from search_space import LIKELIHOODS, VaenasInputError, get_likelihood
 
+from .anomaly import AnomalyTask
+from .anomaly_split import anomaly_splits
 from .sources import (
     DataUnavailableError, RawData, read_array, read_folder, read_sklearn, read_torchvision, torchvision_class,
 )
@@ -56,7 +58,7 @@ SPLIT_SEED = 0  # fixed: every study and report sees the same train/validation s
 BINARIZE_SEED = 1234  # fixed: validation/test bits are the same everywhere
 DEFAULT_MEMORY_MB = 4096
 _KEYS = {"torchvision": {"name", "options"}, "folder": {"path", "image_size", "channels"},
-         "array": {"path", "key"}, "sklearn": {"name"}}
+         "array": {"path", "key", "labels"}, "sklearn": {"name"}}
 _COMMON = {"source", "likelihood", "val_fraction", "test_fraction", "max_memory_mb"}
 
 __all__ = ["BINARIZE_SEED", "DATASETS", "DataUnavailableError", "DatasetSpec", "SPLIT_SEED", "Splits", "binarize",
@@ -137,6 +139,7 @@ class DatasetSpec:
     test_fraction: float = 0.1
     max_memory_mb: float = DEFAULT_MEMORY_MB
     shorthand: str | None = None  # "mnist" / "fashion_mnist" when declared so
+    labels: str | int | None = None  # array sources: the label column / array / .npy (anomaly tasks)
 
     @classmethod
     def parse(cls, value: Any, base_dir: Path | None = None) -> "DatasetSpec":
@@ -162,6 +165,13 @@ class DatasetSpec:
         if lik not in LIKELIHOODS:
             raise _err("likelihood", f"{lik!r} is not a likelihood; use one of {sorted(LIKELIHOODS)}")
         kw = _strings(value, src, base_dir)
+        if "labels" in value:
+            lab = value["labels"]
+            if isinstance(lab, bool) or not isinstance(lab, (str, int)) or lab in ("", 0) or \
+                    (isinstance(lab, int) and lab < 1):
+                raise _err("labels", f"expected a CSV column name or number (from 1), an .npz array's key or an .npy "
+                                     f"path, got {lab!r}")
+            kw["labels"] = lab
         if src == "torchvision":
             torchvision_class(kw["name"])
             opts = value.get("options") or {}
@@ -177,7 +187,7 @@ class DatasetSpec:
         if self.shorthand:
             return self.shorthand
         d: dict[str, Any] = {"source": self.source}
-        for k in ("name", "path", "key", "channels"):
+        for k in ("name", "path", "key", "channels", "labels"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         if self.image_size is not None:
@@ -210,6 +220,10 @@ class Splits:
     normalization: dict | None = None  # {"mean": [...], "std": [...]}: model input = (x - mean) / std
     dataset: DatasetSpec | None = None
     feature_names: list[str] | None = field(default=None, compare=False)
+    task: AnomalyTask | None = None  # an anomaly task: training holds normal examples only
+    val_labels: torch.Tensor | None = field(default=None, compare=False)  # bool, True: an anomaly
+    test_labels: torch.Tensor | None = field(default=None, compare=False)
+    anomaly_counts: dict | None = field(default=None, compare=False)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -225,6 +239,13 @@ class Splits:
         shape = "x".join(str(v) for v in self.input_shape)
         kind = "images" if self.is_image else "vectors"
         norm = ", features standardised with the training split's mean/std" if self.normalization else ""
+        if self.task is not None:
+            c = self.anomaly_counts or {}
+            left = f" ({c['left_out']:,} anomalies of the training pool left out)" if c.get("left_out") else ""
+            return (f"data {self.name}, anomaly task (normal: {list(self.task.normal)}): {len(self.train):,} train "
+                    f"(normal only) / {c.get('val_normal', 0):,} normal + {c.get('val_anomalies', 0):,} anomalies val / "
+                    f"{c.get('test_normal', 0):,} normal + {c.get('test_anomalies', 0):,} anomalies test{left} "
+                    f"{kind} of {shape}, likelihood {self.likelihood}{norm}; {mb:,.1f} MB in memory")
         return (f"data {self.name}: {len(self.train):,} train / {len(self.val):,} val / {len(self.test):,} test "
                 f"{kind} of {shape}, likelihood {self.likelihood}{norm}; {mb:,.1f} MB in memory")
 
@@ -240,7 +261,7 @@ def _read(ds: DatasetSpec, root: Path) -> RawData:
     if ds.source == "folder":
         return read_folder(Path(ds.path), ds.image_size, ds.channels, ds.max_memory_mb, ds.label)
     if ds.source == "array":
-        return read_array(Path(ds.path), ds.key, ds.max_memory_mb, ds.label)
+        return read_array(Path(ds.path), ds.key, ds.max_memory_mb, ds.label, ds.labels)
     return read_sklearn(ds.name, ds.label)
 
 
@@ -285,9 +306,13 @@ def load_data(
     n_val: int | None = None,
     n_train: int | None = None,
     n_eval: int | None = None,
+    task: dict | AnomalyTask | None = None,
 ) -> Splits:
-    """Load a dataset's splits. ``n_train``/``n_eval`` take leading subsets (for tests and cheap trials)."""
+    """Load a dataset's splits. ``n_train``/``n_eval`` take leading subsets (for tests and cheap trials).
+    ``task`` (an anomaly task, :mod:`evaluator.anomaly`): training keeps normal examples only, validation
+    and test carry anomaly labels (:mod:`evaluator.anomaly_split`)."""
     ds = DatasetSpec.parse(dataset)
+    task = AnomalyTask.parse(task) if task is not None else None
     for k, v in (("n_train", n_train), ("n_eval", n_eval), ("n_val", n_val)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise VaenasInputError(f"{k}: must be a whole number >= 1, got {v!r}")
@@ -295,7 +320,11 @@ def load_data(
     raw = _read(ds, root)
     if raw.val is None and raw.test is not None and n_val is not None and not 0 < n_val < len(raw.train):
         raise VaenasInputError(f"n_val: must be between 1 and {len(raw.train) - 1}, got {n_val}")
-    train, val, test = _split(raw, ds, n_val)
+    val_y = test_y = counts = None
+    if task is not None:
+        train, val, test, val_y, test_y, counts = anomaly_splits(raw, task, ds.val_fraction, ds.test_fraction, ds.label)
+    else:
+        train, val, test = _split(raw, ds, n_val)
     lik = get_likelihood(ds.likelihood)
     for part in (train, val, test):
         problem = lik.check_data(part)
@@ -322,8 +351,10 @@ def load_data(
         train = train[:n_train]
     if n_eval is not None:
         val, test = val[:n_eval], test[:n_eval]
+        val_y, test_y = (y[:n_eval] if y is not None else None for y in (val_y, test_y))
     name = ds.shorthand or ds.label
-    return Splits(name, train, val.contiguous(), test.contiguous(), ds.likelihood, norm, ds, raw.feature_names)
+    return Splits(name, train, val.contiguous(), test.contiguous(), ds.likelihood, norm, ds, raw.feature_names,
+                  task, val_y, test_y, counts)
 
 
 def binarize(u8: torch.Tensor, seed: int) -> torch.Tensor:

@@ -1,6 +1,9 @@
 """The objectives record and the :class:`Evaluator` that produces it.
 
-Every objective is minimised; a study picks 2-4 of :data:`OBJECTIVES`.
+A study picks 2-4 of :data:`OBJECTIVES`. Each has a direction; ``auroc`` and ``auprc`` are maximised,
+every other one minimised. Everything that ranks trials (Optuna, the strategies, the Pareto maths)
+sees the *minimised* form: :meth:`Objectives.values` negates a maximised objective (and a study's
+bounds of it are stored negated); tables, plots and manifests show the value itself.
 """
 
 from __future__ import annotations
@@ -37,12 +40,17 @@ OBJECTIVES: dict[str, Objective] = {}
 
 
 def register_objective(name: str, doc: str, unit: str, label: str, fmt: str = "{:,.0f}",
-                       static: bool = False) -> Objective:
+                       static: bool = False, direction: str = "minimize") -> Objective:
     """Add an objective (the record :class:`Objectives` must carry a field of that name)."""
     if name in OBJECTIVES:
         raise ValueError(f"objective {name!r} is registered already")
-    OBJECTIVES[name] = Objective(name, doc, unit, label, fmt, static)
+    OBJECTIVES[name] = Objective(name, doc, unit, label, fmt, static, direction)
     return OBJECTIVES[name]
+
+
+def minimised(name: str, value: float) -> float:
+    """``value`` of objective ``name`` in the form every ranking minimises (a maximised one negated)."""
+    return -float(value) if OBJECTIVES[name].direction == "maximize" else float(value)
 
 
 register_objective("neg_elbo", "validation −ELBO, nats per example", "nats",
@@ -63,6 +71,10 @@ register_objective("flash_bytes", "flash of the C export: packed weights + estim
 register_objective("mcu_instructions", "instructions one reconstruction executes on the Cortex-M core (latency.backend "
                    "cortex_m; counted in an emulator: instructions, not cycles)", "instructions",
                    "instructions per reconstruction (Cortex-M, emulated)")
+register_objective("auroc", "validation AUROC of the anomaly score (task: anomaly; maximised)", "AUROC",
+                   "validation AUROC (higher is better)", "{:.4f}", direction="maximize")
+register_objective("auprc", "validation AUPRC (average precision) of the anomaly score (task: anomaly; maximised)",
+                   "AUPRC", "validation AUPRC (higher is better)", "{:.4f}", direction="maximize")
 DIRECTIONS: dict[str, str] = {name: o.direction for name, o in OBJECTIVES.items()}
 STATIC_OBJECTIVES = tuple(n for n, o in OBJECTIVES.items() if o.static)  # decided by the spec alone
 LABELS: dict[str, str] = {name: o.label for name, o in OBJECTIVES.items()}
@@ -103,9 +115,13 @@ class Objectives:
     mcu_instructions: int = 0  # latency.backend cortex_m: instructions per reconstruction (0: not measured)
     mcu: dict | None = None  # latency.backend cortex_m: the core, text/data/bss, stack (measured and .su bound)
     flash_is_estimate: bool = True  # False when flash_bytes and ram_bytes were measured on a Cortex-M build
+    auroc: float = float("nan")  # task anomaly: validation AUROC of the kept score
+    auprc: float = float("nan")
+    anomaly: dict | None = None  # task anomaly: the kept score, its threshold and validation FPR/TPR (anomaly_figures)
 
     def values(self, names: list[str]) -> tuple[float, ...]:
-        return tuple(float(getattr(self, n)) for n in names)
+        """The objectives ``names`` in their minimised form (what Optuna and the Pareto maths rank)."""
+        return tuple(minimised(n, getattr(self, n)) for n in names)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -186,34 +202,49 @@ class Evaluator:
             i, fraction, partial = rungs[-1]
             return Stopped(spec.id, i, fraction, partial, res.seconds, res.epochs), None
         return score_model(model, spec, self.data.val, self.latency_cfg, seed=seed, train_seconds=res.seconds,
-                           epochs=res.epochs)
+                           epochs=res.epochs, task_eval=task_evaluation(self.data))
 
     def _rung_hook(self, gate: RungGate, model, spec: ArchSpec, rungs: list):
         """The training loop's checkpoint hook: figures at the rung, recorded in ``rungs``, then the gate decides."""
         def at_checkpoint(i: int, step: int, total: int) -> bool:
             partial = partial_figures(model, spec, self.data.val, self.latency_cfg, gate.needs,
-                                      rungs[0][2] if rungs else None)
+                                      rungs[0][2] if rungs else None, task_evaluation(self.data))
             rungs.append((i, gate.fractions[i], partial))
             return gate.decide(i, gate.fractions[i], partial)
 
         return at_checkpoint
 
 
-def partial_figures(model, spec: ArchSpec, val_data, latency_cfg: LatencyConfig, needs, earlier: dict | None) -> dict:
+def task_evaluation(data: Splits):
+    """The task's figures of a trained model on the validation split (``None`` without a task block):
+    for an anomaly task, AUROC / AUPRC of each listed score and the kept score's threshold."""
+    if getattr(data, "task", None) is None:
+        return None
+    from .anomaly import anomaly_figures
+
+    return lambda model: anomaly_figures(model, data.val, data.val_labels, data.task)
+
+
+def partial_figures(model, spec: ArchSpec, val_data, latency_cfg: LatencyConfig, needs, earlier: dict | None,
+                    task_eval=None) -> dict:
     """A partly trained model's figures at a rung: validation −ELBO now, exact static costs and, when
     ``needs`` it, measured latency (taken from ``earlier``, the first rung's figures, when given:
     the graph, and so its timing, does not change with training)."""
     val = evaluate_neg_elbo(model, val_data)["neg_elbo"]
     costs = {k: v for k, v in asdict(static_costs(spec)).items() if k != "uncounted_ops"}
     out = {"neg_elbo": val if math.isfinite(val) else float("inf"), **costs}
+    if task_eval is not None:
+        fig = task_eval(model)
+        out.update({k: fig[k] if math.isfinite(fig[k]) else 0.0 for k in ("auroc", "auprc")})
     if "latency_ms" in needs:
         out["latency_ms"] = earlier["latency_ms"] if earlier else measure_latency(model, latency_cfg).median_ms
     return out
 
 
 def score_model(model, spec: ArchSpec, val_data, latency_cfg: LatencyConfig, *, seed: int, train_seconds: float,
-                epochs: float, estimate: bool = False, latency_table=None):
-    """Score a ready model: validation −ELBO, static costs, measured latency -> ``(Objectives, model)``.
+                epochs: float, estimate: bool = False, latency_table=None, task_eval=None):
+    """Score a ready model: validation −ELBO, static costs, measured latency -> ``(Objectives, model)``;
+    with ``task_eval`` (:func:`task_evaluation`) also the task's validation figures (AUROC, AUPRC).
 
     ``estimate=True`` marks the −ELBO as inherited from a supernet (an estimate, not a standalone figure).
     ``latency_table`` (:class:`~evaluator.latency_table.LatencyTable`): latency is its ESTIMATE, not measured.
@@ -222,6 +253,9 @@ def score_model(model, spec: ArchSpec, val_data, latency_cfg: LatencyConfig, *, 
     val = evaluate_neg_elbo(model, val_data)["neg_elbo"]
     if not math.isfinite(val):
         return EvalFailure(spec.id, f"validation −ELBO is {val}"), None
+    task = task_eval(model) if task_eval is not None else {}
+    if task and not math.isfinite(task["auroc"]):
+        return EvalFailure(spec.id, f"the anomaly scores are not finite (validation AUROC {task['auroc']})"), None
     costs = static_costs(spec)
     mcu = {}
     if latency_table is not None:
@@ -241,7 +275,8 @@ def score_model(model, spec: ArchSpec, val_data, latency_cfg: LatencyConfig, *, 
         eval_seconds=time.perf_counter() - t0, epochs=epochs, seed=seed, neg_elbo_is_estimate=estimate,
         uncounted_ops=costs.uncounted_ops, bits_per_dim=image_bits_per_dim(spec, val),
         latency_is_estimate=latency_table is not None or bool(mcu), mcu_instructions=mcu.get("instructions", 0),
-        mcu=mcu.get("mcu"), flash_is_estimate=not mcu,
+        mcu=mcu.get("mcu"), flash_is_estimate=not mcu, auroc=task.get("auroc", float("nan")),
+        auprc=task.get("auprc", float("nan")), anomaly=task or None,
     ), model
 
 

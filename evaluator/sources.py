@@ -39,6 +39,10 @@ class RawData:
     val: torch.Tensor | None = None
     feature_names: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    train_labels: np.ndarray | None = None  # one class label per example (anomaly tasks), where the source has them
+    test_labels: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+    classes: list[str] | None = None  # torchvision / scikit-learn: the name of each integer label
 
 
 def check_memory(label: str, n: int, dims: int, itemsize: int, limit_mb: float, fix: str) -> None:
@@ -174,7 +178,18 @@ def read_torchvision(name: str, root: Path, options: dict, label: str) -> RawDat
                 f"match: {type(e).__name__}); replace them with intact copies (check them with md5sum)") from None
         raise DataUnavailableError(f"dataset {label}: not found under {raw} and could not be downloaded "
                                    f"({type(e).__name__}: {first}); {what} or go online") from None
-    return RawData(_to_nchw_uint8(tr), _to_nchw_uint8(te))
+    return RawData(_to_nchw_uint8(tr), _to_nchw_uint8(te), train_labels=_targets(tr), test_labels=_targets(te),
+                   classes=[str(c) for c in getattr(tr, "classes", [])] or None)
+
+
+def _targets(ds) -> np.ndarray | None:
+    """A torchvision dataset's integer class labels (``targets``, or SVHN's ``labels``), None without them."""
+    t = getattr(ds, "targets", None)
+    t = getattr(ds, "labels", None) if t is None else t
+    if t is None:
+        return None
+    a = np.asarray(t.numpy() if isinstance(t, torch.Tensor) else t)
+    return a.astype(np.int64) if a.ndim == 1 and a.dtype.kind in "iu" and len(a) == len(ds) else None
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -234,7 +249,16 @@ def read_folder(path: Path, image_size: tuple[int, int] | None, channels: int | 
         return torch.from_numpy(a.copy()).reshape(h, w, channels).permute(2, 0, 1)
 
     out = {s: torch.stack([decode(f) for f in fs]) if fs else None for s, fs in groups.items()}
-    return RawData(out["train"], out.get("test"), out.get("val"))
+    labels = {s: np.array([_folder_label(f, split_dirs.get(s, path)) for f in fs], dtype=object) if fs else None
+              for s, fs in groups.items()}
+    return RawData(out["train"], out.get("test"), out.get("val"), train_labels=labels["train"],
+                   test_labels=labels.get("test"), val_labels=labels.get("val"))
+
+
+def _folder_label(f: Path, root: Path) -> str:
+    """An image's label: the subfolder it lies in under its split folder (``good/``, ``crack/``); "" at the top."""
+    parts = f.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else ""
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -247,8 +271,9 @@ def _npz_member_shape(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
-def _csv_table(path: Path, limit_mb: float, label: str) -> tuple[np.ndarray, list[str] | None]:
-    text = path.read_text(encoding="utf-8-sig", errors="replace")  # a byte-order mark is not part of the first cell
+def _csv_table(path: Path, limit_mb: float, label: str, text: str | None = None) -> tuple[np.ndarray, list[str] | None]:
+    if text is None:
+        text = path.read_text(encoding="utf-8-sig", errors="replace")  # a byte-order mark is not part of the first cell
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise VaenasInputError(f"dataset.path: {path} is empty; give a CSV with one example per row")
@@ -281,21 +306,32 @@ def _csv_table(path: Path, limit_mb: float, label: str) -> tuple[np.ndarray, lis
     return np.asarray(rows, dtype=np.float64), header
 
 
-def read_array(path: Path, key: str | None, limit_mb: float, label: str) -> RawData:
-    """Rows of an .npy / .npz / .csv file are examples; trailing axes are flattened into features."""
+def read_array(path: Path, key: str | None, limit_mb: float, label: str, labels: str | int | None = None) -> RawData:
+    """Rows of an .npy / .npz / .csv file are examples; trailing axes are flattened into features.
+
+    ``labels`` (anomaly tasks): a CSV's label column (its header name, or its number counting from 1), the
+    key of the label array in an .npz, or the path of an .npy of labels beside an .npy; one label per row."""
     if not path.is_file():
         raise VaenasInputError(f"dataset.path: file {str(path)!r} does not exist; check the path")
     suffix = path.suffix.lower()
-    names = None
+    names, y = None, None
     try:
         if suffix == ".npy":
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
             check_memory(label, arr.shape[0] if arr.ndim else 0, int(np.prod(arr.shape[1:])), 4, limit_mb,
                          "use fewer rows")
             arr = np.asarray(arr)
+            if labels is not None:
+                y = _npy_labels(path, labels)
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 keys = list(z.files)
+                if labels is not None:
+                    if labels not in keys:
+                        raise VaenasInputError(f"dataset.labels: {labels!r} is not an array of {path.name} (it holds "
+                                               f"{keys}); name the array of labels")
+                    y = np.asarray(z[labels])
+                    keys = [k for k in keys if k != labels]
                 if key is None:
                     if len(keys) != 1:
                         raise VaenasInputError(f"dataset.key: {path.name} holds arrays {keys}; name the one to use "
@@ -307,7 +343,8 @@ def read_array(path: Path, key: str | None, limit_mb: float, label: str) -> RawD
                 check_memory(label, shape[0] if shape else 0, int(np.prod(shape[1:])), 4, limit_mb, "use fewer rows")
                 arr = z[key]
         elif suffix == ".csv":
-            arr, names = _csv_table(path, limit_mb, label)
+            text, y = _csv_labels(path, labels) if labels is not None else (None, None)
+            arr, names = _csv_table(path, limit_mb, label, text)
         else:
             raise VaenasInputError(f"dataset.path: {path.name} is not an .npy, .npz or .csv file")
     except VaenasInputError:
@@ -315,7 +352,61 @@ def read_array(path: Path, key: str | None, limit_mb: float, label: str) -> RawD
     except (ValueError, OSError, zipfile.BadZipFile, KeyError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise VaenasInputError(f"dataset.path: {path.name} cannot be read as a numeric array ({first})") from None
-    return RawData(_as_rows(arr, path.name), feature_names=names)
+    rows = _as_rows(arr, path.name)
+    if y is not None and (y.ndim != 1 or len(y) != len(rows)):
+        raise VaenasInputError(f"dataset.labels: {len(y) if y.ndim == 1 else list(y.shape)} labels for {len(rows)} "
+                               f"rows of {path.name}; give one label per row")
+    return RawData(rows, feature_names=names, train_labels=_label_values(y) if y is not None else None)
+
+
+def _npy_labels(path: Path, labels) -> np.ndarray:
+    p = Path(str(labels)).expanduser()
+    p = p if p.is_absolute() else path.parent / p
+    if not p.is_file() or p.suffix.lower() != ".npy":
+        raise VaenasInputError(f"dataset.labels: {str(p)!r} is not an .npy file of labels; give the path of an .npy "
+                               "with one label per row of the data")
+    return np.asarray(np.load(p, allow_pickle=False))
+
+
+def _csv_labels(path: Path, column) -> tuple[str, np.ndarray]:
+    """The CSV's text without its label column, and that column's cells (header dropped)."""
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+    if not rows:
+        raise VaenasInputError(f"dataset.path: {path} is empty; give a CSV with one example per row")
+    header = [c.strip() for c in rows[0]]
+    if isinstance(column, int) and not isinstance(column, bool):
+        j = column - 1
+    else:
+        j = header.index(str(column)) if str(column) in header else -1
+    if not 0 <= j < len(header):
+        raise VaenasInputError(f"dataset.labels: {column!r} is not a column of {path.name} (its first row: "
+                               f"{header[:8]}); give the label column's header name or its number counting from 1")
+    has_header = isinstance(column, str) or not _is_number(rows[0][j:j + 1] or [""])
+    body = rows[1:] if has_header else rows
+    cells = np.array([r[j].strip() if j < len(r) else "" for r in body], dtype=object)
+    out = io.StringIO()
+    csv.writer(out).writerows([r[:j] + r[j + 1:] for r in rows])
+    return out.getvalue(), cells
+
+
+def _is_number(cells: list[str]) -> bool:
+    try:
+        float(cells[0])
+        return True
+    except ValueError:
+        return False
+
+
+def _label_values(y: np.ndarray) -> np.ndarray:
+    """Labels as integers when every one is a whole number, else as strings."""
+    try:
+        f = np.asarray(y, dtype=np.float64)
+        if np.isfinite(f).all() and (f == np.round(f)).all():
+            return f.astype(np.int64)
+    except (TypeError, ValueError):
+        pass
+    return np.array([str(v).strip() for v in y], dtype=object)
 
 
 def _as_rows(arr: np.ndarray, what: str) -> torch.Tensor:
@@ -345,4 +436,7 @@ def read_sklearn(name: str, label: str) -> RawData:
                                "`pip install scikit-learn` (or the extra `pip install -e '.[tabular]'`)") from None
     bunch = getattr(skd, f"load_{name}")()
     names = [str(n) for n in getattr(bunch, "feature_names", [])] or None
-    return RawData(_as_rows(np.asarray(bunch.data), f"sklearn {name}"), feature_names=names)
+    target = np.asarray(bunch.target)
+    classes = [str(c) for c in getattr(bunch, "target_names", [])] or None
+    return RawData(_as_rows(np.asarray(bunch.data), f"sklearn {name}"), feature_names=names,
+                   train_labels=target.astype(np.int64) if target.dtype.kind in "iu" else None, classes=classes)

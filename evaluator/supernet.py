@@ -39,7 +39,7 @@ from .data import Splits
 from .elbo import evaluate_neg_elbo, kl_std_normal
 from .latency import LatencyConfig
 from .costs import count_params
-from .objectives import EvalFailure, image_bits_per_dim, score_model
+from .objectives import EvalFailure, image_bits_per_dim, score_model, task_evaluation
 from .train import TrainConfig, TrainingDiverged, resolve_device, seeded_model, train
 
 
@@ -243,7 +243,8 @@ class SupernetEvaluator:
                 return EvalFailure(spec.id, f"fine-tune diverged: {e}"), None
             seconds, epochs = res.seconds, res.epochs
         result, model = score_model(model, spec, self.val, self.latency_cfg, seed=seed, train_seconds=seconds,
-                                    epochs=epochs, estimate=True, latency_table=self.latency_table)
+                                    epochs=epochs, estimate=True, latency_table=self.latency_table,
+                                    task_eval=task_evaluation(self.data))
         if self.calibration is not None and not isinstance(result, EvalFailure):
             from dataclasses import replace
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -61,6 +62,17 @@ class Likelihood:
     requirement: str = ""  # what the stored data must be, for error messages
     input_doc: str = ""  # what a deployed model's input x must be (model space), for export manifests
     param_docs: tuple[str, ...] = ()  # what each stacked decoder output parameter means, for manifests
+    # C99 statements computing `lp` (log p of value i) and `m` (the mean of value i) from the decoder output `o`
+    # (parameter p of value i at o[p * n + i]), the data `x`, `i` and `n`; `vae_softplus(float)` is provided
+    c_log_prob: str = ""
+    c_mean: str = ""
+
+    def onnx_log_prob(self, g, params: list[str], x: str) -> str:
+        """ONNX nodes of log p per value from the split parameters ``params`` and data ``x`` (broadcast)."""
+        raise NotImplementedError
+
+    def onnx_mean(self, g, params: list[str]) -> str:
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ data
     def check_data(self, raw: torch.Tensor) -> str | None:
@@ -141,6 +153,16 @@ class Bernoulli(Likelihood):
         return F.binary_cross_entropy_with_logits(student.flatten(1), torch.sigmoid(teacher).flatten(1),
                                                   reduction="none").sum(1)
 
+    c_log_prob = "float l = o[i];\n        lp = x[i] * l - vae_softplus(l);"
+    c_mean = "m = 1.0f / (1.0f + expf(-o[i]));"
+
+    def onnx_log_prob(self, g, params: list[str], x: str) -> str:
+        (l,) = params
+        return g.op("Sub", [g.op("Mul", [x, l], "xl"), g.op("Softplus", [l], "sp")], "lp")
+
+    def onnx_mean(self, g, params: list[str]) -> str:
+        return g.op("Sigmoid", [params[0]], "mean")
+
 
 class _LocScale(Likelihood):
     n_params = 2
@@ -160,6 +182,17 @@ class _LocScale(Likelihood):
 
     def _var_factor(self) -> float:
         return 1.0
+
+    def _onnx_log_scale(self, g, raw: str) -> str:
+        f = g.const("floor", np.array(self.log_scale_floor, np.float32))
+        return g.op("Add", [f, g.op("Softplus", [g.op("Sub", [raw, f], "rawf")], "sp")], "log_s")
+
+    @property
+    def _c_log_scale(self) -> str:
+        return f"float ls = {self.log_scale_floor!r}f + vae_softplus(o[n + i] - ({self.log_scale_floor!r}f));"
+
+    def onnx_mean(self, g, params: list[str]) -> str:
+        return g.op("Identity", [params[0]], "mean")
 
 
 class DiscretizedLogistic(_LocScale):
@@ -219,6 +252,36 @@ class DiscretizedLogistic(_LocScale):
     def _var_factor(self) -> float:
         return 3.0 / math.pi**2  # var of a logistic = (scale * pi)^2 / 3
 
+    @property
+    def c_log_prob(self) -> str:  # the same stable form as log_prob
+        h = f"{self.HALF_BIN!r}f"
+        return (f"{self._c_log_scale}\n        float is = expf(-ls), d = x[i] - o[i];\n"
+                f"        float a = is * (d + {h}), b = is * (d - {h});\n"
+                f"        if (x[i] < -1.0f + {h}) lp = -vae_softplus(-a);\n"
+                f"        else if (x[i] > 1.0f - {h}) lp = -vae_softplus(b);\n"
+                "        else lp = -vae_softplus(-a) - vae_softplus(b) + logf(-expm1f(b - a));")
+
+    c_mean = "m = o[i] < -1.0f ? -1.0f : (o[i] > 1.0f ? 1.0f : o[i]);"
+
+    def onnx_log_prob(self, g, params: list[str], x: str) -> str:
+        loc, raw = params
+        c = lambda name, v: g.const(name, np.array(v, np.float32))  # noqa: E731
+        inv = g.op("Exp", [g.op("Neg", [self._onnx_log_scale(g, raw)], "nls")], "inv_s")
+        d = g.op("Sub", [x, loc], "d")
+        a = g.op("Mul", [inv, g.op("Add", [d, c("hb", self.HALF_BIN)], "dp")], "a")
+        b = g.op("Mul", [inv, g.op("Sub", [d, c("hb", self.HALF_BIN)], "dm")], "b")
+        lo = g.op("Neg", [g.op("Softplus", [g.op("Neg", [a], "na")], "spa")], "lo_edge")
+        hi = g.op("Neg", [g.op("Softplus", [b], "spb")], "hi_edge")
+        gap = g.op("Log", [g.op("Sub", [c("one", 1.0), g.op("Exp", [g.op("Sub", [b, a], "ba")], "eba")], "gap")], "lgap")
+        mid = g.op("Add", [g.op("Add", [lo, hi], "edges"), gap], "mid")
+        low = g.op("Less", [x, c("lo_x", -1 + self.HALF_BIN)], "is_lo")
+        high = g.op("Greater", [x, c("hi_x", 1 - self.HALF_BIN)], "is_hi")
+        return g.op("Where", [low, lo, g.op("Where", [high, hi, mid], "w_hi")], "lp")
+
+    def onnx_mean(self, g, params: list[str]) -> str:
+        c = lambda name, v: g.const(name, np.array(v, np.float32))  # noqa: E731
+        return g.op("Clip", [params[0], c("lo", -1.0), c("hi", 1.0)], "mean")
+
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         return ((x + 1) / 2).clamp(0, 1)
 
@@ -242,6 +305,20 @@ class Gaussian(_LocScale):
     def sample(self, out: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         p = self.params(out)
         return p["loc"] + torch.exp(p["log_scale"]) * torch.randn(p["loc"].shape, generator=g, device=out.device)
+
+    @property
+    def c_log_prob(self) -> str:
+        return (f"{self._c_log_scale}\n        float t = (x[i] - o[i]) * expf(-ls);\n"
+                f"        lp = -0.5f * t * t - ls - {0.5 * LOG_2PI!r}f;")
+
+    c_mean = "m = o[i];"
+
+    def onnx_log_prob(self, g, params: list[str], x: str) -> str:
+        loc, raw = params
+        ls = self._onnx_log_scale(g, raw)
+        t = g.op("Mul", [g.op("Sub", [x, loc], "d"), g.op("Exp", [g.op("Neg", [ls], "nls")], "inv_s")], "t")
+        sq = g.op("Mul", [g.op("Mul", [t, t], "t2"), g.const("half", np.array(-0.5, np.float32))], "ht2")
+        return g.op("Sub", [g.op("Sub", [sq, ls], "ml"), g.const("c", np.array(0.5 * LOG_2PI, np.float32))], "lp")
 
 
 LIKELIHOODS: dict[str, Callable[[], Likelihood]] = {

@@ -44,6 +44,11 @@
                                      # fills any remaining budget)
     enqueue: [{type: vaenas.ArchSpec, ...}]  # optional: specs of the space evaluated first, once per study
                                      # (e.g. a baseline to compare with; an exported arch.json's content)
+    task: {kind: anomaly, normal: [0], score: neg_elbo, samples: null, threshold: {fpr: 0.01}}
+                                     # optional anomaly detection (evaluator/anomaly.py): train on the normal
+                                     # labels only; objectives auroc / auprc (maximised, on validation); score
+                                     # neg_elbo | iwae | recon_prob | recon_error, a list or all (the best on
+                                     # validation is kept per trial); threshold {fpr: F} or best_f1 ships
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from typing import Any
 
 from evaluator import OBJECTIVES, STATIC_OBJECTIVES, LatencyConfig, TrainConfig, check_objectives
 from strategies.pareto import Bound
+from evaluator.anomaly import AnomalyTask, check_anomaly_objectives
 from evaluator.data import DatasetSpec, Splits
 from evaluator.supernet import SupernetConfig
 from search_space import ArchSpec, SearchSpace, VaenasInputError
@@ -68,7 +74,7 @@ from search_space.space import safe_yaml
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _KEYS = {"name", "dataset", "data_root", "n_train", "space", "strategy", "objectives", "bounds", "budget", "train",
          "latency", "seed", "storage", "constraints", "heartbeat", "supernet", "darts", "enqueue",
-         "artifacts"}
+         "artifacts", "task"}
 # constraints the spec alone decides (no training): strategies can rule specs out before proposing them
 STATIC_CONSTRAINTS = STATIC_OBJECTIVES  # the limits a spec alone decides: checked before training
 
@@ -118,6 +124,7 @@ class StudyConfig:
     darts: dict[str, Any] | None = None  # set: a DARTS lambda sweep proposes the first trials
     enqueue: list[ArchSpec] = field(default_factory=list)  # specs evaluated first (e.g. a baseline)
     artifacts: Any = None  # where trial files go as Optuna artifacts (studies/artifacts.py); False: nowhere
+    task: AnomalyTask | None = None  # an anomaly task (evaluator/anomaly.py): normal-only training, AUROC
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -141,6 +148,8 @@ class StudyConfig:
         darts = _owned(lambda: darts_block(d["darts"], space)) if d.get("darts") is not None else None
         from .artifacts import check_artifacts_config
 
+        task = _owned(lambda: AnomalyTask.parse(d["task"])) if d.get("task") is not None else None
+        _owned(lambda: check_anomaly_objectives(objectives, task))
         return cls(
             name=check_name(d["name"]), space=space, objectives=objectives, bounds=bounds,
             dataset=DatasetSpec.parse(d.get("dataset", "mnist"), base_dir),
@@ -150,7 +159,8 @@ class StudyConfig:
             latency=_owned(lambda: LatencyConfig.from_config(d.get("latency"))), seed=seed,
             storage=_typed("storage", d.get("storage"), str, allow_none=True), constraints=_constraints(d),
             heartbeat=(interval, grace), outage_s=float(outage), supernet=supernet, darts=darts,
-            enqueue=_enqueue(d.get("enqueue")), artifacts=check_artifacts_config(d.get("artifacts")), raw=d,
+            enqueue=_enqueue(d.get("enqueue")), artifacts=check_artifacts_config(d.get("artifacts")), task=task,
+            raw=d,
         )
 
     def bind_data(self, data: Splits) -> None:
@@ -183,6 +193,8 @@ class StudyConfig:
             "supernet": _supernet_fingerprint(self.supernet),
             "darts": self.darts,
         }
+        if self.task is not None:  # only when set, so studies made before tasks existed still resume
+            parts["task"] = self.task.to_config()
         if self.rungs:  # only when set, so studies made before rungs existed still resume
             parts["rungs"] = {"rungs": list(self.rungs), "keep": self.keep}
         return {k: json.dumps(v, sort_keys=True, default=str) for k, v in parts.items()}
@@ -245,7 +257,16 @@ def _objectives(d: dict) -> tuple[list[str], list[Bound]]:
     extra = sorted(set(braw) - set(objectives))
     if extra:
         raise ConfigError(f"bounds.{extra[0]}: not one of the study's objectives {objectives}")
-    return objectives, [_bound(f"bounds.{o}", braw[o]) for o in objectives]
+    return objectives, [_minimised_bound(o, _bound(f"bounds.{o}", braw[o])) for o in objectives]
+
+
+def _minimised_bound(objective: str, b: Bound) -> Bound:
+    """A maximised objective's bounds as the minimised form ranks it: [lo, hi] of AUROC -> [-hi, -lo]."""
+    if OBJECTIVES[objective].direction != "maximize":
+        return b
+    if b.log:
+        raise ConfigError(f"bounds.{objective}: a log scale does not suit a maximised score; give [lo, hi]")
+    return Bound(-b.hi, -b.lo)
 
 
 def _constraints(d: dict) -> dict[str, float]:
@@ -256,6 +277,8 @@ def _constraints(d: dict) -> dict[str, float]:
     for k, v in craw.items():
         if k not in OBJECTIVES:
             raise ConfigError(f"constraints.{k}: unknown; constrain one of {list(OBJECTIVES)}")
+        if OBJECTIVES[k].direction == "maximize":
+            raise ConfigError(f"constraints.{k}: constraints are maxima, and {k} is maximised; make it an objective")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
             raise ConfigError(f"constraints.{k}: expected a positive number (the maximum allowed), got {v!r}")
         out[k] = float(v)

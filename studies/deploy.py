@@ -59,9 +59,25 @@ def trial_checkpoint(view, number: int, runs_dir, tmp: Path) -> Path:
                            f"artifact); retrain it (`vaenas export {view.name} --trial {number}`, then `vaenas retrain`)")
 
 
+def anomaly_meta(model, meta: dict, data=None, data_root: str | None = None) -> dict:
+    """``meta`` with the shipped score (``anomaly``: kind, threshold, validation FPR/TPR) when it records an
+    anomaly task: chosen on the validation split for *these* weights (``data``, else loaded)."""
+    if not meta.get("task") or "anomaly" in meta:
+        return meta
+    from evaluator import load_data
+    from evaluator.anomaly import AnomalyTask, anomaly_figures, export_section
+
+    task = AnomalyTask.parse(meta["task"])
+    if data is None or data.task is None:
+        data = load_data(meta["dataset"], data_root, n_train=1, task=task)
+    return {**meta, "anomaly": export_section(anomaly_figures(model, data.val, data.val_labels, task), task)}
+
+
 def export_weights(model, out: Path, formats: tuple[str, ...], meta: dict | None = None,
-                   arch_doc: dict | None = None) -> dict:
-    """Write ``formats`` of a trained model into ``out`` (all or nothing); returns the manifest."""
+                   arch_doc: dict | None = None, data=None, data_root: str | None = None) -> dict:
+    """Write ``formats`` of a trained model into ``out`` (all or nothing); returns the manifest. A model of an
+    anomaly task also ships its score and threshold (:func:`anomaly_meta`)."""
+    meta = anomaly_meta(model, meta or {}, data, data_root)
     doc = export_model(model.spec, pack_model(model), out, formats, meta)
     if arch_doc is not None and "arch" in formats:  # the richer export document (provenance, retrain command)
         from .files import atomic_write

@@ -51,7 +51,7 @@ def _export_formats(args: argparse.Namespace) -> int:
         model, meta, arch_doc, out, what = source
         if model is None:
             return _write_arch_only(out, arch_doc, meta, what)
-        doc = export_weights(model, out, formats, meta, arch_doc)
+        doc = export_weights(model, out, formats, meta, arch_doc, data_root=getattr(args, "data_root", None))
     _print_exported(out, formats, model.spec, doc, what)
     return 0
 
@@ -166,7 +166,7 @@ def deploy_knee(view, knee: int, runs_dir: str, out: Path, data_root: str | None
             return
     meta.update({"study": view.name, "trial": knee})
     arch_doc = {**arch_doc, "retrain_command": arch_doc["retrain_command"].replace("knee.json", "knee/arch.json")}
-    doc = export_weights(model, out, formats, meta, arch_doc)
+    doc = export_weights(model, out, formats, meta, arch_doc, data_root=data_root)
     try:
         from evaluator import load_data
 
@@ -205,5 +205,7 @@ def export_parser(sub, study_args) -> None:
     ex.add_argument("--max", action="append", help="OBJECTIVE=VALUE upper limit, e.g. size_bytes=20000")
     ex.add_argument("--out", help="export file, or folder with --format (default runs/<study>/export/ named after the "
                          "pick: knee.json, best_neg_elbo.json, trial<N>.json; knee/ etc. with --format)")
+    ex.add_argument("--data-root", help="torchvision data root of an anomaly task's data (its threshold is chosen "
+                                        "on the validation split); default $VAENAS_DATA or ~/.cache/vaenas/data")
     ex.add_argument("--force", action="store_true", help="replace an earlier export at --out")
     ex.set_defaults(func=cmd_export)

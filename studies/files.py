@@ -80,4 +80,6 @@ def data_meta(data) -> dict:
     meta = {"dataset": ds, "likelihood": data.likelihood, "input_shape": list(data.input_shape)}
     if data.normalization is not None:
         meta["normalization"] = data.normalization
+    if getattr(data, "task", None) is not None:
+        meta["task"] = data.task.to_config()
     return meta

@@ -24,7 +24,9 @@ from strategies.pareto import hypervolume, knee_point
 from search_space import ArchSpec
 
 from .plots import BIT_COLOURS, BIT_EDGES, BIT_LEVELS, LABELS, bits_colour
-from .report import StudyView, feasible_trials, hypervolume_curve, reported_mask, study_hypervolume
+from evaluator.objectives import minimised
+
+from .report import StudyView, feasible_trials, hypervolume_curve, ranked, reported_mask, study_hypervolume
 from .files import study_dir
 from strategies.trial_record import FAIL_REASON, SPEC_ID, trial_attrs
 
@@ -71,7 +73,7 @@ def _trial_points(view: StudyView, runs_dir, images) -> list[dict]:
     knee = None
     feas = feasible_trials(view)
     if len(feas):
-        knee = int(feas["trial"].iloc[knee_point(feas[view.objectives].to_numpy(float), view.bounds)])
+        knee = int(feas["trial"].iloc[knee_point(ranked(feas, view.objectives), view.bounds)])
     reported = reported_mask(df)
     pts = []
     n_pics = 0
@@ -106,7 +108,7 @@ def _hv_over_time(view: StudyView) -> list[list[float]]:
         if rows is not None and t.number in rows.index:
             r = rows.loc[t.number]
             if bool(r["feasible"]) and r.get("phase", "search") != "remeasure":
-                pts.append([float(r[o]) for o in view.objectives])
+                pts.append([minimised(o, r[o]) for o in view.objectives])
         hv = hypervolume(np.array(pts), view.bounds) if pts else 0.0
         out.append([(t.datetime_complete - t0).total_seconds(), hv])
     return out

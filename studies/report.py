@@ -20,7 +20,14 @@ from .invocation import prog
 from .files import atomic_write, study_dir
 from strategies.trial_record import FAIL_REASON, trial_attrs
 
-COST_COLUMNS = [n for n in OBJECTIVES if n != "neg_elbo"]  # the registry's costs, in its order
+COST_COLUMNS = [n for n in OBJECTIVES if n != "neg_elbo" and OBJECTIVES[n].direction == "minimize"]  # the costs
+TASK_COLUMNS = [n for n in OBJECTIVES if OBJECTIVES[n].direction == "maximize"]  # auroc, auprc
+
+
+def ranked(df: pd.DataFrame, objectives: list[str]) -> np.ndarray:
+    """The objectives' columns as the Pareto maths ranks them: every one minimised (a maximised one negated)."""
+    return np.column_stack([df[o].to_numpy(float) * (-1.0 if OBJECTIVES[o].direction == "maximize" else 1.0)
+                            for o in objectives]) if objectives else np.empty((len(df), 0))
 
 
 @dataclass
@@ -76,9 +83,10 @@ def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = No
         row = {"trial": t.number, "spec_id": spec.id, "family": spec.family, "latent_dim": spec.latent_dim,
                "enc_hidden": list(spec.enc_hidden), "enc_channels": list(spec.enc_channels),
                "weight_bits": list(spec.weight_bits), "mean_bits": spec.mean_bits}
-        for k in ["neg_elbo", "bits_per_dim"] + COST_COLUMNS + ["train_seconds", "latency_path", "neg_elbo_is_estimate",
-                                                                 "latency_is_estimate"]:
+        for k in ["neg_elbo", "bits_per_dim"] + COST_COLUMNS + TASK_COLUMNS + [
+                "train_seconds", "latency_path", "neg_elbo_is_estimate", "latency_is_estimate"]:
             row[k] = a.get(k)
+        row["score"] = (a.get("anomaly") or {}).get("score")
         row["flash_is_estimate"] = bool(a.get("flash_is_estimate", True))
         row["reused_from_trial"] = a.get("reused_from_trial")
         row["feasible"] = bool(a.get("feasible", True))
@@ -94,7 +102,7 @@ def load_view(name: str, runs_dir: str | Path = "runs", storage: str | None = No
         df["on_front"] = False
         ok = reported_mask(df)
         if ok.any():  # the front is over feasible trials only (a study's constraints are hard)
-            df.loc[ok, "on_front"] = non_dominated_mask(df.loc[ok, objectives].to_numpy(float))
+            df.loc[ok, "on_front"] = non_dominated_mask(ranked(df.loc[ok], objectives))
     else:
         df = pd.DataFrame(columns=["trial", "spec_id", *objectives, "feasible", "on_front", "neg_elbo_is_estimate",
                                    "phase"])
@@ -137,7 +145,7 @@ def feasible_trials(view: StudyView) -> pd.DataFrame:
 
 def study_hypervolume(view: StudyView) -> float:
     df = feasible_trials(view)
-    return hypervolume(df[view.objectives].to_numpy(float), view.bounds) if len(df) else 0.0
+    return hypervolume(ranked(df, view.objectives), view.bounds) if len(df) else 0.0
 
 
 def hypervolume_curve(view: StudyView) -> tuple[list[int], list[float]]:
@@ -150,7 +158,7 @@ def hypervolume_curve(view: StudyView) -> tuple[list[int], list[float]]:
         upto = df.iloc[: i + 1]
         upto = upto[upto["feasible"].astype(bool)]
         xs.append(int(df["trial"].iloc[i]))
-        ys.append(hypervolume(upto[view.objectives].to_numpy(float), view.bounds) if len(upto) else 0.0)
+        ys.append(hypervolume(ranked(upto, view.objectives), view.bounds) if len(upto) else 0.0)
     return xs, ys
 
 
@@ -184,7 +192,7 @@ def pick_trial(view: StudyView, trial: int | None = None, pick: str | None = Non
         raise VaenasInputError(f"no feasible completed trial satisfies {' and '.join(max_constraints or [])}")
     pick = pick or "knee"
     if pick == "knee":
-        pts = df[view.objectives].to_numpy(float)
+        pts = ranked(df, view.objectives)
         return int(df["trial"].iloc[knee_point(pts, view.bounds)])
     if pick.startswith("best:"):
         key = pick.split(":", 1)[1]
@@ -229,4 +237,4 @@ def study_data(view: StudyView) -> dict:
 
 
 def front_points(view: StudyView) -> np.ndarray:
-    return view.front[view.objectives].to_numpy(float)
+    return ranked(view.front, view.objectives)

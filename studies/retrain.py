@@ -47,7 +47,7 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint", with_meta: bool 
     except (RuntimeError, KeyError) as e:
         raise VaenasInputError(f"{what}: weights in {str(p)!r} do not match its spec ({str(e).splitlines()[0]})") from None
     if with_meta:
-        return model, {k: ck[k] for k in ("dataset", "likelihood", "input_shape", "normalization") if k in ck}
+        return model, {k: ck[k] for k in ("dataset", "likelihood", "input_shape", "normalization", "task") if k in ck}
     return model
 
 
@@ -181,7 +181,7 @@ def _write_outputs(model, spec: ArchSpec, data, out: Path, formats, meta: dict, 
     if formats:
         from .deploy import NotBuilt, build_and_size, export_weights, how_to_run
 
-        manifest = export_weights(model.cpu(), out, formats, meta)
+        manifest = export_weights(model.cpu(), out, formats, meta, data=data)
         files += [f for f in manifest["files"]] + ["manifest.json"]
         report["ram_bytes"], report["flash_bytes_estimate"] = manifest["ram_bytes"], manifest["flash_bytes"]
         if "c" in formats:

@@ -194,7 +194,7 @@ def _check_existing(cfg: StudyConfig, url: str, heartbeat, path, resume: bool, w
 
 def _prepare(cfg: StudyConfig, worker: bool, progress: bool):
     """The data (bad input fails here, before any write), the latency backend's check, the strategy."""
-    data = load_data(cfg.dataset, cfg.data_root, n_train=cfg.n_train)
+    data = load_data(cfg.dataset, cfg.data_root, n_train=cfg.n_train, task=cfg.task)
     cfg.bind_data(data)  # the space takes the data's input shape and likelihood
     if cfg.latency.backend in ("c", "executorch", "cortex_m", "command"):
         check_latency_backend(cfg.latency, cfg.space.sample(random.Random(cfg.seed)))  # one line before any write

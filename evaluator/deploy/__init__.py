@@ -58,7 +58,7 @@ def parse_formats(values: str | list[str] | tuple[str, ...], flag: str = "--form
 def files_for(formats: tuple[str, ...]) -> list[str]:
     """Every file writing ``formats`` may put in the folder (the C build's products too), so a command can
     refuse to write over files it does not own."""
-    return [f for fmt in formats for f in FILES[fmt]] + [MANIFEST] + [
+    return [f for fmt in formats for f in FILES[fmt] + REGISTRY[fmt].score_files] + [MANIFEST] + [
         f for fmt in formats for f in REGISTRY[fmt].build_files]
 
 
@@ -103,7 +103,7 @@ def manifest(spec: ArchSpec, packed: bytes, formats: tuple[str, ...], sizes: dic
         "flash_bytes": flash_bytes(spec), "flash_bytes_is_estimate": True,
         "code_bytes_estimate": code_bytes_estimate(spec),
     }
-    for k in ("dataset", "trial", "study", "source", "trained_as"):
+    for k in ("dataset", "trial", "study", "source", "trained_as", "anomaly"):
         if k in meta:
             doc[k] = meta[k]
     for fmt in formats:
@@ -113,10 +113,19 @@ def manifest(spec: ArchSpec, packed: bytes, formats: tuple[str, ...], sizes: dic
     return doc
 
 
+def _noise(spec: ArchSpec, anomaly: dict):
+    """The score's fixed noise table (None for a score without sampling)."""
+    from ..anomaly import score_noise
+
+    k = anomaly.get("samples", 0)
+    return score_noise(spec.latent_dim, k).numpy() if k else None
+
+
 def export_model(spec: ArchSpec, packed: bytes, out: str | Path, formats: tuple[str, ...],
                  meta: dict | None = None) -> dict:
     """Write ``formats`` and ``manifest.json`` into ``out``; all or nothing (built in a temporary
-    folder beside ``out``, then moved in). Returns the manifest."""
+    folder beside ``out``, then moved in). Returns the manifest. ``meta['anomaly']`` (an anomaly task's
+    :func:`evaluator.anomaly.export_section`): the C library and ONNX also ship the score and threshold."""
     out = Path(out)
     check_formats_available(formats)
     trained_as = spec
@@ -127,8 +136,11 @@ def export_model(spec: ArchSpec, packed: bytes, out: str | Path, formats: tuple[
     tmp = Path(tempfile.mkdtemp(prefix=".vaenas-export-", dir=out))
     try:
         written: list[str] = []
+        anomaly = (meta or {}).get("anomaly")
         for fmt in formats:
             written += REGISTRY[fmt].write(spec, packed, tmp)
+            if anomaly and REGISTRY[fmt].write_score is not None:
+                written += REGISTRY[fmt].write_score(spec, packed, anomaly, _noise(spec, anomaly), tmp)
         sizes = {f: (tmp / f).stat().st_size for f in written}
         doc = manifest(spec, packed, formats, sizes, meta)
         (tmp / MANIFEST).write_text(json.dumps(doc, indent=2, allow_nan=False))  # strict JSON, or no export

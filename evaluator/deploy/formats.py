@@ -15,6 +15,8 @@ from typing import Callable
 from search_space import ArchSpec
 
 from .c_lib import C_FILES, write_c
+from .c_score import SCORE_FILES, write_c_score
+from .onnx_score import write_onnx_score
 from .memory import ram_bytes
 from .onnx_graph import ONNX_FILES, write_onnx
 from .pte import PTE_FILES, executorch_available, write_pte
@@ -30,6 +32,9 @@ class ExportFormat:
     build_files: tuple[str, ...] = ()  # what building it writes beside its files
     run_hint: Callable[[Path, ArchSpec], str] | None = None
     missing: Callable[[], str | None] = lambda: None  # what to install, or None when it can be written
+    # an anomaly task's score beside the model: write_score(spec, packed, anomaly, eps, folder) -> [file names]
+    write_score: Callable | None = None
+    score_files: tuple[str, ...] = ()
 
 
 FORMATS: dict[str, ExportFormat] = {}
@@ -75,7 +80,8 @@ register_format(ExportFormat(
                    "k-means: UINT8 indices -> Gather from the float32 codebook; "
                    "float32 for 32-bit layers; sparse layers dense with zeros"},
     run_hint=lambda out, spec: (f"ONNX: onnxruntime.InferenceSession('{out / 'encoder.onnx'}').run(None, {{'x': x}}) "
-                                f"-> mu, logvar; then decoder.onnx with {{'z': mu}} -> out")))
+                                f"-> mu, logvar; then decoder.onnx with {{'z': mu}} -> out"),
+    write_score=write_onnx_score, score_files=("score.onnx",)))
 register_format(ExportFormat(
     "c", C_FILES, write_c,
     manifest=lambda spec: {
@@ -83,8 +89,8 @@ register_format(ExportFormat(
         "api": ["vae_encode(x, mu, logvar)", "vae_decode(z, out)", "vae_reconstruct(x, out)"],
         "packed_array": "vae_packed[] in vae_model.c = weights.packed.bin byte for byte", "ram_bytes": ram_bytes(spec),
         **({"arithmetic": INT_C} if spec.is_integer else {})},
-    build_files=("vae_demo", "vae_model.o"),
-    run_hint=lambda out, spec: _c_hint(out, spec)))
+    build_files=("vae_demo", "vae_model.o", "vae_score_demo"),
+    run_hint=lambda out, spec: _c_hint(out, spec), write_score=write_c_score, score_files=SCORE_FILES))
 register_format(ExportFormat(
     "executorch", PTE_FILES, write_pte,
     manifest=lambda spec: {
