@@ -85,7 +85,14 @@ def _plots(view, runs_dir: str, data_root: str | None, knee: int, x=None) -> lis
     cfg = view.study.user_attrs.get("config", {})
     images = load_data(study_data(view)["dataset"], data_root or cfg.get("data_root"), n_train=1, n_eval=16).test
     ck = study_dir(runs_dir, view.name) / "trials" / str(knee) / "model.pt"
-    return make_plots(view, study_dir(runs_dir, view.name) / "plots", images, knee, ck, x=x)
+    paths = make_plots(view, study_dir(runs_dir, view.name) / "plots", images, knee, ck, x=x)
+    task = study_data(view).get("task")
+    if task:  # an anomaly study: ROC curves and score histograms on the test split
+        from .plots import anomaly_plots
+
+        data = load_data(study_data(view)["dataset"], data_root or cfg.get("data_root"), n_train=1, task=task)
+        paths += anomaly_plots(view, study_dir(runs_dir, view.name) / "plots", data, runs_dir, knee)
+    return paths
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -152,6 +152,9 @@ def build_report(view: StudyView, runs_dir, images=None) -> str:
         "hv_time": _hv_over_time(view), "trials": _all_trials(view), "remeasured": remeasured,
         "hypervolume": study_hypervolume(view),
         "bits": {"edges": list(BIT_EDGES), "levels": list(BIT_LEVELS), "colours": list(BIT_COLOURS)},
+        "anomaly": [p for p in (_png_b64(study_dir(runs_dir, view.name) / "plots" / f) for f in
+                                ("roc.png", "knee_scores.png")) if p] if view.study.user_attrs.get("data", {}).get(
+                                    "task") else [],
     }
     return _PAGE.replace("__TITLE__", html.escape(f"vaenas report: {view.name}")).replace("__DATA__", embedded_json(data))
 
@@ -190,6 +193,7 @@ th{cursor:pointer;background:#f3f3f3}td.l{text-align:left}
 <h2>Hypervolume</h2>
 <svg id="hvtrials" width="440" height="280"></svg> <svg id="hvtime" width="440" height="280"></svg>
 <div id="est"></div>
+<div id="anom"></div>
 <h2>The knee and the front: inputs, reconstructions, samples</h2>
 <p>Rows: validation inputs, their reconstructions (likelihood means), samples from the prior (means).</p>
 <div class="gallery" id="gallery"></div>
@@ -296,6 +300,12 @@ function drawLine(id, rows, xl, yl) {
   el("polyline", {points: rows.map(r => `${fx(r[0])},${fy(r[1])}`).join(" "), fill: "none", stroke: "#1f77b4",
     "stroke-width": 2, class: "hv"}, svg);
 }
+function drawAnomaly() {
+  if (!D.anomaly.length) return;
+  const box = document.getElementById("anom");
+  box.innerHTML = "<h2>Anomaly detection on the test split: ROC curves of the knee and the front, the knee's scores</h2>";
+  for (const src of D.anomaly) { const im = document.createElement("img"); im.src = src; im.alt = "anomaly plot"; box.appendChild(im); }
+}
 function drawEstimates() {
   if (!D.remeasured.length) return;
   const box = document.getElementById("est");
@@ -350,7 +360,7 @@ document.getElementById("legend").innerHTML = "colour = mean weight bits (weight
 drawFront(sel.value);
 drawLine("hvtrials", D.hv_trials, "trial number", "hypervolume");
 drawLine("hvtime", D.hv_time, "wall time (s since the first trial started)", "hypervolume");
-drawEstimates(); drawTable(); drawGallery();
+drawEstimates(); drawAnomaly(); drawTable(); drawGallery();
 document.body.dataset.rendered = "yes";
 </script></body></html>
 """

@@ -259,6 +259,8 @@ def _vector_plot(x: torch.Tensor, recon: torch.Tensor, samples: torch.Tensor, pa
 def make_plots(view: StudyView, out_dir: Path, images: torch.Tensor | None, knee_trial: int | None,
                checkpoint: Path | None, x: list[str] | None = None, y: str = "neg_elbo") -> list[Path]:
     paths = []
+    task_y = [o for o in view.objectives if o in ("auroc", "auprc")]
+    y = task_y[0] if task_y and y == "neg_elbo" else y  # an anomaly study: its score against each cost
     if len(view.trials):
         xs = x or [o for o in view.objectives if o != y]
         for cost in xs:
@@ -272,6 +274,61 @@ def make_plots(view: StudyView, out_dir: Path, images: torch.Tensor | None, knee
         bpd = t.get("bits_per_dim")
         bpd = f" ({bpd:.3f} bits/dim)" if bpd is not None and bpd == bpd else ""
         title = (f"{view.name}: knee trial {knee_trial} ({t['spec_id']}), −ELBO {t['neg_elbo']:.1f} nats{bpd}, "
+                 + (f"AUROC {t['auroc']:.4f}, " if task_y else "") +
                  f"{int(t['size_bytes']):,} bytes, {t['mean_bits']:.1f} bits/weight")
         paths.append(recon_plot(checkpoint, images, out_dir / "knee_reconstructions.png", title))
     return paths
+
+
+def anomaly_plots(view: StudyView, out_dir: Path, data, runs_dir, knee: int | None, max_curves: int = 6) -> list[Path]:
+    """An anomaly study's final pictures, on the TEST split: ROC curves of the knee and the front (``roc.png``)
+    and the knee's normal-vs-anomaly score histograms with its shipped threshold (``knee_scores.png``)."""
+    from evaluator.anomaly import anomaly_scores, auroc, roc_curve
+
+    from .files import study_dir
+    from .retrain import load_checkpoint
+
+    front = [int(t) for t in view.front["trial"]][:max_curves]
+    trials = ([knee] if knee is not None else []) + [t for t in front if t != knee]
+    y = data.test_labels.numpy().astype(bool)
+    curves = []
+    for n in trials:
+        ck = study_dir(runs_dir, view.name) / "trials" / str(n) / "model.pt"
+        info = _trial_anomaly(view, n)
+        if not ck.is_file() or not info:
+            continue
+        s = anomaly_scores(load_checkpoint(ck, f"trial {n}"), data.test, info["score"], info.get("samples") or None)
+        curves.append((n, info, s))
+    if not curves:
+        return []
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for n, info, s in curves:
+        fpr, tpr = roc_curve(y, s)
+        size = view.trials.set_index("trial").loc[n, "size_bytes"]
+        ax.plot(fpr, tpr, lw=2.2 if n == knee else 1.2,
+                label=f"trial {n}{' (knee)' if n == knee else ''}: {info['score']}, {int(size):,} B, AUROC {auroc(y, s):.4f}")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set_xlabel("false-positive rate (normal flagged)")
+    ax.set_ylabel("true-positive rate (anomalies caught)")
+    ax.set_title(f"{view.name}: ROC on the test split", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    paths = [_save(fig, out_dir / "roc.png")]
+    n, info, s = curves[0]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    bins = np.histogram_bin_edges(s[np.isfinite(s)], bins=60)
+    ax.hist(s[~y], bins=bins, alpha=0.6, density=True, label=f"normal ({int((~y).sum()):,})")
+    ax.hist(s[y], bins=bins, alpha=0.6, density=True, label=f"anomalies ({int(y.sum()):,})")
+    ax.axvline(info["threshold"], c="black", ls="--", label=f"threshold {info['threshold']:.4g} ({info['rule']})")
+    ax.set_xlabel(f"score: {info['score']} (higher: more anomalous)")
+    ax.set_ylabel("density")
+    ax.set_title(f"{view.name}: trial {n} scores on the test split", fontsize=10)
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, out_dir / "knee_scores.png"))
+    return paths
+
+
+def _trial_anomaly(view: StudyView, number: int) -> dict | None:
+    from strategies.trial_record import trial_attrs
+
+    t = next((t for t in view.study.get_trials(deepcopy=False) if t.number == number), None)
+    return (trial_attrs(t).get("anomaly") or None) if t is not None else None

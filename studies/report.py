@@ -42,7 +42,8 @@ class StudyView:
 
     @property
     def front(self) -> pd.DataFrame:
-        return self.trials[self.trials["on_front"]].sort_values(self.objectives[0])
+        return self.trials[self.trials["on_front"]].sort_values(
+            self.objectives[0], ascending=OBJECTIVES[self.objectives[0]].direction == "minimize")
 
 
 def _storage_for(name: str, runs_dir: str | Path, storage: str | None) -> str:
@@ -206,7 +207,7 @@ def export_trial(view: StudyView, number: int, out: Path, runs_dir: str | Path =
     t = view.study.trials[number]
     attrs = trial_attrs(t)
     spec = ArchSpec.from_json(attrs["spec"])
-    objectives = {k: attrs.get(k) for k in ["neg_elbo"] + COST_COLUMNS}
+    objectives = {k: attrs.get(k) for k in ["neg_elbo"] + COST_COLUMNS + (TASK_COLUMNS if attrs.get("anomaly") else [])}
     cfg = view.study.user_attrs.get("config", {})
     data = study_data(view)
     dataset = data["dataset"]
@@ -219,6 +220,7 @@ def export_trial(view: StudyView, number: int, out: Path, runs_dir: str | Path =
         "likelihood": spec.likelihood, "input_shape": list(spec.input_shape),
         "input_normalization": data.get("normalization"),
         "provenance": {"study": view.name, "storage": view.storage, "trial": number, "dataset": dataset,
+                       **({"task": data["task"]} if data.get("task") else {}),
                        "seed": attrs.get("seed"), "train": cfg.get("train", {}),
                        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "retrain_command": f"{prog()} retrain {arch_path} --epochs 30{flag}",

@@ -124,7 +124,7 @@ def _teacher_loss(teacher: str | None, spec: ArchSpec, weight: float, device: st
 def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset="mnist", data_root: str | None = None,
             teacher: str | None = None, distill_weight: float = 1.0, seed: int = 0, lr: float = 1e-3,
             batch_size: int = 100, iwae_k: int = 100, device: str = "auto", n_train: int | None = None,
-            lr_warmup_steps: int = 100, formats: tuple[str, ...] = ("onnx", "c")) -> dict:
+            lr_warmup_steps: int = 100, formats: tuple[str, ...] = ("onnx", "c"), task: dict | None = None) -> dict:
     """Train ``spec`` from scratch (QAT, cosine schedule, optionally distilled from ``teacher``), then
     measure it on the test split (−ELBO, IWAE-k NLL, latency) and write the checkpoint, packed
     weights, reconstructions, the deployable ``formats`` and ``report.json`` into ``out``."""
@@ -135,9 +135,11 @@ def retrain(spec: ArchSpec, *, epochs: float, out: Path, dataset="mnist", data_r
     extra = _teacher_loss(teacher, spec, distill_weight, device)
     if out.exists() and not out.is_dir():
         raise VaenasInputError(f"--out: {str(out)!r} exists and is not a directory")
-    data = load_data(dataset, data_root, n_train=n_train)
+    data = load_data(dataset, data_root, n_train=n_train, task=task)
     model, res, test, meta = fit(spec, data, cfg, out, extra)
     report = _measure(model, spec, data, iwae_k)
+    if data.task is not None:
+        report["anomaly"] = anomaly_report(model, data)
     report.update({"spec": spec.to_dict(), "spec_id": spec.id, **meta, "train": cfg.to_dict(), "teacher": teacher,
                    "distill_weight": distill_weight if teacher else None, "train_seconds": res.seconds,
                    "test_neg_elbo": test["neg_elbo"], "test_kl": test["kl"], "out_dir": str(out)})
@@ -153,6 +155,19 @@ _REPORT_ORDER = ("spec", "spec_id", "dataset", "likelihood", "input_shape", "nor
                  "distill_weight", "train_seconds", "test_neg_elbo", "test_kl", "iwae_k", "test_iwae_nll",
                  "test_recon_mse_per_pixel", "params", "size_bytes", "flops", "bitops", "latency_ms", "latency_iqr_ms",
                  "latency_path", "uncounted_ops", "out_dir")
+
+
+def anomaly_report(model, data) -> dict:
+    """An anomaly task's final figures: the score and threshold chosen on validation, then AUROC / AUPRC and
+    the threshold's FPR / TPR on the test split."""
+    from evaluator.anomaly import anomaly_figures, test_figures
+
+    fig = anomaly_figures(model, data.val, data.val_labels, data.task)
+    out = {**fig, **test_figures(model, data.test, data.test_labels, fig)}
+    print(f"anomaly score {fig['score']}: validation AUROC {fig['auroc']:.4f}, threshold {fig['threshold']:.6g} "
+          f"({fig['rule']}); TEST AUROC {out['test_auroc']:.4f}, AUPRC {out['test_auprc']:.4f}, FPR {out['test_fpr']:.4f}, "
+          f"TPR {out['test_tpr']:.4f}", flush=True)
+    return out
 
 
 def _measure(model, spec: ArchSpec, data, iwae_k: int) -> dict:

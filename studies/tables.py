@@ -40,6 +40,9 @@ def print_front(view, limit: int | None = None, every: bool = False) -> None:
     cols += [c for c in ("size_bytes", "flops", "latency_ms") if c not in cols]
     if "bits_per_dim" in view.trials and view.trials["bits_per_dim"].notna().any():
         cols.insert(cols.index("neg_elbo") + 1 if "neg_elbo" in cols else len(cols), "bits_per_dim")
+    if "score" in view.trials and view.trials["score"].notna().any():  # an anomaly study: which score each kept
+        cols.insert(cols.index("mean_bits") + 1, "score")
+        cols += [c for c in ("auroc", "neg_elbo") if c not in cols]
     front = view.front
     if "neg_elbo_is_estimate" in front and front["neg_elbo_is_estimate"].any():
         print("NOTE: −ELBO values below are ESTIMATES from supernet-inherited weights (not re-measured)")
@@ -50,7 +53,8 @@ def print_front(view, limit: int | None = None, every: bool = False) -> None:
               f"the {n_est} search trials' −ELBO were supernet ESTIMATES")
         cols += ["estimate_neg_elbo"]
     if every:
-        table = view.trials.sort_values([view.objectives[0], "trial"])
+        table = view.trials.sort_values([view.objectives[0], "trial"],
+                                        ascending=[OBJECTIVES[view.objectives[0]].direction == "minimize", True])
         cols.append("on_front")
         header = f"all {len(table)} complete trials (on_front: on the Pareto front):"
     else:

@@ -38,6 +38,22 @@ def load_arch_doc(path: str) -> tuple[ArchSpec, dict | None]:
     return spec, doc
 
 
+def task_arg(value: str | None):
+    """``--task``: an anomaly task block as inline YAML/JSON ('{kind: anomaly, normal: [0]}')."""
+    if value is None:
+        return None
+    import yaml
+
+    try:
+        v = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise CliError(f"--task: not a valid mapping ({str(e).splitlines()[0]}); e.g. '{{kind: anomaly, normal: [0]}}'") \
+            from None
+    from evaluator.anomaly import AnomalyTask
+
+    return AnomalyTask.parse(v).to_config()
+
+
 def dataset_arg(value: str | None):
     """``--dataset``: a shorthand name, or a dataset block as inline YAML/JSON ('{source: folder, ...}')."""
     if value is None or not value.lstrip().startswith("{"):
@@ -67,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       device=args.device, lr_schedule=args.lr_schedule)
     out = check_output_dir(args.out, TRAIN_FILES, force=args.force)
-    data = load_data(dataset_arg(args.dataset), args.data_root, n_train=args.n_train)
+    data = load_data(dataset_arg(args.dataset), args.data_root, n_train=args.n_train, task=task_arg(args.task))
     if spec is None:  # the seed MLP VAE, for this data's shape and likelihood
         spec = SEED_MLP.replace(input_shape=data.input_shape, likelihood=data.likelihood)
     if args.bits is not None:
@@ -84,6 +100,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     report["packed_bytes"] = len(packed)
     if args.iwae_k:
         report[f"test_iwae{args.iwae_k}_nll"] = iwae_nll(model, data.test, k=args.iwae_k)
+    if data.task is not None:
+        from .retrain import anomaly_report
+
+        report["anomaly"] = anomaly_report(model, data)
     write_weights(out, spec, packed)
     atomic_write(out / "report.json", json.dumps(report, indent=2).encode())
     bpd = f" ({test['bits_per_dim']:.4f} bits/dim)" if "bits_per_dim" in test else ""
@@ -111,10 +131,11 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     dataset = dataset_arg(args.dataset)
     if dataset is None:  # the dataset the export was searched on, else MNIST
         dataset = ((doc or {}).get("provenance") or {}).get("dataset") or "mnist"
+    task = task_arg(args.task) if args.task else ((doc or {}).get("provenance") or {}).get("task")
     report = retrain(spec, epochs=args.epochs, dataset=dataset, data_root=args.data_root, out=out,
                      teacher=args.teacher, distill_weight=args.distill_weight, seed=args.seed, lr=args.lr,
                      batch_size=args.batch_size, iwae_k=args.iwae_k, device=args.device, n_train=args.n_train,
-                     lr_warmup_steps=args.lr_warmup_steps, formats=formats)
+                     lr_warmup_steps=args.lr_warmup_steps, formats=formats, task=task)
     _print_retrained(report)
     return 0
 
@@ -142,6 +163,8 @@ def train_parser(sub) -> None:
     t.add_argument("--dataset", default="mnist",
                    help="mnist | fashion_mnist | a dataset block as YAML, e.g. '{source: array, path: x.npy, "
                         "likelihood: gaussian}'")
+    t.add_argument("--task", help="an anomaly task as YAML, e.g. '{kind: anomaly, normal: [0]}': train on the normal "
+                                  "labels only, report test AUROC and the validation threshold")
     t.add_argument("--data-root", help="dataset folder (default $VAENAS_DATA or ~/.cache/vaenas/data)")
     t.add_argument("--epochs", type=float, default=1.0, help="training epochs (fractions allowed)")
     t.add_argument("--batch-size", type=int, default=100, help="training batch size")
@@ -164,6 +187,8 @@ def retrain_parser(sub) -> None:
     rt.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation term (with --teacher)")
     rt.add_argument("--dataset", help="mnist | fashion_mnist | a dataset block as YAML (default: the dataset "
                                       "recorded in the exported arch file, else mnist)")
+    rt.add_argument("--task", help="an anomaly task as YAML, e.g. '{kind: anomaly, normal: [0]}' (default: the task "
+                                   "recorded in the exported arch file, if any)")
     rt.add_argument("--data-root", help="dataset folder (default $VAENAS_DATA or ~/.cache/vaenas/data)")
     rt.add_argument("--n-train", type=int, help="train on the first N training examples only (default: all)")
     rt.add_argument("--batch-size", type=int, default=100, help="training batch size")
