@@ -9,6 +9,8 @@ from pathlib import Path
 
 import optuna
 
+from evaluator import OBJECTIVES
+
 from search_space import VaenasInputError
 from strategies import optuna_private
 from strategies.trial_record import FAIL_REASON, INTERRUPTED
@@ -42,7 +44,8 @@ def existing_studies(url: str, heartbeat, path: Path | None) -> list[str]:
 def init_study_attrs(study: optuna.Study, cfg: StudyConfig) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(cfg.objectives)
+        # Optuna (and its dashboard) sees the minimised form: a maximised objective is named as negated
+        study.set_metric_names([f"neg_{o}" if OBJECTIVES[o].direction == "maximize" else o for o in cfg.objectives])
     raw = json.loads(json.dumps(cfg.raw, default=str))
     if isinstance(raw.get("storage"), str):
         raw["storage"] = redact(raw["storage"])  # the study is readable by anyone who can read the storage
