@@ -18,6 +18,8 @@ Scores - higher means more anomalous, per example, in nats (``recon_error``: squ
 ``recon_error``
     Σ (x − mean of p(x | z = mu))² over the data's dimensions: no sampling at all.
 
+Scores read the input as a device sees it, without randomness (``Likelihood.score_data``: a Bernoulli
+model scores grey levels / 255, not a random binarisation; ``Splits.score_val`` / ``score_test``).
 Noise is **fixed**: z_i = mu + exp(logvar / 2) * eps_i with ``eps`` = :func:`score_noise` (a seeded
 ``(k, latent)`` table, the same for every example), so a device computes the same score every time;
 the C and ONNX exports carry the same table.

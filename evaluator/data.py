@@ -224,6 +224,8 @@ class Splits:
     val_labels: torch.Tensor | None = field(default=None, compare=False)  # bool, True: an anomaly
     test_labels: torch.Tensor | None = field(default=None, compare=False)
     anomaly_counts: dict | None = field(default=None, compare=False)
+    score_val: torch.Tensor | None = field(default=None, compare=False)  # what anomaly scores read (no randomness:
+    score_test: torch.Tensor | None = field(default=None, compare=False)  # Bernoulli's grey levels, not bits)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -346,15 +348,17 @@ def load_data(
         if part.is_floating_point() and not torch.isfinite(part).all():
             raise VaenasInputError(f"dataset {ds.label}: the {name} split holds values that are not finite once "
                                    "stored as float32 (or standardised); rescale the data to a smaller range")
+    score_val, score_test = (lik.score_data(t).contiguous() if task is not None else None for t in (val, test))
     val, test = lik.eval_data(val, BINARIZE_SEED), lik.eval_data(test, BINARIZE_SEED + 1)
     if n_train is not None:
         train = train[:n_train]
     if n_eval is not None:
         val, test = val[:n_eval], test[:n_eval]
-        val_y, test_y = (y[:n_eval] if y is not None else None for y in (val_y, test_y))
+        val_y, test_y, score_val, score_test = (y[:n_eval] if y is not None else None
+                                                for y in (val_y, test_y, score_val, score_test))
     name = ds.shorthand or ds.label
     return Splits(name, train, val.contiguous(), test.contiguous(), ds.likelihood, norm, ds, raw.feature_names,
-                  task, val_y, test_y, counts)
+                  task, val_y, test_y, counts, score_val, score_test)
 
 
 def binarize(u8: torch.Tensor, seed: int) -> torch.Tensor:

@@ -222,7 +222,7 @@ def task_evaluation(data: Splits):
         return None
     from .anomaly import anomaly_figures
 
-    return lambda model: anomaly_figures(model, data.val, data.val_labels, data.task)
+    return lambda model: anomaly_figures(model, data.score_val, data.val_labels, data.task)
 
 
 def partial_figures(model, spec: ArchSpec, val_data, latency_cfg: LatencyConfig, needs, earlier: dict | None,

@@ -87,6 +87,10 @@ class Likelihood:
         """Evaluation data in model space, fixed (seeded) so every evaluation sees the same values."""
         return to_unit(raw)
 
+    def score_data(self, raw: torch.Tensor) -> torch.Tensor:
+        """What a deployed anomaly score reads: model space without any randomness (what a device sees)."""
+        return self.eval_data(raw, 0)
+
     # ------------------------------------------------------------------ the distribution
     def split(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return out.chunk(self.n_params, dim=1) if self.n_params > 1 else (out,)
@@ -136,6 +140,11 @@ class Bernoulli(Likelihood):
 
     def eval_data(self, raw: torch.Tensor, seed: int) -> torch.Tensor:
         return torch.bernoulli(to_unit(raw), generator=torch.Generator().manual_seed(seed))
+
+    def score_data(self, raw: torch.Tensor) -> torch.Tensor:
+        """Grey levels / 255, not binarised: a device scores the image it sees, and random bits would add noise
+        to every anomaly score."""
+        return to_unit(raw)
 
     def params(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logits": out}

@@ -89,9 +89,10 @@ def _plots(view, runs_dir: str, data_root: str | None, knee: int, x=None) -> lis
     task = study_data(view).get("task")
     if task:  # an anomaly study: ROC curves and score histograms on the test split
         from .plots import anomaly_plots
+        from .retrain import load_checkpoint
 
         data = load_data(study_data(view)["dataset"], data_root or cfg.get("data_root"), n_train=1, task=task)
-        paths += anomaly_plots(view, study_dir(runs_dir, view.name) / "plots", data, runs_dir, knee)
+        paths += anomaly_plots(view, study_dir(runs_dir, view.name) / "plots", data, runs_dir, knee, load_checkpoint)
     return paths
 
 

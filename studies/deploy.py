@@ -70,7 +70,7 @@ def anomaly_meta(model, meta: dict, data=None, data_root: str | None = None) -> 
     task = AnomalyTask.parse(meta["task"])
     if data is None or data.task is None:
         data = load_data(meta["dataset"], data_root, n_train=1, task=task)
-    return {**meta, "anomaly": export_section(anomaly_figures(model, data.val, data.val_labels, task), task)}
+    return {**meta, "anomaly": export_section(anomaly_figures(model, data.score_val, data.val_labels, task), task)}
 
 
 def export_weights(model, out: Path, formats: tuple[str, ...], meta: dict | None = None,

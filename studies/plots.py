@@ -280,13 +280,14 @@ def make_plots(view: StudyView, out_dir: Path, images: torch.Tensor | None, knee
     return paths
 
 
-def anomaly_plots(view: StudyView, out_dir: Path, data, runs_dir, knee: int | None, max_curves: int = 6) -> list[Path]:
+def anomaly_plots(view: StudyView, out_dir: Path, data, runs_dir, knee: int | None, load_model,
+                  max_curves: int = 6) -> list[Path]:
     """An anomaly study's final pictures, on the TEST split: ROC curves of the knee and the front (``roc.png``)
-    and the knee's normal-vs-anomaly score histograms with its shipped threshold (``knee_scores.png``)."""
+    and each one's normal-vs-anomaly score histograms with its shipped threshold (``knee_scores.png``, the
+    knee first). ``load_model(path)``: a trial's model from its checkpoint."""
     from evaluator.anomaly import anomaly_scores, auroc, roc_curve
 
     from .files import study_dir
-    from .retrain import load_checkpoint
 
     front = [int(t) for t in view.front["trial"]][:max_curves]
     trials = ([knee] if knee is not None else []) + [t for t in front if t != knee]
@@ -297,7 +298,7 @@ def anomaly_plots(view: StudyView, out_dir: Path, data, runs_dir, knee: int | No
         info = _trial_anomaly(view, n)
         if not ck.is_file() or not info:
             continue
-        s = anomaly_scores(load_checkpoint(ck, f"trial {n}"), data.test, info["score"], info.get("samples") or None)
+        s = anomaly_scores(load_model(ck), data.score_test, info["score"], info.get("samples") or None)
         curves.append((n, info, s))
     if not curves:
         return []
@@ -313,16 +314,21 @@ def anomaly_plots(view: StudyView, out_dir: Path, data, runs_dir, knee: int | No
     ax.set_title(f"{view.name}: ROC on the test split", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     paths = [_save(fig, out_dir / "roc.png")]
-    n, info, s = curves[0]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    bins = np.histogram_bin_edges(s[np.isfinite(s)], bins=60)
-    ax.hist(s[~y], bins=bins, alpha=0.6, density=True, label=f"normal ({int((~y).sum()):,})")
-    ax.hist(s[y], bins=bins, alpha=0.6, density=True, label=f"anomalies ({int(y.sum()):,})")
-    ax.axvline(info["threshold"], c="black", ls="--", label=f"threshold {info['threshold']:.4g} ({info['rule']})")
-    ax.set_xlabel(f"score: {info['score']} (higher: more anomalous)")
-    ax.set_ylabel("density")
-    ax.set_title(f"{view.name}: trial {n} scores on the test split", fontsize=10)
-    ax.legend(fontsize=7)
+    cols = min(3, len(curves))
+    rows = math.ceil(len(curves) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(curves):]:
+        ax.axis("off")
+    for ax, (n, info, s) in zip(axes.flat, curves):
+        bins = np.histogram_bin_edges(s[np.isfinite(s)], bins=60)
+        ax.hist(s[~y], bins=bins, alpha=0.6, density=True, label=f"normal ({int((~y).sum()):,})")
+        ax.hist(s[y], bins=bins, alpha=0.6, density=True, label=f"anomalies ({int(y.sum()):,})")
+        ax.axvline(info["threshold"], c="black", ls="--", label=f"threshold {info['threshold']:.4g} ({info['rule']})")
+        ax.set_xlabel(f"score: {info['score']} (higher: more anomalous)")
+        ax.set_ylabel("density")
+        ax.set_title(f"trial {n}{' (knee)' if n == knee else ''}", fontsize=9)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"{view.name}: scores on the test split, knee and front", fontsize=10)
     paths.append(_save(fig, out_dir / "knee_scores.png"))
     return paths
 

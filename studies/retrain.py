@@ -162,8 +162,8 @@ def anomaly_report(model, data) -> dict:
     the threshold's FPR / TPR on the test split."""
     from evaluator.anomaly import anomaly_figures, test_figures
 
-    fig = anomaly_figures(model, data.val, data.val_labels, data.task)
-    out = {**fig, **test_figures(model, data.test, data.test_labels, fig)}
+    fig = anomaly_figures(model, data.score_val, data.val_labels, data.task)
+    out = {**fig, **test_figures(model, data.score_test, data.test_labels, fig)}
     print(f"anomaly score {fig['score']}: validation AUROC {fig['auroc']:.4f}, threshold {fig['threshold']:.6g} "
           f"({fig['rule']}); TEST AUROC {out['test_auroc']:.4f}, AUPRC {out['test_auprc']:.4f}, FPR {out['test_fpr']:.4f}, "
           f"TPR {out['test_tpr']:.4f}", flush=True)

@@ -88,12 +88,12 @@ def test_anomaly_search_ships_score_and_threshold(tmp_path, data_root):
     # the shipped threshold gives the stated validation FPR, recomputed here from the exported ONNX score
     data = load_data("mnist", data_root, task=yaml.safe_load(p.read_text())["task"])
     sess = ort.InferenceSession(str(knee / "score.onnx"))
-    s, flag = sess.run(None, {"x": data.val.numpy()})
+    s, flag = sess.run(None, {"x": data.score_val.numpy()})
     y = data.val_labels.numpy()
     assert abs(float(flag[~y].mean()) - an["validation"]["fpr"]) <= 2 / (~y).sum()
     trial = man["trial"]
     model = load_checkpoint(sdir / "trials" / str(trial) / "model.pt")
-    ref = anomaly_scores(model, data.val, an["score"], an["samples"] or None)
+    ref = anomaly_scores(model, data.score_val, an["score"], an["samples"] or None)
     np.testing.assert_allclose(s, ref, rtol=1e-4)
     subprocess.run(["make", "-s"], cwd=knee, check=True, capture_output=True)
     assert (knee / "vae_score_demo").is_file()
