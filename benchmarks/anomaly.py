@@ -41,6 +41,7 @@ IMAGE_SPACE = {"family": ["mlp"], "latent_dim": [8, 16, 32], "activation": ["rel
                "mlp": {"depth": [1, 2], "width": [64, 128, 256]}, "decoder": "mirror", "weight_bits": [2, 4, 8],
                "bits_per_layer": True}
 TABLE_SPACE = {**IMAGE_SPACE, "latent_dim": [2, 4, 8], "mlp": {"depth": [1, 2], "width": [16, 32, 64]}}
+TINY_SPACE = {**IMAGE_SPACE, "latent_dim": [4, 8, 16], "mlp": {"depth": [1, 2], "width": [8, 16, 24, 32]}}  # --tiny
 TASK = {"kind": "anomaly", "score": "all", "threshold": {"fpr": 0.05}}
 DATASETS = {"mnist": ("mnist", range(10), IMAGE_SPACE),
             "fashion_mnist": ("fashion_mnist", range(10), IMAGE_SPACE),
@@ -107,16 +108,20 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=float, default=15)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--max-bytes", type=int, default=65536)
+    ap.add_argument("--max-bytes", type=int, default=None, help="packed-size cap of the drawn specs (default 65536)")
+    ap.add_argument("--tiny", action="store_true", help="the moonshot: image specs <= 16 KB (widths 8-32; sets "
+                                                            "--max-bytes 16384 unless given)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--out", default=str(HERE / "results" / "anomaly.json"))
     args = ap.parse_args(argv)
+    args.max_bytes = args.max_bytes or (16384 if args.tiny else 65536)
     torch.set_num_threads(args.threads)
     doc = {"args": vars(args), "task": TASK, "results": {}}
     for name in args.datasets:
         _, classes, space = DATASETS[name]
+        space = TINY_SPACE if args.tiny and name != "breast_cancer" else space
         if args.classes is not None and name != "breast_cancer":
             classes = args.classes
         runs = [one_class(name, c, space, args) for c in classes]

@@ -172,7 +172,9 @@ def deploy_knee(view, knee: int, runs_dir: str, out: Path, data_root: str | None
 
         from .report import study_data
 
-        x = load_data(study_data(view)["dataset"], data_root, n_train=1, n_eval=1).val[0]
+        task = study_data(view).get("task")
+        d = load_data(study_data(view)["dataset"], data_root, n_train=1, n_eval=1, task=task)
+        x = (d.score_val if task else d.val)[0]  # an anomaly model reads what a device sees (grey levels)
         (out / "input.txt").write_text(" ".join(f"{v:.9g}" for v in x.reshape(-1).tolist()) + "\n")
     except Exception:  # the example input is a convenience
         pass
