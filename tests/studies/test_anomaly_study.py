@@ -97,3 +97,18 @@ def test_anomaly_search_ships_score_and_threshold(tmp_path, data_root):
     np.testing.assert_allclose(s, ref, rtol=1e-4)
     subprocess.run(["make", "-s"], cwd=knee, check=True, capture_output=True)
     assert (knee / "vae_score_demo").is_file()
+
+
+def test_train_with_task_reports_test_auroc_and_threshold(tmp_path, data_root):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "studies.cli", "train", "--data-root", str(data_root), "--n-train", "300",
+                        "--epochs", "3", "--iwae-k", "0", "--task", "{kind: anomaly, normal: [1], score: recon_error}",
+                        "--out", str(out), "--device", "cpu"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())["anomaly"]
+    assert rep["score"] == "recon_error" and 0.5 < rep["test_auroc"] <= 1 and rep["val_fpr"] <= 0.01
+    assert "TEST AUROC" in r.stdout
+    bad = subprocess.run([sys.executable, "-m", "studies.cli", "train", "--data-root", str(data_root), "--task",
+                          "{kind: anomaly, normal: [10]}", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "10 is not a class" in bad.stderr
+    assert not (tmp_path / "bad").exists()
