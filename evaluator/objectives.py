@@ -84,8 +84,9 @@ def check_objectives(names: list[str]) -> list[str]:
     unknown = [n for n in names if n not in OBJECTIVES]
     if unknown:
         raise VaenasInputError(f"objectives: {unknown[0]!r} is unknown; choose from {list(OBJECTIVES)}")
-    if not 2 <= len(names) <= 4 or len(set(names)) != len(names):
-        raise VaenasInputError(f"objectives: pick 2 to 4 distinct objectives, got {names}")
+    if not 1 <= len(names) <= 4 or len(set(names)) != len(names):
+        raise VaenasInputError(f"objectives: pick 1 to 4 distinct objectives (one: budget mode, with constraints), "
+                               f"got {names}")
     return names
 
 

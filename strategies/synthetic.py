@@ -30,11 +30,12 @@ def synthetic_objectives(spec: ArchSpec) -> tuple[float, float]:
 
 
 def run_synthetic(space: SearchSpace, sampler: optuna.samplers.BaseSampler, trials: int,
-                  fail_every: int = 0, study: optuna.Study | None = None) -> optuna.Study:
-    """Ask/tell ``trials`` trials on the synthetic objectives (every ``fail_every``-th trial fails)."""
+                  fail_every: int = 0, study: optuna.Study | None = None, objectives: int = 2) -> optuna.Study:
+    """Ask/tell ``trials`` trials on the synthetic objectives (every ``fail_every``-th trial fails);
+    ``objectives=1``: the quality alone (a single-objective, budget-mode study)."""
     from . import suggest_spec
 
-    study = study or optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    study = study or optuna.create_study(directions=["minimize"] * objectives, sampler=sampler)
     for _ in range(trials):
         t = study.ask()
         spec = suggest_spec(space, t)
@@ -44,5 +45,5 @@ def run_synthetic(space: SearchSpace, sampler: optuna.samplers.BaseSampler, tria
             t.set_user_attr(FAIL_REASON, "synthetic failure")
             study.tell(t, state=optuna.trial.TrialState.FAIL)
         else:
-            study.tell(t, list(synthetic_objectives(spec)))
+            study.tell(t, list(synthetic_objectives(spec))[:objectives])
     return study

@@ -52,7 +52,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     doc = export_trial(view, knee, out / "export" / "knee.json")
     print(f"plots: {', '.join(str(p) for p in plots)}")
-    print(f"exported winner (knee, trial {knee}): {out / 'export' / 'knee.json'}")
+    what = "best feasible" if len(view.objectives) == 1 else "knee"
+    print(f"exported winner ({what}, trial {knee}): {out / 'export' / 'knee.json'}")
     deploy_knee(view, knee, args.runs_dir, out / "export" / "knee", cfg.data_root, doc)
     print(f"retrain it: {doc['retrain_command']}")
     return 0

@@ -262,7 +262,8 @@ def make_plots(view: StudyView, out_dir: Path, images: torch.Tensor | None, knee
     task_y = [o for o in view.objectives if o in ("auroc", "auprc")]
     y = task_y[0] if task_y and y == "neg_elbo" else y  # an anomaly study: its score against each cost
     if len(view.trials):
-        xs = x or [o for o in view.objectives if o != y]
+        limits = list(view.study.user_attrs.get("config", {}).get("constraints") or {})
+        xs = x or [o for o in view.objectives if o != y] or [k for k in limits if k in view.trials] or ["size_bytes"]
         for cost in xs:
             paths.append(front_plot(view, cost, y, out_dir / f"front_{cost}.png"))
         paths.append(hv_plot(view, out_dir / "hypervolume.png"))

@@ -73,7 +73,7 @@ from .liveness import claim_lock, claim_path, liveness_for
 from .storage import StorageUnreachable, lock_study, redact, storage_file
 from .supernet_mode import Evaluators, darts_enqueue, remeasure_front
 from .trial import WORKER_ID, cut_off, index_result, run_trial, surplus
-from .trials import counts, front_stats, is_finished, static_feasibility
+from .trials import check_budget_reachable, counts, front_stats, is_finished, static_feasibility
 from .workers import check_jobs, join_workers, share_cores, signals_deferred, start_workers, watch_parent
 
 __all__ = ["SearchSummary", "StudyExistsError", "run_search"]
@@ -196,6 +196,7 @@ def _prepare(cfg: StudyConfig, worker: bool, progress: bool):
     """The data (bad input fails here, before any write), the latency backend's check, the strategy."""
     data = load_data(cfg.dataset, cfg.data_root, n_train=cfg.n_train, task=cfg.task)
     cfg.bind_data(data)  # the space takes the data's input shape and likelihood
+    check_budget_reachable(cfg.space, cfg.constraints, cfg.seed)  # a budget nothing meets: one line, nothing trains
     if cfg.latency.backend in ("c", "executorch", "cortex_m", "command"):
         check_latency_backend(cfg.latency, cfg.space.sample(random.Random(cfg.seed)))  # one line before any write
     if progress:

@@ -57,6 +57,10 @@ def print_front(view, limit: int | None = None, every: bool = False) -> None:
                                         ascending=[OBJECTIVES[view.objectives[0]].direction == "minimize", True])
         cols.append("on_front")
         header = f"all {len(table)} complete trials (on_front: on the Pareto front):"
+    elif len(view.objectives) == 1:
+        table = front
+        header = (f"budget mode: the best feasible of {len(view.trials)} complete trials ({view.objectives[0]}; "
+                  "`show --all` lists every trial):")
     else:
         table = front
         header = f"Pareto front: {len(front)} of {len(view.trials)} complete trials (`show --all` lists every trial):"
@@ -68,5 +72,12 @@ def print_front(view, limit: int | None = None, every: bool = False) -> None:
         est = "latency_is_estimate" in table and bool(table["latency_is_estimate"].fillna(False).astype(bool).any())
         print(f"latency_ms {'is an ESTIMATE from' if est else 'measured on'}: {table['latency_path'].iloc[0]}")
     print(header)
+    limits = view.study.user_attrs.get("config", {}).get("constraints") or {}
+    cols += [k for k in limits if k in table and k not in cols]
     with pd.option_context("display.max_columns", 30, "display.width", 220):
         print(table[cols].head(limit).to_string(index=False, formatters={c: column_format(c) for c in cols}))
+    if limits and len(view.objectives) == 1 and len(front):
+        best = front.iloc[0]
+        print("how close it sits to each limit: " + "; ".join(
+            f"{k} {column_format(k)(best[k])} of {lim:,g} ({100 * float(best[k]) / float(lim):.1f} %)"
+            for k, lim in limits.items() if k in best and best[k] == best[k]))

@@ -3,11 +3,13 @@ reported over. The keys and fail reasons are the trial record's (:mod:`strategie
 
 from __future__ import annotations
 
+import math
+
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluator import static_costs
-from search_space import ArchSpec
+from search_space import ArchSpec, VaenasInputError
 from strategies.pareto import hypervolume, non_dominated_mask
 from strategies.trial_record import ESTIMATE, FEASIBLE, PHASE, REUSED_FROM, specs_own_failure, trial_attrs
 
@@ -52,6 +54,52 @@ def static_feasibility(constraints: dict[str, float]):
         return all(getattr(c, k) <= lim for k, lim in static.items())
 
     return feasible
+
+
+BUDGET_PROBE = 400  # specs sampled to show a static budget can be met at all
+
+
+def smallest_spec(space, fam: str):
+    """``fam``'s spec of the fewest units: the smallest width, depth, latent size and bit-width, the largest
+    sparsity and stride, the lowest rank (one candidate of the budget probe, not a proven minimum)."""
+    def choose(name: str, choices: tuple):
+        if name == "family":
+            return fam
+        nums = [c for c in choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        if not nums:
+            return choices[0]
+        return max(nums) if ("sparsity" in name or "stride" in name) else min(nums)
+    return space.define(choose)
+
+
+def check_budget_reachable(space, constraints: dict[str, float], seed: int = 0) -> None:
+    """One line, before anything trains, when no spec the space can make meets the static limits: the
+    smallest figures found (each family's smallest spec and ``BUDGET_PROBE`` sampled ones)."""
+    import random
+
+    from search_space import SpecError
+
+    static = {k: v for k, v in constraints.items() if k in STATIC_CONSTRAINTS}
+    if not static:
+        return
+    cands = []
+    for fam in space.family:
+        try:
+            cands.append(smallest_spec(space, fam))
+        except SpecError:
+            pass
+    rng = random.Random(seed)
+    best = {k: math.inf for k in static}
+    for i in range(BUDGET_PROBE + len(cands)):
+        spec = cands[i] if i < len(cands) else space.sample(rng)
+        c = static_costs(spec)
+        if all(getattr(c, k) <= lim for k, lim in static.items()):
+            return
+        best = {k: min(best[k], getattr(c, k)) for k in static}
+    shown = "; ".join(f"{k} <= {lim:,g} (the smallest found: {best[k]:,})" for k, lim in static.items())
+    raise VaenasInputError(f"constraints: no spec of this space meets {shown}, checked on each family's smallest spec "
+                           f"and {BUDGET_PROBE} sampled ones before training; raise the limit or allow smaller specs "
+                           "(widths, latent_dim, weight_bits)")
 
 
 def reported_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:

@@ -107,6 +107,15 @@ def test_state_round_trips_through_json(name):
     assert s2.state_dict()["seed"] == 5
 
 
+@pytest.mark.parametrize("name", AVAILABLE)
+def test_every_strategy_runs_a_single_objective_study(name):
+    """Budget mode: one objective (the constraints do the rest); every strategy proposes valid specs and learns."""
+    study = run_synthetic(SPACE, create_sampler(name, SPACE, 0), 24, fail_every=5, objectives=1)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(study.trials) == 24 and len(done) == 20 and all(len(t.values) == 1 for t in done)
+    assert study.best_value == min(t.values[0] for t in done)
+
+
 def test_bad_options_and_unknown_names_are_clear_errors():
     with pytest.raises(VaenasInputError, match="unknown"):
         create_sampler("hillclimb", SPACE, 0)
