@@ -42,6 +42,8 @@
                                      # optional (MLP, mirrored decoder): a DARTS lambda sweep runs first;
                                      # each derived spec is enqueued as a normal trial (then `strategy`
                                      # fills any remaining budget)
+    warm_start: STUDY                # optional ({study: NAME, storage: URL}): that study's front specs are evaluated
+                                     # first, once (e.g. MNIST's front on Fashion-MNIST); same input shape needed
     enqueue: [{type: vaenas.ArchSpec, ...}]  # optional: specs of the space evaluated first, once per study
                                      # (e.g. a baseline to compare with; an exported arch.json's content)
     task: {kind: anomaly, normal: [0], score: neg_elbo, samples: null, threshold: {fpr: 0.01}}
@@ -74,7 +76,7 @@ from search_space.space import safe_yaml
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _KEYS = {"name", "dataset", "data_root", "n_train", "space", "strategy", "objectives", "bounds", "budget", "train",
          "latency", "seed", "storage", "constraints", "heartbeat", "supernet", "darts", "enqueue",
-         "artifacts", "task"}
+         "artifacts", "task", "warm_start"}
 # constraints the spec alone decides (no training): strategies can rule specs out before proposing them
 STATIC_CONSTRAINTS = STATIC_OBJECTIVES  # the limits a spec alone decides: checked before training
 
@@ -125,6 +127,7 @@ class StudyConfig:
     enqueue: list[ArchSpec] = field(default_factory=list)  # specs evaluated first (e.g. a baseline)
     artifacts: Any = None  # where trial files go as Optuna artifacts (studies/artifacts.py); False: nowhere
     task: AnomalyTask | None = None  # an anomaly task (evaluator/anomaly.py): normal-only training, AUROC
+    warm_start: tuple[str, str | None] | None = None  # (study, storage): its front specs are evaluated first
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -160,7 +163,7 @@ class StudyConfig:
             storage=_typed("storage", d.get("storage"), str, allow_none=True), constraints=_constraints(d),
             heartbeat=(interval, grace), outage_s=float(outage), supernet=supernet, darts=darts,
             enqueue=_enqueue(d.get("enqueue")), artifacts=check_artifacts_config(d.get("artifacts")), task=task,
-            raw=d,
+            warm_start=_warm_start(d.get("warm_start")), raw=d,
         )
 
     def bind_data(self, data: Splits) -> None:
@@ -323,6 +326,15 @@ def _n_train(d: dict) -> int | None:
     if n_train is not None and n_train < 1:
         raise ConfigError(f"n_train: must be >= 1 (the number of training examples each trial uses), got {n_train}")
     return n_train
+
+
+def _warm_start(raw: Any) -> tuple[str, str | None] | None:
+    """``warm_start: STUDY`` or ``{study: STUDY, storage: URL}``: another study's front specs run first."""
+    if raw is None:
+        return None
+    w = _block("warm_start", {"study": raw} if isinstance(raw, str) else raw, {"study", "storage"})
+    name = check_name(w.get("study"), "warm_start.study")
+    return name, _typed("warm_start.storage", w.get("storage"), str, allow_none=True)
 
 
 def _enqueue(raw_q: Any) -> list[ArchSpec]:

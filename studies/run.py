@@ -73,6 +73,7 @@ from .liveness import claim_lock, claim_path, liveness_for
 from .storage import StorageUnreachable, lock_study, redact, storage_file
 from .supernet_mode import Evaluators, darts_enqueue, remeasure_front
 from .trial import WORKER_ID, cut_off, index_result, run_trial, surplus
+from .warm_start import warm_start_specs
 from .trials import check_budget_reachable, counts, front_stats, is_finished, static_feasibility
 from .workers import check_jobs, join_workers, share_cores, signals_deferred, start_workers, watch_parent
 
@@ -131,7 +132,7 @@ def run_search(cfg: StudyConfig, *, runs_dir: str | Path = "runs", resume: bool 
     path = storage_file(url)
     heartbeat = cfg.heartbeat if path is None else None  # file storages: lock files tell the living (liveness.py)
     names = _check_existing(cfg, url, heartbeat, path, resume, worker, runs_dir)
-    data, sampler, feasible = _prepare(cfg, worker, progress)
+    data, sampler, feasible = _prepare(cfg, worker, progress, runs_dir)
     sdir = study_dir(runs_dir, cfg.name)
     study, lock = _open(cfg, url, heartbeat, path, sampler, data, names, resume, worker, _child, sdir)
     if cfg.darts is not None and "darts_sweep" not in study.user_attrs:
@@ -192,11 +193,13 @@ def _check_existing(cfg: StudyConfig, url: str, heartbeat, path, resume: bool, w
     return names
 
 
-def _prepare(cfg: StudyConfig, worker: bool, progress: bool):
+def _prepare(cfg: StudyConfig, worker: bool, progress: bool, runs_dir="runs"):
     """The data (bad input fails here, before any write), the latency backend's check, the strategy."""
     data = load_data(cfg.dataset, cfg.data_root, n_train=cfg.n_train, task=cfg.task)
     cfg.bind_data(data)  # the space takes the data's input shape and likelihood
     check_budget_reachable(cfg.space, cfg.constraints, cfg.seed)  # a budget nothing meets: one line, nothing trains
+    if cfg.warm_start is not None:
+        cfg.enqueue = cfg.enqueue + warm_start_specs(cfg, data, runs_dir, progress)
     if cfg.latency.backend in ("c", "executorch", "cortex_m", "command"):
         check_latency_backend(cfg.latency, cfg.space.sample(random.Random(cfg.seed)))  # one line before any write
     if progress:

@@ -60,3 +60,30 @@ def test_budget_mode_search_resumes_never_trains_an_infeasible_spec_and_exports_
     best = min(done, key=lambda t: t.values[0])
     assert (tmp_path / "runs" / "budget" / "export" / "knee" / "manifest.json").is_file()
     assert f"trial {best.number}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_warm_start_enqueues_exactly_the_other_studys_front(tmp_path, data_root, capsys):
+    from strategies.trial_record import trial_attrs
+    from studies.cli import main
+    from studies.report import load_view
+
+    runs = str(tmp_path / "runs")
+    a = small_config(tmp_path, data_root, name="first", trials=4)
+    assert main(["search", str(a), "--runs-dir", runs]) == 0
+    view = load_view("first", runs)
+    front = [trial_attrs(view.study.trials[int(n)])["spec_id"] for n in view.front["trial"]]
+    b = small_config(tmp_path, data_root, name="second", trials=len(front) + 1, warm_start="first")
+    assert main(["search", str(b), "--runs-dir", runs]) == 0
+    assert f"warm start: {len(front)} front specs of study 'first' run first" in capsys.readouterr().out
+    second = optuna.load_study(study_name="second", storage=f"sqlite:///{runs}/second/study.db")
+    first_ids = [trial_attrs(t)["spec_id"] for t in second.trials[:len(front)]]
+    assert first_ids == front
+    c = small_config(tmp_path, data_root, name="third", warm_start="first",
+                     dataset={"source": "sklearn", "name": "breast_cancer", "likelihood": "gaussian"},
+                     bounds={"neg_elbo": [-50, 100], "size_bytes": {"lo": 100, "hi": 1000000, "log": True}})
+    capsys.readouterr()
+    assert main(["search", str(c), "--runs-dir", runs]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warm_start: study 'first' searched inputs of shape [1, 28, 28]" in err[0]
+    assert not (tmp_path / "runs" / "third").exists()
