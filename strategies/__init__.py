@@ -55,6 +55,24 @@ def _tpe(space: SearchSpace, seed: int, *, feasible=None, n_startup_trials: int 
                    multivariate=multivariate, group=multivariate)
 
 
+@register("gp")
+def _gp(space: SearchSpace, seed: int, *, feasible=None, n_startup_trials: int = 10,
+        deterministic_objective: bool = False) -> "GP":
+    import warnings
+
+    try:
+        import scipy  # noqa: F401 - Optuna's GPSampler needs it
+    except ImportError:
+        raise VaenasInputError("strategy gp: Optuna's GPSampler needs scipy; install it with `pip install scipy`") \
+            from None
+    from .base import GP
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return GP(space, seed, n_startup_trials=n_startup_trials, deterministic_objective=deterministic_objective,
+                  warn_independent_sampling=False)
+
+
 @register("evolution")
 def _evolution(space: SearchSpace, seed: int, *, feasible=None, **options) -> SpecSampler:
     return RegularizedEvolution(space, seed, feasible=feasible, **options)

@@ -106,6 +106,16 @@ class TPE(StatefulMixin, optuna.samplers.TPESampler):
         self.seed = seed
 
 
+class GP(StatefulMixin, optuna.samplers.GPSampler):
+    """Optuna's Gaussian-process sampler (log expected improvement; expected hypervolume improvement with
+    several objectives) over the space's named decisions: a model of the objectives fitted to every trial,
+    worth its fitting time when each trial trains for long."""
+
+    def __init__(self, space: SearchSpace, seed: int, **kw: Any):
+        super().__init__(seed=seed, **kw)
+        self.seed = seed
+
+
 # ------------------------------------------------------------------ whole-spec strategies
 class SpecSampler(StatefulMixin, optuna.samplers.BaseSampler):
     """Base of strategies that propose whole specs. Subclasses implement :meth:`propose`.

@@ -11,7 +11,7 @@
     data_root: null                  # torchvision's root: default $VAENAS_DATA or ~/.cache/vaenas/data
     n_train: 10000                   # optional: train each trial on a leading subset
     space: {...} | path.yaml         # inline search space or a file (relative to this config)
-    strategy: {name: random, options: {}}   # random | nsga2 | tpe | evolution | rl (+ nni-* with the extra)
+    strategy: {name: random, options: {}}   # random | nsga2 | tpe | gp | evolution | rl (+ nni-* with the extra)
     objectives: [neg_elbo, size_bytes]
     constraints: {size_bytes: 16384}  # optional hard limits, OBJECTIVE: max (any objective name)
     bounds: {neg_elbo: [80, 250], size_bytes: {lo: 1000, hi: 4000000, log: true}}

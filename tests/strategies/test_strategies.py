@@ -56,7 +56,7 @@ def ids(study: optuna.Study) -> list[str]:
 
 
 def test_registry_has_the_issue_strategies():
-    assert {"random", "nsga2", "tpe", "evolution", "rl", "nni-evolution", "nni-rl"} <= set(REGISTRY)
+    assert {"random", "nsga2", "tpe", "gp", "evolution", "rl", "nni-evolution", "nni-rl"} <= set(REGISTRY)
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONAL))
@@ -125,7 +125,7 @@ def test_bad_options_and_unknown_names_are_clear_errors():
         create_sampler("rl", SPACE, 0, {"temperature": 2})
 
 
-@pytest.mark.parametrize("name", [n for n in AVAILABLE if n not in ("nsga2", "tpe")])
+@pytest.mark.parametrize("name", [n for n in AVAILABLE if n not in ("nsga2", "tpe", "gp")])
 def test_whole_spec_strategies_never_propose_statically_infeasible_specs(name):
     limit = 100_000  # about two thirds of random specs of this space are larger
     sampler = create_sampler(name, SPACE, 1, feasible=lambda s: packed_size_bytes(s) <= limit)
@@ -154,7 +154,8 @@ def random_hv() -> float:
     return float(np.mean([hv(run_synthetic(SPACE, create_sampler("random", SPACE, s), BUDGET)) for s in SEEDS]))
 
 
-@pytest.mark.parametrize("name", [n for n in AVAILABLE if n != "random"])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "gp" else n  # gp: ~5 min
+                                  for n in AVAILABLE if n != "random"])
 def test_beats_random_search_on_the_synthetic_objectives(name, random_hv):
     """Mean hypervolume over 10 seeds at a fixed budget of 120 trials is above random search's."""
     mean = float(np.mean([hv(run_synthetic(SPACE, create_sampler(name, SPACE, s), BUDGET)) for s in SEEDS]))
