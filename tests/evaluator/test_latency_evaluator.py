@@ -127,8 +127,8 @@ def test_evaluator_scores_and_fails_honestly(mnist_small):
     assert isinstance(bad, EvalFailure) and "diverged" in bad.reason
 
 
-@pytest.mark.parametrize("names", [["neg_elbo"], ["neg_elbo", "speed"], ["neg_elbo"] * 2, ["neg_elbo", "flops", "bitops",
-                                                                                             "params", "size_bytes"]])
+@pytest.mark.parametrize("names", [[], ["neg_elbo", "speed"], ["neg_elbo"] * 2, ["neg_elbo", "flops", "bitops",
+                                                                                 "params", "size_bytes"]])
 def test_objective_choice_is_validated(names):
     with pytest.raises(VaenasInputError):
         check_objectives(names)
