@@ -45,6 +45,8 @@ import torch
 
 from search_space import VaenasInputError
 
+from .elbo import kl_std_normal
+
 SCORE_SEED = 2015  # the fixed noise table's seed (An & Cho's year)
 
 
@@ -158,7 +160,7 @@ def _batch_scores(model, x: torch.Tensor, kind: str, eps: torch.Tensor | None) -
     if kind == "recon_prob":
         return -log_px.mean(0)
     if kind == "neg_elbo":
-        return -log_px.mean(0) + (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(1)
+        return -log_px.mean(0) + kl_std_normal(mu, logvar)
     log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
     log_qz = -0.5 * (eps.pow(2).unsqueeze(1) + math.log(2 * math.pi) + logvar.unsqueeze(0)).sum(-1)
     return -(torch.logsumexp(log_px + log_pz - log_qz, 0) - math.log(k))
@@ -251,10 +253,11 @@ def choose_threshold(labels, scores, fpr: float | None) -> Threshold:
         normal = np.sort(s[~y])
         allowed = int(math.floor(fpr * len(normal) + 1e-9))  # normals that may score above the threshold
         t = float(normal[len(normal) - allowed - 1])
-    else:
-        cands = np.unique(s)
-        best = max(((rates(y, s, float(c))[2], -float(c)) for c in cands))
-        t = -best[1]
+    else:  # F1 of "score > each distinct score" from one sort: the groups above it are the predicted anomalies
+        tps, fps, values = _desc_counts(y, s)
+        tp, fp = np.r_[0.0, tps[:-1]], np.r_[0.0, fps[:-1]]
+        f1 = 2 * tp / (tp + fp + float(y.sum()))
+        t = float(values[np.flatnonzero(f1 == f1.max())[-1]])  # ties: the lowest threshold
     f, tp, f1 = rates(y, s, t)
     return Threshold(t, f, tp, f1)
 
