@@ -109,13 +109,22 @@ def extra_available(name: str) -> bool:
 
 
 def create_sampler(name: str, space: SearchSpace, seed: int, options: dict[str, Any] | None = None, *,
-                   feasible: Callable[[ArchSpec], bool] | None = None):
+                   feasible: Callable[[ArchSpec], bool] | None = None, screen=None):
+    """The registered strategy ``name``; ``screen`` (a :class:`strategies.screening.Screen`) makes a
+    whole-spec strategy propose a pool per trial and keep the best predicted."""
     if name not in REGISTRY:
         raise VaenasInputError(f"strategy: {name!r} is unknown; registered strategies are {sorted(REGISTRY)}")
     try:
-        return REGISTRY[name](space, seed, feasible=feasible, **(options or {}))
+        sampler = REGISTRY[name](space, seed, feasible=feasible, **(options or {}))
     except (TypeError, ValueError) as e:
         raise VaenasInputError(f"strategy.options: invalid for {name!r} ({e})") from None
+    if screen is not None:
+        if not isinstance(sampler, SpecSampler):
+            whole = sorted(n for n in ("random", "evolution", "rl") if n in REGISTRY)
+            raise VaenasInputError(f"strategy.screen: {name!r} draws each decision through Optuna, so it cannot "
+                                   f"screen a pool of whole specs; use one of {whole} (or drop screen)")
+        sampler.screen = screen
+    return sampler
 
 
 def suggest_spec(space: SearchSpace, trial: optuna.Trial) -> ArchSpec:

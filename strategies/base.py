@@ -131,6 +131,8 @@ class SpecSampler(StatefulMixin, optuna.samplers.BaseSampler):
         self.feasible = feasible
         self._proposals: dict[int, dict[str, Any]] = {}
         self._seen_trials: dict = {}  # observations() cache: finished trials, read once
+        self.screen = None  # a strategies.screening.Screen: propose a pool, keep the best predicted
+        self.screen_records: dict[int, dict] = {}
 
     # -- to implement
     def propose(self, history: list[Observation], rng: random.Random) -> ArchSpec | None:
@@ -175,18 +177,39 @@ class SpecSampler(StatefulMixin, optuna.samplers.BaseSampler):
         rng = trial_rng(self.seed, trial.number)
         seen = {o.spec.id for o in history} | {trial_attrs(t).get(SPEC_ID) for t in study.get_trials(
             deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)) if t.number != trial.number}
-        spec = None
-        for _ in range(MAX_TRIES):
+        screening = self.screen is not None and self.screen.active(history)
+        pool = self.candidates(history, rng, seen, self.screen.config.pool if screening else 1)
+        spec = pool[0]
+        if screening and len(pool) > 1:
+            spec, self.screen_records[trial.number] = self.screen.choose(pool, history)
+        self._proposals[trial.number] = self.space.to_params(spec)
+        self.on_proposed(study, trial, spec, rng)
+
+    def candidates(self, history: list[Observation], rng: random.Random, seen: set, n: int) -> list[ArchSpec]:
+        """Up to ``n`` distinct feasible proposals not in ``seen`` (at least one: a random spec, novel if
+        possible, when the strategy proposes none)."""
+        out: list[ArchSpec] = []
+        for _ in range(MAX_TRIES * n):
             cand = self.propose(history, rng)
             if cand is None:
                 break
-            if self.ok(cand) and cand.id not in seen:
-                spec = cand
+            if self.ok(cand) and cand.id not in seen and cand.id not in {c.id for c in out}:
+                out.append(cand)
+                if len(out) == n:
+                    return out
+        while len(out) < n:
+            ids = {c.id for c in out}
+            s = self.random_spec(rng, seen | ids)
+            if s.id in ids or (s.id in seen and out):
                 break
-        if spec is None:
-            spec = self.random_spec(rng, seen)
-        self._proposals[trial.number] = self.space.to_params(spec)
-        self.on_proposed(study, trial, spec, rng)
+            out.append(s)
+            if s.id in seen:  # only a repeat was found
+                break
+        return out
+
+    def screen_record(self, number: int) -> dict | None:
+        """What screening decided for trial ``number`` (None if it was not screened), taken once."""
+        return self.screen_records.pop(number, None)
 
     def observe(self, history: list[Observation]) -> None:
         """Hook: learn from the finished trials (called before every proposal)."""

@@ -127,3 +127,16 @@ def promoted(i: int, points: Sequence[Sequence[float]], bounds: Sequence[Bound],
         if ahead >= k:
             return False
     raise IndexError(f"promoted: no point {i} among {len(pts)}")
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    """Kendall's tau-b of two equally long sequences (ties counted as SciPy's ``kendalltau`` does);
+    nan with fewer than two pairs or a constant sequence."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    n = len(a)
+    if n < 2:
+        return float("nan")
+    iu = np.triu_indices(n, 1)
+    sa, sb = np.sign(a[:, None] - a[None, :])[iu], np.sign(b[:, None] - b[None, :])[iu]
+    denom = math.sqrt(float(np.count_nonzero(sa)) * float(np.count_nonzero(sb)))
+    return float((sa * sb).sum() / denom) if denom > 0 else float("nan")

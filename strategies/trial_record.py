@@ -36,6 +36,7 @@ PHASE = "phase"  # "remeasure": a front spec re-measured standalone after a supe
 REUSED_FROM = "reused_from_trial"
 STOPPED_AT = "stopped_at_fraction"  # stopped early at a rung after this fraction of its training
 ESTIMATE = "neg_elbo_is_estimate"
+SCREEN = "screen"  # a screened trial: its pool, the gains below the cut, the prediction made before it trained
 
 # ---------------------------------------------------------------------------- fail reasons
 INTERRUPTED = "interrupted"  # cut off (Ctrl-C, killed process): does not use up budget, is replaced

@@ -13,7 +13,7 @@ from strategies import optuna_private
 from .export_cmd import deploy_knee
 from .files import study_dir
 from .invocation import CliError, prog
-from .tables import print_front, printable
+from .tables import print_front, printable, screening_lines
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -45,6 +45,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("no feasible trial completed; nothing to plot or export")
         return 1
     print_front(view)
+    for line in screening_lines(view):
+        print(line)
     knee = pick_trial(view, pick="knee")
     out = study_dir(args.runs_dir, cfg.name)
     plots = _plots(view, args.runs_dir, cfg.data_root, knee)

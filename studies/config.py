@@ -12,6 +12,9 @@
     n_train: 10000                   # optional: train each trial on a leading subset
     space: {...} | path.yaml         # inline search space or a file (relative to this config)
     strategy: {name: random, options: {}}   # random | nsga2 | tpe | gp | evolution | rl (+ nni-* with the extra)
+                                     # + screen: {pool: 16, startup: 8} (random, evolution, rl): after `startup`
+                                     # trials each trial draws `pool` proposals and trains only the one a
+                                     # predictor of the measured objectives ranks best (strategies/screening.py)
     objectives: [neg_elbo, size_bytes]
     constraints: {size_bytes: 16384}  # optional hard limits, OBJECTIVE: max (any objective name)
     bounds: {neg_elbo: [80, 250], size_bytes: {lo: 1000, hi: 4000000, log: true}}
@@ -65,6 +68,7 @@ from typing import Any
 
 from evaluator import OBJECTIVES, STATIC_OBJECTIVES, LatencyConfig, TrainConfig, check_objectives
 from strategies.pareto import Bound
+from strategies.screening import ScreenConfig
 from evaluator.anomaly import AnomalyTask, check_anomaly_objectives
 from evaluator.data import DatasetSpec, Splits
 from evaluator.supernet import SupernetConfig
@@ -111,6 +115,7 @@ class StudyConfig:
     n_train: int | None = None
     strategy: str = "random"
     strategy_options: dict[str, Any] = field(default_factory=dict)
+    screen: ScreenConfig | None = None  # set: whole-spec strategies propose a pool, the predictor picks one
     trials: int = 10
     timeout_s: float | None = None
     rungs: tuple[float, ...] = ()  # decision points (fractions of the training budget, < 1); () = no early stopping
@@ -139,7 +144,7 @@ class StudyConfig:
         objectives, bounds = _objectives(d)
         seed = _typed("seed", d.get("seed", 0), int)
         trials, timeout, rungs, keep = _budget(d.get("budget"))
-        strategy, options = _strategy(d.get("strategy", {"name": "random"}))
+        strategy, options, screen = _strategy(d.get("strategy", {"name": "random"}))
         interval, grace, outage = _heartbeat(d.get("heartbeat"))
         supernet = _owned(lambda: SupernetConfig.from_config(d["supernet"], space)) if d.get("supernet") is not None \
             else None
@@ -157,7 +162,7 @@ class StudyConfig:
             name=check_name(d["name"]), space=space, objectives=objectives, bounds=bounds,
             dataset=DatasetSpec.parse(d.get("dataset", "mnist"), base_dir),
             data_root=_typed("data_root", d.get("data_root"), str, allow_none=True), n_train=_n_train(d),
-            strategy=strategy, strategy_options=options, trials=trials, timeout_s=timeout, rungs=rungs, keep=keep,
+            strategy=strategy, strategy_options=options, screen=screen, trials=trials, timeout_s=timeout, rungs=rungs, keep=keep,
             train=_owned(lambda: TrainConfig.from_config(d.get("train"), seed)),
             latency=_owned(lambda: LatencyConfig.from_config(d.get("latency"))), seed=seed,
             storage=_typed("storage", d.get("storage"), str, allow_none=True), constraints=_constraints(d),
@@ -311,14 +316,16 @@ def _budget(raw: Any) -> tuple[int, float | None, tuple[float, ...], float]:
     return (trials, timeout, *_rungs(budget))
 
 
-def _strategy(strat: Any) -> tuple[str, dict]:
+def _strategy(strat: Any) -> tuple[str, dict, ScreenConfig | None]:
     from strategies import REGISTRY
 
-    strat = _block("strategy", {"name": strat} if isinstance(strat, str) else strat, {"name", "options"})
+    strat = _block("strategy", {"name": strat} if isinstance(strat, str) else strat, {"name", "options", "screen"})
     name = _typed("strategy.name", strat.get("name", "random"), str)
     if name not in REGISTRY:
         raise ConfigError(f"strategy.name: {name!r} is unknown; registered strategies are {sorted(REGISTRY)}")
-    return name, _typed("strategy.options", strat.get("options") or {}, dict)
+    screen = strat.get("screen")
+    screen = _owned(lambda: ScreenConfig.parse(screen)) if screen not in (None, False) else None
+    return name, _typed("strategy.options", strat.get("options") or {}, dict), screen
 
 
 def _n_train(d: dict) -> int | None:

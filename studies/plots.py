@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from strategies.pareto import non_dominated_mask  # noqa: E402
+from strategies.pareto import kendall_tau, non_dominated_mask  # noqa: E402
 from search_space import ArchSpec, build_vae  # noqa: E402
 
 from evaluator import LABELS  # noqa: E402 - the objectives' axis labels
@@ -114,16 +114,6 @@ def log_axis(axis) -> None:
     axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1000 else f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
-
-
-def kendall_tau(a, b) -> float:
-    """Kendall's tau-a of two equally long sequences (no SciPy needed)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    n = len(a)
-    if n < 2:
-        return float("nan")
-    s = np.sign(a[:, None] - a[None, :]) * np.sign(b[:, None] - b[None, :])
-    return float(s[np.triu_indices(n, 1)].sum() / (n * (n - 1) / 2))
 
 
 def estimate_plot(view: StudyView, path: Path) -> Path | None:

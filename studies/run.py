@@ -74,7 +74,7 @@ from .storage import StorageUnreachable, lock_study, redact, storage_file
 from .supernet_mode import Evaluators, darts_enqueue, remeasure_front
 from .trial import WORKER_ID, cut_off, index_result, run_trial, surplus
 from .warm_start import warm_start_specs
-from .trials import check_budget_reachable, counts, front_stats, is_finished, static_feasibility
+from .trials import check_budget_reachable, counts, front_stats, is_finished, screen_for, static_feasibility
 from .workers import check_jobs, join_workers, share_cores, signals_deferred, start_workers, watch_parent
 
 __all__ = ["SearchSummary", "StudyExistsError", "run_search"]
@@ -207,7 +207,8 @@ def _prepare(cfg: StudyConfig, worker: bool, progress: bool, runs_dir="runs"):
     feasible = static_feasibility(cfg.constraints)
     # Whole-spec strategies draw from (seed, trial number), so workers need no seed of their own;
     # Optuna's samplers keep a random state, which must differ between workers.
-    sampler = create_sampler(cfg.strategy, cfg.space, cfg.seed, cfg.strategy_options, feasible=feasible)
+    sampler = create_sampler(cfg.strategy, cfg.space, cfg.seed, cfg.strategy_options, feasible=feasible,
+                             screen=screen_for(cfg))
     if worker and not isinstance(sampler, SpecSampler):
         sampler = create_sampler(cfg.strategy, cfg.space, cfg.seed + os.getpid(), cfg.strategy_options,
                                  feasible=feasible)

@@ -81,3 +81,28 @@ def print_front(view, limit: int | None = None, every: bool = False) -> None:
         print("how close it sits to each limit: " + "; ".join(
             f"{k} {column_format(k)(best[k])} of {lim:,g} ({100 * float(best[k]) / float(lim):.1f} %)"
             for k, lim in limits.items() if k in best and best[k] == best[k]))
+
+
+def screening_lines(view) -> list[str]:
+    """A screened study's predictor, judged on the trials it chose: Kendall τ of each predicted objective
+    (predicted before the trial trained, so held out) against the measured value. No lines otherwise."""
+    from optuna.trial import TrialState
+
+    from strategies.screening import held_out_tau
+    from strategies.trial_record import SCREEN, trial_attrs
+
+    done = [t for t in view.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if SCREEN in trial_attrs(t) and t.values is not None]
+    if not done:
+        return []
+    pools = sorted({trial_attrs(t)[SCREEN]["pool"] for t in done})
+    taus = []
+    for j, name in enumerate(view.objectives):
+        pairs = [(trial_attrs(t)[SCREEN]["predicted"][name], t.values[j]) for t in done
+                 if name in trial_attrs(t)[SCREEN]["modelled"]]
+        tau = held_out_tau(pairs)
+        if pairs and tau == tau:
+            taus.append(f"{name} {tau:.2f} ({len(pairs)} trials)")
+    return [f"screening: {len(done)} trials each trained the best-predicted of a pool of "
+            f"{'/'.join(map(str, pools))} proposals; Kendall τ of predicted vs measured (each prediction made "
+            f"before its trial trained): {', '.join(taus) or 'too few trials'}"]

@@ -22,7 +22,8 @@ from evaluator import Objectives, Stopped, static_costs
 from search_space import ArchSpec
 from strategies import suggest_spec
 from strategies.trial_record import (
-    FAIL_REASON, FEASIBLE, INFEASIBLE, INTERRUPTED, PHASE, REUSED_FROM, SEED, SPEC, SPEC_ID, SURPLUS, trial_attrs,
+    FAIL_REASON, FEASIBLE, INFEASIBLE, INTERRUPTED, PHASE, REUSED_FROM, SCREEN, SEED, SPEC, SPEC_ID, SURPLUS,
+    trial_attrs,
 )
 
 from .artifacts import upload as upload_artifacts
@@ -32,7 +33,7 @@ from .rungs import StudyRungs, is_stopped, stopped_attrs
 from .trials import REMEASURE, constraint_values, counts, is_estimate
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"  # stored on each trial: which process ran it
-NOT_REUSED = (SPEC, SPEC_ID, SEED, "worker", "worker_lock", "rungs")  # a repeat keeps its own
+NOT_REUSED = (SPEC, SPEC_ID, SEED, SCREEN, "worker", "worker_lock", "rungs")  # a repeat keeps its own
 
 
 @dataclass
@@ -87,8 +88,10 @@ def run_trial(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, evalua
     """Suggest a spec, decide its outcome ("rejected", "reused": not counted in the budget, or
     "evaluated"), tell it. ``evaluators``: ``.get()`` the evaluator, ``.sdir`` and ``.data`` for files."""
     spec = suggest_spec(cfg.space, trial)
-    for k, v in ((SPEC, spec.to_json()), (SPEC_ID, spec.id), (SEED, cfg.seed)):
-        trial.set_user_attr(k, v)
+    screened = getattr(study.sampler, "screen_record", lambda n: None)(trial.number)
+    for k, v in ((SPEC, spec.to_json()), (SPEC_ID, spec.id), (SEED, cfg.seed), (SCREEN, screened)):
+        if v is not None:
+            trial.set_user_attr(k, v)
     if feasible is not None and not feasible(spec):
         return tell(study, trial, rejected(cfg, spec))
     earlier = earlier_result(study, cfg, spec, index)

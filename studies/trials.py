@@ -56,6 +56,21 @@ def static_feasibility(constraints: dict[str, float]):
     return feasible
 
 
+def exact_costs(spec: ArchSpec) -> dict[str, float]:
+    """Every cost the spec alone decides (what screening knows before a trial trains)."""
+    c = static_costs(spec)
+    return {k: float(getattr(c, k)) for k in STATIC_CONSTRAINTS}
+
+
+def screen_for(cfg):
+    """The study's screen (:class:`strategies.screening.Screen`), or None when it screens nothing."""
+    if cfg.screen is None:
+        return None
+    from strategies.screening import Screen
+
+    return Screen(cfg.screen, cfg.space, cfg.objectives, cfg.bounds, exact_costs)
+
+
 BUDGET_PROBE = 400  # specs sampled to show a static budget can be met at all
 
 
