@@ -504,7 +504,8 @@ def find_architectures(args, cfg) -> dict[str, tuple[ArchSpec, str]]:
 def study_key(cfg) -> str:
     """A key of everything that decides which trials a study picks: what its trials measure
     (``StudyConfig.fingerprint``), its name, strategy and budget, and the specs it enqueues."""
-    parts = {**cfg.fingerprint(), "name": cfg.name, "strategy": [cfg.strategy, cfg.strategy_options],
+    strategy = [cfg.strategy, cfg.strategy_options] + ([vars(cfg.screen)] if cfg.screen else [])  # old keys unchanged
+    parts = {**cfg.fingerprint(), "name": cfg.name, "strategy": strategy,
              "trials": cfg.trials, "enqueue": [s.id for s in cfg.enqueue or []]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

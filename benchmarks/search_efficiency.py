@@ -8,7 +8,10 @@ every trial trained with one recipe no cheaper than 2 epochs on 20,000 images (`
 * the same three with rungs (``budget.rungs: [0.1, 0.3, 1.0]``, ``keep: 0.33``), given the same
   wall time as random search needed for its trials (more trials fit in it);
 * ``supernet``: evolution over supernet estimates, then ``--remeasure`` front specs trained with
-  the same recipe; only re-measured trials count toward its hypervolume.
+  the same recipe; only re-measured trials count toward its hypervolume;
+* ``evolution+screen``, ``random+screen``: ``--trials`` trials, each the best-predicted of a pool of
+  16 proposals once 8 trials have finished (``strategy.screen``, :mod:`strategies.screening`);
+* ``tpe``, ``gp``: Optuna's multi-objective TPE and GP samplers, ``--trials`` trials.
 
 For each run the anytime hypervolume (measured, feasible COMPLETE trials only; stopped and
 estimated trials never count) is taken from the trials' completion times. The target is the
@@ -48,7 +51,9 @@ from studies.run import run_search  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUNGS = {"rungs": [0.1, 0.3, 1.0], "keep": 0.33}
-METHODS = ["random", "nsga2", "evolution", "random+rungs", "nsga2+rungs", "evolution+rungs", "supernet"]
+METHODS = ["random", "nsga2", "evolution", "random+rungs", "nsga2+rungs", "evolution+rungs", "supernet",
+           "evolution+screen", "random+screen", "tpe", "gp"]
+SCREEN = {"pool": 16, "startup": 8}  # +screen: each trial trains the best-predicted of 16 proposals
 
 
 def study_dict(method: str, seed: int, args, timeout: float | None) -> dict:
@@ -60,6 +65,8 @@ def study_dict(method: str, seed: int, args, timeout: float | None) -> dict:
     d["strategy"] = {"name": "evolution" if strategy == "supernet" else strategy}
     if strategy == "nsga2":
         d["strategy"]["options"] = {"population_size": 16}
+    if method.endswith("+screen"):
+        d["strategy"]["screen"] = SCREEN
     budget = {"trials": args.trials}
     if method.endswith("+rungs"):
         budget = {"trials": args.trials * 10, "timeout_s": timeout, **RUNGS}
@@ -95,9 +102,20 @@ def run_one(method: str, seed: int, args, timeout: float | None) -> dict:
         return {"method": method, "seed": seed, "wall_s": wall, "curve": anytime(study, cfg.bounds, t0),
                 "final_hv": s.hypervolume, "finished": s.finished, "remeasured": s.remeasured,
                 "stopped": sum(1 for t in trials if "stopped_at_rung" in trial_attrs(t)),
+                "screen_tau": screen_tau(study, cfg),
                 "complete": sum(1 for t in trials if t.state == optuna.trial.TrialState.COMPLETE)}
     finally:
         shutil.rmtree(runs, ignore_errors=True)
+
+
+def screen_tau(study: optuna.Study, cfg: StudyConfig) -> float | None:
+    """The predictor's Kendall τ on the trials it chose (predicted −ELBO before training vs measured)."""
+    from strategies.screening import held_out_tau
+    from strategies.trial_record import SCREEN
+
+    pairs = [(trial_attrs(t)[SCREEN]["predicted"]["neg_elbo"], t.values[0]) for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if SCREEN in trial_attrs(t)]
+    return held_out_tau(pairs) if pairs else None
 
 
 def hv_at(curve: list, t: float) -> float:

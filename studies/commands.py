@@ -13,7 +13,7 @@ from strategies import optuna_private
 from .export_cmd import deploy_knee
 from .files import study_dir
 from .invocation import CliError, prog
-from .tables import print_front, printable, screening_lines
+from .tables import print_front, printable, rung_lines, screening_lines
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -45,7 +45,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("no feasible trial completed; nothing to plot or export")
         return 1
     print_front(view)
-    for line in screening_lines(view):
+    for line in screening_lines(view) + rung_lines(view):
         print(line)
     knee = pick_trial(view, pick="knee")
     out = study_dir(args.runs_dir, cfg.name)
@@ -135,6 +135,8 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"front size {len(view.front) if len(view.trials) else 0}")
     if len(view.trials):
         print_front(view, every=args.all)
+        for line in screening_lines(view) + rung_lines(view):
+            print(line)
     else:
         print("no completed trial yet" + (": the failures below say why" if len(fails) else ""))
     for _, r in running.iterrows():

@@ -143,7 +143,8 @@ class StudyConfig:
         space = _space(d["space"], base_dir)
         objectives, bounds = _objectives(d)
         seed = _typed("seed", d.get("seed", 0), int)
-        trials, timeout, rungs, keep = _budget(d.get("budget"))
+        train = _owned(lambda: TrainConfig.from_config(d.get("train"), seed))
+        trials, timeout, rungs, keep = _budget(d.get("budget"), train.epochs)
         strategy, options, screen = _strategy(d.get("strategy", {"name": "random"}))
         interval, grace, outage = _heartbeat(d.get("heartbeat"))
         supernet = _owned(lambda: SupernetConfig.from_config(d["supernet"], space)) if d.get("supernet") is not None \
@@ -163,7 +164,7 @@ class StudyConfig:
             dataset=DatasetSpec.parse(d.get("dataset", "mnist"), base_dir),
             data_root=_typed("data_root", d.get("data_root"), str, allow_none=True), n_train=_n_train(d),
             strategy=strategy, strategy_options=options, screen=screen, trials=trials, timeout_s=timeout, rungs=rungs, keep=keep,
-            train=_owned(lambda: TrainConfig.from_config(d.get("train"), seed)),
+            train=train,
             latency=_owned(lambda: LatencyConfig.from_config(d.get("latency"))), seed=seed,
             storage=_typed("storage", d.get("storage"), str, allow_none=True), constraints=_constraints(d),
             heartbeat=(interval, grace), outage_s=float(outage), supernet=supernet, darts=darts,
@@ -305,7 +306,7 @@ def _heartbeat(raw: Any) -> tuple[int, int, float]:
     return interval, grace, outage
 
 
-def _budget(raw: Any) -> tuple[int, float | None, tuple[float, ...], float]:
+def _budget(raw: Any, epochs: float = 1.0) -> tuple[int, float | None, tuple[float, ...], float]:
     budget = _block("budget", raw, {"trials", "timeout_s", "rungs", "keep"})
     trials = _typed("budget.trials", budget.get("trials", 10), int)
     if trials < 1:
@@ -313,7 +314,9 @@ def _budget(raw: Any) -> tuple[int, float | None, tuple[float, ...], float]:
     timeout = _typed("budget.timeout_s", budget.get("timeout_s"), (int, float), allow_none=True)
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise ConfigError(f"budget.timeout_s: must be a positive number of seconds (or null), got {timeout}")
-    return (trials, timeout, *_rungs(budget))
+    from .rungs import parse_rungs
+
+    return (trials, timeout, *parse_rungs(budget, epochs))
 
 
 def _strategy(strat: Any) -> tuple[str, dict, ScreenConfig | None]:
@@ -368,32 +371,6 @@ def _supernet_fingerprint(sn) -> dict | None:
     if not d["latency_table"]:
         del d["latency_table"]
     return d
-
-
-def _rungs(budget: dict) -> tuple[tuple[float, ...], float]:
-    """``budget.rungs`` (fractions of a trial's training, increasing, in (0, 1]; the final 1.0 may be
-    left out) and ``budget.keep`` -> (the decision fractions below 1, keep)."""
-    raw = budget.get("rungs")
-    if raw is None:
-        if "keep" in budget:
-            raise ConfigError("budget.keep: only means something with budget.rungs; add rungs: [0.1, 0.3, 1.0] or "
-                              "remove keep")
-        return (), 1 / 3
-    if not isinstance(raw, list) or not raw or not all(isinstance(f, (int, float)) and not isinstance(f, bool)
-                                                       for f in raw):
-        raise ConfigError(f"budget.rungs: expected a list of fractions of the training budget, e.g. [0.1, 0.3, 1.0], "
-                          f"got {raw!r}")
-    fr = [float(f) for f in raw]
-    if not all(0 < f <= 1 for f in fr) or any(b <= a for a, b in zip(fr, fr[1:])):
-        raise ConfigError(f"budget.rungs: fractions must increase strictly within (0, 1], e.g. [0.1, 0.3, 1.0]; got {raw}")
-    decisions = tuple(f for f in fr if f < 1)
-    if not decisions:
-        raise ConfigError("budget.rungs: needs at least one fraction below 1 (where a trial may be stopped), e.g. "
-                          "[0.3, 1.0]")
-    keep = _typed("budget.keep", budget.get("keep", 1 / 3), (int, float))
-    if not 0 < keep < 1:
-        raise ConfigError(f"budget.keep: must be a fraction in (0, 1) of the trials at a rung that go on, got {keep}")
-    return decisions, float(keep)
 
 
 def _bound(key: str, v: Any) -> Bound:

@@ -70,6 +70,7 @@ from .config import StudyConfig
 from .files import check_runs_dir, study_dir
 from .identity import StudyExistsError, enqueue_config_specs, existing_studies, open_study, resume_study, storage_url
 from .liveness import claim_lock, claim_path, liveness_for
+from .rungs import rungs_line
 from .storage import StorageUnreachable, lock_study, redact, storage_file
 from .supernet_mode import Evaluators, darts_enqueue, remeasure_front
 from .trial import WORKER_ID, cut_off, index_result, run_trial, surplus
@@ -204,6 +205,8 @@ def _prepare(cfg: StudyConfig, worker: bool, progress: bool, runs_dir="runs"):
         check_latency_backend(cfg.latency, cfg.space.sample(random.Random(cfg.seed)))  # one line before any write
     if progress:
         print(data.describe(), flush=True)
+        if cfg.rungs:
+            print(rungs_line(cfg), flush=True)
     feasible = static_feasibility(cfg.constraints)
     # Whole-spec strategies draw from (seed, trial number), so workers need no seed of their own;
     # Optuna's samplers keep a random state, which must differ between workers.

@@ -24,8 +24,86 @@ import math
 
 import optuna
 
+from search_space import VaenasInputError
+
 from strategies.pareto import Bound, promoted
 from strategies.trial_record import trial_attrs
+
+# When does an early −ELBO rank specs like the final one? benchmarks/rung_correlation.py, 40 random specs of
+# the `mnist` preset's space, Kendall τ of early vs final validation −ELBO (README "Early discard"):
+#   2-epoch recipe:  0.19 at 0.1 epoch, 0.30 at 0.25, 0.76 at 0.5, 0.92 at 1 epoch;
+#   10-epoch recipe: 0.27 at 0.1 epoch, 0.32 at 0.25, 0.62 at 0.5, 0.73 at 1 epoch.
+# So `rungs: auto` decides once, at 0.5 epoch (recipes up to 4 epochs) or 1 epoch (longer ones).
+AUTO_RUNG_EPOCHS = ((4.0, 0.5), (math.inf, 1.0))  # (recipes up to this many epochs, the rung's epoch)
+
+
+def auto_rungs(epochs: float) -> list[float]:
+    """``budget.rungs: auto``: one decision at the earliest epoch where the measured τ >= 0.6, and the end;
+    [] when that is over half the recipe (nothing worth saving)."""
+    at = next(e for upto, e in AUTO_RUNG_EPOCHS if epochs <= upto)
+    return [at / epochs, 1.0] if at / epochs <= 0.5 else []
+
+
+def parse_rungs(budget: dict, epochs: float = 1.0) -> tuple[tuple[float, ...], float]:
+    """``budget.rungs`` (fractions of a trial's training, increasing, in (0, 1]; the final 1.0 may be
+    left out; or ``auto``: :func:`studies.rungs.auto_rungs` of the recipe's epochs) and ``budget.keep``
+    -> (the decision fractions below 1, keep)."""
+    raw = budget.get("rungs")
+    if raw == "auto":
+        raw = auto_rungs(epochs)
+        if not raw:
+            raise VaenasInputError(f"budget.rungs: auto puts its one rung at 0.5 epoch or later (earlier, the −ELBO ranks "
+                              f"specs poorly), which is over half of this {epochs:g}-epoch recipe: nothing to gain; "
+                              "remove budget.rungs")
+    if raw is None:
+        if "keep" in budget:
+            raise VaenasInputError("budget.keep: only means something with budget.rungs; add rungs: [0.1, 0.3, 1.0] or "
+                              "remove keep")
+        return (), 1 / 3
+    if not isinstance(raw, list) or not raw or not all(isinstance(f, (int, float)) and not isinstance(f, bool)
+                                                       for f in raw):
+        raise VaenasInputError(f"budget.rungs: expected a list of fractions of the training budget, e.g. [0.1, 0.3, 1.0], "
+                          f"got {raw!r}")
+    fr = [float(f) for f in raw]
+    if not all(0 < f <= 1 for f in fr) or any(b <= a for a, b in zip(fr, fr[1:])):
+        raise VaenasInputError(f"budget.rungs: fractions must increase strictly within (0, 1], e.g. [0.1, 0.3, 1.0]; got {raw}")
+    decisions = tuple(f for f in fr if f < 1)
+    if not decisions:
+        raise VaenasInputError("budget.rungs: needs at least one fraction below 1 (where a trial may be stopped), e.g. "
+                          "[0.3, 1.0]")
+    keep = budget.get("keep", 1 / 3)
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)):
+        raise VaenasInputError(f"budget.keep: expected a number, got {type(keep).__name__}")
+    if not 0 < keep < 1:
+        raise VaenasInputError(f"budget.keep: must be a fraction in (0, 1) of the trials at a rung that go on, got {keep}")
+    return decisions, float(keep)
+
+
+def rungs_line(cfg) -> str:
+    """What a study with rungs prints as it starts."""
+    return (f"rungs: a trial may stop after {', '.join(f'{f * cfg.train.epochs:g}' for f in cfg.rungs)} of its "
+            f"{cfg.train.epochs:g} epochs (keep {cfg.keep:.2f}); each rung's Kendall τ is printed at the end")
+
+
+def rung_taus(trials) -> list[tuple[int, float, int, float]]:
+    """Per rung: (rung, fraction, n, Kendall τ of the −ELBO there vs the final −ELBO) over the COMPLETE
+    trials that recorded it - how well each rung ranked the trials that went on (a low τ: it judged early)."""
+    from strategies.pareto import kendall_tau
+
+    by_rung: dict[int, list] = {}
+    for t in trials:
+        if t.state != optuna.trial.TrialState.COMPLETE or "reused_from_trial" in trial_attrs(t):
+            continue
+        for rec in trial_attrs(t).get(RUNGS_ATTR, ()):
+            by_rung.setdefault(rec["rung"], []).append((rec["fraction"], rec["partial_neg_elbo"],
+                                                        trial_attrs(t).get("neg_elbo")))
+    out = []
+    for r, rows in sorted(by_rung.items()):
+        rows = [x for x in rows if x[2] is not None and math.isfinite(x[1])]
+        out.append((r, rows[0][0] if rows else math.nan, len(rows),
+                    kendall_tau([x[1] for x in rows], [x[2] for x in rows])))
+    return out
+
 
 RUNGS_ATTR = "rungs"  # trial attr: [{rung, fraction, point, compared_with, promoted}, ...]
 STOPPED_ATTR = "stopped_at_rung"  # trial attr of a trial stopped early (PRUNED)

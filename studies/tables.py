@@ -106,3 +106,16 @@ def screening_lines(view) -> list[str]:
     return [f"screening: {len(done)} trials each trained the best-predicted of a pool of "
             f"{'/'.join(map(str, pools))} proposals; Kendall τ of predicted vs measured (each prediction made "
             f"before its trial trained): {', '.join(taus) or 'too few trials'}"]
+
+
+def rung_lines(view) -> list[str]:
+    """A study with rungs: how well each rung's −ELBO ranked the trials that finished (Kendall τ against
+    their final −ELBO); no lines otherwise."""
+    from .rungs import rung_taus
+
+    taus = rung_taus(view.study.get_trials(deepcopy=False))
+    if not taus:
+        return []
+    return ["rungs: Kendall τ of the −ELBO at each rung vs the final −ELBO, on the trials that finished: " + "; ".join(
+        f"rung {r + 1} (after {f:g} of training) {tau:.2f} over {n} trials" for r, f, n, tau in taus)
+        + " (near 1: the rung ranks as the end would; benchmarks/rung_correlation.py measures it per epoch)"]

@@ -8,6 +8,8 @@ import time
 import numpy as np
 import optuna
 import pytest
+
+from search_space import VaenasInputError
 import yaml
 
 from evaluator import Stopped
@@ -204,6 +206,16 @@ def test_stopped_trials_count_but_never_reach_the_front_or_export(tmp_path, data
     assert len(err) == 1 and "stopped" in err[0] and not (tmp_path / "x.json").exists()
     assert main(["show", "rungs", "--runs-dir", str(tmp_path / "runs")]) == 0
     assert f"{len(stopped)} stopped early at a rung" in capsys.readouterr().out
+    from strategies.pareto import kendall_tau
+    from studies.rungs import rung_taus
+    from studies.tables import rung_lines
+
+    taus = rung_taus(trials)  # each rung's −ELBO against the final one, over the trials that finished
+    assert [(r, f, n) for r, f, n, _ in taus] == [(0, 0.3, len(complete)), (1, 0.6, len(complete))]
+    for r, _, _, tau in taus:
+        early = [t.user_attrs["rungs"][r]["partial_neg_elbo"] for t in complete]
+        assert tau == pytest.approx(kendall_tau(early, [t.user_attrs["neg_elbo"] for t in complete]))
+    assert f"rung 1 (after 0.3 of training) {taus[0][3]:.2f} over {len(complete)} trials" in rung_lines(view)[0]
 
 
 def test_resume_in_the_middle_of_a_rung(tmp_path, data_root, monkeypatch):
@@ -287,6 +299,23 @@ def test_rung_config_errors(tmp_path, data_root, capsys):
     assert main(["search", str(p), "--runs-dir", str(tmp_path / "runs")]) == 2
     assert "supernet" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_auto_rungs_decide_once_where_the_measured_tau_is_high():
+    from studies.rungs import auto_rungs
+
+    assert auto_rungs(2) == [0.25, 1.0] and auto_rungs(1) == [0.5, 1.0]  # at 0.5 epoch
+    assert auto_rungs(10) == [0.1, 1.0] and auto_rungs(30) == [1 / 30, 1.0]  # at 1 epoch
+    assert auto_rungs(0.8) == [] and auto_rungs(1.5) == [0.5 / 1.5, 1.0]
+    d = {"name": "a", "space": {"family": ["mlp"], "latent_dim": [4], "mlp": {"depth": [1], "width": [16]}},
+         "objectives": ["neg_elbo", "size_bytes"],
+         "bounds": {"neg_elbo": [80, 300], "size_bytes": [1, 1e6]}, "train": {"epochs": 10},
+         "budget": {"trials": 4, "rungs": "auto"}}
+    from studies.config import StudyConfig
+
+    assert StudyConfig.from_dict(d).rungs == (0.1,)
+    with pytest.raises(VaenasInputError, match="auto puts its one rung at 0.5 epoch or later"):
+        StudyConfig.from_dict({**d, "train": {"epochs": 0.8}})
 
 
 def test_stopped_is_what_the_evaluator_returns_when_the_gate_says_stop(mnist_small):
