@@ -110,11 +110,9 @@ def run_one(method: str, seed: int, args, timeout: float | None) -> dict:
 
 def screen_tau(study: optuna.Study, cfg: StudyConfig) -> float | None:
     """The predictor's Kendall τ on the trials it chose (predicted −ELBO before training vs measured)."""
-    from strategies.screening import held_out_tau
-    from strategies.trial_record import SCREEN
+    from strategies.screening import held_out_tau, screened_pairs
 
-    pairs = [(trial_attrs(t)[SCREEN]["predicted"]["neg_elbo"], t.values[0]) for t in study.get_trials(
-        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if SCREEN in trial_attrs(t)]
+    pairs = screened_pairs(study.get_trials(deepcopy=False), cfg.objectives, "neg_elbo")
     return held_out_tau(pairs) if pairs else None
 
 

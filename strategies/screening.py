@@ -201,6 +201,22 @@ class Screen:
                 "below_cut": [[pool[i].id, float(g[i])] for i in order[1:]]}
 
 
+def screened_pairs(trials, objectives: Sequence[str], name: str) -> list[tuple[float, float]]:
+    """(predicted before training, measured) values of objective ``name`` over the COMPLETE screened
+    trials whose prediction of it came from the model (not an exact cost)."""
+    from optuna.trial import TrialState
+
+    from .trial_record import SCREEN, trial_attrs
+
+    j = list(objectives).index(name)
+    out = []
+    for t in trials:
+        rec = trial_attrs(t).get(SCREEN)
+        if t.state == TrialState.COMPLETE and t.values is not None and rec and name in rec["modelled"]:
+            out.append((rec["predicted"][name], t.values[j]))
+    return out
+
+
 def held_out_tau(records: Sequence[tuple[float, float]]) -> float:
     """Kendall τ of (predicted before training, measured) pairs: the predictor's held-out rank correlation."""
     if len(records) < 3:

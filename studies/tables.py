@@ -88,18 +88,17 @@ def screening_lines(view) -> list[str]:
     (predicted before the trial trained, so held out) against the measured value. No lines otherwise."""
     from optuna.trial import TrialState
 
-    from strategies.screening import held_out_tau
+    from strategies.screening import held_out_tau, screened_pairs
     from strategies.trial_record import SCREEN, trial_attrs
 
-    done = [t for t in view.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if SCREEN in trial_attrs(t) and t.values is not None]
+    trials = view.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    done = [t for t in trials if SCREEN in trial_attrs(t) and t.values is not None]
     if not done:
         return []
     pools = sorted({trial_attrs(t)[SCREEN]["pool"] for t in done})
     taus = []
-    for j, name in enumerate(view.objectives):
-        pairs = [(trial_attrs(t)[SCREEN]["predicted"][name], t.values[j]) for t in done
-                 if name in trial_attrs(t)[SCREEN]["modelled"]]
+    for name in view.objectives:
+        pairs = screened_pairs(done, view.objectives, name)
         tau = held_out_tau(pairs)
         if pairs and tau == tau:
             taus.append(f"{name} {tau:.2f} ({len(pairs)} trials)")
