@@ -1,8 +1,9 @@
-"""Milliseconds per training step of three specs on each device asked for (CUDA and/or this machine's CPU).
+"""Milliseconds per training step of four specs on each device asked for (CUDA and/or this machine's CPU).
 
 Each spec is trained for one epoch of ``--n-train`` MNIST images at batch 100 (200 steps at the default
-20,000) by the one training loop (``evaluator.train``), after a 20-step warm-up of its own (CUDA context,
-kernels, allocator). Seconds are ``TrainResult.seconds`` (the loop's own clock, synchronised on CUDA).
+20,000) by the one training loop (``evaluator.train``), ``--repeats`` times (the median is reported, every
+run is kept), after a 20-step warm-up of its own (CUDA context, kernels, allocator). Seconds are
+``TrainResult.seconds`` (the loop's own clock, synchronised on CUDA).
 
     python benchmarks/train_step_speed.py --data-root .data --devices cpu
     python benchmarks/train_step_speed.py --data-root .data --devices cuda,cpu --out benchmarks/results/train_step_speed_h100.json
@@ -30,6 +31,8 @@ from search_space import ArchSpec, VaenasInputError  # noqa: E402
 def specs() -> dict[str, ArchSpec]:
     target = yaml.safe_load((REPO / "studies/presets/compression_target.yaml").read_text())["enqueue"][0]
     return {
+        # the mnist_fast preset's knee (trial 19 of its issue-35 run): one hidden layer of 64, latent 8, 8/32-bit
+        "mlp-64-lat8-mixed": ArchSpec(family="mlp", enc_hidden=(64,), latent_dim=8, weight_bits=(8, 32, 32, 8)),
         "mlp-400x2-fp32": ArchSpec.mlp((400, 400), 32, bits=32),
         "mlp-400x2-4bit": ArchSpec.mlp((400, 400), 32, bits=4),
         # conv 32/64, mixed 3-8-bit uniform and k-means weights, 30 % structured pruning (the report's target row)
@@ -51,10 +54,13 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", default=".data")
     ap.add_argument("--devices", default="cpu", help="comma-separated: cpu, cuda")
     ap.add_argument("--n-train", type=int, default=20000)
+    ap.add_argument("--repeats", type=int, default=5, help="timed epochs per spec and device; the median is reported")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
     devices = args.devices.split(",")
     try:  # bad input: one line, exit 2, before anything is trained or written
+        if args.repeats < 1:
+            raise VaenasInputError(f"--repeats: must be >= 1, got {args.repeats}")
         for dev in devices:
             check_device(dev, "--devices")
         out = Path(args.out) if args.out else None
@@ -71,10 +77,14 @@ def main(argv=None) -> int:
         for name, spec in todo.items():
             warm = seeded_model(spec, 0, dev)
             train(warm, data.train, TrainConfig(max_steps=20, batch_size=100, device=dev))
-            model = seeded_model(spec, 0, dev)
-            r = train(model, data.train, TrainConfig(epochs=1, batch_size=100, lr=0.002, device=dev))
+            runs = []
+            for _ in range(args.repeats):
+                model = seeded_model(spec, 0, dev)
+                runs.append(train(model, data.train, TrainConfig(epochs=1, batch_size=100, lr=0.002, device=dev)))
+            r = sorted(runs, key=lambda t: t.seconds)[len(runs) // 2]  # the median run
             row = {"device": dev, "spec": name, "spec_id": spec.id, "steps": r.steps, "seconds": round(r.seconds, 3),
-                   "ms_per_step": round(1000 * r.seconds / r.steps, 3), "final_loss": round(r.final_loss, 2)}
+                   "ms_per_step": round(1000 * r.seconds / r.steps, 3), "final_loss": round(r.final_loss, 2),
+                   "repeats": len(runs), "ms_per_step_all": [round(1000 * t.seconds / t.steps, 3) for t in runs]}
             rows.append(row)
             print(json.dumps(row), flush=True)
     if out is not None:

@@ -155,3 +155,24 @@ def test_neg_elbo_terms_and_recon_error():
     assert math.isclose(bce, rec.mean().item() / 784, rel_tol=1e-5)
     with pytest.raises(ValueError, match="metric"):
         reconstruction_error(model, x, metric="l1")
+
+
+def test_the_loops_adam_is_fused_on_cpu_and_steps_like_the_reference():
+    """The training loop's optimiser (``evaluator.train.adam``: the fused kernel) takes the same steps as
+    ``torch.optim.Adam``'s default implementation, to float rounding."""
+    from evaluator.train import adam
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(20, 5)
+    b = torch.nn.Linear(20, 5)
+    b.load_state_dict(a.state_dict())
+    oa, ob = adam(a.parameters(), 1e-2, torch.device("cpu")), torch.optim.Adam(b.parameters(), lr=1e-2, foreach=False)
+    assert oa.defaults["fused"] is True
+    for _ in range(20):
+        x = torch.randn(8, 20)
+        for m, o in ((a, oa), (b, ob)):
+            o.zero_grad()
+            m(x).pow(2).sum().backward()
+            o.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)

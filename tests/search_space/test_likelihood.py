@@ -194,3 +194,33 @@ def test_spec_output_shape_and_head_size_follow_the_likelihood():
     with torch.no_grad():
         out, _, _ = seeded_model(conv, 0)(torch.zeros(2, 3, 6, 6))
     assert out.shape == (2, 6, 6, 6)
+
+
+def test_softplus_matches_float64_and_its_gradient_is_the_sigmoid():
+    """The likelihoods' own softplus (a faster CPU path than ``log1p``) against float64, over the whole range."""
+    from search_space.likelihood import softplus
+
+    t = torch.cat([torch.linspace(-90, 90, 180001), torch.tensor([0.0, 1e-8, -1e-8, 1e4, -1e4])])
+    ref = torch.nn.functional.softplus(t.double(), threshold=40)  # exact to 1e-17 in float64
+    got = softplus(t).double()
+    assert (got - ref).abs().max() < 1e-6
+    normal = ref > 1e-30  # below that the float32 result is subnormal
+    assert ((got - ref).abs() / ref)[normal].max() < 5e-7
+    assert torch.isinf(softplus(torch.tensor(float("inf")))) and softplus(torch.tensor(-float("inf"))) == 0
+    x = torch.randn(64, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(softplus, (x,)) and torch.autograd.gradgradcheck(softplus, (x,))
+    (g,) = torch.autograd.grad(softplus(x).sum(), x)
+    assert torch.allclose(g, torch.sigmoid(x))
+
+
+def test_bernoulli_draws_are_torch_bernoulli_on_cpu():
+    """``rand < p`` draws the same bits from the same generator as ``torch.bernoulli`` (CPU), p = 0 and 1 included."""
+    from search_space.likelihood import bernoulli
+
+    p = torch.rand(300, 784)
+    p[0], p[1] = 0.0, 1.0
+    for seed in (0, 7):
+        a = bernoulli(p, torch.Generator().manual_seed(seed))
+        b = torch.bernoulli(p, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(a, b)
+    assert a[0].sum() == 0 and a[1].sum() == 784

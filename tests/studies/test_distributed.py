@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 
 import optuna
 import pytest
@@ -23,14 +24,14 @@ from studies.trials import is_finished
 pytestmark = pytest.mark.distributed
 
 
-def config(tmp_path, data_root, url, name, trials, strategy="random"):
+def config(tmp_path, data_root, url, name, trials, strategy="random", epochs=1):
     cfg = {
         "name": name, "dataset": "mnist", "data_root": str(data_root), "n_train": 2000, "storage": url,
         "space": {"family": ["mlp"], "latent_dim": [4, 8, 16], "mlp": {"depth": [1, 2], "width": [16, 32, 64, 128]},
                   "weight_bits": [2, 4, 8, 32]},
         "strategy": {"name": strategy}, "objectives": ["neg_elbo", "size_bytes"],
         "bounds": {"neg_elbo": [100, 550], "size_bytes": {"lo": 100, "hi": 1000000, "log": True}},
-        "budget": {"trials": trials}, "train": {"epochs": 1, "batch_size": 100, "lr": 0.002, "device": "cpu"},
+        "budget": {"trials": trials}, "train": {"epochs": epochs, "batch_size": 100, "lr": 0.002, "device": "cpu"},
         "latency": {"repeats": 5, "warmup": 1}, "seed": 0, "heartbeat": {"interval_s": 1, "grace_s": 5},
     }
     p = tmp_path / f"{name}.yaml"
@@ -41,7 +42,9 @@ def config(tmp_path, data_root, url, name, trials, strategy="random"):
 def test_three_workers_one_killed_mid_trial(tmp_path, data_root, pg_url):
     name = f"dist-{uuid.uuid4().hex[:8]}"
     budget = 10
-    cfgp = config(tmp_path, data_root, pg_url, name, budget)
+    # trials of 20 epochs on 2,000 images (400 steps, over a second each): the victim is killed within 0.5 s of
+    # its trial's start, so the trial cannot finish between the poll and the kill
+    cfgp = config(tmp_path, data_root, pg_url, name, budget, epochs=20)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "studies.cli", "worker", str(cfgp), "--runs-dir", str(tmp_path / "runs"), "--quiet"]
     workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -60,7 +63,8 @@ def test_three_workers_one_killed_mid_trial(tmp_path, data_root, pg_url):
             continue
         trials = study.get_trials(deepcopy=False)
         mine = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING
-                and t.user_attrs.get("worker", "").endswith(f":{victim.pid}") and "spec_id" in t.user_attrs]
+                and t.user_attrs.get("worker", "").endswith(f":{victim.pid}") and "spec_id" in t.user_attrs
+                and (datetime.now() - t.datetime_start).total_seconds() < 0.5]
         if mine and any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
             before = {t.number: t.values for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
             victim.send_signal(signal.SIGKILL)
