@@ -25,6 +25,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
 import compression_report as cr  # noqa: E402
+from bench_out import earlier_json  # noqa: E402
+
+OUT_KEYS = {"recipe", "reference", "limit", "study", "study_trial", "study_seconds", "row", "met"}
 
 
 def main(argv=None) -> int:
@@ -37,6 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"budget_target_{args.dataset}.json")
+    earlier_json(out, OUT_KEYS, "budget_target")  # refuse someone else's file before hours of work
     report = json.loads((ROOT / "benchmarks" / "results" / f"compression_{args.dataset}.json").read_text())
     recipe = report["meta"]["recipe"]
     mlp = cr.row_named(report["rows"], "mlp-fp32")
@@ -63,7 +68,6 @@ def main(argv=None) -> int:
           f"({mlp['packed_bytes'] / row['packed_bytes']:.1f}x smaller than the FP32 MLP, {gap:+.2f} %): target "
           f"(<= {limit:,} B at <= {mlp['test_neg_elbo']:.2f}) {'MET' if met else f'MISSED by {gap:.2f} points'}; "
           f"study {study_s:.0f} s, retrain {row['train_seconds']:.0f} s", flush=True)
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"budget_target_{args.dataset}.json")
     out.write_text(json.dumps({"recipe": recipe, "reference": mlp, "limit": limit, "study": cfg.name,
                                "study_trial": n, "study_seconds": study_s, "row": row, "met": met}, indent=1))
     print(f"wrote {out}")

@@ -30,10 +30,12 @@ import time
 from pathlib import Path
 
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.append(str(Path(__file__).resolve().parent))  # for bench_out, after the installed packages
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from bench_out import earlier_json  # noqa: E402
 from evaluator.data import load_data  # noqa: E402
 from evaluator.objectives import EvalFailure, Evaluator  # noqa: E402
 from strategies.pareto import hypervolume, kendall_tau, promoted  # noqa: E402
@@ -128,8 +130,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "rung_correlation.json"))
     args = ap.parse_args(argv)
     out = Path(args.out)
-    res = json.loads(out.read_text()) if out.exists() else {}
-    res["settings"] = {"specs": args.specs, "n_train": args.n_train}
+    res = earlier_json(out, {"settings", "recipes"}, "rung_correlation") or {}
+    settings = {"specs": args.specs, "n_train": args.n_train}
+    if res and res["settings"] != settings:  # cached recipes of other settings must not be relabelled
+        print(f"rung_correlation: {out} holds runs with other settings ({res['settings']}); pass another --out",
+              file=sys.stderr)
+        return 2
+    res["settings"] = settings
     t_all = time.time()
     for epochs in args.recipes:
         cfg = config(epochs, args)

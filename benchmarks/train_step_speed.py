@@ -22,7 +22,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from bench_out import earlier_json  # noqa: E402
 from evaluator import TrainConfig, load_data, seeded_model, train  # noqa: E402
 from evaluator.train import check_device  # noqa: E402
 from search_space import ArchSpec, VaenasInputError  # noqa: E402
@@ -40,15 +42,6 @@ def specs() -> dict[str, ArchSpec]:
     }
 
 
-def _ours(path: Path) -> bool:
-    """Whether ``path`` holds this script's JSON (so ``--out`` may replace it)."""
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(doc, dict) and set(doc) == {"meta", "rows"} and "n_train" in doc.get("meta", {})
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default=".data")
@@ -64,8 +57,8 @@ def main(argv=None) -> int:
         for dev in devices:
             check_device(dev, "--devices")
         out = Path(args.out) if args.out else None
-        if out is not None and out.exists() and not _ours(out):
-            raise VaenasInputError(f"--out {out}: exists and is not this script's output; pick another path")
+        if out is not None:
+            earlier_json(out, {"meta", "rows"}, "train_step_speed")
         data = load_data("mnist", args.data_root, n_train=args.n_train, n_eval=1000)
     except VaenasInputError as e:
         print(f"train_step_speed: {str(e).splitlines()[0]}", file=sys.stderr)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
+from bench_out import earlier_json  # noqa: E402
 from search_efficiency import study_dict  # noqa: E402
 from strategies.trial_record import trial_attrs  # noqa: E402
 from studies.config import StudyConfig  # noqa: E402
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "trials_per_hour.json"))
     args = ap.parse_args(argv)
+    earlier_json(Path(args.out), {"cores", "trials", "n_train", "epochs", "rows"}, "trials_per_hour")
     rows = []
     for jobs in args.jobs:
         r = run(jobs, args)

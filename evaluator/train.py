@@ -13,6 +13,7 @@ ends with ``model.finalize_sparsity()`` (every sparse layer at its exact target)
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -145,9 +146,7 @@ def checkpoint_steps(fractions, total: int) -> list[int]:
     return [max(1, math.ceil(f * total - 1e-9)) for f in fractions]
 
 
-_MALLOC_TUNED = False
-
-
+@functools.cache
 def keep_freed_memory() -> None:
     """Let glibc's malloc reuse freed blocks of up to 32 MiB instead of returning them to the kernel.
 
@@ -156,10 +155,6 @@ def keep_freed_memory() -> None:
     ``mmap`` pages that fault in and are zeroed on every step (the allocator advice in PyTorch's CPU
     performance guide). Once per process, glibc only (elsewhere: nothing); the heap keeps at most 256 MiB
     free. Measured in ``benchmarks/README.md``, "Training step"."""
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
     import ctypes
     import platform
 
